@@ -1,0 +1,64 @@
+"""``ainode``: the node's command line. Each sub-command lives in the module that owns its work.
+
+Errors the node raises on purpose (:class:`node.errors.NodeError`) are printed as one readable line and give
+exit status 2; anything unexpected gives status 70 with the traceback available under ``-v``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from node import __version__, log
+from node.errors import NodeError
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_INVALID = 2
+EXIT_INTERNAL = 70
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from node.imaging import command as imaging_command
+    from node.synth import command as synth_command
+
+    parser = argparse.ArgumentParser(
+        prog="ainode",
+        description="BCBM AI node: molecular subtype of breast-cancer brain metastases from MRI "
+        "(research use only, not for diagnosis).",
+    )
+    parser.add_argument("--version", action="version", version=f"ainode {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    synth_command.register(sub)
+    imaging_command.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    log.configure(args.verbose)
+    try:
+        return int(args.handler(args) or EXIT_OK)
+    except NodeError as exc:
+        print(f"ainode {args.command}: error: {exc.message}", file=sys.stderr)
+        return EXIT_INVALID
+    except KeyboardInterrupt:
+        print(f"ainode {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - last resort: one readable line instead of a bare traceback
+        logger.debug("unexpected error", exc_info=True)
+        print(
+            f"ainode {args.command}: internal error ({type(exc).__name__}: {exc}); "
+            "run with -vv for the traceback and report it",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

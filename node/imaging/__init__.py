@@ -1,0 +1,1 @@
+"""Imaging pipeline: DICOM study -> preprocessed volumes -> 200 radiomic features per lesion."""

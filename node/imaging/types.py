@@ -1,0 +1,126 @@
+"""Value objects handed between the imaging stages: load -> preprocess -> features.
+
+Conventions (every stage relies on them):
+
+* Images are ``SimpleITK.Image`` in **ITK-conventional axes** and DICOM patient coordinates (LPS, mm):
+  ITK x = column index, y = row index, z = slice index (``GetArrayFromImage`` gives ``[slice, row, col]``).
+  Direction columns are the row cosine, the column cosine and the slice normal of the acquisition.
+* Intensity images are float32 in the modality's real-world units (rescale slope/intercept applied).
+* Masks are uint8 with values {0, 1} and *exactly* the geometry of the image they belong to.
+* Nothing here carries patient name, ID or birth date: only UIDs, series descriptions and numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import SimpleITK as sitk
+
+PonsMethod = Literal["seg", "auto", "whole-brain"]
+
+
+@dataclass(frozen=True)
+class SeriesRef:
+    """One received series, as grouped from the files of a study folder."""
+
+    series_instance_uid: str
+    study_instance_uid: str
+    modality: str
+    sop_class_uid: str
+    series_description: str
+    series_number: int | None
+    frame_of_reference_uid: str | None
+    files: tuple[Path, ...]
+
+    def describe(self) -> str:
+        """Short PHI-free description for messages: ``'T1 MPRAGE +C' (series 5, 176 files)``."""
+        number = f"series {self.series_number}" if self.series_number is not None else "no series number"
+        return f"'{self.series_description}' ({number}, {len(self.files)} file(s), UID {self.series_instance_uid})"
+
+
+@dataclass(frozen=True)
+class StudyIdentity:
+    """UIDs that tie results back to the source study (no PHI)."""
+
+    study_instance_uid: str
+    frame_of_reference_uid: str
+    t1ce_series_uid: str
+    t2_series_uid: str
+    seg_series_uid: str
+    seg_sop_instance_uid: str
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One segment of the DICOM-SEG, resolved onto an image grid."""
+
+    segment_number: int
+    label: str
+    mask: sitk.Image
+    tracking_uid: str | None = None
+    tracking_id: str | None = None
+
+
+@dataclass(frozen=True)
+class LoadedStudy:
+    """A study read from DICOM: native-grid images and the segments mapped onto the T1CE grid."""
+
+    identity: StudyIdentity
+    t1ce: sitk.Image
+    t2: sitk.Image
+    lesions: tuple[Segment, ...]
+    pons: Segment | None = None
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RegistrationResult:
+    """Rigid T2 -> T1CE registration.
+
+    ``transform`` maps points of T1CE space to T2 space (ITK resampling convention), so
+    ``sitk.Resample(t2, t1ce_grid, transform)`` brings T2 into T1CE space.
+    """
+
+    transform: sitk.Transform
+    metric: float
+    method: str
+
+
+@dataclass(frozen=True)
+class PonsReference:
+    """The intensity reference used for z-scoring, on the preprocessed (1 mm) T1CE grid."""
+
+    method: PonsMethod
+    mask: sitk.Image
+    t1ce_mean: float
+    t1ce_sd: float
+    t2_mean: float
+    t2_sd: float
+    qc: dict[str, float | str | bool] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PreprocessedStudy:
+    """Images after resampling to 1 mm, N4, T2->T1CE registration and pons z-scoring (all on one grid)."""
+
+    identity: StudyIdentity
+    t1ce: sitk.Image
+    t2: sitk.Image
+    lesions: tuple[Segment, ...]
+    pons: PonsReference
+    registration: RegistrationResult
+    brain_mask: sitk.Image
+    timings: dict[str, float] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LesionFeatures:
+    """The 200 named radiomic features of one lesion plus its QC columns."""
+
+    segment_number: int
+    label: str
+    features: dict[str, float]
+    qc: dict[str, float | str | bool | int | None] = field(default_factory=dict)

@@ -1,0 +1,1 @@
+"""Synthetic, deterministic DICOM studies (MR + DICOM-SEG) for tests and demonstrations. No patient data."""
