@@ -23,6 +23,7 @@ EXIT_INTERNAL = 70
 
 def build_parser() -> argparse.ArgumentParser:
     from node.imaging import command as imaging_command
+    from node.learn import command as learn_command
     from node.synth import command as synth_command
 
     parser = argparse.ArgumentParser(
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     synth_command.register(sub)
     imaging_command.register(sub)
+    learn_command.register(sub)
     return parser
 
 
@@ -50,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"ainode {args.command}: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # noqa: BLE001 - last resort: one readable line instead of a bare traceback
+    except Exception as exc:  # last resort: one readable line, not a bare traceback
         logger.debug("unexpected error", exc_info=True)
         print(
             f"ainode {args.command}: internal error ({type(exc).__name__}: {exc}); "

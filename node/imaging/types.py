@@ -114,6 +114,8 @@ class PreprocessedStudy:
     brain_mask: sitk.Image
     timings: dict[str, float] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
+    #: how it was done (interpolators, N4 and registration parameters, pons recipe), for manifests and SRs
+    provenance: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

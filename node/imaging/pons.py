@@ -1,0 +1,267 @@
+# mypy: allow-untyped-calls
+"""The pons intensity reference (method.md §1.3, §6): from the SEG, automatic from MNI, or whole brain.
+
+Order of preference:
+
+1. ``"seg"``: the study's pons segment, when the DICOM-SEG provides one.
+2. ``"auto"``: the MNI152 2009a template bundled in the nilearn wheel is registered to the preprocessed
+   T1CE (similarity, then affine; 6 then 3 mm), and the method's ROI (an MNI cylinder x = 0, y = -25,
+   z = -36...-30 mm, radius 7.5 mm: 1,239 voxels) is mapped nearest-neighbour onto the T1CE grid. MNI
+   coordinates are RAS; ITK reads the NIfTI into LPS, so the ROI is built in LPS as x = 0, y = +25.
+   QC gates (method.md §6.3 step 5): volume within tolerance of 1,239 mm³, no voxel within a margin of any
+   lesion, coefficient of variation of both sequences below a limit, centroid near the brain's left-right
+   midline, ROI inside the T2 field of view; the registration metric is recorded.
+3. ``"whole-brain"``: when a gate fails, the brain mask minus the (dilated) lesions, with a warning naming
+   the failed gate. This is a documented deviation from the method.
+
+All QC values land in ``PonsReference.qc``. The returned statistics are those of the *un-normalised* images;
+:mod:`node.imaging.preprocess` z-scores with them.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.resources
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import SimpleITK as sitk
+
+from node.errors import ProcessingError
+from node.imaging.brain import array_to_mask, dilate_mm, mask_union
+from node.imaging.registration import AffineParams, register_affine
+from node.imaging.types import PonsMethod, PonsReference
+
+logger = logging.getLogger(__name__)
+
+TEMPLATE_RESOURCE = "datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
+# method.md §6.2, MNI (RAS) millimetres
+PONS_CENTRE_RAS: tuple[float, float] = (0.0, -25.0)
+PONS_Z_RANGE_MM: tuple[float, float] = (-36.0, -30.0)
+PONS_RADIUS_MM = 7.5
+PONS_EXPECTED_VOLUME_MM3 = 1239.0
+
+QcValue = float | str | bool
+
+
+@dataclass(frozen=True)
+class PonsParams:
+    """How the pons reference is found and checked (``pons`` block of config/pipeline.yaml)."""
+
+    auto: bool = True
+    expected_volume_mm3: float = PONS_EXPECTED_VOLUME_MM3
+    volume_tolerance: float = 0.20
+    lesion_margin_mm: float = 3.0
+    max_cv: float = 0.30
+    max_midline_offset_mm: float = 10.0
+    min_seg_voxels: int = 50
+    template_mask_margin_mm: float = 5.0
+    registration: AffineParams = field(default_factory=AffineParams)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.volume_tolerance < 1:
+            raise ValueError(f"pons volume_tolerance must be in (0, 1), got {self.volume_tolerance}")
+        if self.expected_volume_mm3 <= 0 or self.max_cv <= 0 or self.max_midline_offset_mm <= 0:
+            raise ValueError("pons expected_volume_mm3, max_cv and max_midline_offset_mm must be positive")
+        if self.lesion_margin_mm < 0:
+            raise ValueError(f"pons lesion_margin_mm must be >= 0, got {self.lesion_margin_mm}")
+
+
+@functools.lru_cache(maxsize=1)
+def mni_template() -> sitk.Image:
+    """The MNI152 2009a symmetric T1 template from the nilearn wheel, float32, in LPS (no download)."""
+    resource = importlib.resources.files("nilearn") / TEMPLATE_RESOURCE
+    with importlib.resources.as_file(resource) as path:
+        if not path.is_file():
+            raise ProcessingError(f"the MNI template is missing from the nilearn installation ({path})")
+        image: sitk.Image = sitk.ReadImage(str(path), sitk.sitkFloat32)
+    return image
+
+
+def pons_roi_on(reference: sitk.Image) -> sitk.Image:
+    """The method's pons cylinder rasterised on ``reference``'s grid, taken as MNI space (LPS)."""
+    x_lps, y_lps = -PONS_CENTRE_RAS[0], -PONS_CENTRE_RAS[1]  # RAS -> LPS flips x and y
+    r = PONS_RADIUS_MM
+    corners = [
+        (x_lps + dx, y_lps + dy, z) for dx in (-r, r) for dy in (-r, r) for z in PONS_Z_RANGE_MM
+    ]
+    cidx = np.array([reference.TransformPhysicalPointToContinuousIndex(c) for c in corners])
+    size = np.array(reference.GetSize())
+    lo = np.clip(np.floor(cidx.min(axis=0)).astype(int) - 1, 0, size - 1)
+    hi = np.clip(np.ceil(cidx.max(axis=0)).astype(int) + 1, 0, size - 1)
+    ii, jj, kk = np.meshgrid(*(np.arange(a, b + 1) for a, b in zip(lo, hi, strict=True)), indexing="ij")
+    ijk = np.stack([ii, jj, kk], axis=-1).astype(float)
+    direction = np.array(reference.GetDirection(), dtype=float).reshape(3, 3)
+    phys = np.array(reference.GetOrigin()) + (ijk * np.array(reference.GetSpacing())) @ direction.T
+    radial = (phys[..., 0] - x_lps) ** 2 + (phys[..., 1] - y_lps) ** 2
+    inside = (radial <= r**2 + 1e-6) & (phys[..., 2] >= PONS_Z_RANGE_MM[0] - 1e-6)
+    inside &= phys[..., 2] <= PONS_Z_RANGE_MM[1] + 1e-6
+    full = np.zeros((size[2], size[1], size[0]), dtype=bool)
+    full[lo[2] : hi[2] + 1, lo[1] : hi[1] + 1, lo[0] : hi[0] + 1] = inside.transpose(2, 1, 0)
+    return array_to_mask(full, reference)
+
+
+@functools.lru_cache(maxsize=1)
+def _template_roi() -> sitk.Image:
+    return pons_roi_on(mni_template())
+
+
+@functools.lru_cache(maxsize=4)
+def template_brain_mask(margin_mm: float) -> sitk.Image:
+    """The template's (skull-stripped) brain grown by ``margin_mm``: where the atlas metric may sample."""
+    brain = sitk.GetArrayFromImage(mni_template()) > 5.0
+    return array_to_mask(dilate_mm(brain, mni_template().GetSpacing(), margin_mm), mni_template())
+
+
+def _stats(values: np.ndarray) -> tuple[float, float]:
+    if values.size < 2:
+        return float("nan"), float("nan")
+    return float(values.mean()), float(values.std(ddof=1))
+
+
+def _cv(mean: float, sd: float) -> float:
+    return float(sd / abs(mean)) if mean else float("inf")
+
+
+def _centroid_mm(mask: np.ndarray, image: sitk.Image) -> np.ndarray:
+    zyx = np.argwhere(mask).mean(axis=0)
+    return np.array(image.TransformContinuousIndexToPhysicalPoint([float(v) for v in zyx[::-1]]))
+
+
+def _midline_offset_mm(roi: np.ndarray, brain: np.ndarray, image: sitk.Image) -> float:
+    """Left-right distance between the ROI centroid and the centre of the brain in the ROI's axial slab."""
+    centroid = _centroid_mm(roi, image)
+    zyx = np.argwhere(brain)
+    if zyx.size == 0:
+        return float("inf")
+    # physical coordinates of the brain voxels (subsampled: the centre needs few)
+    zyx = zyx[:: max(1, len(zyx) // 200_000)]
+    direction = np.array(image.GetDirection(), dtype=float).reshape(3, 3)
+    phys = np.array(image.GetOrigin()) + (zyx[:, ::-1] * np.array(image.GetSpacing())) @ direction.T
+    slab = np.abs(phys[:, 2] - centroid[2]) <= 10.0
+    if not np.any(slab):
+        return float("inf")
+    lr = phys[slab, 0]
+    brain_centre_x = (float(np.percentile(lr, 1)) + float(np.percentile(lr, 99))) / 2.0
+    return float(abs(centroid[0] - brain_centre_x))
+
+
+def _auto_roi(t1ce: sitk.Image, params: PonsParams) -> tuple[np.ndarray, float, float]:
+    """The warped ROI, the registration metric and the subject/template volume ratio of the affine."""
+    moving_mask = template_brain_mask(params.template_mask_margin_mm)
+    transform, metric = register_affine(t1ce, mni_template(), params.registration, moving_mask=moving_mask)
+    roi = sitk.Resample(_template_roi(), t1ce, transform, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    volume_ratio = 1.0 / abs(float(np.linalg.det(np.array(transform.GetMatrix()).reshape(3, 3))))
+    return sitk.GetArrayFromImage(roi) > 0, metric, volume_ratio
+
+
+def pons_reference(
+    t1ce: sitk.Image,
+    t2: sitk.Image,
+    brain: sitk.Image,
+    lesions: list[sitk.Image],
+    provided: sitk.Image | None,
+    params: PonsParams,
+    t2_coverage: sitk.Image | None = None,
+) -> PonsReference:
+    """Find the reference region (seg -> auto -> whole brain) and its statistics on ``t1ce`` and ``t2``.
+
+    All images share the T1CE 1 mm grid; ``t2`` is already registered into it and ``t2_coverage`` marks the
+    voxels inside the T2 field of view (thick-slice T2 series often cover less than the T1CE).
+    """
+    t1 = sitk.GetArrayViewFromImage(t1ce)
+    t2a = sitk.GetArrayViewFromImage(t2)
+    brain_a = sitk.GetArrayViewFromImage(brain) > 0
+    voxel_mm3 = float(np.prod(t1ce.GetSpacing()))
+    lesion_a = mask_union(lesions, t1ce)
+    covered = (
+        sitk.GetArrayViewFromImage(t2_coverage) > 0 if t2_coverage is not None else np.ones(t1.shape, dtype=bool)
+    )
+    qc: dict[str, QcValue] = {}
+    failures: list[str] = []
+    method: PonsMethod
+    roi: np.ndarray | None = None
+
+    if provided is not None:
+        seg = sitk.GetArrayViewFromImage(provided) > 0
+        if int(seg.sum()) >= params.min_seg_voxels:
+            roi, method = seg.copy(), "seg"
+        else:
+            qc["seg_voxel_count"] = int(seg.sum())
+            failures.append(f"the pons segment has only {int(seg.sum())} voxel(s) at 1 mm")
+    if roi is None and params.auto:
+        roi, metric, volume_ratio = _auto_roi(t1ce, params)
+        method = "auto"
+        qc["registration_metric"] = metric
+        qc["subject_to_template_volume_ratio"] = volume_ratio
+    if roi is not None:
+        volume = float(roi.sum()) * voxel_mm3
+        m1, s1 = _stats(t1[roi])
+        m2, s2 = _stats(t2a[roi])
+        near_lesion = dilate_mm(lesion_a, t1ce.GetSpacing(), params.lesion_margin_mm) & roi
+        qc.update(
+            volume_mm3=volume,
+            lesion_overlap_voxels=int(near_lesion.sum()),
+            t1ce_cv=_cv(m1, s1),
+            t2_cv=_cv(m2, s2),
+            midline_offset_mm=_midline_offset_mm(roi, brain_a, t1ce) if roi.any() else float("inf"),
+            t2_coverage_fraction=float(covered[roi].mean()) if roi.any() else 0.0,
+        )
+        if method == "auto":
+            low = params.expected_volume_mm3 * (1 - params.volume_tolerance)
+            high = params.expected_volume_mm3 * (1 + params.volume_tolerance)
+            if not low <= volume <= high:
+                failures.append(f"ROI volume {volume:.0f} mm³ outside {low:.0f}-{high:.0f} mm³")
+            if float(qc["midline_offset_mm"]) > params.max_midline_offset_mm:
+                failures.append(
+                    f"ROI centroid {float(qc['midline_offset_mm']):.1f} mm from the midline "
+                    f"(limit {params.max_midline_offset_mm:.0f} mm)"
+                )
+        if float(qc["t2_coverage_fraction"]) < 0.99:
+            covered_pct = 100 * float(qc["t2_coverage_fraction"])
+            failures.append(f"only {covered_pct:.0f} % of the ROI is inside the T2 field of view")
+        if near_lesion.any():
+            failures.append(
+                f"ROI overlaps a lesion or its {params.lesion_margin_mm:g} mm margin "
+                f"({int(near_lesion.sum())} voxels)"
+            )
+        for seq, cv in (("T1CE", float(qc["t1ce_cv"])), ("T2", float(qc["t2_cv"]))):
+            if not cv <= params.max_cv:
+                failures.append(f"{seq} intensity CV {cv:.2f} in the ROI above {params.max_cv:.2f}")
+        if failures and method == "seg":
+            # a radiologist drew it: keep it, but say what looks wrong
+            qc["warning"] = "pons segment used despite QC findings: " + "; ".join(failures)
+            logger.warning("%s", qc["warning"])
+            failures = []
+    else:
+        failures.append("automatic pons localisation is disabled")
+
+    if failures:
+        qc["failed_gates"] = "; ".join(failures)
+        qc["warning"] = (
+            "pons reference QC failed (" + "; ".join(failures) + "): intensities z-scored against the "
+            "whole brain minus lesions instead (deviation from the method)"
+        )
+        logger.warning("%s", qc["warning"])
+        qc["rejected_method"] = method if roi is not None else "none"
+        method = "whole-brain"
+        roi = brain_a & covered & ~dilate_mm(lesion_a, t1ce.GetSpacing(), params.lesion_margin_mm)
+        if roi.sum() < 2:
+            raise ProcessingError("no reference region: the brain mask is empty once lesions are removed")
+    assert roi is not None
+    qc["passed"] = method != "whole-brain"
+    qc["voxel_count"] = int(roi.sum())
+    m1, s1 = _stats(t1[roi])
+    m2, s2 = _stats(t2a[roi])
+    logger.info("pons reference %s: %d voxels, T1CE %.3g±%.3g, T2 %.3g±%.3g", method, int(roi.sum()),
+                m1, s1, m2, s2)  # fmt: skip
+    return PonsReference(
+        method=method,
+        mask=array_to_mask(roi, t1ce),
+        t1ce_mean=m1,
+        t1ce_sd=s1,
+        t2_mean=m2,
+        t2_sd=s2,
+        qc=qc,
+    )

@@ -1,0 +1,409 @@
+"""Model bundles: a directory of JSON / native model files with a manifest of SHA-256 hashes. No pickle, no joblib.
+
+Layout::
+
+    manifest.json                 task, classes, ordered inputs, radiomics-config hash, versions, data summary,
+                                  metrics, intended use, disclaimer, SHA-256 of every artefact below
+    preprocess.json               RobustScaler centre/scale and the selector's chosen input indices
+    model.ubj | model.txt | trees.json
+                                  XGBoost (UBJSON), LightGBM (text model) or RF/AdaBoost trees (node.learn.trees)
+    training_distribution.json    per-input training ranges for the out-of-distribution flag
+
+:func:`load_bundle` verifies every hash, that the manifest and the preprocessing agree on the ordered input
+list, the model's input count and (when given) the radiomics parameter file, and refuses any mismatch with a
+:class:`BundleError`. The hashes protect integrity (accidental or naive tampering), not authenticity: whoever can
+rewrite the manifest can rewrite its hashes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import platform
+import shutil
+import tempfile
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+import numpy.typing as npt
+import xgboost as xgb
+
+from node import __version__
+from node.errors import ConfigError, InvalidStudyError
+from node.learn.dataset import PRIMARY_COLUMNS, PRIMARY_PREFIX, SUBTYPE_CLASSES, Task, primary_one_hot
+from node.learn.ood import TrainingDistribution, fit_distribution
+from node.learn.pipeline_grid import StepSpec
+from node.learn.predict import DISCLAIMER, Prediction
+from node.learn.train import TrainResult
+from node.learn.trees import TreeEnsemble, from_sklearn
+
+logger = logging.getLogger(__name__)
+
+FloatArray = npt.NDArray[np.float64]
+FORMAT = "bcbm-ainode-model-bundle"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+PREPROCESS = "preprocess.json"
+DISTRIBUTION = "training_distribution.json"
+MODEL_FILES = {"xgboost": "model.ubj", "lightgbm": "model.txt", "random_forest": "trees.json", "adaboost": "trees.json"}
+DEFAULT_RADIOMICS_CONFIG = Path(__file__).parents[2] / "config" / "radiomics.yaml"
+INTENDED_USE = (
+    "Research on the molecular subtype of breast-cancer brain metastases from T1CE/T2 MRI radiomics of a "
+    "segmented lesion (plus the primary-tumour subtype for the 'subtype' task). Not a medical device; outputs "
+    "must not guide diagnosis or treatment."
+)
+OUT_OF_SCOPE = (
+    "Clinical decision making; primary brain tumours or metastases of other cancers; features extracted with "
+    "another radiomics configuration; lesions flagged out of distribution without expert review."
+)
+_PACKAGES = ("numpy", "scikit-learn", "xgboost", "lightgbm", "shap", "pyradiomics", "scipy", "statsmodels", "pandas")
+
+
+class BundleError(ConfigError):
+    """A model bundle is missing, incomplete, tampered with or incompatible with the inputs."""
+
+    default_message = "the model bundle cannot be used"
+
+
+class LesionInputError(InvalidStudyError):
+    """A lesion's inputs cannot be used by the model (missing primary subtype, a feature not computable)."""
+
+    default_message = "the lesion's features cannot be used by this model"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version(), "bcbm-ainode": __version__}
+    for name in _PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=1, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8")
+
+
+def _jsonable(value: Any) -> Any:
+    """Replace non-finite floats by None so the manifest stays strict JSON."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float | np.floating):
+        return float(value) if np.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def _write_files(result: TrainResult, staging: Path, radiomics_config: Path | None) -> str:
+    """Write every bundle file into ``staging``; returns the classifier kind."""
+    pipe = result.pipeline
+    scaler, selector, clf = (pipe.named_steps[k] for k in ("scale", "select", "clf"))
+    best = result.search.best
+    kind = best.classifier.kind
+    selected = [int(i) for i in selector.get_support(indices=True)]
+    _write_json(
+        staging / PREPROCESS,
+        {
+            "feature_names": list(result.feature_names),
+            "scaler": {"kind": "RobustScaler", "center": scaler.center_.tolist(), "scale": scaler.scale_.tolist()},
+            "selector": {**best.selector.to_json(), "selected_indices": selected},
+        },
+    )
+    model_file = MODEL_FILES[kind]
+    if kind == "xgboost":
+        clf.get_booster().save_model(str(staging / model_file))
+    elif kind == "lightgbm":
+        clf.booster_.save_model(str(staging / model_file))
+    else:
+        _write_json(staging / model_file, from_sklearn(clf).to_json())
+    _write_json(staging / DISTRIBUTION, fit_distribution(result.training_x, result.feature_names).to_json())
+
+    radiomics: dict[str, Any] = {"path": None, "sha256": None}
+    if radiomics_config is not None:
+        if not radiomics_config.is_file():
+            raise BundleError(f"radiomics parameter file not found: {radiomics_config}")
+        radiomics = {"path": radiomics_config.name, "sha256": sha256_file(radiomics_config)}
+    task = result.options.task
+    artefacts = {name: sha256_file(staging / name) for name in (PREPROCESS, model_file, DISTRIBUTION)}
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "name": f"bcbm-{task.value}",
+        "version": __version__,
+        "created_utc": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "task": task.value,
+        "classes": list(result.classes),
+        "feature_names": list(result.feature_names),
+        "primary_subtype_encoding": (
+            {"columns": list(PRIMARY_COLUMNS), "scheme": "one-hot over all four subtypes, no reference level"}
+            if task.uses_primary
+            else None
+        ),
+        "radiomics_config": radiomics,
+        "model": {
+            "selector": best.selector.to_json(),
+            "classifier": best.classifier.to_json(),
+            "artefact": model_file,
+            "artefact_format": {"xgboost": "XGBoost UBJSON", "lightgbm": "LightGBM text model"}.get(
+                kind, "node.learn.trees JSON (exported scikit-learn trees)"
+            ),
+            "selected_features": result.selected_features,
+            "class_weighting": "balanced sample_weight (inverse class frequency)",
+            "seed": result.options.seed,
+            "grid": result.options.grid,
+            "lasso_variant": "LassoCV on the 0/1 target (binary tasks); L1 multinomial logistic regression, saga "
+            "(multi-class tasks)",
+        },
+        "training": _jsonable({**result.data_summary, "elapsed_s": round(result.elapsed_s, 1)}),
+        "metrics": _jsonable(result.metrics()),
+        "library_versions": library_versions(),
+        "intended_use": INTENDED_USE,
+        "out_of_scope": OUT_OF_SCOPE,
+        "disclaimer": DISCLAIMER,
+        "artefacts": artefacts,
+    }
+    _write_json(staging / MANIFEST, manifest)
+    return kind
+
+
+def save_bundle(result: TrainResult, out_dir: Path, radiomics_config: Path | None = DEFAULT_RADIOMICS_CONFIG) -> Path:
+    """Write ``result`` as a bundle directory (created; an existing non-empty directory is refused).
+
+    Files are written into a hidden staging directory beside ``out_dir`` and renamed into place at the end, so
+    a bundle directory is either complete or absent.
+    """
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise BundleError(f"bundle directory {out_dir} already exists and is not empty")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        kind = _write_files(result, staging, radiomics_config)
+        if out_dir.exists():
+            out_dir.rmdir()
+        staging.rename(out_dir)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    logger.info("saved %s bundle (%s) to %s", result.options.task.value, kind, out_dir)
+    return out_dir
+
+
+@dataclass
+class Bundle:
+    """A verified, loaded bundle: preprocessing, classifier and explainer, ready for :meth:`predict`."""
+
+    path: Path
+    manifest: dict[str, Any]
+    task: Task
+    classes: tuple[str, ...]
+    feature_names: tuple[str, ...]
+    center: FloatArray
+    scale: FloatArray
+    selected: tuple[int, ...]
+    kind: str
+    model: xgb.Booster | lgb.Booster | TreeEnsemble
+    distribution: TrainingDistribution
+    _explainer: Any = field(default=None, repr=False)
+
+    @property
+    def radiomic_features(self) -> tuple[str, ...]:
+        return tuple(n for n in self.feature_names if not n.startswith(PRIMARY_PREFIX))
+
+    @property
+    def selected_features(self) -> tuple[str, ...]:
+        return tuple(self.feature_names[i] for i in self.selected)
+
+    @property
+    def shap_units(self) -> str:
+        if isinstance(self.model, TreeEnsemble):
+            return self.model.output_units
+        return "log-odds margin of the class (softmax input for multi-class)"
+
+    def model_inputs(self, x: FloatArray) -> FloatArray:
+        """Scale and select: the classifier's inputs for rows of the full input list."""
+        return np.asarray(((x - self.center) / self.scale)[:, list(self.selected)], dtype=np.float64)
+
+    def predict_proba(self, x: FloatArray) -> FloatArray:
+        """Class probabilities for rows of the full, ordered input list."""
+        z = self.model_inputs(np.atleast_2d(np.asarray(x, dtype=np.float64)))
+        if isinstance(self.model, TreeEnsemble):
+            return self.model.predict_proba(z)
+        if isinstance(self.model, xgb.Booster):
+            raw = np.asarray(self.model.inplace_predict(z), dtype=np.float64)
+        else:
+            raw = np.asarray(self.model.predict(z), dtype=np.float64)
+        if raw.ndim == 1:
+            raw = np.column_stack([1.0 - raw, raw])
+        return raw
+
+    def shap_values(self, x: FloatArray) -> tuple[FloatArray, FloatArray]:
+        """SHAP values (n, selected inputs, classes) and base values (classes,) in :attr:`shap_units`."""
+        import shap  # deferred: heavy import, only needed for explanations
+
+        if self._explainer is None:
+            model = self.model.shap_model() if isinstance(self.model, TreeEnsemble) else self.model
+            self._explainer = shap.TreeExplainer(model)
+        z = self.model_inputs(np.atleast_2d(np.asarray(x, dtype=np.float64)))
+        with warnings.catch_warnings(), xgb.config_context(nthread=1):  # one lesion: threads only add latency
+            warnings.simplefilter("ignore", UserWarning)  # shap's notice about LightGBM's binary output format
+            raw = self._explainer.shap_values(z)
+        if isinstance(raw, list):  # one (n, inputs) array per class
+            values = np.stack([np.asarray(r, dtype=np.float64) for r in raw], axis=-1)
+        else:
+            values = np.asarray(raw, dtype=np.float64)
+        base = np.atleast_1d(np.asarray(self._explainer.expected_value, dtype=np.float64))
+        if values.ndim == 2:  # single margin output of a binary model: the positive class
+            values = np.stack([-values, values], axis=-1)
+            base = np.array([-base[0], base[0]])
+        if values.shape[2] != len(self.classes) or base.size != len(self.classes):
+            raise BundleError(f"unexpected SHAP output shape {values.shape} for {len(self.classes)} classes")
+        return values, base
+
+    def warm_up(self) -> None:
+        """Build the SHAP explainer now (imports shap), so that the first :meth:`predict` is fast too."""
+        self.shap_values(self.center[None, :])
+
+    def input_vector(self, features: Mapping[str, float], primary_subtype: str | None) -> FloatArray:
+        """The ordered input row for one lesion; refuses missing features and an unknown/missing primary."""
+        missing = [n for n in self.radiomic_features if n not in features]
+        if missing:
+            raise BundleError(
+                f"the lesion's feature set does not match the model: {len(missing)} feature(s) missing "
+                f"(first: {', '.join(missing[:3])})"
+            )
+        row = {n: float(features[n]) for n in self.radiomic_features}
+        if self.task.uses_primary:
+            if primary_subtype is None or primary_subtype not in SUBTYPE_CLASSES:
+                raise LesionInputError(
+                    "this model needs the primary-tumour subtype (one of "
+                    f"{', '.join(SUBTYPE_CLASSES)}); got {primary_subtype!r}"
+                )
+            row.update(primary_one_hot(primary_subtype))
+        x = np.array([row[n] for n in self.feature_names], dtype=np.float64)
+        bad = [self.feature_names[i] for i in self.selected if not np.isfinite(x[i])]
+        if bad:
+            raise LesionInputError(
+                f"feature(s) the model needs could not be computed for this lesion ({', '.join(bad[:3])}); "
+                "the lesion may be too small for texture analysis"
+            )
+        return x
+
+    def predict(self, features: Mapping[str, float], primary_subtype: str | None = None) -> Prediction:
+        """Probabilities, label, SHAP contributions to the predicted class and the OOD flag for one lesion."""
+        x = self.input_vector(features, primary_subtype)
+        proba = self.predict_proba(x[None, :])[0]
+        k = int(np.argmax(proba))
+        values, base = self.shap_values(x[None, :])
+        radiomic_idx = [i for i, n in enumerate(self.feature_names) if not n.startswith(PRIMARY_PREFIX)]
+        flag, reasons = self.distribution.check(x, self.selected, radiomic_idx)
+        return Prediction(
+            label=self.classes[k],
+            probabilities={c: float(p) for c, p in zip(self.classes, proba, strict=True)},
+            shap_contributions={self.feature_names[i]: float(values[0, j, k]) for j, i in enumerate(self.selected)},
+            shap_base_value=float(base[k]),
+            shap_units=self.shap_units,
+            out_of_distribution=flag,
+            ood_reasons=reasons,
+        )
+
+
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{what} {path} is missing or not valid JSON") from exc
+
+
+def load_bundle(path: Path, radiomics_config: Path | None = None) -> Bundle:
+    """Load and verify a bundle; with ``radiomics_config`` also require the same radiomics parameter file."""
+    if not path.is_dir():
+        raise BundleError(f"model bundle {path} is not a directory")
+    manifest = _read_json(path / MANIFEST, "bundle manifest")
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise BundleError(f"{path / MANIFEST} is not a model-bundle manifest of this node")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise BundleError(f"bundle format version {manifest.get('format_version')} is not supported")
+    try:
+        task = Task(manifest["task"])
+        kind = str(manifest["model"]["classifier"]["kind"])
+        artefacts = dict(manifest["artefacts"])
+        feature_names = tuple(str(n) for n in manifest["feature_names"])
+        classes = tuple(str(c) for c in manifest["classes"])
+    except (KeyError, ValueError, TypeError) as exc:
+        raise BundleError(f"bundle manifest {path / MANIFEST} is incomplete: {exc}") from exc
+    required = {PREPROCESS, DISTRIBUTION, MODEL_FILES.get(kind, "?")}
+    if not required <= set(artefacts):
+        raise BundleError(f"bundle manifest lists no hash for {', '.join(sorted(required - set(artefacts)))}")
+    for name, expected in sorted(artefacts.items()):
+        file = path / name
+        if Path(name).name != name or not file.is_file():
+            raise BundleError(f"bundle artefact {name} is missing from {path}")
+        if sha256_file(file) != expected:
+            raise BundleError(
+                f"bundle artefact {name} does not match its SHA-256 in the manifest (modified or corrupt)"
+            )
+    if classes != task.classes:
+        raise BundleError(f"bundle classes {classes} do not match the {task.value} task")
+    if radiomics_config is not None:
+        expected_hash = manifest.get("radiomics_config", {}).get("sha256")
+        if expected_hash is not None and sha256_file(radiomics_config) != expected_hash:
+            raise BundleError(
+                f"the radiomics parameter file {radiomics_config} differs from the one the model was trained with; "
+                "features would not be comparable"
+            )
+    pre = _read_json(path / PREPROCESS, "bundle preprocessing")
+    if tuple(pre.get("feature_names", ())) != feature_names:
+        raise BundleError("the bundle's feature list does not match its preprocessing (wrong or edited feature list)")
+    center = np.asarray(pre["scaler"]["center"], dtype=np.float64)
+    scale = np.asarray(pre["scaler"]["scale"], dtype=np.float64)
+    selected = tuple(int(i) for i in pre["selector"]["selected_indices"])
+    n = len(feature_names)
+    if center.shape != (n,) or scale.shape != (n,) or not selected or min(selected) < 0 or max(selected) >= n:
+        raise BundleError("the bundle's preprocessing does not match its feature list")
+    model_path = path / MODEL_FILES[kind]
+    model: xgb.Booster | lgb.Booster | TreeEnsemble
+    try:
+        if kind == "xgboost":
+            model = xgb.Booster()
+            model.load_model(str(model_path))
+            model.set_param({"nthread": 1})  # one lesion at a time: threads only add latency
+            n_model = model.num_features()
+        elif kind == "lightgbm":
+            model = lgb.Booster(model_file=str(model_path), params={"num_threads": 1})
+            n_model = model.num_feature()
+        else:
+            model = TreeEnsemble.from_json(_read_json(model_path, "bundle trees"))
+            n_model = model.n_features
+    except (ValueError, xgb.core.XGBoostError, lgb.basic.LightGBMError) as exc:
+        raise BundleError(f"bundle model {model_path.name} cannot be loaded: {exc}") from exc
+    if n_model != len(selected):
+        raise BundleError(f"the bundle's model expects {n_model} inputs but its selector yields {len(selected)}")
+    try:
+        distribution = TrainingDistribution.from_json(_read_json(path / DISTRIBUTION, "training distribution"))
+    except (KeyError, ValueError) as exc:
+        raise BundleError(f"bundle training distribution is invalid: {exc}") from exc
+    if distribution.names != feature_names:
+        raise BundleError("the bundle's training distribution does not match its feature list")
+    StepSpec.from_json(manifest["model"]["selector"])  # validates the recorded selector description
+    logger.info("loaded %s bundle %s (%s, %d inputs)", task.value, path, kind, len(selected))
+    return Bundle(path, manifest, task, classes, feature_names, center, scale, selected, kind, model, distribution)
