@@ -47,6 +47,7 @@ def build_blocks(bundle: Bundle, metrics: dict[str, Any], plots: dict[str, str])
     training, model, tm = man["training"], man["model"], man["metrics"]
     blocks: list[Block] = [
         Block("p", f"**{man['disclaimer'].upper()}.** {man['intended_use']}"),
+        *([Block("p", f"**Training data: {man['data_source']}**")] if man.get("data_source") else []),
         Block("h2", "Identity"),
         Block("table", header=("field", "value"), rows=(
             ("name / version", f"{man['name']} {man['version']}"),

@@ -64,6 +64,8 @@ def full_proba(model: BaseEstimator, x: FloatArray, n_classes: int) -> FloatArra
     seen = np.asarray(model.classes_, dtype=np.int64)
     if seen.size == n_classes:
         return proba
+    if proba.shape[1] != seen.size:  # one class only in the training part: some boosters still give 2 columns
+        proba = np.ones((x.shape[0], 1)) if seen.size == 1 else proba[:, : seen.size]
     out = np.zeros((x.shape[0], n_classes))
     out[:, seen] = proba
     return out

@@ -280,11 +280,11 @@ def calibration(y_true: Sequence[int] | IntArray, prob: FloatArray, n_bins: int 
             counts.append(int(sel.sum()))
     logit = np.log(np.clip(p, 1e-6, 1 - 1e-6) / (1 - np.clip(p, 1e-6, 1 - 1e-6)))
     slope = intercept = math.nan
-    if 0 < y.mean() < 1:
+    if 0 < y.mean() < 1 and np.ptp(logit) > 0:  # a slope needs both outcomes and varying predictions
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
-                fit = sm.GLM(y, sm.add_constant(logit), family=sm.families.Binomial()).fit()
+                fit = sm.GLM(y, sm.add_constant(logit, has_constant="add"), family=sm.families.Binomial()).fit()
                 slope = float(fit.params[1])
                 fit0 = sm.GLM(y, np.ones_like(y), family=sm.families.Binomial(), offset=logit).fit()
                 intercept = float(fit0.params[0])

@@ -84,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         conversion_rate=args.conversion_rate,
         skull=args.skull,
         workers=args.workers,
+        lesions=args.lesions,
     )
     elapsed = time.perf_counter() - start
     n_lesions = sum(len(t.data["lesions"]) for t in truths)

@@ -118,3 +118,14 @@ def test_full_size_case(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     for row in rows:
         assert row["qc_error"] == ""
         assert all(math.isfinite(float(row[name])) for name in FEATURE_NAMES)
+
+
+def test_parallel_workers_give_the_same_table(
+    small_cohort: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cases = [str(c) for c in case_dirs(small_cohort)]
+    serial, parallel = tmp_path / "serial.csv", tmp_path / "parallel.csv"
+    assert main(["features", *cases, "--out", str(serial)]) == 0
+    assert main(["features", *cases, "--out", str(parallel), "--workers", "2"]) == 0
+    capsys.readouterr()
+    assert _read_rows(serial) == _read_rows(parallel)

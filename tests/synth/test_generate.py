@@ -258,3 +258,11 @@ def test_parallel_workers_give_identical_files(cohort_dir: Path, tmp_path: Path)
     generate_cohort(tmp_path, cases=2, seed=SEED, size="small", sites=3, pons_seg=True, workers=2)
     for case in ("case0000", "case0001"):
         assert _digest(tmp_path / case) == _digest(cohort_dir / case)
+
+
+def test_fixed_lesion_count(tmp_path: Path) -> None:
+    from node.cli import main
+
+    assert main(["synth", "--out", str(tmp_path), "--cases", "2", "--seed", "4", "--lesions", "1"]) == 0
+    rows = (tmp_path / "labels.csv").read_text(encoding="utf-8").strip().splitlines()
+    assert len(rows) == 1 + 2  # header + one lesion per case
