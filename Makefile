@@ -23,8 +23,9 @@ demo: $(STAMP)
 	$(VENV)/bin/ainode synth --out $(DEMO) --cases 1 --seed 7 --size full
 	$(VENV)/bin/ainode features $(DEMO)/case0000 --out $(DEMO)/features.csv
 
+# the venv's bin/ goes first on PATH so tests find the tools pip installs there (dcmqi's itkimage2segimage)
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest -q -n 2
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check node tests bench

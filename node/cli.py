@@ -24,6 +24,7 @@ EXIT_INTERNAL = 70
 def build_parser() -> argparse.ArgumentParser:
     from node.imaging import command as imaging_command
     from node.learn import command as learn_command
+    from node.learn import dataset_command
     from node.synth import command as synth_command
 
     parser = argparse.ArgumentParser(
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth_command.register(sub)
     imaging_command.register(sub)
     learn_command.register(sub)
+    dataset_command.register(sub)
     return parser
 
 

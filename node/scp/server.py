@@ -1,0 +1,228 @@
+"""Wiring of the DICOM listener: the pynetdicom AE, its contexts and limits, TLS, and the event handlers.
+
+``start_listener(settings, ledger)`` starts a non-blocking server and returns a :class:`ListenerHandle` (use it
+in-process, e.g. from ``ainode serve`` or a test); ``main(argv)`` / ``python -m node.scp.server`` runs the
+listener alone until SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import ssl
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any
+
+from pynetdicom import AE, evt
+from pynetdicom.transport import ThreadedAssociationServer
+
+from node import log
+from node.errors import ConfigError, NodeError
+from node.ledger.db import Ledger
+from node.ledger.repository import Repository
+from node.scp import handlers
+from node.scp.contexts import VERIFICATION, VERIFICATION_TRANSFER_SYNTAXES, storage_contexts
+from node.scp.spool import ORPHANS, Spool
+from node.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+ACSE_TIMEOUT_S = 30.0
+DIMSE_TIMEOUT_S = 120.0  # generous: large enhanced MR objects over slow links
+NETWORK_TIMEOUT_S = 120.0
+
+
+class ListenerHandle:
+    """A running listener: its bound port, the spool and repository it writes to, and ``stop()``."""
+
+    def __init__(
+        self, ae: AE, server: ThreadedAssociationServer, spool: Spool, repository: Repository, owns_ledger: bool
+    ) -> None:
+        self.ae = ae
+        self.server = server
+        self.spool = spool
+        self.repository = repository
+        self._owns_ledger = owns_ledger
+        self._stopped = False
+
+    @property
+    def port(self) -> int:
+        """The TCP port actually bound (useful with ``port = 0``)."""
+        return int(self.server.server_address[1])
+
+    @property
+    def address(self) -> str:
+        return str(self.server.server_address[0])
+
+    def stop(self) -> None:
+        """Stop accepting, end the running associations, and release the ledger if this handle opened it.
+
+        Calling it again does nothing.
+        """
+        if self._stopped:
+            return
+        self._stopped = True
+        self.server.shutdown()
+        if self._owns_ledger:
+            self.repository.ledger.dispose()
+
+    def __enter__(self) -> ListenerHandle:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def reconcile_spool(spool: Spool, repository: Repository, at: float) -> list[str]:
+    """Quarantine spooled files the ledger does not know (a crash between rename and commit); audited.
+
+    Their senders were never answered Success, so they resend them; keeping the files out of the study
+    folders means no job ever reads an instance the ledger does not list.
+    """
+    known = repository.known_paths()
+    orphans = [path for path in spool.stored_paths() if path not in known]
+    for path in orphans:
+        moved = spool.quarantine(path)
+        repository.audit("orphan-quarantined", at, detail=f"{path} -> {moved.relative_to(spool.root).as_posix()}")
+    if orphans:
+        logger.warning("moved %d spooled file(s) unknown to the ledger to %s", len(orphans), ORPHANS)
+    return orphans
+
+
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """Server-side TLS (1.2+) from the settings; with ``tls_ca`` set, client certificates are required."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    context = ssl.create_default_context(
+        ssl.Purpose.CLIENT_AUTH, cafile=str(settings.tls_ca) if settings.tls_ca else None
+    )
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(str(settings.tls_cert), str(settings.tls_key))
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(
+            f"TLS certificate {settings.tls_cert} / key {settings.tls_key} cannot be loaded: {exc}"
+        ) from exc
+    context.verify_mode = ssl.CERT_REQUIRED if settings.tls_ca else ssl.CERT_NONE
+    return context
+
+
+def build_ae(settings: Settings) -> AE:
+    """The AE with the accepted contexts, limits and association policy of ``settings``."""
+    ae = AE(ae_title=settings.ae_title)
+    for abstract_syntax, transfer_syntaxes in storage_contexts():
+        ae.add_supported_context(abstract_syntax, transfer_syntaxes)
+    ae.add_supported_context(VERIFICATION, list(VERIFICATION_TRANSFER_SYNTAXES))
+    ae.maximum_associations = settings.max_associations
+    ae.maximum_pdu_size = settings.max_pdu
+    ae.require_called_aet = True
+    ae.require_calling_aet = list(settings.accepted_calling_aets)
+    ae.acse_timeout = ACSE_TIMEOUT_S
+    ae.dimse_timeout = DIMSE_TIMEOUT_S
+    ae.network_timeout = NETWORK_TIMEOUT_S
+    return ae
+
+
+def start_listener(
+    settings: Settings, ledger: Ledger | None = None, *, clock: Callable[[], float] = time.time
+) -> ListenerHandle:
+    """Start the C-ECHO / C-STORE SCP in background threads and return its handle.
+
+    ``ledger`` defaults to one opened from ``settings.effective_database_url`` (closed again by ``stop()``);
+    ``clock`` gives the receive times recorded in the ledger (tests pass a fake one).
+    """
+    owns_ledger = ledger is None
+    if ledger is None:
+        ledger = Ledger.open(settings.effective_database_url)
+    spool = Spool(settings.spool_dir)
+    spool.clean_incoming()
+    repository = Repository(ledger, settings.late_instance_policy)
+    reconcile_spool(spool, repository, clock())
+    context = handlers.ListenerContext(
+        spool=spool,
+        repository=repository,
+        min_free_disk_bytes=settings.min_free_disk_bytes,
+        duplicate_policy=settings.duplicate_policy,
+        clock=clock,
+    )
+    evt_handlers: list[Any] = [
+        (evt.EVT_C_ECHO, handlers.handle_echo, [context]),
+        (evt.EVT_C_STORE, handlers.handle_store, [context]),
+        (evt.EVT_REJECTED, handlers.handle_rejected, [context]),
+        (evt.EVT_ABORTED, handlers.handle_aborted, [context]),
+    ]
+    ae = build_ae(settings)
+    try:
+        server = ae.start_server(
+            (settings.bind_address, settings.port),
+            block=False,
+            evt_handlers=evt_handlers,
+            ssl_context=tls_context(settings),
+        )
+    except OSError as exc:
+        if owns_ledger:
+            ledger.dispose()
+        raise ConfigError(f"cannot listen on {settings.bind_address}:{settings.port}: {exc.strerror}") from exc
+    assert server is not None  # block=False always returns the server
+    handle = ListenerHandle(ae, server, spool, repository, owns_ledger)
+    logger.info(
+        "listening as %s on %s:%d%s, spool %s, ledger %s",
+        settings.ae_title, handle.address, handle.port, " (TLS)" if settings.tls_enabled else "",
+        spool.root, ledger.url,
+    )
+    return handle
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m node.scp.server",
+        description="Run the node's DICOM listener (C-ECHO, C-STORE of MR and SEG) until interrupted.",
+    )
+    parser.add_argument("--config", type=Path, help="YAML settings file (default: $AINODE_CONFIG)")
+    parser.add_argument("--ae-title", help="our AE title")
+    parser.add_argument("--port", help="TCP port (0 = any free port)")
+    parser.add_argument("--bind-address", help="address to listen on")
+    parser.add_argument("--spool-dir", help="spool folder")
+    parser.add_argument("--database-url", help="ledger URL (default: SQLite in the spool folder)")
+    parser.add_argument("--accepted-calling-aets", help="comma-separated calling AE titles allowed to connect")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    log.configure(max(args.verbose, 1))
+    overrides = {
+        key: getattr(args, key)
+        for key in ("ae_title", "port", "bind_address", "spool_dir", "database_url", "accepted_calling_aets")
+    }
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
+        logger.info("signal %d: stopping", signum)
+        stop.set()
+
+    try:
+        settings = Settings.load(args.config, overrides=overrides)
+        handle = start_listener(settings)
+    except NodeError as exc:
+        print(f"node.scp.server: error: {exc.message}", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    print(f"listening as {settings.ae_title} on {handle.address}:{handle.port}", flush=True)
+    with handle:
+        stop.wait()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,23 @@
+"""Named DIMSE statuses the listener returns (PS3.7 Annex C), so no handler returns a bare hex number."""
+
+from __future__ import annotations
+
+import enum
+
+
+class StoreStatus(enum.IntEnum):
+    """C-STORE response statuses used by :func:`node.scp.handlers.handle_store`."""
+
+    SUCCESS = 0x0000
+    #: The instance cannot be kept: free disk is below the configured threshold, or a write hit ENOSPC.
+    OUT_OF_RESOURCES = 0xA700
+    #: The dataset does not parse, lacks its UIDs, or its UIDs contradict the C-STORE request.
+    CANNOT_UNDERSTAND = 0xC000
+    #: The instance was received but could not be made durable (spool or ledger I/O error); resend it.
+    PROCESSING_FAILURE = 0x0110
+
+
+class EchoStatus(enum.IntEnum):
+    """C-ECHO response statuses."""
+
+    SUCCESS = 0x0000

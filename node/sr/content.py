@@ -1,0 +1,449 @@
+"""Frozen, validated value objects the result SR and its companions are built from (strict on encode).
+
+* :class:`SourceStudy` — the analysed T1CE, T2 and SEG headers (read from paths, pixel data skipped): patient
+  and study identity, the evidence, and each SEG segment's number, label and tracking identifiers.
+* :class:`HeadResult` — one classifier head's output (subtype, ER, PR, HER2 or HER2 3-tier): label, class
+  probabilities, out-of-distribution flag.
+* :class:`ShapExplanation` — the top SHAP contributions (feature, raw value, contribution) and base value.
+* :class:`LesionResult` — everything reported for one SEG segment.
+* :class:`ModelInfo` / :class:`AlgorithmInfo` — provenance (engineering.md §3.8), from :mod:`node.learn.bundle`.
+* :class:`ReportContent` — the whole report: source, lesions, algorithm, subtype-model variant, pons summary,
+  disclaimer.
+
+:func:`lesion_result_from_predictions` builds a :class:`LesionResult` from :class:`node.learn.predict.Prediction`
+objects. Research use only, not for diagnosis.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import generate_uid
+
+from node import __version__
+from node.errors import CorruptInstanceError, MissingSeriesError, SegmentationError
+
+if TYPE_CHECKING:
+    from node.learn.bundle import Bundle
+    from node.learn.predict import Prediction
+
+DISCLAIMER = "Research use only, not for diagnosis"
+SUBTYPE_CLASSES: tuple[str, ...] = ("HR+/HER2-", "HR+/HER2+", "HR-/HER2+", "TN")
+HEAD_CLASSES: dict[str, tuple[str, ...]] = {
+    "subtype": SUBTYPE_CLASSES,
+    "er": ("negative", "positive"),
+    "pr": ("negative", "positive"),
+    "her2": ("negative", "positive"),
+    "her2-3tier": ("zero", "low", "positive"),
+}
+SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+
+
+class SubtypeModel(StrEnum):
+    """Which subtype model produced the subtype: with the primary-tumour subtype as input, or without."""
+
+    WITH_PRIMARY = "subtype"
+    WITHOUT_PRIMARY = "subtype-noprimary"
+
+
+@dataclass(frozen=True)
+class SegmentInfo:
+    """One SEG segment (= one lesion)."""
+
+    segment_number: int
+    label: str
+    tracking_uid: str | None
+    tracking_id: str | None
+
+
+def _read_header(path: Path) -> Dataset:
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=True)
+    except (InvalidDicomError, OSError) as exc:
+        raise CorruptInstanceError(f"cannot read DICOM header of {path}: {exc}") from exc
+
+
+def _segments(seg: Dataset) -> tuple[SegmentInfo, ...]:
+    out = []
+    for item in seg.get("SegmentSequence", []):
+        out.append(
+            SegmentInfo(
+                segment_number=int(item.SegmentNumber),
+                label=str(item.get("SegmentLabel", "")),
+                tracking_uid=str(item.TrackingUID) if "TrackingUID" in item else None,
+                tracking_id=str(item.TrackingID) if "TrackingID" in item else None,
+            )
+        )
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class SourceStudy:
+    """Headers of the analysed series: the SR's evidence and the source of its patient/study identity."""
+
+    t1ce: tuple[Dataset, ...]
+    t2: tuple[Dataset, ...]
+    seg: Dataset
+    segments: tuple[SegmentInfo, ...]
+
+    def __post_init__(self) -> None:
+        if not self.t1ce or not self.t2:
+            raise MissingSeriesError("the SR needs at least one T1CE and one T2 instance as evidence")
+        if self.seg.SOPClassUID != SEG_STORAGE:
+            raise SegmentationError(f"the segmentation instance has SOP class {self.seg.SOPClassUID}, not SEG")
+        studies = {str(d.StudyInstanceUID) for d in (*self.t1ce, *self.t2, self.seg)}
+        if len(studies) != 1:
+            raise SegmentationError("T1CE, T2 and SEG do not belong to one study (StudyInstanceUID differs)")
+        for name, series in (("T1CE", self.t1ce), ("T2", self.t2)):
+            if len({str(d.SeriesInstanceUID) for d in series}) != 1:
+                raise MissingSeriesError(f"the {name} instances come from more than one series")
+        referenced = {str(s.SeriesInstanceUID) for s in self.seg.get("ReferencedSeriesSequence", [])}
+        if not referenced & {self.t1ce_series_uid, self.t2_series_uid}:
+            raise SegmentationError("the SEG references neither the T1CE nor the T2 series")
+        if not self.segments:
+            raise SegmentationError("the SEG has no segments")
+
+    @classmethod
+    def from_files(cls, t1ce: Iterable[Path], t2: Iterable[Path], seg: Path) -> SourceStudy:
+        """Read the headers (no pixel data) of the T1CE and T2 instances and of the SEG."""
+        seg_ds = _read_header(seg)
+        return cls(
+            t1ce=tuple(_read_header(p) for p in sorted(t1ce)),
+            t2=tuple(_read_header(p) for p in sorted(t2)),
+            seg=seg_ds,
+            segments=_segments(seg_ds),
+        )
+
+    @classmethod
+    def from_directories(cls, t1ce_dir: Path, t2_dir: Path, seg_file: Path) -> SourceStudy:
+        """Every file in the two series folders (any name) and the SEG file."""
+
+        def files(d: Path) -> list[Path]:
+            return sorted(p for p in d.iterdir() if p.is_file() and not p.name.startswith("."))
+
+        return cls.from_files(files(t1ce_dir), files(t2_dir), seg_file)
+
+    @property
+    def study_instance_uid(self) -> str:
+        return str(self.seg.StudyInstanceUID)
+
+    @property
+    def t1ce_series_uid(self) -> str:
+        return str(self.t1ce[0].SeriesInstanceUID)
+
+    @property
+    def t2_series_uid(self) -> str:
+        return str(self.t2[0].SeriesInstanceUID)
+
+    @property
+    def segmentation_source_series_uid(self) -> str:
+        """The series the SEG was drawn on (its first referenced series)."""
+        return str(self.seg.ReferencedSeriesSequence[0].SeriesInstanceUID)
+
+    @property
+    def evidence(self) -> list[Dataset]:
+        return [*self.t1ce, *self.t2, self.seg]
+
+    def segment(self, number: int) -> SegmentInfo:
+        for s in self.segments:
+            if s.segment_number == number:
+                return s
+        raise SegmentationError(f"the SEG has no segment number {number}")
+
+
+@dataclass(frozen=True)
+class HeadResult:
+    """One classifier head's output for one lesion."""
+
+    task: str
+    label: str
+    probabilities: Mapping[str, float]
+    out_of_distribution: bool = False
+    ood_reasons: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        classes = HEAD_CLASSES.get(self.task)
+        if classes is None:
+            raise ValueError(f"unknown head {self.task!r}; expected one of {', '.join(HEAD_CLASSES)}")
+        if set(self.probabilities) != set(classes):
+            raise ValueError(f"{self.task} probabilities must cover exactly {classes}, got {tuple(self.probabilities)}")
+        if self.label not in classes:
+            raise ValueError(f"{self.task} label {self.label!r} is not one of {classes}")
+        if any(not (0.0 <= p <= 1.0) or not math.isfinite(p) for p in self.probabilities.values()):
+            raise ValueError(f"{self.task} probabilities must lie in [0, 1]")
+        total = sum(self.probabilities.values())
+        if not math.isclose(total, 1.0, abs_tol=1e-4):
+            raise ValueError(f"{self.task} probabilities sum to {total}, not 1")
+        if self.out_of_distribution and not self.ood_reasons:
+            raise ValueError("an out-of-distribution flag needs at least one reason")
+
+    @property
+    def probability(self) -> float:
+        return float(self.probabilities[self.label])
+
+    @classmethod
+    def from_prediction(cls, task: str, prediction: Prediction) -> HeadResult:
+        """From a :class:`Prediction`; float32 round-off outside [0, 1] (e.g. 1.0000001) is clipped."""
+        return cls(
+            task=task,
+            label=prediction.label,
+            probabilities={k: min(max(float(v), 0.0), 1.0) for k, v in prediction.probabilities.items()},
+            out_of_distribution=prediction.out_of_distribution,
+            ood_reasons=tuple(prediction.ood_reasons),
+        )
+
+
+@dataclass(frozen=True)
+class ShapContribution:
+    feature: str
+    value: float
+    contribution: float
+
+    def __post_init__(self) -> None:
+        if not self.feature or not math.isfinite(self.contribution) or not math.isfinite(self.value):
+            raise ValueError(f"invalid SHAP contribution {self!r}")
+
+
+@dataclass(frozen=True)
+class ShapExplanation:
+    """Top-k SHAP contributions to ``explained_class`` (sorted by |contribution|) with the base value."""
+
+    explained_class: str
+    base_value: float
+    units: str
+    contributions: tuple[ShapContribution, ...]
+
+    def __post_init__(self) -> None:
+        if not self.contributions:
+            raise ValueError("a SHAP explanation needs at least one contribution")
+        if not math.isfinite(self.base_value):
+            raise ValueError("the SHAP base value must be finite")
+        names = [c.feature for c in self.contributions]
+        if len(set(names)) != len(names):
+            raise ValueError("duplicate feature in the SHAP contributions")
+
+
+@dataclass(frozen=True)
+class LesionResult:
+    """Everything reported for one SEG segment."""
+
+    segment_number: int
+    subtype: HeadResult
+    volume_ml: float
+    explanation: ShapExplanation | None = None
+    er: HeadResult | None = None
+    pr: HeadResult | None = None
+    her2: HeadResult | None = None
+    her2_tier: HeadResult | None = None
+
+    def __post_init__(self) -> None:
+        if self.segment_number < 1:
+            raise ValueError("segment numbers start at 1")
+        if not (self.volume_ml > 0 and math.isfinite(self.volume_ml)):
+            raise ValueError(f"lesion volume must be positive, got {self.volume_ml}")
+        expected = {"subtype": self.subtype, "er": self.er, "pr": self.pr, "her2": self.her2}
+        expected["her2-3tier"] = self.her2_tier
+        for task, head in expected.items():
+            if head is not None and head.task != task:
+                raise ValueError(f"the {task} slot holds a {head.task} result")
+        if self.explanation is not None and self.explanation.explained_class != self.subtype.label:
+            raise ValueError("the SHAP explanation must explain the predicted subtype")
+
+    @property
+    def heads(self) -> tuple[HeadResult, ...]:
+        return tuple(h for h in (self.subtype, self.er, self.pr, self.her2, self.her2_tier) if h is not None)
+
+    @property
+    def out_of_distribution(self) -> bool:
+        return any(h.out_of_distribution for h in self.heads)
+
+    @property
+    def ood_reasons(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(r for h in self.heads for r in h.ood_reasons))
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """One trained model: task, name, version and the SHA-256 of its bundle manifest (which pins every artefact)."""
+
+    task: str
+    name: str
+    version: str
+    sha256: str
+
+    def __post_init__(self) -> None:
+        if self.task not in HEAD_CLASSES and self.task != SubtypeModel.WITHOUT_PRIMARY.value:
+            raise ValueError(f"unknown model task {self.task!r}")
+        if len(self.sha256) != 64 or any(c not in "0123456789abcdef" for c in self.sha256):
+            raise ValueError("model sha256 must be 64 lower-case hex digits")
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle) -> ModelInfo:
+        from node.learn.bundle import MANIFEST, sha256_file
+
+        m = bundle.manifest
+        return cls(
+            task=bundle.task.value,
+            name=str(m.get("name", f"bcbm-{bundle.task.value}")),
+            version=str(m.get("version", "unknown")),
+            sha256=sha256_file(bundle.path / MANIFEST),
+        )
+
+    def parameter(self) -> str:
+        """One TID 4019 "Algorithm Parameters" value."""
+        return f"model[{self.task}]={self.name} {self.version} sha256={self.sha256}"
+
+
+@dataclass(frozen=True)
+class AlgorithmInfo:
+    """The node as a device and the models it ran (TID 4019, observer device, contributing equipment)."""
+
+    models: tuple[ModelInfo, ...]
+    name: str = "BCBM AI node"
+    version: str = __version__
+    manufacturer: str = "BCBM AI node project"
+    device_uid: str = field(default_factory=lambda: str(generate_uid(entropy_srcs=["BCBM AI node device"])))
+    shap_units: str = "log-odds margin"
+    extra_parameters: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise ValueError("at least one model must be named")
+        tasks = [m.task for m in self.models]
+        if len(set(tasks)) != len(tasks):
+            raise ValueError("each model task may appear once")
+        if not self.device_uid or len(self.device_uid) > 64:
+            raise ValueError("device UID must be a UID of at most 64 characters")
+
+    @property
+    def parameters(self) -> list[str]:
+        return [
+            *(m.parameter() for m in self.models),
+            "decision=argmax (subtype, HER2 3-tier); positive if p>=0.5 (ER, PR, HER2)",
+            f"shap_output={self.shap_units}",
+            *self.extra_parameters,
+        ]
+
+
+@dataclass(frozen=True)
+class PonsSummary:
+    """How the intensity reference was obtained (method ``seg``/``auto``/``whole-brain``) and a QC note."""
+
+    method: str
+    qc: str = ""
+
+    def __post_init__(self) -> None:
+        if self.method not in ("seg", "auto", "whole-brain"):
+            raise ValueError(f"unknown pons method {self.method!r}")
+
+    def describe(self) -> str:
+        text = {"seg": "pons from SEG", "auto": "automatic pons", "whole-brain": "whole brain (pons QC failed)"}
+        return text[self.method] + (f"; {self.qc}" if self.qc else "")
+
+
+@dataclass(frozen=True)
+class ReportContent:
+    """The whole result of one analysed study."""
+
+    source: SourceStudy
+    lesions: tuple[LesionResult, ...]
+    algorithm: AlgorithmInfo
+    subtype_model: SubtypeModel
+    pons: PonsSummary
+    primary_subtype: str | None = None
+    disclaimer: str = DISCLAIMER
+    warnings: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if not self.lesions:
+            raise ValueError("a report needs at least one lesion (use node.sr.failure for none)")
+        numbers = [lesion.segment_number for lesion in self.lesions]
+        if len(set(numbers)) != len(numbers):
+            raise ValueError("each SEG segment may be reported once")
+        for n in numbers:
+            self.source.segment(n)
+        if self.primary_subtype is not None and self.primary_subtype not in SUBTYPE_CLASSES:
+            raise ValueError(f"unknown primary subtype {self.primary_subtype!r}")
+        if self.subtype_model is SubtypeModel.WITH_PRIMARY and self.primary_subtype is None:
+            raise ValueError("the with-primary subtype model needs the primary subtype")
+        if self.subtype_model.value not in {m.task for m in self.algorithm.models}:
+            raise ValueError(f"the algorithm does not list the {self.subtype_model.value} model that was used")
+        for lesion in self.lesions:
+            check_models(self.algorithm.models, lesion)
+        if "research use only" not in self.disclaimer.lower():
+            raise ValueError("the disclaimer must say 'research use only'")
+
+
+def top_contributions(
+    prediction: Prediction, features: Mapping[str, float], top_k: int
+) -> tuple[ShapContribution, ...]:
+    """The ``top_k`` largest |SHAP| inputs of ``prediction``, with their raw values (one-hot inputs: 0/1)."""
+    out = []
+    for name, contribution in prediction.top_features(top_k):
+        if name.startswith("primary_subtype="):
+            value = 1.0 if features.get(name, 0.0) else 0.0
+        elif name in features:
+            value = float(features[name])
+        else:
+            raise ValueError(f"the feature values lack {name!r}, an input the model explains")
+        out.append(ShapContribution(name, value, float(contribution)))
+    return tuple(out)
+
+
+def lesion_result_from_predictions(
+    segment_number: int,
+    subtype: Prediction,
+    features: Mapping[str, float],
+    volume_ml: float,
+    *,
+    er: Prediction | None = None,
+    pr: Prediction | None = None,
+    her2: Prediction | None = None,
+    her2_tier: Prediction | None = None,
+    top_k: int = 10,
+    primary_subtype: str | None = None,
+) -> LesionResult:
+    """A :class:`LesionResult` from the per-head :class:`Prediction` objects of :mod:`node.learn`.
+
+    ``features`` are the lesion's radiomic features (the feature-table row); ``primary_subtype`` fills the
+    one-hot input values when the subtype model used it.
+    """
+    values: dict[str, float] = dict(features)
+    if primary_subtype is not None:
+        values.update({f"primary_subtype={c}": float(c == primary_subtype) for c in SUBTYPE_CLASSES})
+    explanation = ShapExplanation(
+        explained_class=subtype.label,
+        base_value=float(subtype.shap_base_value),
+        units=subtype.shap_units,
+        contributions=top_contributions(subtype, values, top_k),
+    )
+
+    def head(task: str, p: Prediction | None) -> HeadResult | None:
+        return HeadResult.from_prediction(task, p) if p is not None else None
+
+    return LesionResult(
+        segment_number=segment_number,
+        subtype=HeadResult.from_prediction("subtype", subtype),
+        volume_ml=float(volume_ml),
+        explanation=explanation,
+        er=head("er", er),
+        pr=head("pr", pr),
+        her2=head("her2", her2),
+        her2_tier=head("her2-3tier", her2_tier),
+    )
+
+
+def check_models(models: Sequence[ModelInfo], lesion: LesionResult) -> None:
+    """Raise if a lesion reports a head whose model is not listed (provenance must be complete)."""
+    tasks = {m.task for m in models}
+    for h in lesion.heads:
+        if h.task != "subtype" and h.task not in tasks:
+            raise ValueError(f"lesion {lesion.segment_number} reports {h.task} but no {h.task} model is listed")
