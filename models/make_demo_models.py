@@ -45,13 +45,14 @@ DATA_SOURCE = (
 CREATED_UTC = "2026-11-22T00:00:00Z"
 
 
-def _build_tables(data_dir: Path, patients: int, sites: int, seed: int, workers: int) -> None:
+def _build_tables(data_dir: Path, patients: int, sites: int, seed: int, workers: int, keep: Path | None) -> None:
     with tempfile.TemporaryDirectory(prefix="ainode-demo-cohort-") as tmp:
-        cohort = Path(tmp)
-        argv = ["synth", "--out", str(cohort), "--cases", str(patients), "--seed", str(seed),
-                "--size", "small", "--sites", str(sites), "--workers", str(workers)]
-        if ainode(argv) != 0:
-            raise SystemExit("synthesis failed")
+        cohort = keep or Path(tmp)
+        if not (cohort / "labels.csv").is_file():
+            argv = ["synth", "--out", str(cohort), "--cases", str(patients), "--seed", str(seed),
+                    "--size", "small", "--sites", str(sites), "--workers", str(workers)]
+            if ainode(argv) != 0:
+                raise SystemExit("synthesis failed")
         cases = sorted(str(p) for p in cohort.iterdir() if p.is_dir() and p.name != "truth")
         data_dir.mkdir(parents=True, exist_ok=True)
         status = ainode(["features", *cases, "--out", str(data_dir / "features.csv"),
@@ -76,12 +77,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--grid", default="quick", choices=["tiny", "quick", "full"])
     parser.add_argument("--reuse-features", action="store_true", help="reuse <out>/data/*.csv")
+    parser.add_argument("--cohort", type=Path, help="keep (or reuse) the synthetic DICOM cohort in this folder")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     data_dir = args.out / "data"
     if not (args.reuse_features and (data_dir / "features.csv").is_file()):
-        _build_tables(data_dir, args.patients, args.sites, args.seed, args.workers)
+        _build_tables(data_dir, args.patients, args.sites, args.seed, args.workers, args.cohort)
     features_csv, labels_csv = data_dir / "features.csv", data_dir / "labels.csv"
     held_out = _held_out_site(labels_csv)
 

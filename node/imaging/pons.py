@@ -52,6 +52,8 @@ class PonsParams:
     auto: bool = True
     expected_volume_mm3: float = PONS_EXPECTED_VOLUME_MM3
     volume_tolerance: float = 0.20
+    min_head_volume_ratio: float = 0.6
+    max_head_volume_ratio: float = 1.6
     lesion_margin_mm: float = 3.0
     max_cv: float = 0.30
     max_midline_offset_mm: float = 10.0
@@ -64,6 +66,8 @@ class PonsParams:
             raise ValueError(f"pons volume_tolerance must be in (0, 1), got {self.volume_tolerance}")
         if self.expected_volume_mm3 <= 0 or self.max_cv <= 0 or self.max_midline_offset_mm <= 0:
             raise ValueError("pons expected_volume_mm3, max_cv and max_midline_offset_mm must be positive")
+        if not 0 < self.min_head_volume_ratio < 1 < self.max_head_volume_ratio:
+            raise ValueError("pons head volume ratio limits must satisfy 0 < min < 1 < max")
         if self.lesion_margin_mm < 0:
             raise ValueError(f"pons lesion_margin_mm must be >= 0, got {self.lesion_margin_mm}")
 
@@ -209,10 +213,20 @@ def pons_reference(
             t2_coverage_fraction=float(covered[roi].mean()) if roi.any() else 0.0,
         )
         if method == "auto":
-            low = params.expected_volume_mm3 * (1 - params.volume_tolerance)
-            high = params.expected_volume_mm3 * (1 + params.volume_tolerance)
+            # The warped ROI grows and shrinks with the head: judge its volume against the method's 1,239 mm³
+            # scaled by the affine's volume ratio (a clipped or degenerate ROI still fails), and judge the head
+            # scale itself separately (an implausible scale means the atlas registration failed).
+            ratio = float(qc["subject_to_template_volume_ratio"])
+            expected = params.expected_volume_mm3 * ratio
+            qc["expected_volume_mm3"] = expected
+            low, high = expected * (1 - params.volume_tolerance), expected * (1 + params.volume_tolerance)
             if not low <= volume <= high:
                 failures.append(f"ROI volume {volume:.0f} mm³ outside {low:.0f}-{high:.0f} mm³")
+            if not params.min_head_volume_ratio <= ratio <= params.max_head_volume_ratio:
+                failures.append(
+                    f"subject/template volume ratio {ratio:.2f} outside {params.min_head_volume_ratio:.2f}-"
+                    f"{params.max_head_volume_ratio:.2f} (atlas registration implausible)"
+                )
             if float(qc["midline_offset_mm"]) > params.max_midline_offset_mm:
                 failures.append(
                     f"ROI centroid {float(qc['midline_offset_mm']):.1f} mm from the midline "
