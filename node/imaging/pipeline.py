@@ -36,25 +36,11 @@ from node.imaging.features import (
 from node.imaging.loading import load_study
 from node.imaging.preprocess import PreprocessSettings, load_preprocess_settings, preprocess
 from node.imaging.series_rules import SeriesRules, load_rules
+from node.imaging.table import QC_COLUMNS
 from node.imaging.types import LesionFeatures, StudyIdentity
 
 logger = logging.getLogger(__name__)
 
-#: QC / identity columns written before the features, in this order.
-QC_COLUMNS: tuple[str, ...] = (
-    "case",
-    "study_instance_uid",
-    "segment_number",
-    "segment_label",
-    "tracking_uid",
-    "lesion_volume_ml",
-    "lesion_voxels",
-    "pons_method",
-    "pons_volume_ml",
-    "registration_metric",
-    "registration_method",
-    "qc_error",
-)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@
 4. ``extract``   :func:`node.learn.bcbm_features.extract_scan` per scan (optionally in worker processes).
 5. ``write``     into the output folder:
 
-   * ``features.csv``: :data:`node.imaging.pipeline.QC_COLUMNS` then the 107 T1CE features, one row per
+   * ``features.csv``: :data:`node.imaging.table.QC_COLUMNS` then the 107 T1CE features, one row per
      lesion. ``case`` is the patient (``BCBM-RadioGenomics-<p>``) so that every scan and lesion of a patient
      stays in one CV group; ``study_instance_uid`` is the scan id; ``segment_number`` is
      ``1000 × <scan number> + <mask index within the scan>`` (unique per patient, as the join needs);
@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from node.errors import ConfigError
-from node.imaging.pipeline import QC_COLUMNS
+from node.imaging.table import QC_COLUMNS
 from node.learn.bcbm_clinical import (
     LABEL_COLUMNS,
     ClinicalTable,

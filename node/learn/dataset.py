@@ -24,6 +24,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from node.errors import ConfigError
+from node.imaging.table import QC_COLUMNS
 from node.labels import Her2Tier, Subtype, subtype_from_receptors
 
 logger = logging.getLogger(__name__)
@@ -32,21 +33,6 @@ FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 StrArray = npt.NDArray[np.str_]
 
-#: Identity / QC columns of the feature table; never used as features.
-QC_COLUMNS: tuple[str, ...] = (
-    "case",
-    "study_instance_uid",
-    "segment_number",
-    "segment_label",
-    "tracking_uid",
-    "lesion_volume_ml",
-    "lesion_voxels",
-    "pons_method",
-    "pons_volume_ml",
-    "registration_metric",
-    "registration_method",
-    "qc_error",
-)
 LABEL_COLUMNS: tuple[str, ...] = (
     "patient", "lesion", "site", "metastasis_subtype", "primary_subtype",
     "er", "pr", "her2", "her2_ihc", "her2_ish", "her2_3tier",

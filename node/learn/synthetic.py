@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from node.imaging.table import QC_COLUMNS
 from node.labels import Subtype, her2_three_tier
-from node.learn.dataset import QC_COLUMNS
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import SimpleITK as sitk
 
 from node.errors import ConfigError, GeometryError, SegmentationError
 from node.imaging.features import FEATURE_NAMES
-from node.imaging.pipeline import QC_COLUMNS
+from node.imaging.table import QC_COLUMNS
 from node.learn import dataset_command
 from node.learn.bcbm import ImportOptions, ImportResult, import_bcbm
 from node.learn.bcbm_clinical import LABEL_COLUMNS, read_clinical

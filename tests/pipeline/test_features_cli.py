@@ -13,7 +13,7 @@ import pytest
 
 from node.cli import main
 from node.imaging.features import FEATURE_NAMES
-from node.imaging.pipeline import QC_COLUMNS
+from node.imaging.table import QC_COLUMNS
 from tests.pipeline.conftest import case_dirs
 
 
