@@ -23,8 +23,10 @@ EXIT_INTERNAL = 70
 
 def build_parser() -> argparse.ArgumentParser:
     from node.imaging import command as imaging_command
+    from node.jobs import analyse_command, worker_command
     from node.learn import command as learn_command
     from node.learn import dataset_command
+    from node.ledger import command as ledger_command
     from node.synth import command as synth_command
 
     parser = argparse.ArgumentParser(
@@ -39,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     imaging_command.register(sub)
     learn_command.register(sub)
     dataset_command.register(sub)
+    analyse_command.register(sub)
+    ledger_command.register(sub)
+    worker_command.register(sub)
     return parser
 
 

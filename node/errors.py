@@ -75,3 +75,23 @@ class TransientError(NodeError):
     """A temporary condition; the operation may succeed when retried."""
 
     default_message = "temporary failure"
+
+
+class PacsUnavailableError(TransientError):
+    """The destination PACS is down, refused or dropped the association, or answered a failure status."""
+
+    default_message = "the destination PACS is not available"
+
+    def __init__(self, message: str | None = None, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class DeliveryRefusedError(NodeError):
+    """The destination refuses the object permanently (SOP class not supported, not authorised, bad dataset)."""
+
+    default_message = "the destination refused the object"
+
+    def __init__(self, message: str | None = None, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status

@@ -1,0 +1,3 @@
+"""Delivery of result objects to the PACS: :mod:`node.delivery.scu` (C-STORE SCU), :mod:`node.delivery.store`
+(the ledger operations of the outbox) and :mod:`node.delivery.outbox` (retry with exponential backoff, dead
+letters, resend)."""

@@ -1,0 +1,98 @@
+"""Which message broker the job layer uses: Redis when one is configured, else an embedded one on disk.
+
+Resolution, first match wins: an explicit URL (``ainode worker --broker URL``), then the environment variable
+``AINODE_BROKER_URL``, then the **embedded broker**: kombu's filesystem transport in
+``<spool_dir>/broker/`` (``filesystem://``), which needs no server at all.
+
+Why the filesystem transport and not kombu's SQLAlchemy transport on a SQLite file (``sqla+sqlite:///``):
+
+* a message is one file, written with an exclusive ``flock`` and taken with ``os.remove`` after reading, so two
+  processes never take the same message and the queue never grows (the SQLAlchemy transport only flags taken
+  rows ``visible = False`` and keeps them for ever);
+* the SQLAlchemy transport polls SQLite from every consumer with ``SELECT ... FOR UPDATE`` inside its own
+  transactions, which on SQLite serialises with the ledger's ``BEGIN IMMEDIATE`` writers and surfaces as
+  "database is locked" under load, an extra failure mode the ledger was designed to avoid;
+* with ``acks_late`` both transports keep the unacknowledged message inside the worker's main process and put
+  it back when the pool process running it dies (``reject_on_worker_lost``), which is what
+  ``tests/jobs/test_worker_faults.py`` checks; neither survives a SIGKILL of the worker's *main* process
+  (there is no server-side visibility timeout). Use Redis where that matters (``docs/jobs.md``).
+
+Redis options: ``AINODE_BROKER_VISIBILITY_TIMEOUT`` (seconds a taken, unacknowledged message stays invisible
+before Redis hands it to another worker; default 7200 s, longer than the hard task time limit so a running job
+is never delivered twice) and ``AINODE_BROKER_KEY_PREFIX`` (default ``ainode:``, so several nodes or test runs
+can share one Redis database).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from node.errors import ConfigError
+from node.settings import parse_seconds
+
+BROKER_ENV = "AINODE_BROKER_URL"
+VISIBILITY_ENV = "AINODE_BROKER_VISIBILITY_TIMEOUT"
+KEY_PREFIX_ENV = "AINODE_BROKER_KEY_PREFIX"
+EMBEDDED_URL = "filesystem://localhost/"  # a host name only to keep kombu from warning "no hostname"
+DEFAULT_VISIBILITY_TIMEOUT_S = 7200.0
+DEFAULT_KEY_PREFIX = "ainode:"
+_SCHEMES = ("redis://", "rediss://", "redis+socket://", "filesystem://", "memory://")
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    """A broker URL plus the kombu transport options it needs."""
+
+    url: str
+    transport_options: dict[str, Any] = field(default_factory=dict)
+    embedded: bool = False
+
+    def describe(self) -> str:
+        """The URL without any password, for logs."""
+        if "@" in self.url and "://" in self.url:
+            scheme, rest = self.url.split("://", 1)
+            return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+        return self.url if not self.embedded else f"{self.url} ({self.transport_options['data_folder_in']})"
+
+
+def embedded_broker(folder: Path) -> BrokerConfig:
+    """The filesystem transport in ``folder`` (created): ``queue/`` for messages, ``control/`` for fanout."""
+    queue = folder / "queue"
+    control = folder / "control"
+    for path in (queue, control):
+        path.mkdir(parents=True, exist_ok=True)
+    options = {
+        "data_folder_in": str(queue),
+        "data_folder_out": str(queue),  # producer and consumer share one folder: it *is* the queue
+        "control_folder": str(control),  # fanout exchanges (celery's remote-control "pidbox")
+        "store_processed": False,  # taken messages are deleted, not archived
+    }
+    return BrokerConfig(EMBEDDED_URL, options, embedded=True)
+
+
+def redis_broker(url: str, env: Mapping[str, str]) -> BrokerConfig:
+    visibility = DEFAULT_VISIBILITY_TIMEOUT_S
+    if VISIBILITY_ENV in env:
+        visibility = parse_seconds(env[VISIBILITY_ENV], f"environment variable {VISIBILITY_ENV}")
+    prefix = env.get(KEY_PREFIX_ENV, DEFAULT_KEY_PREFIX)
+    options: dict[str, Any] = {"visibility_timeout": visibility, "global_keyprefix": prefix}
+    return BrokerConfig(url, options)
+
+
+def resolve_broker(
+    explicit: str | None = None, *, spool_dir: Path, env: Mapping[str, str] | None = None
+) -> BrokerConfig:
+    """The broker to use: ``explicit`` > ``$AINODE_BROKER_URL`` > the embedded broker under ``spool_dir``."""
+    environ = os.environ if env is None else env
+    url = (explicit or environ.get(BROKER_ENV, "")).strip()
+    if not url or url in ("filesystem://", EMBEDDED_URL):
+        return embedded_broker(spool_dir / "broker")
+    if not url.startswith(_SCHEMES):
+        raise ConfigError(f"broker URL {url.split('://')[0]}://... is not supported (use redis://HOST:PORT/DB)")
+    if url.startswith(("redis", "rediss")):
+        return redis_broker(url, environ)
+    return BrokerConfig(url)

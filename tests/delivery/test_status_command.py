@@ -1,0 +1,67 @@
+"""``ainode status`` / ``ainode resend`` against a real ledger holding a dead-letter delivery."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from node.cli import main
+from node.delivery import store
+from node.ledger.db import Ledger
+from node.ledger.models import DeliveryState
+from node.ledger.repository import Repository
+from tests.delivery.conftest import STUDY, make_job
+
+
+@pytest.fixture
+def ledger_with_dead_letter(tmp_path: Path) -> tuple[str, int]:
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+    ledger = Ledger.open(url)
+    repo = Repository(ledger)
+    job = make_job(repo)
+    for _ in range(3):
+        repo.record_delivery(job, "PACS@127.0.0.1:11112", "1.2.3.4", DeliveryState.FAILED, 50.0, status=0xA700)
+    ledger.dispose()
+    return url, job
+
+
+def test_status_lists_study_job_and_delivery(
+    ledger_with_dead_letter: tuple[str, int], capsys: pytest.CaptureFixture[str]
+) -> None:
+    url, job = ledger_with_dead_letter
+    assert main(["status", "--database", url]) == 0
+    text = capsys.readouterr().out
+    assert STUDY in text and f"job {job}" in text
+    assert "PACS@127.0.0.1:11112  failed  attempts 3  last status 0xA700" in text
+
+    assert main(["status", "--database", url, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data[0]["study_instance_uid"] == STUDY
+    assert data[0]["deliveries"][0] | {"id": 0} == {
+        "id": 0, "job": job, "destination": "PACS@127.0.0.1:11112", "state": "failed", "attempts": 3,
+        "last_status": 0xA700,
+    }
+
+
+def test_resend_requeues_the_dead_letter(
+    ledger_with_dead_letter: tuple[str, int], capsys: pytest.CaptureFixture[str]
+) -> None:
+    url, job = ledger_with_dead_letter
+    assert main(["resend", "--database", url, "--job", str(job)]) == 0
+    assert "1 failed delivery re-queued" in capsys.readouterr().out
+    ledger = Ledger.open(url)
+    try:
+        rows = store.deliveries(Repository(ledger))
+    finally:
+        ledger.dispose()
+    assert [(r.state, r.attempts) for r in rows] == [(DeliveryState.PENDING, 0)]
+    assert main(["resend", "--database", url]) == 0
+    assert "0 failed deliveries re-queued" in capsys.readouterr().out
+
+
+def test_status_without_a_ledger_says_where_it_looked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["status", "--spool-dir", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err
+    assert "no ledger at" in err and "nowhere" in err

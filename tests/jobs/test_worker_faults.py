@@ -1,0 +1,228 @@
+"""Real Celery worker subprocesses on real brokers (the embedded filesystem broker and Redis), running the real
+process_study on a real received study, with injected faults: a pool process or the whole worker SIGKILLed
+mid-job (acks_late redelivery), the ledger database unreachable (transient: retried with backoff), a bad study
+(permanent: not retried). Everything polls with deadlines; nothing sleeps a fixed time."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import uuid
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from node.ledger.db import Ledger
+from node.ledger.models import JobState, StudyState
+from node.ledger.repository import Repository
+from tests.jobs.conftest import BrokerUnderTest, FaultProxy, Node, WorkerFactory, wait_for
+
+PROCESS = "ainode.process_study"
+JOB_TIMEOUT = 180.0  # the small study takes ~10 s alone; the 2-core test machine is shared
+
+
+def _sr_files(out_dir: str) -> list[Path]:
+    return [p for p in Path(out_dir).iterdir() if p.is_file() and pydicom.dcmread(p).Modality == "SR"]
+
+
+def _state(node: Node, job_id: int) -> JobState:
+    return node.job(job_id).state
+
+
+def test_job_runs_in_a_worker(dispatched: tuple[Node, tuple[int, str, str, str]], broker: BrokerUnderTest,
+                              workers: WorkerFactory) -> None:
+    node, args = dispatched
+    worker = workers(node.worker_env(), broker.env)
+    worker.wait_ready()
+    broker.client(node.spool_dir).send_task(PROCESS, args=list(args))
+    wait_for(lambda: _state(node, args[0]) is JobState.DONE, JOB_TIMEOUT, f"job done ({worker.log_path})")
+    assert len(_sr_files(args[3])) == 1
+    log = worker.log()
+    assert f"[{args[1]}/job-{args[0]}]" in log  # the correlation id prefixes the task's log lines
+    assert "Retry in" not in log
+
+
+@pytest.mark.slow
+def test_pool_process_killed_mid_job_is_redelivered(
+    dispatched: tuple[Node, tuple[int, str, str, str]], broker: BrokerUnderTest, workers: WorkerFactory
+) -> None:
+    """SIGKILL of the process running the job: reject_on_worker_lost requeues it, a fresh pool process runs it."""
+    node, args = dispatched
+    worker = workers(node.worker_env(), broker.env)
+    worker.wait_ready()
+    broker.client(node.spool_dir).send_task(PROCESS, args=list(args))
+    wait_for(lambda: _state(node, args[0]) is JobState.PROCESSING, JOB_TIMEOUT, "job started")
+    victims = worker.children()
+    assert victims, "the worker has no pool process"
+    for pid in victims:
+        os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: _state(node, args[0]) is JobState.DONE, JOB_TIMEOUT, f"job done after kill ({worker.log_path})")
+    assert len(_sr_files(args[3])) == 1
+    log = worker.log()
+    assert "WorkerLostError" in log or "signal 9" in log
+    assert "running it again" in log  # the redelivered task found the job processing and re-ran it
+    events = [e.event for e in node.repo.audit_trail(args[1])]
+    assert events.count("job-started") == 1 and events.count("job-done") == 1
+
+
+@pytest.mark.slow
+def test_whole_worker_killed_job_completes_on_a_new_worker(
+    dispatched: tuple[Node, tuple[int, str, str, str]], redis_broker: BrokerUnderTest, workers: WorkerFactory
+) -> None:
+    """SIGKILL of the whole first worker (no chance to requeue): Redis keeps the unacknowledged message and hands
+    it to the next worker once the visibility timeout (4 s here) passed."""
+    node, args = dispatched
+    first = workers(node.worker_env(), redis_broker.env, name="first")
+    first.wait_ready()
+    redis_broker.client(node.spool_dir).send_task(PROCESS, args=list(args))
+    wait_for(lambda: _state(node, args[0]) is JobState.PROCESSING, JOB_TIMEOUT, "job started")
+    first.kill()
+    assert _state(node, args[0]) is JobState.PROCESSING
+    second = workers(node.worker_env(), redis_broker.env, name="second")
+    second.wait_ready()
+    wait_for(lambda: _state(node, args[0]) is JobState.DONE, JOB_TIMEOUT, f"job done on the new worker "
+             f"({second.log_path})")
+    assert "running it again" in second.log()
+    assert len(_sr_files(args[3])) == 1
+
+
+@pytest.mark.slow
+def test_embedded_worker_killed_job_recovered_by_the_next_worker(
+    dispatched: tuple[Node, tuple[int, str, str, str]], workers: WorkerFactory
+) -> None:
+    """The embedded broker has no visibility timeout: a SIGKILLed worker takes its reserved message with it.
+    ``ainode worker --recover`` re-sends queued/processing jobs that have no message left, once, at start."""
+    node, args = dispatched
+    env = {"AINODE_QUEUE": f"ainode-test-{uuid.uuid4().hex[:8]}"}
+    first = workers(node.worker_env(), env, name="first")
+    first.wait_ready()
+    client = BrokerUnderTest("embedded", env).client(node.spool_dir)
+    client.send_task(PROCESS, args=list(args))
+    wait_for(lambda: _state(node, args[0]) is JobState.PROCESSING, JOB_TIMEOUT, "job started")
+    first.kill()
+    assert not list((node.spool_dir / "broker" / "queue").glob("*.msg"))  # the message went with the worker
+    second = workers(node.worker_env(), env, name="second", options=("--recover",))
+    second.wait_ready()
+    wait_for(lambda: _state(node, args[0]) is JobState.DONE, JOB_TIMEOUT, f"job done ({second.log_path})")
+    assert "had no message in the broker: sent again" in second.log()
+    assert len(_sr_files(args[3])) == 1
+
+
+def _postgres_admin() -> object:
+    psycopg = pytest.importorskip("psycopg")
+    try:
+        return psycopg.connect(host="127.0.0.1", port=5432, dbname="test", user="postgres", autocommit=True,
+                               connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"PostgreSQL is not reachable at 127.0.0.1:5432: {exc}")
+
+
+@pytest.mark.slow
+def test_transient_ledger_outage_is_retried_with_backoff(
+    node: Node, redis_broker: BrokerUnderTest, workers: WorkerFactory
+) -> None:
+    """The ledger (PostgreSQL behind a proxy) goes down: the task retries with growing delays, then succeeds."""
+    admin = _postgres_admin()
+    name = f"ainode_jobs_{uuid.uuid4().hex[:10]}"
+    admin.execute(f'CREATE DATABASE "{name}"')  # type: ignore[attr-defined]
+    proxy = FaultProxy(("127.0.0.1", 5432))
+    url = f"postgresql+psycopg://postgres@127.0.0.1:{proxy.port}/{name}"
+    ledger = Ledger.open(url)
+    try:
+        # the same received study, copied into the PostgreSQL ledger through the real listener's records
+        from tests.jobs.test_worker_faults import _copy_study
+
+        repo = Repository(ledger)
+        uid = _copy_study(node, repo)
+        pg_node = Node(node.root, node.spool_dir, url, repo, node.clock, node.models_dir)
+        jobs = pg_node.dispatch()
+        assert len(jobs) == 1
+        args = pg_node.sent[0]
+        ledger.dispose()
+        proxy.down = True
+        worker = workers(pg_node.worker_env(), redis_broker.env, AINODE_TASK_MAX_RETRIES="6",
+                         AINODE_RETRY_BACKOFF="1")
+        worker.wait_ready()
+        redis_broker.client(node.spool_dir).send_task(PROCESS, args=list(args))
+        wait_for(lambda: worker.log().count("Retry in") >= 3, 120, f"three retries ({worker.log_path})")
+        proxy.down = False
+        wait_for(lambda: _state(pg_node, args[0]) is JobState.DONE, JOB_TIMEOUT, f"job done ({worker.log_path})")
+        log = worker.log()
+        assert "the ledger database cannot be reached" in log
+        delays = [int(d) for d in re.findall(r"Retry in (\d+)s", log)]
+        assert len(delays) >= 3 and max(delays) <= 2 ** len(delays)  # backoff 1 s * 2^n, with full jitter
+        study = repo.study(uid)
+        assert study is not None and study.state is StudyState.DONE
+    finally:
+        proxy.close()
+        ledger.dispose()
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # type: ignore[attr-defined]
+        admin.close()  # type: ignore[attr-defined]
+
+
+def _copy_study(node: Node, repo: Repository) -> str:
+    """Record the spooled study of ``node`` in another ledger (same spool paths), ready to dispatch."""
+    from node.ledger.records import InstanceHeader
+
+    ledger_rows = node.repo.studies()
+    assert len(ledger_rows) == 1
+    snapshot = ledger_rows[0]
+    for series in snapshot.series:
+        for rel in series.files:
+            path = node.spool_dir / rel
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            header = InstanceHeader(
+                snapshot.study_instance_uid, series.series_instance_uid, str(ds.SOPInstanceUID),
+                series.sop_class_uid, str(ds.file_meta.TransferSyntaxUID), series.modality,
+                series.series_description, series.series_number, series.frame_of_reference_uid,
+            )
+            repo.record_instance(header, path=rel, size_bytes=path.stat().st_size, sha256="0" * 64,
+                                 calling_ae_title="PACS", peer="127.0.0.1", at=node.clock())
+    return snapshot.study_instance_uid
+
+
+def test_permanent_error_is_not_retried(
+    dispatched: tuple[Node, tuple[int, str, str, str]], broker: BrokerUnderTest, workers: WorkerFactory
+) -> None:
+    """A study that cannot be processed fails its job once, with the message; the task is not retried."""
+    node, (job_id, uid, _study_dir, out_dir) = dispatched
+    empty = node.root / "not-a-study"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no DICOM here")
+    worker = workers(node.worker_env(), broker.env)
+    worker.wait_ready()
+    broker.client(node.spool_dir).send_task(PROCESS, args=[job_id, uid, str(empty), out_dir])
+    wait_for(lambda: _state(node, job_id) is JobState.FAILED, JOB_TIMEOUT, f"job failed ({worker.log_path})")
+    wait_for(lambda: "succeeded in" in worker.log(), 30, "task finished")
+    assert "Retry in" not in worker.log()
+    job = node.job(job_id)
+    assert job.reason
+    events = [e.event for e in node.repo.audit_trail(uid)]
+    assert events.count("job-started") == 1 and events.count("job-failed") == 1
+
+
+@pytest.mark.slow
+def test_beat_dispatches_processes_and_delivers_to_a_pacs(node: Node, workers: WorkerFactory, tmp_path: Path) -> None:
+    """The whole job layer in one worker with the embedded broker and ``--beat``: the periodic poll finds the
+    received study ready, the job runs, and the SR (+ companions) reach a real Storage SCP."""
+    from tests.delivery.conftest import StoreSCP, free_port
+
+    pacs = StoreSCP(tmp_path / "pacs", free_port()).start()
+    try:
+        env = {**node.worker_env(), "AINODE_QUEUE": f"ainode-test-{uuid.uuid4().hex[:8]}",
+               "AINODE_DESTINATIONS": str(pacs.destination), "AINODE_QUIET_PERIOD_S": "0",
+               "AINODE_POLL_INTERVAL": "3"}
+        worker = workers(env, {}, name="beat", concurrency=2, options=("--beat",))
+        worker.wait_ready()
+        uid = node.uids()[0]
+        wait_for(lambda: node.repo.jobs(uid) and node.repo.jobs(uid)[0].state is JobState.DONE, JOB_TIMEOUT,
+                 f"job done ({worker.log_path})")
+        wait_for(lambda: len(pacs.received) >= 1, 60, f"result received by the PACS ({worker.log_path})")
+        assert len(node.repo.jobs(uid)) == 1  # polled many times, dispatched once
+        received = [pydicom.dcmread(p) for p in (tmp_path / "pacs").iterdir()]
+        assert any(ds.Modality == "SR" and ds.StudyInstanceUID == uid for ds in received)
+        wait_for(lambda: any(e.event == "delivery-sent" for e in node.repo.audit_trail(uid)), 30, "sent audited")
+    finally:
+        pacs.stop()
