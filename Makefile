@@ -18,10 +18,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## The main job on embedded defaults: synthesise a study and run the imaging pipeline on it.
+## The main job on embedded defaults: a synthetic study through the whole node, SR back to a receiving PACS.
 demo: $(STAMP)
-	$(VENV)/bin/ainode synth --out $(DEMO) --cases 1 --seed 7 --size full
-	$(VENV)/bin/ainode features $(DEMO)/case0000 --out $(DEMO)/features.csv
+	$(VENV)/bin/ainode demo --work $(DEMO)
 
 # the venv's bin/ goes first on PATH so tests find the tools pip installs there (dcmqi's itkimage2segimage)
 test: $(STAMP)

@@ -22,6 +22,7 @@ EXIT_INTERNAL = 70
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from node import demo, serve
     from node.imaging import command as imaging_command
     from node.jobs import analyse_command, worker_command
     from node.learn import command as learn_command
@@ -44,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     analyse_command.register(sub)
     ledger_command.register(sub)
     worker_command.register(sub)
+    serve.register(sub)
+    demo.register(sub)
     return parser
 
 
