@@ -1,0 +1,85 @@
+"""Interoperability with a real PACS: Orthanc sends a study to the node by C-STORE, and the node's Structured
+Report comes back to Orthanc by C-STORE (ORTHANC -> AINODE -> ORTHANC), checked through Orthanc's REST API."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from node.serve import export_settings, start_node
+from node.sr.validate import validate_sr
+from node.synth.generate import generate_cohort
+from tests.integration.orthanc import ORTHANC_AE, Orthanc, free_port, orthanc_binary, start_orthanc
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(orthanc_binary() is None, reason="Orthanc is not installed (apt-get install orthanc)"),
+]
+
+SR_TIMEOUT_S = 300.0
+
+
+def _sr_instances(orthanc: Orthanc, study_id: str) -> list[str]:
+    """Orthanc IDs of the instances of every SR series of the study."""
+    ids: list[str] = []
+    for series in orthanc.get_json(f"/studies/{study_id}/series"):
+        if series["MainDicomTags"].get("Modality") == "SR":
+            ids.extend(series["Instances"])
+    return ids
+
+
+def test_orthanc_sends_study_and_receives_sr(tmp_path: Path) -> None:
+    generate_cohort(tmp_path / "study", 1, 7, size="small")
+    files = sorted((tmp_path / "study" / "case0000").rglob("*.dcm"))
+    assert files
+    source_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+
+    node_port = free_port()
+    orthanc = start_orthanc(tmp_path / "orthanc", {"AINODE": ("AINODE", "127.0.0.1", node_port)})
+    node = None
+    try:
+        environ = dict(os.environ)
+        export_settings(argparse.Namespace(
+            config=None, ae_title="AINODE", port=node_port,
+            destination=[f"{ORTHANC_AE}@127.0.0.1:{orthanc.dicom_port}"], spool_dir=tmp_path / "spool",
+            database=None, quiet_period=2.0, broker=None, models=None), environ)
+        environ.pop("AINODE_BROKER_URL", None)
+        node = start_node(environ)
+
+        study_ids = {orthanc.upload(path)["ParentStudy"] for path in files}
+        assert len(study_ids) == 1
+        study_id = study_ids.pop()
+        assert orthanc.get_json(f"/studies/{study_id}")["MainDicomTags"]["StudyInstanceUID"] == source_uid
+        assert not _sr_instances(orthanc, study_id)
+
+        # Orthanc, as the PACS, pushes the study to the node (C-STORE SCU -> our listener)
+        answer = orthanc.post_json("/modalities/AINODE/store", study_id, timeout=SR_TIMEOUT_S)
+        assert int(answer.get("FailedInstancesCount", 0)) == 0, answer
+        assert int(answer["InstancesCount"]) == len(files), answer
+
+        deadline = time.monotonic() + SR_TIMEOUT_S
+        while not (reports := _sr_instances(orthanc, study_id)):
+            assert node.worker is not None and node.worker.poll() is None, (
+                (node.settings.spool_dir / "worker.log").read_text(errors="replace")[-4000:])
+            if time.monotonic() > deadline:
+                pytest.fail(f"no SR stored in Orthanc within {SR_TIMEOUT_S:g} s; worker log:\n"
+                            + (node.settings.spool_dir / "worker.log").read_text(errors="replace")[-4000:]
+                            + "\nOrthanc log:\n" + orthanc.log[-4000:])
+            time.sleep(0.5)
+
+        assert len(reports) == 1
+        sr_path = tmp_path / "sr.dcm"
+        sr_path.write_bytes(orthanc.request("GET", f"/instances/{reports[0]}/file"))
+        assert validate_sr(sr_path) == []
+        sr = pydicom.dcmread(sr_path)
+        assert sr.Modality == "SR"
+        assert str(sr.StudyInstanceUID) == source_uid
+    finally:
+        if node is not None:
+            node.stop()
+        orthanc.stop()
