@@ -70,12 +70,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def export_settings(args: argparse.Namespace, environ: dict[str, str]) -> None:
-    """Write the command-line values into ``environ`` as ``AINODE_*`` variables (CLI beats environment)."""
+    """Write the command-line values into ``environ`` as ``AINODE_*`` variables (CLI beats environment).
+
+    The values are checked first as command-line options, so a bad one is reported as the option the user typed.
+    """
+    given: dict[str, str] = {}
     for option, setting in CLI_SETTINGS.items():
         value = getattr(args, option, None)
-        if value is None:
-            continue
-        text = ",".join(value) if isinstance(value, list) else str(value)
+        if value is not None:
+            given[setting] = ",".join(value) if isinstance(value, list) else str(value)
+    Settings.load(args.config, env=environ, overrides=given)
+    for setting, text in given.items():
         environ[ENV_PREFIX + setting.upper()] = text
     if args.config is not None:
         environ["AINODE_CONFIG"] = str(args.config)
