@@ -19,11 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import pytest
 from celery import Celery
 
-from node.imaging.features import FEATURE_NAMES
 from node.jobs.broker import BrokerConfig, resolve_broker
 from node.jobs.celery_app import production_settings
 from node.jobs.tasks import JobContext, JobOptions, dispatch_ready, result_dir
@@ -58,26 +56,11 @@ def wait_for(predicate: Callable[[], Any], timeout: float, message: str, interva
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny model set (subtype-noprimary + ER) trained by node.learn on a synthetic table whose columns are
     the pipeline's real 200 FEATURE_NAMES, so a real study's features fit."""
-    from node.learn.bundle import save_bundle
-    from node.learn.dataset import Task, load_dataset
-    from node.learn.pipeline_grid import StepSpec
-    from node.learn.synthetic import PLANTED_FEATURES, write_tables
-    from node.learn.train import TrainOptions, train
+    from node.learn.dataset import Task
+    from tests.model_factory import train_tiny_bundles
 
     root = tmp_path_factory.mktemp("job-models")
-    tables = write_tables(root / "tables", n_patients=60, n_noise=len(FEATURE_NAMES) - len(PLANTED_FEATURES), seed=3)
-    frame = pd.read_csv(tables.features_csv)
-    others = iter(n for n in FEATURE_NAMES if n not in PLANTED_FEATURES)
-    frame = frame.rename(columns={n: next(others) for n in tables.feature_names if n not in PLANTED_FEATURES})
-    frame.to_csv(tables.features_csv, index=False)
-    select = StepSpec("kbest_f", (("k", 6),))
-    xgb = StepSpec("xgboost", (("gamma", 0.0), ("learning_rate", 0.2), ("max_depth", 2), ("n_estimators", 20)))
-    models = root / "models"
-    for task in (Task.SUBTYPE_NOPRIMARY, Task.ER):
-        data = load_dataset(tables.features_csv, tables.labels_csv, task)
-        options = TrainOptions(task=task, seed=0, progress=False, n_splits=3, candidates=((select,), (xgb,)))
-        save_bundle(train(data, options), models / task.value)
-    return models
+    return train_tiny_bundles(root, (Task.SUBTYPE_NOPRIMARY, Task.ER), k=6, learning_rate=0.2)
 
 
 # -- a node: spool, ledger, a received and dispatched study ------------------------------------------------

@@ -8,7 +8,6 @@ import json
 import shutil
 from pathlib import Path
 
-import pandas as pd
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
@@ -36,26 +35,9 @@ __all__ = ["synth_case"]
 @pytest.fixture(scope="module")
 def full_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Every task's bundle (subtype with and without the primary, ER, PR, HER2, HER2 3-tier), tiny xgboost."""
-    from node.learn.bundle import save_bundle
-    from node.learn.dataset import load_dataset
-    from node.learn.pipeline_grid import StepSpec
-    from node.learn.synthetic import PLANTED_FEATURES, write_tables
-    from node.learn.train import TrainOptions, train
+    from tests.model_factory import train_tiny_bundles
 
-    root = tmp_path_factory.mktemp("process-models")
-    tables = write_tables(root / "tables", n_patients=60, n_noise=len(FEATURE_NAMES) - len(PLANTED_FEATURES), seed=3)
-    frame = pd.read_csv(tables.features_csv)
-    others = iter(n for n in FEATURE_NAMES if n not in PLANTED_FEATURES)
-    frame = frame.rename(columns={n: next(others) for n in tables.feature_names if n not in PLANTED_FEATURES})
-    frame.to_csv(tables.features_csv, index=False)
-    select = StepSpec("kbest_f", (("k", 8),))
-    xgb = StepSpec("xgboost", (("gamma", 0.0), ("learning_rate", 0.3), ("max_depth", 2), ("n_estimators", 20)))
-    models = root / "models"
-    for task in Task:
-        data = load_dataset(tables.features_csv, tables.labels_csv, task)
-        options = TrainOptions(task=task, seed=0, progress=False, n_splits=3, candidates=((select,), (xgb,)))
-        save_bundle(train(data, options), models / task.value)
-    return models
+    return train_tiny_bundles(tmp_path_factory.mktemp("process-models"), Task, k=8, learning_rate=0.3)
 
 
 @pytest.fixture(scope="module")
