@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     from node.learn import command as learn_command
     from node.learn import dataset_command
     from node.ledger import command as ledger_command
+    from node.ledger import primary_command
     from node.synth import command as synth_command
 
     parser = argparse.ArgumentParser(
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     dataset_command.register(sub)
     analyse_command.register(sub)
     ledger_command.register(sub)
+    primary_command.register(sub)
     worker_command.register(sub)
     serve.register(sub)
     demo.register(sub)

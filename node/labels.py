@@ -10,7 +10,10 @@ zero (IHC 0).
 from __future__ import annotations
 
 import logging
+import re
 from enum import StrEnum
+
+from node.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -96,3 +99,14 @@ def subtype_from_assays(
         receptor_positive(pr_percent),
         her2_status(her2_ihc, her2_ish_amplified),
     )
+
+
+def normalise_subtype(value: str) -> str:
+    """``"hr+/her2-"``, ``"HR+ / HER2-"``, ``"triple negative"`` -> the class name; ConfigError otherwise."""
+    compact = re.sub(r"\s+", "", value).upper()
+    if compact in ("TN", "TRIPLE-NEGATIVE", "TRIPLENEGATIVE"):
+        return Subtype.TN.value
+    for cls in Subtype:
+        if compact == cls.value.upper():
+            return cls.value
+    raise ConfigError(f"unknown primary subtype {value!r}; expected one of {', '.join(s.value for s in Subtype)}")

@@ -21,7 +21,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,12 +35,12 @@ from node.imaging.pipeline import FeatureRun, PipelineConfig, run_features
 from node.imaging.study import scan_study
 from node.imaging.types import LesionFeatures, SeriesRef
 from node.jobs.models import ModelSet, load_model_set
+from node.labels import normalise_subtype
 from node.learn.bundle import Bundle
 from node.learn.dataset import Task
 from node.learn.predict import Prediction
 from node.sr.companion import Companion
 from node.sr.content import (
-    SUBTYPE_CLASSES,
     AlgorithmInfo,
     LesionResult,
     ModelInfo,
@@ -64,6 +64,14 @@ _PRIMARY_PATTERN = re.compile(r"primary[ _-]*subtype\s*[:=]\s*(HR\s*[+-]\s*/\s*H
                               re.IGNORECASE)
 TOP_FEATURES = 10
 
+#: ``(study UID, accession number, patient ID) -> (subtype, source) | None``: entries set beforehand.
+PrimaryLookup = Callable[[str, str | None, str | None], tuple[str, str] | None]
+
+
+def _text(ds: Dataset, keyword: str) -> str | None:
+    value = ds.get(keyword)
+    return str(value).strip() or None if value is not None else None
+
 
 @dataclass(frozen=True)
 class ProcessResult:
@@ -76,22 +84,12 @@ class ProcessResult:
     subtype_model: str  # "with-primary" | "without-primary"
     warnings: tuple[str, ...]
     timings: dict[str, float]
+    primary_source: str | None = None  # where the primary subtype the subtype model used came from
 
     @property
     def paths(self) -> tuple[Path, ...]:
         """The SR first, then the companions: what is sent to the PACS."""
         return (self.sr_path, *self.companion_paths)
-
-
-def normalise_subtype(value: str) -> str:
-    """``"hr+/her2-"``, ``"HR+ / HER2-"``, ``"triple negative"`` -> the class name; ConfigError otherwise."""
-    compact = re.sub(r"\s+", "", value).upper()
-    if compact in ("TN", "TRIPLE-NEGATIVE", "TRIPLENEGATIVE"):
-        return "TN"
-    for cls in SUBTYPE_CLASSES:
-        if compact == cls.upper():
-            return cls
-    raise ConfigError(f"unknown primary subtype {value!r}; expected one of {', '.join(SUBTYPE_CLASSES)}")
 
 
 def primary_subtype_attributes() -> tuple[str, ...]:
@@ -238,10 +236,15 @@ def process_study(
     *,
     models_dir: Path | None = None,
     primary_subtype: str | None = None,
+    primary_lookup: PrimaryLookup | None = None,
     config: PipelineConfig | None = None,
     companions: Sequence[str] = ("sc",),
 ) -> ProcessResult:
     """Analyse the study in ``study_dir`` and write the validated SR and companions into ``out_dir``.
+
+    The primary-tumour subtype is, in order: ``primary_subtype``; what ``primary_lookup(study UID, accession
+    number, patient ID)`` returns (the node passes the entries set with ``ainode primary``), as ``(subtype,
+    source)``; the subtype stated in the study's headers. ``ProcessResult.primary_source`` says which.
 
     Raises :class:`~node.errors.InvalidStudyError` (permanent: the study), :class:`~node.errors.ConfigError`
     (models, settings) or :class:`~node.errors.ProcessingError` (pipeline or validation failure).
@@ -260,14 +263,24 @@ def process_study(
         t = time.perf_counter()
         source = source_study(study_dir, run)
         warnings: list[str] = list(run.warnings)
+        primary_source = "given" if primary is not None else None
+        if primary is None and primary_lookup is not None:
+            first = source.t1ce[0]
+            found = primary_lookup(run.identity.study_instance_uid, _text(first, "AccessionNumber"),
+                                   _text(first, "PatientID"))
+            if found is not None:
+                primary, primary_source = normalise_subtype(found[0]), found[1]
         if primary is None:
             primary, notes = primary_subtype_from_headers([source.t1ce[0], source.seg])
             warnings += notes
+            primary_source = "the study's headers" if primary is not None else None
         else:
             stated, _ = primary_subtype_from_headers([source.t1ce[0], source.seg])
             if stated is not None and stated != primary:
-                warnings.append(f"the given primary subtype {primary} differs from the study's ({stated}); "
-                                "the given one was used")
+                warnings.append(f"the primary subtype {primary} ({primary_source}) differs from the one the study "
+                                f"states ({stated}); {primary} was used")
+        if primary is not None:
+            logger.info("primary-tumour subtype %s from %s", primary, primary_source)
         subtype_bundle, variant, notes = model_set.choose_subtype(primary)
         warnings += notes
         receptors = model_set.receptor_bundles
@@ -307,6 +320,7 @@ def process_study(
         subtype_model="with-primary" if variant is SubtypeModel.WITH_PRIMARY else "without-primary",
         warnings=content.warnings,
         timings=timings,
+        primary_source=primary_source if used_primary is not None else None,
     )
 
 

@@ -40,6 +40,7 @@ from sqlalchemy.exc import OperationalError
 from node.errors import InvalidStudyError, NodeError, TransientError
 from node.ledger.db import Ledger
 from node.ledger.models import DeliveryState, JobState, StudyState
+from node.ledger.primary import lookup_primary
 from node.ledger.repository import JobRecord, LedgerStateError, Repository
 from node.log import correlated
 from node.settings import Destination, Settings, parse_count, parse_seconds
@@ -150,6 +151,17 @@ def fail_job(ctx: JobContext, job_id: int, reason: str) -> None:
         logger.warning("job %d not marked failed: %s", job_id, exc.message)
 
 
+def primary_lookup(repo: Repository) -> Callable[[str, str | None, str | None], tuple[str, str] | None]:
+    """The entries set with ``ainode primary``, as :func:`node.jobs.process.process_study` asks for them."""
+
+    def lookup(study_uid: str, accession: str | None, patient_id: str | None) -> tuple[str, str] | None:
+        with ledger_errors_are_transient():
+            entry = lookup_primary(repo, study_uid, accession, patient_id)
+        return None if entry is None else (entry.subtype, entry.source)
+
+    return lookup
+
+
 def run_process_job(
     ctx: JobContext,
     job_id: int,
@@ -172,7 +184,8 @@ def run_process_job(
         logger.warning("job %d was processing when its worker stopped: running it again", job_id)
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
-        result = process_study(study_dir, out_dir, models_dir=ctx.options.models_dir)
+        result = process_study(study_dir, out_dir, models_dir=ctx.options.models_dir,
+                               primary_lookup=primary_lookup(ctx.repo))
     except InvalidStudyError as exc:
         logger.warning("study cannot be processed: %s", exc.message)
         pending = 0

@@ -53,11 +53,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     resend.set_defaults(handler=run_resend)
 
 
-def _repository(args: argparse.Namespace) -> Repository:
+def _repository(args: argparse.Namespace, *, create: bool = False) -> Repository:
+    """The ledger the settings name; a missing SQLite file is an error unless ``create`` (it is made then)."""
     overrides = {"database_url": args.database, "spool_dir": args.spool_dir}
     settings = Settings.load(args.config, overrides=overrides)
     url = make_url(normalise_url(settings.effective_database_url))
-    if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).is_file():
+    if not create and url.get_backend_name() == "sqlite" and url.database and not Path(url.database).is_file():
         raise ConfigError(
             f"no ledger at {url.database}: pass the node's --spool-dir or --database (or AINODE_SPOOL_DIR / "
             "AINODE_DATABASE_URL)"

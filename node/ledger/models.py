@@ -162,3 +162,21 @@ class AuditEvent(Base):
     sop_instance_uid: Mapped[str | None] = mapped_column(String(64))
     status: Mapped[int | None] = mapped_column(Integer)
     detail: Mapped[str | None] = mapped_column(Text)
+
+
+class PrimarySubtype(Base):
+    """The primary tumour's molecular subtype, set through ``ainode primary`` before (or after) a study arrives.
+
+    ``key_kind`` is ``study`` (``key`` = the Study Instance UID), ``accession`` or ``patient``: for those two
+    ``key`` is the SHA-256 of the value, so the ledger keeps no accession number or patient ID in clear.
+    """
+
+    __tablename__ = "primary_subtypes"
+    __table_args__ = (UniqueConstraint("key_kind", "key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key_kind: Mapped[str] = mapped_column(String(16))
+    key: Mapped[str] = mapped_column(String(64))
+    subtype: Mapped[str] = mapped_column(String(16))
+    set_at: Mapped[float] = mapped_column(Float)
+    set_by: Mapped[str] = mapped_column(String(64))

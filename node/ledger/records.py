@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 from node.ledger.models import DeliveryState, Job, JobState, Study, StudyState
 
@@ -42,6 +43,26 @@ class RecordedInstance:
     replaced: bool
     late: bool  # arrived after the study was handed to the job layer
     reopened: bool  # ...and reopened it as a new version (late-instance policy "rerun")
+
+
+class WrittenFile(Protocol):
+    """What a durable spool write reports (``node.scp.spool.StoredFile``)."""
+
+    @property
+    def relative_path(self) -> str: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def sha256(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class ReceiveOutcome:
+    """The result of :meth:`Repository.receive_instance`."""
+
+    stored: bool  # a file was written and recorded (new instance, or a replaced copy)
+    identical: bool  # not stored: an identical copy is already recorded
+    recorded: RecordedInstance | None  # set when stored
 
 
 @dataclass(frozen=True)

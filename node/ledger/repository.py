@@ -36,19 +36,22 @@ from node.ledger.records import (
     InstanceHeader,
     JobRecord,
     KnownInstance,
+    ReceiveOutcome,
     RecordedInstance,
     SeriesSnapshot,
     StudySnapshot,
+    WrittenFile,
     content_digest,
     idempotency_key,
     job_record_of,
     snapshot_of,
 )
-from node.settings import LateInstancePolicy
+from node.settings import DuplicatePolicy, LateInstancePolicy
 
 __all__ = [  # the records are re-exported: callers import everything ledger-related from here
     "AuditRecord", "DeliveryRecord", "InstanceHeader", "JobRecord", "KnownInstance", "LedgerStateError",
-    "RecordedInstance", "Repository", "SeriesSnapshot", "StudySnapshot", "content_digest", "idempotency_key",
+    "ReceiveOutcome", "RecordedInstance", "Repository", "SeriesSnapshot", "StudySnapshot", "WrittenFile",
+    "content_digest", "idempotency_key",
 ]
 
 logger = logging.getLogger(__name__)
@@ -165,12 +168,58 @@ class Repository:
 
     # -- receiving ----------------------------------------------------------------------------------------
 
+    @staticmethod
+    def _known_instance(session: Session, sop_instance_uid: str) -> KnownInstance | None:
+        row = session.execute(
+            select(Study.study_instance_uid, Instance.path, Instance.sha256)
+            .join(Series, Instance.series_id == Series.id)
+            .join(Study, Series.study_id == Study.id)
+            .where(Instance.sop_instance_uid == sop_instance_uid)
+        ).first()
+        if row is None:
+            return None
+        return KnownInstance(sop_instance_uid, row.study_instance_uid, row.path, row.sha256)
+
     def find_instance(self, sop_instance_uid: str) -> KnownInstance | None:
-        def op(session: Session) -> KnownInstance | None:
-            row = session.scalar(select(Instance).where(Instance.sop_instance_uid == sop_instance_uid))
-            if row is None:
-                return None
-            return KnownInstance(sop_instance_uid, row.series.study.study_instance_uid, row.path, row.sha256)
+        return self._run(lambda session: self._known_instance(session, sop_instance_uid))
+
+    def receive_instance(
+        self,
+        header: InstanceHeader,
+        *,
+        sha256: str,
+        duplicate_policy: DuplicatePolicy,
+        new_path: str,
+        write: Callable[[str], WrittenFile],
+        calling_ae_title: str,
+        peer: str,
+        at: float,
+    ) -> ReceiveOutcome:
+        """Look up, write and record one received instance in **one** transaction (the listener's hot path).
+
+        An instance already recorded with the same SHA-256, or with different content under policy ``keep``,
+        is acknowledged and audited without writing anything. Otherwise ``write(path)`` makes the file durable
+        (at ``new_path``, or at the known path when policy ``replace`` replaces it) and the instance is recorded
+        before the commit. If the transaction fails after a write, the exception propagates and the caller
+        removes the file it wrote (see :attr:`ReceiveOutcome` / the listener). One transaction instead of a
+        lookup plus a write transaction halves the database round trips and commits per instance.
+        """
+
+        def op(session: Session) -> ReceiveOutcome:
+            known = self._known_instance(session, header.sop_instance_uid)
+            if known is not None and (known.sha256 == sha256 or duplicate_policy is DuplicatePolicy.KEEP):
+                identical = known.sha256 == sha256
+                self._audit(
+                    session, "duplicate-identical" if identical else "duplicate-kept", at,
+                    calling_ae_title=calling_ae_title, peer=peer, study_instance_uid=header.study_instance_uid,
+                    sop_instance_uid=header.sop_instance_uid, status=0,
+                    detail="identical copy acknowledged" if identical else "different content; the first copy is kept",
+                )
+                return ReceiveOutcome(stored=False, identical=identical, recorded=None)
+            stored = write(known.path if known is not None else new_path)
+            recorded = self._record(session, header, path=stored.relative_path, size_bytes=stored.size,
+                                    sha256=stored.sha256, calling_ae_title=calling_ae_title, peer=peer, at=at)
+            return ReceiveOutcome(stored=True, identical=False, recorded=recorded)
 
         return self._run(op)
 
@@ -199,75 +248,88 @@ class Repository:
         job layer it is *late*: policy ``rerun`` reopens the study as version + 1, policy ``ignore`` keeps it
         stored and audited only.
         """
+        return self._run(lambda session: self._record(
+            session, header, path=path, size_bytes=size_bytes, sha256=sha256, calling_ae_title=calling_ae_title,
+            peer=peer, at=at,
+        ))
 
-        def op(session: Session) -> RecordedInstance:
-            study = self._study(session, header.study_instance_uid, full=False)
-            if study is None:
-                study = Study(
-                    study_instance_uid=header.study_instance_uid, state=StudyState.RECEIVING, version=1,
-                    opened_at=at, first_received_at=at, last_received_at=at, state_changed_at=at,
-                )
-                session.add(study)
-                session.flush()
-                self._audit(session, "study-opened", at, study_instance_uid=header.study_instance_uid,
-                            calling_ae_title=calling_ae_title, detail="version 1")
-            late = study.state in LATE_STATES
-            reopened = False
-            if late and self.late_policy is LateInstancePolicy.RERUN:
-                study.version += 1
-                study.opened_at = at
-                study.content_digest = None
-                study.forced = False
-                study.reason = None
-                self._set_state(study, StudyState.RECEIVING, at)
-                reopened = True
-                self._audit(session, "study-reopened", at, study_instance_uid=study.study_instance_uid,
-                            sop_instance_uid=header.sop_instance_uid, calling_ae_title=calling_ae_title,
-                            detail=f"late instance: version {study.version} will be processed and supersede the "
-                            "earlier result")
-            elif late:
-                self._audit(session, "late-instance-ignored", at, study_instance_uid=study.study_instance_uid,
-                            sop_instance_uid=header.sop_instance_uid, calling_ae_title=calling_ae_title,
-                            detail=f"study is {study.state.value}; late-instance policy is ignore")
-            elif study.state is StudyState.READY:
-                self._set_state(study, StudyState.RECEIVING, at)
-                study.content_digest = None
-                self._audit(session, "ready-revoked", at, study_instance_uid=study.study_instance_uid,
-                            sop_instance_uid=header.sop_instance_uid,
-                            detail="a new instance restarted the quiet period")
-            study.last_received_at = max(study.last_received_at, at)
+    def _record(
+        self,
+        session: Session,
+        header: InstanceHeader,
+        *,
+        path: str,
+        size_bytes: int,
+        sha256: str,
+        calling_ae_title: str,
+        peer: str,
+        at: float,
+    ) -> RecordedInstance:
+        study = self._study(session, header.study_instance_uid, full=False)
+        if study is None:
+            study = Study(
+                study_instance_uid=header.study_instance_uid, state=StudyState.RECEIVING, version=1,
+                opened_at=at, first_received_at=at, last_received_at=at, state_changed_at=at,
+            )
+            session.add(study)
+            session.flush()
+            self._audit(session, "study-opened", at, study_instance_uid=header.study_instance_uid,
+                        calling_ae_title=calling_ae_title, detail="version 1")
+        late = study.state in LATE_STATES
+        reopened = False
+        if late and self.late_policy is LateInstancePolicy.RERUN:
+            study.version += 1
+            study.opened_at = at
+            study.content_digest = None
+            study.forced = False
+            study.reason = None
+            self._set_state(study, StudyState.RECEIVING, at)
+            reopened = True
+            self._audit(session, "study-reopened", at, study_instance_uid=study.study_instance_uid,
+                        sop_instance_uid=header.sop_instance_uid, calling_ae_title=calling_ae_title,
+                        detail=f"late instance: version {study.version} will be processed and supersede the "
+                        "earlier result")
+        elif late:
+            self._audit(session, "late-instance-ignored", at, study_instance_uid=study.study_instance_uid,
+                        sop_instance_uid=header.sop_instance_uid, calling_ae_title=calling_ae_title,
+                        detail=f"study is {study.state.value}; late-instance policy is ignore")
+        elif study.state is StudyState.READY:
+            self._set_state(study, StudyState.RECEIVING, at)
+            study.content_digest = None
+            self._audit(session, "ready-revoked", at, study_instance_uid=study.study_instance_uid,
+                        sop_instance_uid=header.sop_instance_uid,
+                        detail="a new instance restarted the quiet period")
+        study.last_received_at = max(study.last_received_at, at)
 
-            series = session.scalar(select(Series).where(Series.series_instance_uid == header.series_instance_uid))
-            if series is None:
-                series = Series(
-                    study_id=study.id, series_instance_uid=header.series_instance_uid, modality=header.modality,
-                    sop_class_uid=header.sop_class_uid, series_description=header.series_description,
-                    series_number=header.series_number, frame_of_reference_uid=header.frame_of_reference_uid,
-                    first_received_at=at, last_received_at=at,
-                )
-                session.add(series)
-                session.flush()
-            series.last_received_at = max(series.last_received_at, at)
+        series = session.scalar(select(Series).where(Series.series_instance_uid == header.series_instance_uid))
+        if series is None:
+            series = Series(
+                study_id=study.id, series_instance_uid=header.series_instance_uid, modality=header.modality,
+                sop_class_uid=header.sop_class_uid, series_description=header.series_description,
+                series_number=header.series_number, frame_of_reference_uid=header.frame_of_reference_uid,
+                first_received_at=at, last_received_at=at,
+            )
+            session.add(series)
+            session.flush()
+        series.last_received_at = max(series.last_received_at, at)
 
-            instance = session.scalar(select(Instance).where(Instance.sop_instance_uid == header.sop_instance_uid))
-            replaced = instance is not None
-            if instance is None:
-                instance = Instance(sop_instance_uid=header.sop_instance_uid, series_id=series.id)
-                session.add(instance)
-            instance.sop_class_uid = header.sop_class_uid
-            instance.transfer_syntax_uid = header.transfer_syntax_uid
-            instance.path = path
-            instance.size_bytes = size_bytes
-            instance.sha256 = sha256
-            instance.received_at = at
-            instance.calling_ae_title = calling_ae_title
-            instance.study_version = study.version
-            self._audit(session, "replaced" if replaced else "stored", at, calling_ae_title=calling_ae_title,
-                        peer=peer, study_instance_uid=header.study_instance_uid,
-                        sop_instance_uid=header.sop_instance_uid, status=0, detail=f"{size_bytes} bytes, {path}")
-            return RecordedInstance(study.state, study.version, replaced, late, reopened)
-
-        return self._run(op)
+        instance = session.scalar(select(Instance).where(Instance.sop_instance_uid == header.sop_instance_uid))
+        replaced = instance is not None
+        if instance is None:
+            instance = Instance(sop_instance_uid=header.sop_instance_uid, series_id=series.id)
+            session.add(instance)
+        instance.sop_class_uid = header.sop_class_uid
+        instance.transfer_syntax_uid = header.transfer_syntax_uid
+        instance.path = path
+        instance.size_bytes = size_bytes
+        instance.sha256 = sha256
+        instance.received_at = at
+        instance.calling_ae_title = calling_ae_title
+        instance.study_version = study.version
+        self._audit(session, "replaced" if replaced else "stored", at, calling_ae_title=calling_ae_title,
+                    peer=peer, study_instance_uid=header.study_instance_uid,
+                    sop_instance_uid=header.sop_instance_uid, status=0, detail=f"{size_bytes} bytes, {path}")
+        return RecordedInstance(study.state, study.version, replaced, late, reopened)
 
     # -- completeness -------------------------------------------------------------------------------------
 
@@ -351,20 +413,45 @@ class Repository:
                 self._audit(session, "job-deduplicated", at, study_instance_uid=study_instance_uid,
                             detail=f"content identical to job {existing.id}; no new job")
                 return None
-            previous = session.scalar(
-                select(Job).where(Job.study_id == study.id).order_by(Job.id.desc()).limit(1)
-            )
-            job = Job(
-                study_id=study.id, study_version=study.version, idempotency_key=key,
-                content_digest=study.content_digest, state=JobState.QUEUED, forced=study.forced, reason=study.reason,
-                supersedes_job_id=None if previous is None else previous.id, created_at=at, updated_at=at,
-            )
-            session.add(job)
-            self._set_state(study, StudyState.QUEUED, at)
-            session.flush()
-            self._audit(session, "job-queued", at, study_instance_uid=study_instance_uid,
-                        detail=f"job {job.id}, version {study.version}"
-                        + (f", supersedes job {previous.id}" if previous is not None else ""))
+            return job_record_of(self._new_job(session, study, key, study.content_digest, at, reason=study.reason))
+
+        return self._run(op)
+
+    def _new_job(self, session: Session, study: Study, key: str, digest: str, at: float, *, reason: str | None,
+                 note: str = "") -> Job:
+        """A queued job of the study's current version, superseding its latest job; the study becomes queued."""
+        previous = session.scalar(select(Job).where(Job.study_id == study.id).order_by(Job.id.desc()).limit(1))
+        job = Job(
+            study_id=study.id, study_version=study.version, idempotency_key=key, content_digest=digest,
+            state=JobState.QUEUED, forced=study.forced, reason=reason,
+            supersedes_job_id=None if previous is None else previous.id, created_at=at, updated_at=at,
+        )
+        session.add(job)
+        self._set_state(study, StudyState.QUEUED, at)
+        session.flush()
+        self._audit(session, "job-queued", at, study_instance_uid=study.study_instance_uid,
+                    detail=f"job {job.id}, version {study.version}"
+                    + (f", supersedes job {previous.id}" if previous is not None else "") + note)
+        return job
+
+    def rerun(self, seen: StudySnapshot, key: str, at: float, *, requested_by: str) -> JobRecord | None:
+        """done | failed -> queued with a new job keyed ``key`` (an operator's re-run of the version ``seen``).
+
+        ``None`` when a job with ``key`` already exists (the same request made twice). Raises
+        :class:`LedgerStateError` when the study is in another state or changed since ``seen`` was taken.
+        """
+
+        def op(session: Session) -> JobRecord | None:
+            if session.scalar(select(Job.id).where(Job.idempotency_key == key)) is not None:
+                return None
+            study = self._guarded(session, seen)
+            if study is None or study.state not in (StudyState.DONE, StudyState.FAILED):
+                raise LedgerStateError(
+                    f"study {seen.study_instance_uid} changed or is not done/failed: it cannot be re-run now"
+                )
+            study.reason = None
+            job = self._new_job(session, study, key, seen.content_digest, at, reason=None,
+                                note=f", re-run requested by {requested_by}")
             return job_record_of(job)
 
         return self._run(op)
@@ -375,8 +462,9 @@ class Repository:
             raise LedgerStateError(f"job {job_id} does not exist")
         return job
 
-    def start_job(self, job_id: int, at: float) -> JobRecord:
-        """queued -> processing (job and, when it is the study's current version, the study)."""
+    def start_job(self, job_id: int, at: float, *, worker: str | None = None) -> JobRecord:
+        """queued -> processing (job and, when it is the study's current version, the study); ``worker`` (the
+        Celery node name) is recorded in the audit event so an operator can see which worker ran which job."""
 
         def op(session: Session) -> JobRecord:
             job = self._job(session, job_id)
@@ -387,7 +475,8 @@ class Repository:
             study = job.study
             if study.version == job.study_version and study.state is StudyState.QUEUED:
                 self._set_state(study, StudyState.PROCESSING, at)
-            self._audit(session, "job-started", at, study_instance_uid=study.study_instance_uid, detail=f"job {job_id}")
+            self._audit(session, "job-started", at, study_instance_uid=study.study_instance_uid,
+                        detail=f"job {job_id}" + (f" on {worker}" if worker else ""))
             return job_record_of(job)
 
         return self._run(op)

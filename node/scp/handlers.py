@@ -23,7 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from node.errors import CorruptInstanceError
 from node.ledger.repository import InstanceHeader, Repository
 from node.scp.header import read_header
-from node.scp.spool import Spool
+from node.scp.spool import Spool, StoredFile
 from node.scp.status import EchoStatus, StoreStatus
 from node.settings import DuplicatePolicy
 
@@ -92,30 +92,27 @@ def _store(
     ctx: ListenerContext, header: InstanceHeader, chunks: tuple[bytes, bytes], sha256: str, calling: str, peer: str,
     now: float,
 ) -> int:
-    """Apply the duplicate policy, write the file, record it (removing a new file the ledger refused)."""
-    repository = ctx.repository
-    known = repository.find_instance(header.sop_instance_uid)
-    if known is not None and (known.sha256 == sha256 or ctx.duplicate_policy is DuplicatePolicy.KEEP):
-        identical = known.sha256 == sha256
-        repository.audit(
-            "duplicate-identical" if identical else "duplicate-kept", now, calling_ae_title=calling, peer=peer,
-            study_instance_uid=header.study_instance_uid, sop_instance_uid=header.sop_instance_uid,
-            status=StoreStatus.SUCCESS,
-            detail="identical copy acknowledged" if identical else "different content; the first copy is kept",
-        )
-        return StoreStatus.SUCCESS
-    relative = known.path if known is not None else ctx.spool.relative_path(
-        header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid
-    )
-    stored = ctx.spool.write(relative, chunks)
+    """Apply the duplicate policy, write the file and record it in one ledger transaction.
+
+    A new file whose transaction then fails is removed again (the sender gets no Success and resends it).
+    """
+    new_path = ctx.spool.relative_path(header.study_instance_uid, header.series_instance_uid,
+                                       header.sop_instance_uid)
+    existed: dict[str, bool] = {}  # path -> was there before our first write (a retried transaction rewrites)
+
+    def write(relative: str) -> StoredFile:
+        existed.setdefault(relative, ctx.spool.path(relative).exists())
+        return ctx.spool.write(relative, chunks)
+
     try:
-        repository.record_instance(
-            header, path=stored.relative_path, size_bytes=stored.size, sha256=stored.sha256,
+        ctx.repository.receive_instance(
+            header, sha256=sha256, duplicate_policy=ctx.duplicate_policy, new_path=new_path, write=write,
             calling_ae_title=calling, peer=peer, at=now,
         )
     except SQLAlchemyError:
-        if known is None:
-            ctx.spool.remove(relative)
+        for relative, was_there in existed.items():
+            if not was_there:
+                ctx.spool.remove(relative)
         raise
     return StoreStatus.SUCCESS
 

@@ -11,9 +11,11 @@ import struct
 import zlib
 from io import BytesIO
 
+from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_dataset
+from pydicom.tag import BaseTag
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 from node.errors import CorruptInstanceError
@@ -36,6 +38,29 @@ def _decode(data: bytes, transfer_syntax: UID) -> Dataset:
         raise CorruptInstanceError(f"the dataset does not parse: {exc}") from exc
     if stream.tell() != len(data):
         raise CorruptInstanceError(f"the dataset has {len(data) - stream.tell()} unparsed trailing byte(s)")
+    try:
+        _check_structure(ds)
+    except (ValueError, TypeError, KeyError, EOFError, OSError, struct.error, InvalidDicomError) as exc:
+        raise CorruptInstanceError(f"the dataset does not parse: {exc}") from exc
+    return ds
+
+
+def _is_sequence(tag: BaseTag, vr: str | None) -> bool:
+    if vr is not None:
+        return vr == "SQ"
+    try:  # implicit VR: the data dictionary says
+        return bool(dictionary_VR(tag) == "SQ")
+    except KeyError:  # private or unknown element: left raw
+        return False
+
+
+def _check_structure(ds: Dataset) -> None:
+    """Every element complete and every sequence's items parse, recursively, without decoding the values.
+
+    Decoding every value (pydicom's validation of each string) costs more than the rest of the C-STORE
+    handler; a malformed *value* is reported by the loader when the study is processed, while a truncated or
+    mis-framed *dataset* is refused here, before Success is answered.
+    """
     for raw in ds.elements():
         length = getattr(raw, "length", _UNDEFINED)
         value = getattr(raw, "value", None)
@@ -43,12 +68,11 @@ def _decode(data: bytes, transfer_syntax: UID) -> Dataset:
             raise CorruptInstanceError(
                 f"element {raw.tag} is truncated ({len(value)} of {length} bytes): the dataset is incomplete"
             )
-    try:
-        for _element in ds:  # converts every top-level element, parsing nested sequences
-            pass
-    except (ValueError, TypeError, KeyError, EOFError, OSError, struct.error, InvalidDicomError) as exc:
-        raise CorruptInstanceError(f"the dataset does not parse: {exc}") from exc
-    return ds
+        if length == _UNDEFINED or _is_sequence(raw.tag, getattr(raw, "VR", None)):
+            element = ds[raw.tag]  # parses the sequence's items (their own elements stay raw)
+            if element.VR == "SQ":
+                for item in element.value:
+                    _check_structure(item)
 
 
 def _text(ds: Dataset, keyword: str) -> str:

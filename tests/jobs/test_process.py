@@ -19,11 +19,11 @@ from node.jobs import analyse_command
 from node.jobs.models import load_model_set
 from node.jobs.process import (
     ProcessResult,
-    normalise_subtype,
     primary_subtype_from_headers,
     process_study,
     write_failure_report,
 )
+from node.labels import normalise_subtype
 from node.learn.bundle import BundleError
 from node.learn.dataset import Task
 from node.sr.validate import validate_object, validate_sr
@@ -229,3 +229,23 @@ def test_unusable_lesions_are_left_out_with_a_warning(full_models: Path) -> None
     assert len(warnings) == 3
     assert "lesion too small" in warnings[0] and "could not be computed" in warnings[1]
     assert "volume" in warnings[2]
+
+
+@pytest.mark.slow  # the imaging pipeline on a real study
+def test_primary_subtype_set_beforehand_selects_the_model_and_is_reported(
+    synth_case: SynthCase, full_models: Path, tmp_path: Path
+) -> None:
+    asked: list[tuple[str, str | None, str | None]] = []
+
+    def lookup(study_uid: str, accession: str | None, patient_id: str | None) -> tuple[str, str] | None:
+        asked.append((study_uid, accession, patient_id))
+        return ("tn", "set with 'ainode primary' for the patient")
+
+    result = process_study(synth_case.root, tmp_path, models_dir=full_models, primary_lookup=lookup,
+                           companions=())
+    first = pydicom.dcmread(next(synth_case.root.rglob("*.dcm")), stop_before_pixels=True)
+    assert asked == [(first.StudyInstanceUID, str(first.AccessionNumber) or None, str(first.PatientID))]
+    assert result.subtype_model == "with-primary"
+    assert result.primary_source == "set with 'ainode primary' for the patient"
+    text = sr_text(pydicom.dcmread(result.sr_path))
+    assert "with the primary-tumour subtype (TN)" in text and "model[subtype]" in text
