@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import TypeVar
 
-from sqlalchemy import select
+from sqlalchemy import case, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
@@ -101,8 +101,8 @@ class Repository:
 
     @staticmethod
     def _audit(session: Session, event: str, at: float, **fields: str | int | None) -> None:
-        session.add(
-            AuditEvent(
+        session.execute(
+            insert(AuditEvent).values(
                 at=at,
                 event=event,
                 calling_ae_title=_clip(fields.get("calling_ae_title"), 16),  # type: ignore[arg-type]
@@ -265,71 +265,83 @@ class Repository:
         peer: str,
         at: float,
     ) -> RecordedInstance:
-        study = self._study(session, header.study_instance_uid, full=False)
-        if study is None:
-            study = Study(
-                study_instance_uid=header.study_instance_uid, state=StudyState.RECEIVING, version=1,
-                opened_at=at, first_received_at=at, last_received_at=at, state_changed_at=at,
-            )
-            session.add(study)
-            session.flush()
-            self._audit(session, "study-opened", at, study_instance_uid=header.study_instance_uid,
-                        calling_ae_title=calling_ae_title, detail="version 1")
-        late = study.state in LATE_STATES
+        # Core statements, not the ORM unit of work: this runs once per received instance, inside the C-STORE
+        # handler, and the ORM's flush bookkeeping cost more than the rest of the handler together.
+        uid = header.study_instance_uid
+        row = session.execute(
+            select(Study.id, Study.state, Study.version).where(Study.study_instance_uid == uid)
+        ).first()
+        if row is None:
+            study_id = session.execute(
+                insert(Study).values(
+                    study_instance_uid=uid, state=StudyState.RECEIVING, version=1, opened_at=at,
+                    first_received_at=at, last_received_at=at, state_changed_at=at, forced=False,
+                ).returning(Study.id)
+            ).scalar_one()
+            state, version = StudyState.RECEIVING, 1
+            self._audit(session, "study-opened", at, study_instance_uid=uid, calling_ae_title=calling_ae_title,
+                        detail="version 1")
+        else:
+            study_id, state, version = row.id, StudyState(row.state), int(row.version)
+        late = state in LATE_STATES
         reopened = False
+        changes: dict[str, object] = {}
         if late and self.late_policy is LateInstancePolicy.RERUN:
-            study.version += 1
-            study.opened_at = at
-            study.content_digest = None
-            study.forced = False
-            study.reason = None
-            self._set_state(study, StudyState.RECEIVING, at)
+            version += 1
+            state = StudyState.RECEIVING
+            changes = {"version": version, "opened_at": at, "content_digest": None, "forced": False, "reason": None,
+                       "state": state, "state_changed_at": at}
             reopened = True
-            self._audit(session, "study-reopened", at, study_instance_uid=study.study_instance_uid,
+            self._audit(session, "study-reopened", at, study_instance_uid=uid,
                         sop_instance_uid=header.sop_instance_uid, calling_ae_title=calling_ae_title,
-                        detail=f"late instance: version {study.version} will be processed and supersede the "
+                        detail=f"late instance: version {version} will be processed and supersede the "
                         "earlier result")
         elif late:
-            self._audit(session, "late-instance-ignored", at, study_instance_uid=study.study_instance_uid,
+            self._audit(session, "late-instance-ignored", at, study_instance_uid=uid,
                         sop_instance_uid=header.sop_instance_uid, calling_ae_title=calling_ae_title,
-                        detail=f"study is {study.state.value}; late-instance policy is ignore")
-        elif study.state is StudyState.READY:
-            self._set_state(study, StudyState.RECEIVING, at)
-            study.content_digest = None
-            self._audit(session, "ready-revoked", at, study_instance_uid=study.study_instance_uid,
+                        detail=f"study is {state.value}; late-instance policy is ignore")
+        elif state is StudyState.READY:
+            state = StudyState.RECEIVING
+            changes = {"state": state, "state_changed_at": at, "content_digest": None}
+            self._audit(session, "ready-revoked", at, study_instance_uid=uid,
                         sop_instance_uid=header.sop_instance_uid,
                         detail="a new instance restarted the quiet period")
-        study.last_received_at = max(study.last_received_at, at)
+        session.execute(
+            update(Study).where(Study.id == study_id)
+            .values(last_received_at=case((Study.last_received_at < at, at), else_=Study.last_received_at), **changes)
+        )
 
-        series = session.scalar(select(Series).where(Series.series_instance_uid == header.series_instance_uid))
-        if series is None:
-            series = Series(
-                study_id=study.id, series_instance_uid=header.series_instance_uid, modality=header.modality,
-                sop_class_uid=header.sop_class_uid, series_description=header.series_description,
-                series_number=header.series_number, frame_of_reference_uid=header.frame_of_reference_uid,
-                first_received_at=at, last_received_at=at,
+        series_id = session.scalar(select(Series.id).where(Series.series_instance_uid == header.series_instance_uid))
+        if series_id is None:
+            series_id = session.execute(
+                insert(Series).values(
+                    study_id=study_id, series_instance_uid=header.series_instance_uid, modality=header.modality,
+                    sop_class_uid=header.sop_class_uid, series_description=header.series_description,
+                    series_number=header.series_number, frame_of_reference_uid=header.frame_of_reference_uid,
+                    first_received_at=at, last_received_at=at,
+                ).returning(Series.id)
+            ).scalar_one()
+        else:
+            session.execute(
+                update(Series).where(Series.id == series_id, Series.last_received_at < at).values(last_received_at=at)
             )
-            session.add(series)
-            session.flush()
-        series.last_received_at = max(series.last_received_at, at)
 
-        instance = session.scalar(select(Instance).where(Instance.sop_instance_uid == header.sop_instance_uid))
-        replaced = instance is not None
-        if instance is None:
-            instance = Instance(sop_instance_uid=header.sop_instance_uid, series_id=series.id)
-            session.add(instance)
-        instance.sop_class_uid = header.sop_class_uid
-        instance.transfer_syntax_uid = header.transfer_syntax_uid
-        instance.path = path
-        instance.size_bytes = size_bytes
-        instance.sha256 = sha256
-        instance.received_at = at
-        instance.calling_ae_title = calling_ae_title
-        instance.study_version = study.version
+        values = {
+            "sop_class_uid": header.sop_class_uid, "transfer_syntax_uid": header.transfer_syntax_uid, "path": path,
+            "size_bytes": size_bytes, "sha256": sha256, "received_at": at, "calling_ae_title": calling_ae_title,
+            "study_version": version,
+        }
+        instance_id = session.scalar(select(Instance.id).where(Instance.sop_instance_uid == header.sop_instance_uid))
+        replaced = instance_id is not None
+        if instance_id is None:
+            session.execute(insert(Instance).values(sop_instance_uid=header.sop_instance_uid, series_id=series_id,
+                                                    **values))
+        else:
+            session.execute(update(Instance).where(Instance.id == instance_id).values(**values))
         self._audit(session, "replaced" if replaced else "stored", at, calling_ae_title=calling_ae_title,
-                    peer=peer, study_instance_uid=header.study_instance_uid,
-                    sop_instance_uid=header.sop_instance_uid, status=0, detail=f"{size_bytes} bytes, {path}")
-        return RecordedInstance(study.state, study.version, replaced, late, reopened)
+                    peer=peer, study_instance_uid=uid, sop_instance_uid=header.sop_instance_uid, status=0,
+                    detail=f"{size_bytes} bytes, {path}")
+        return RecordedInstance(state, version, replaced, late, reopened)
 
     # -- completeness -------------------------------------------------------------------------------------
 
