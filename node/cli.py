@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     from node.ledger import command as ledger_command
     from node.ledger import primary_command
     from node.synth import command as synth_command
+    from node.web import command as web_command
 
     parser = argparse.ArgumentParser(
         prog="ainode",
@@ -49,13 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
     worker_command.register(sub)
     serve.register(sub)
     demo.register(sub)
+    web_command.register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    log.configure(args.verbose)
+    log.configure(args.verbose, default=log.default_format(args.command))
     try:
         return int(args.handler(args) or EXIT_OK)
     except NodeError as exc:
@@ -67,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # last resort: one readable line, not a bare traceback
         logger.debug("unexpected error", exc_info=True)
         print(
-            f"ainode {args.command}: internal error ({type(exc).__name__}: {exc}); "
+            f"ainode {args.command}: internal error ({type(exc).__name__}: {log.redact(str(exc))}); "
             "run with -vv for the traceback and report it",
             file=sys.stderr,
         )

@@ -24,6 +24,7 @@ from pathlib import Path
 from types import FrameType
 
 from node.errors import ConfigError
+from node.log import LOG_VERBOSITY_ENV
 from node.scp.server import ListenerHandle, start_listener
 from node.settings import ENV_PREFIX, Settings
 
@@ -142,6 +143,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--concurrency must be at least 1")
     environ = dict(os.environ)
     export_settings(args, environ)
+    if getattr(args, "verbose", 0):  # ainode -v serve: the worker process logs at the same level
+        environ[LOG_VERBOSITY_ENV] = str(args.verbose)
     os.environ.update(environ)  # this process's own later Settings.load() calls see the same values
     node = start_node(environ, worker=not args.no_worker, concurrency=args.concurrency)
     stop = threading.Event()

@@ -2,7 +2,7 @@
 
 Precedence, highest first: CLI overrides > ``AINODE_*`` environment variables > the optional YAML file
 (``--config`` or ``AINODE_CONFIG``) > the defaults below. Every value goes through a small typed parser that
-raises :class:`ConfigError` naming the variable and the bad value; ``docs/listener.md`` has the full table.
+raises :class:`ConfigError` naming the variable and the bad value; ``docs/configuration.md`` has the full table.
 """
 
 from __future__ import annotations

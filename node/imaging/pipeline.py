@@ -134,7 +134,7 @@ def run_features(study_dir: Path, config: PipelineConfig | None = None) -> Featu
     total_start = time.perf_counter()
     with _timed(timings, "load"):
         study = load_study(study_dir, config.rules)
-    with log.correlated(study.identity.study_instance_uid):
+    with log.correlated(study=log.study_key(study.identity.study_instance_uid)):
         logger.info("loaded study: %d lesion segment(s)", len(study.lesions))
         with _timed(timings, "preprocess"):
             pre = preprocess(study, config.preprocess)

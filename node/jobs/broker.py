@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from node.errors import ConfigError
+from node.errors import ConfigError, TransientError
 from node.settings import parse_seconds
 
 BROKER_ENV = "AINODE_BROKER_URL"
@@ -96,3 +96,32 @@ def resolve_broker(
     if url.startswith(("redis", "rediss")):
         return redis_broker(url, environ)
     return BrokerConfig(url)
+
+
+_REDIS_PRIORITY_SEP = "\x06\x16"  # kombu's Redis transport keeps priorities 3, 6, 9 in lists "<queue>\x06\x16<n>"
+_REDIS_PRIORITIES = (0, 3, 6, 9)
+
+
+def queue_depth(config: BrokerConfig, queue: str, *, timeout_s: float = 2.0) -> int:
+    """Messages waiting in ``queue`` (not yet taken by a worker): ``*.<queue>.msg`` files of the embedded broker,
+    or the length of the queue's Redis lists. Raises :class:`TransientError` when the broker cannot be read."""
+    if config.embedded:
+        folder = Path(config.transport_options["data_folder_in"])
+        wanted = f"{queue}.msg"
+        try:
+            return sum(1 for path in folder.iterdir() if path.name.partition(".")[2] == wanted)
+        except OSError as exc:
+            raise TransientError(f"the embedded broker folder {folder} cannot be read: {exc.strerror}") from exc
+    if not config.url.startswith(("redis://", "rediss://", "redis+socket://")):
+        raise ConfigError(f"queue depth is not available for broker {config.describe()}")
+    import redis
+
+    prefix = str(config.transport_options.get("global_keyprefix", ""))
+    keys = [prefix + (queue if p == 0 else f"{queue}{_REDIS_PRIORITY_SEP}{p}") for p in _REDIS_PRIORITIES]
+    client = redis.Redis.from_url(config.url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+    try:
+        return sum(int(client.llen(key)) for key in keys)
+    except redis.RedisError as exc:
+        raise TransientError(f"the broker {config.describe()} cannot be reached: {exc}") from exc
+    finally:
+        client.close()

@@ -84,9 +84,12 @@ def production_settings(broker: BrokerConfig, env: Mapping[str, str], concurrenc
         "worker_hijack_root_logger": False,
         # no task events on the broker unless someone monitors them (celery -E turns them on)
         "worker_send_task_events": False,
+        # each periodic message expires when the next one is due: while every worker is busy with a study, the
+        # polls that pile up in the queue are discarded unrun instead of delaying the next job or delivery
         "beat_schedule": {
-            "poll-ready-studies": {"task": "ainode.poll_ready", "schedule": poll},
-            "deliver-due-results": {"task": "ainode.deliver", "schedule": max(poll, 30.0)},
+            "poll-ready-studies": {"task": "ainode.poll_ready", "schedule": poll, "options": {"expires": poll}},
+            "deliver-due-results": {"task": "ainode.deliver", "schedule": max(poll, 30.0),
+                                    "options": {"expires": max(poll, 30.0)}},
         },
     }
 
@@ -104,8 +107,8 @@ def configure(
 
 @setup_logging.connect
 def _setup_logging(**_kwargs: Any) -> None:
-    """Replace Celery's logging set-up by the node's (correlation ids in every line)."""
-    log.configure(int(os.environ.get("AINODE_LOG_VERBOSITY", "1")))
+    """Replace Celery's logging set-up by the node's (correlation ids, JSON unless ``AINODE_LOG_FORMAT=text``)."""
+    log.configure(log.env_verbosity(1), default=log.LogFormat.JSON)
 
 
 configure()

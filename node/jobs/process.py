@@ -259,7 +259,7 @@ def process_study(
     timings["models"] = time.perf_counter() - t
     run = run_features(study_dir, config)
     timings.update({f"pipeline.{k}": v for k, v in run.timings.items()})
-    with log.correlated(run.identity.study_instance_uid):
+    with log.correlated(study=log.study_key(run.identity.study_instance_uid)):
         t = time.perf_counter()
         source = source_study(study_dir, run)
         warnings: list[str] = list(run.warnings)

@@ -42,10 +42,11 @@ from node.ledger.db import Ledger
 from node.ledger.models import DeliveryState, JobState, StudyState
 from node.ledger.primary import lookup_primary
 from node.ledger.repository import JobRecord, LedgerStateError, Repository
-from node.log import correlated
+from node.log import correlated, study_key
 from node.settings import Destination, Settings, parse_count, parse_seconds
 
 if TYPE_CHECKING:
+    from node.jobs.process import ProcessResult
     from node.ledger.completeness import CompletenessChecker
 
 logger = logging.getLogger(__name__)
@@ -127,6 +128,23 @@ def result_dir(spool_dir: Path, study_instance_uid: str, job_id: int) -> Path:
     return spool_dir / RESULTS_DIRNAME / uid_key(study_instance_uid) / f"job-{job_id}"
 
 
+def result_json_path(out_dir: Path) -> Path:
+    """Where a job's result summary is kept: beside its result folder (``.../job-<id>.json``), so the folder
+    itself holds only the DICOM objects that are delivered."""
+    return out_dir.parent / f"{out_dir.name}.json"
+
+
+def write_result_json(out_dir: Path, result: ProcessResult) -> Path:
+    """The predictions, warnings and stage timings of a processed job, as JSON (atomic); ``node.web`` shows it."""
+    from node.jobs.analyse_command import result_json
+
+    path = result_json_path(out_dir)
+    staging = path.with_name(f".{path.name}.tmp")
+    staging.write_text(json.dumps(result_json(result), indent=1), encoding="utf-8")
+    staging.replace(path)
+    return path
+
+
 def _sop_instance_uid(path: Path) -> str:
     return str(pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).SOPInstanceUID)
 
@@ -170,8 +188,12 @@ def run_process_job(
     out_dir: Path,
     *,
     queue_delivery: Callable[[int], object] | None = None,
+    worker: str | None = None,
 ) -> str:
-    """Process one ledger job; returns ``done``, ``failed`` or ``skipped`` (already finished)."""
+    """Process one ledger job; returns ``done``, ``failed`` or ``skipped`` (already finished).
+
+    ``worker`` (the Celery node name running it) goes into the ``job-started`` / ``job-resumed`` audit events.
+    """
     from node.jobs.process import process_study, write_failure_report
 
     job = find_job(ctx.repo, job_id, study_instance_uid)
@@ -179,9 +201,11 @@ def run_process_job(
         logger.info("job %d is already %s: nothing to do", job_id, job.state.value)
         return "skipped"
     if job.state is JobState.QUEUED:
-        ctx.repo.start_job(job_id, ctx.clock())
+        ctx.repo.start_job(job_id, ctx.clock(), worker=worker)
     else:
         logger.warning("job %d was processing when its worker stopped: running it again", job_id)
+        ctx.repo.audit("job-resumed", ctx.clock(), study_instance_uid=study_instance_uid,
+                       detail=f"job {job_id}" + (f" on {worker}" if worker else ""))
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
         result = process_study(study_dir, out_dir, models_dir=ctx.options.models_dir,
@@ -210,6 +234,7 @@ def run_process_job(
         fail_job(ctx, job_id, f"internal error ({type(exc).__name__}); see the worker log")
         raise
     files = (result.sr_path, *result.companion_paths)
+    write_result_json(out_dir, result)
     deliveries = record_deliveries(ctx, job_id, files)
     ctx.repo.audit("job-result", ctx.clock(), study_instance_uid=study_instance_uid,
                    detail=f"job {job_id}: {result.sr_path} ({result.subtype_model}, {len(result.lesions)} lesion(s))")
@@ -239,7 +264,8 @@ def dispatch_ready(
             continue
         out_dir = result_dir(spool_dir, study.study_instance_uid, job.id)
         send_task(job.id, study.study_instance_uid, str(study.study_dir), str(out_dir))
-        logger.info("study %s: job %d queued", study.study_instance_uid, job.id)
+        with correlated(job=job.id, study=study_key(study.study_instance_uid)):
+            logger.info("job %d queued", job.id)
         created.append(job)
     return created
 
@@ -331,11 +357,11 @@ def _give_up_if_last(task: Task[Any, Any], job_id: int, exc: TransientError) -> 
 @shared_task(bind=True, name=PROCESS_TASK, **_RETRY_POLICY)
 def process_study_task(self: Task[Any, Any], job_id: int, study_instance_uid: str, study_dir: str,
                        out_dir: str) -> str:
-    with correlated(f"{study_instance_uid}/job-{job_id}"):
+    with correlated(job=job_id, study=study_key(study_instance_uid)):
         try:
             with ledger_errors_are_transient():
                 return run_process_job(job_context(), job_id, study_instance_uid, Path(study_dir), Path(out_dir),
-                                       queue_delivery=deliver_task.delay)
+                                       queue_delivery=deliver_task.delay, worker=self.request.hostname)
         except TransientError as exc:
             _give_up_if_last(self, job_id, exc)
             raise
@@ -346,7 +372,7 @@ def deliver_task(job_id: int | None = None) -> int:
     """Send the due deliveries (all of them: the outbox orders and backs off); ``job_id`` only tags the logs."""
     from node.delivery.outbox import deliver_pending
 
-    with correlated(f"job-{job_id}" if job_id is not None else "deliver"), ledger_errors_are_transient():
+    with correlated("deliver", job=job_id), ledger_errors_are_transient():
         now = time.time()
         outcomes = deliver_pending(job_context().repo, now)
         retry_at = [o.next_attempt_at for o in outcomes if o.next_attempt_at is not None]
@@ -377,5 +403,5 @@ def _send_process(job_id: int, study_instance_uid: str, study_dir: str, out_dir:
 __all__ = [
     "JobContext", "JobOptions", "deliver_task", "dispatch_ready", "job_context", "poll_ready_task",
     "process_study_task", "queued_job_ids", "record_deliveries", "redispatch_orphans", "result_dir",
-    "run_process_job",
+    "result_json_path", "run_process_job", "write_result_json",
 ]

@@ -20,6 +20,7 @@ from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 from node.errors import CorruptInstanceError
 from node.ledger.repository import InstanceHeader
+from node.log import redact
 from node.scp.spool import check_uid
 
 _UNDEFINED = 0xFFFFFFFF
@@ -35,7 +36,7 @@ def _decode(data: bytes, transfer_syntax: UID) -> Dataset:
     try:
         ds = read_dataset(stream, transfer_syntax.is_implicit_VR, transfer_syntax.is_little_endian)
     except (ValueError, TypeError, KeyError, EOFError, OSError, struct.error, InvalidDicomError) as exc:
-        raise CorruptInstanceError(f"the dataset does not parse: {exc}") from exc
+        raise CorruptInstanceError(f"the dataset does not parse: {redact(str(exc))}") from exc
     if stream.tell() != len(data):
         raise CorruptInstanceError(f"the dataset has {len(data) - stream.tell()} unparsed trailing byte(s)")
     try:

@@ -199,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    log.configure(max(args.verbose, 1))
+    log.configure(max(args.verbose, 1), default=log.LogFormat.JSON)
     overrides = {
         key: getattr(args, key)
         for key in ("ae_title", "port", "bind_address", "spool_dir", "database_url", "accepted_calling_aets")

@@ -17,6 +17,7 @@ import pytest
 from node.ledger.db import Ledger
 from node.ledger.models import JobState, StudyState
 from node.ledger.repository import Repository
+from node.log import study_key
 from tests.jobs.conftest import BrokerUnderTest, FaultProxy, Node, WorkerFactory, wait_for
 
 PROCESS = "ainode.process_study"
@@ -40,7 +41,8 @@ def test_job_runs_in_a_worker(dispatched: tuple[Node, tuple[int, str, str, str]]
     wait_for(lambda: _state(node, args[0]) is JobState.DONE, JOB_TIMEOUT, f"job done ({worker.log_path})")
     assert len(_sr_files(args[3])) == 1
     log = worker.log()
-    assert f"[{args[1]}/job-{args[0]}]" in log  # the correlation id prefixes the task's log lines
+    # the task's log lines carry the job id and the study key (JSON, the worker's default format)
+    assert f'"study": "{study_key(args[1])}", "job": "{args[0]}"' in log
     assert "Retry in" not in log
 
 

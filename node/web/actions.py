@@ -1,0 +1,110 @@
+"""The dashboard's two actions, each audited with who asked (``web:<client address>``):
+
+* **re-run** a done or failed study: a new ledger job (:meth:`Repository.rerun`) handed to the workers exactly as
+  the node hands its own jobs (``ainode.process_study`` with the study's spool folder and the job's result
+  folder). The job's idempotency key is the study's key extended by the job being re-run
+  (:func:`rerun_key`), so the same request sent twice (a double click, a retried POST) makes one job;
+* **resend** a failed (dead-letter) delivery: :func:`node.delivery.store.resend`, what ``ainode resend`` does,
+  then an ``ainode.deliver`` task so the outbox sends it now rather than at its next periodic pass.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from node.delivery import store
+from node.errors import NodeError
+from node.ledger.models import DeliveryState
+from node.ledger.repository import JobRecord, LedgerStateError, Repository, idempotency_key
+from node.web.errors import ConflictError, NotFoundError, UnavailableError
+
+logger = logging.getLogger(__name__)
+
+
+class Dispatcher(Protocol):
+    """Hands work to the Celery workers (see :mod:`node.web.dispatch`)."""
+
+    def process(self, job_id: int, study_instance_uid: str, study_dir: str, out_dir: str) -> None: ...
+
+    def deliver(self, job_id: int) -> None: ...
+
+
+def rerun_key(study_instance_uid: str, content_digest: str, previous_job_id: int) -> str:
+    """The idempotency key of "re-run the study's content after job ``previous_job_id``"."""
+    return idempotency_key(study_instance_uid, f"{content_digest}\nrerun-after-job-{previous_job_id}")
+
+
+@dataclass(frozen=True)
+class RerunOutcome:
+    job: JobRecord
+    created: bool  # False: the same re-run had been requested before; ``job`` is that one
+
+
+@dataclass
+class Actions:
+    repo: Repository
+    spool_dir: Path
+    dispatcher: Dispatcher
+    clock: Callable[[], float] = time.time
+
+    def rerun(self, study_instance_uid: str, who: str, after_job: int | None = None) -> RerunOutcome:
+        from node.jobs.tasks import result_dir
+        from node.scp.spool import uid_key
+
+        seen = self.repo.study(study_instance_uid)
+        if seen is None:
+            raise NotFoundError(f"study {study_instance_uid} is not in the ledger")
+        jobs = self.repo.jobs(study_instance_uid)
+        if after_job is None:
+            after_job = jobs[-1].id if jobs else 0
+        elif after_job not in {j.id for j in jobs}:
+            raise NotFoundError(f"job {after_job} is not a job of study {study_instance_uid}")
+        key = rerun_key(study_instance_uid, seen.content_digest, after_job)
+        now = self.clock()
+        try:
+            job = self.repo.rerun(seen, key, now, requested_by=who)
+        except LedgerStateError as exc:
+            self.repo.audit("web-rerun-refused", now, peer=who, study_instance_uid=study_instance_uid,
+                            detail=exc.message)
+            raise ConflictError(f"{exc.message} (it is {seen.state.value})") from exc
+        if job is None:
+            existing = next(j for j in self.repo.jobs(study_instance_uid) if j.idempotency_key == key)
+            self.repo.audit("web-rerun", now, peer=who, study_instance_uid=study_instance_uid,
+                            detail=f"re-run after job {after_job} already requested: job {existing.id}")
+            return RerunOutcome(existing, created=False)
+        out_dir = result_dir(self.spool_dir, study_instance_uid, job.id)
+        try:
+            self.dispatcher.process(job.id, study_instance_uid, str(self.spool_dir / uid_key(study_instance_uid)),
+                                    str(out_dir))
+        except (OSError, NodeError) as exc:
+            detail = f"job {job.id} created but not handed to the workers: {exc}"
+            self.repo.audit("web-rerun", now, peer=who, study_instance_uid=study_instance_uid, detail=detail)
+            raise UnavailableError(detail + " (the broker is unreachable; `ainode worker --recover` re-sends "
+                                   "queued jobs on the embedded broker)") from exc
+        self.repo.audit("web-rerun", now, peer=who, study_instance_uid=study_instance_uid,
+                        detail=f"job {job.id} queued (re-run after job {after_job})")
+        logger.info("re-run requested by %s: job %d queued", who, job.id)
+        return RerunOutcome(job, created=True)
+
+    def resend(self, delivery_id: int, who: str, *, study_instance_uid: str | None = None) -> int:
+        """Re-queue one failed delivery; ``study_instance_uid`` (the page's) must match when given."""
+        item = next((d for d in store.deliveries(self.repo) if d.id == delivery_id), None)
+        if item is None or (study_instance_uid is not None and item.study_instance_uid != study_instance_uid):
+            raise NotFoundError(f"delivery {delivery_id} does not exist")
+        now = self.clock()
+        if item.state is not DeliveryState.FAILED:
+            raise ConflictError(f"delivery {delivery_id} is {item.state.value}: only failed deliveries are resent")
+        count = store.resend(self.repo, now, delivery_id=delivery_id)
+        self.repo.audit("web-resend", now, peer=who, study_instance_uid=item.study_instance_uid,
+                        sop_instance_uid=item.sop_instance_uid,
+                        detail=f"delivery {delivery_id} (job {item.job_id} -> {item.destination}) re-queued")
+        try:
+            self.dispatcher.deliver(item.job_id)
+        except (OSError, NodeError) as exc:  # the periodic outbox pass sends it anyway
+            logger.warning("delivery %d re-queued; the deliver task could not be sent now: %s", delivery_id, exc)
+        return count

@@ -1,0 +1,45 @@
+"""Sending tasks to the node's workers from the web process: a Celery client app that only publishes.
+
+It is configured like the workers (:func:`node.jobs.celery_app.production_settings`: same broker, queue and JSON
+serialiser) but is a separate app, so the web process never imports or runs the tasks themselves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from celery import Celery
+from kombu.exceptions import KombuError
+
+from node.errors import TransientError
+from node.jobs.broker import BrokerConfig
+from node.jobs.tasks import PROCESS_TASK
+
+DELIVER_TASK = "ainode.deliver"
+
+
+class CeleryDispatcher:
+    def __init__(self, broker: BrokerConfig, env: Mapping[str, str]) -> None:
+        from node.jobs.celery_app import production_settings
+
+        self.broker = broker
+        self.app = Celery("ainode-web")
+        settings = production_settings(broker, env)
+        settings.pop("beat_schedule")  # the web process never runs beat
+        self.app.conf.update(settings)
+
+    def _send(self, name: str, args: list[Any]) -> None:
+        try:
+            self.app.send_task(name, args=args)
+        except (KombuError, OSError) as exc:
+            raise TransientError(f"the broker {self.broker.describe()} cannot be reached: {exc}") from exc
+
+    def process(self, job_id: int, study_instance_uid: str, study_dir: str, out_dir: str) -> None:
+        self._send(PROCESS_TASK, [job_id, study_instance_uid, study_dir, out_dir])
+
+    def deliver(self, job_id: int) -> None:
+        self._send(DELIVER_TASK, [job_id])
+
+    def close(self) -> None:
+        self.app.close()
