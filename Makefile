@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	# pyradiomics 3.0.1 builds from source against the numpy it will run with (its 3.1.0 sdist is broken)
 	$(PY) -m pip install -q "numpy==2.3.5" setuptools wheel versioneer
 	$(PY) -m pip install -q --no-build-isolation "pyradiomics==3.0.1"
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,deploy]"
 	touch $(STAMP)
 
 install: $(STAMP)

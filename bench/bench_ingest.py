@@ -5,8 +5,9 @@ same sender, DCMTK ``storescu`` (one association, ``TCP_NODELAY=1``). The node r
 every instance written under ``.incoming/``, fsynced, renamed, its directory fsynced, and recorded in the SQLite
 ledger in a committed transaction; ``storescp`` (``TCP_NODELAY=1``) just writes files to a tmp folder. Each run
 starts a fresh receiver with an empty folder; the time measured is the ``storescu`` wall time (association to
-release). pynetdicom's example ``storescp`` (no fsync, no ledger) is measured too, to tell the library's
-share of the gap from the node's durability. Target (issue 4): node >= 0.5x storescp's instances/s (median of the runs).
+release). pynetdicom's example ``storescp`` (no fsync, no ledger) and a bare pynetdicom listener (the node's
+AE and contexts, a handler that only takes the bytes) are measured too, to tell the library's share of the gap
+from the node's durability. Target (issue 4): node >= 0.5x storescp's instances/s (median of the runs).
 
     python bench/bench_ingest.py [--runs 3] [--seed 11] [--keep DIR]
 """
@@ -126,6 +127,31 @@ def pynetdicom_receiver(folder: Path) -> Iterator[tuple[str, int, Callable[[], i
 
 
 @contextmanager
+def bare_receiver(folder: Path) -> Iterator[tuple[str, int, Callable[[], int]]]:
+    """The least any pynetdicom listener does: the node's AE (same contexts and PDU size) whose C-STORE handler
+    only takes the received bytes and counts them: no file, no fsync, no database. pynetdicom's floor."""
+    from pynetdicom import evt
+
+    from node.scp.server import build_ae
+    from node.settings import Settings
+
+    received = [0]
+
+    def handle_store(event: evt.Event) -> int:
+        event.encoded_dataset(include_meta=False)
+        received[0] += 1
+        return 0
+
+    ae = build_ae(Settings(ae_title="BARE"))
+    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, handle_store)])
+    assert server is not None
+    try:
+        yield "BARE", int(server.server_address[1]), lambda: received[0]
+    finally:
+        server.shutdown()
+
+
+@contextmanager
 def node_receiver(spool: Path) -> Iterator[tuple[str, int, Callable[[], int]]]:
     from node.serve import start_node
 
@@ -143,7 +169,8 @@ def node_receiver(spool: Path) -> Iterator[tuple[str, int, Callable[[], int]]]:
         node.stop()
 
 
-RECEIVERS = {"storescp": storescp_receiver, "pynetdicom": pynetdicom_receiver, "node": node_receiver}
+RECEIVERS = {"storescp": storescp_receiver, "pynetdicom": pynetdicom_receiver, "bare": bare_receiver,
+             "node": node_receiver}
 
 
 def measure(name: str, files: list[Path], megabytes: float, work: Path, runs: int) -> list[Run]:
@@ -237,7 +264,10 @@ def main(argv: list[str] | None = None) -> int:
         ratio = medians["node"].instances_per_s / medians["storescp"].instances_per_s
         print(f"pynetdicom / storescp = "
               f"{medians['pynetdicom'].instances_per_s / medians['storescp'].instances_per_s:.2f}x, "
-              f"node / pynetdicom = {medians['node'].instances_per_s / medians['pynetdicom'].instances_per_s:.2f}x")
+              f"node / pynetdicom = {medians['node'].instances_per_s / medians['pynetdicom'].instances_per_s:.2f}x, "
+              f"bare pynetdicom listener / storescp = "
+              f"{medians['bare'].instances_per_s / medians['storescp'].instances_per_s:.2f}x (the library's ceiling), "
+              f"node / bare = {medians['node'].instances_per_s / medians['bare'].instances_per_s:.2f}x")
         verdict = "meets" if ratio >= TARGET_RATIO else "MISSES"
         spool_ms, commit_ms = durability_floor_ms(work / "floor", int(megabytes * 1e6 / len(files)))
         floor = spool_ms + commit_ms

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import TypeVar
 
-from sqlalchemy import case, insert, select, update
+from sqlalchemy import bindparam, case, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
@@ -59,6 +59,32 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 _RETRIES = 3
 
+# The listener's per-instance statements, built once: building a statement and its cache key costs more than
+# running it on SQLite, and this runs inside every C-STORE handler.
+_KNOWN_INSTANCE = (
+    select(Instance.id, Study.study_instance_uid, Instance.path, Instance.sha256)
+    .join(Series, Instance.series_id == Series.id)
+    .join(Study, Series.study_id == Study.id)
+    .where(Instance.sop_instance_uid == bindparam("sop"))
+)
+_STUDY_BY_UID = select(Study.id, Study.state, Study.version).where(Study.study_instance_uid == bindparam("uid"))
+_INSERT_STUDY = insert(Study).returning(Study.id)
+_TOUCH_STUDY = (
+    update(Study).where(Study.id == bindparam("study_id"))
+    .values(last_received_at=case((Study.last_received_at < bindparam("now"), bindparam("now")),
+                                  else_=Study.last_received_at))
+)
+_SERIES_BY_UID = select(Series.id).where(Series.series_instance_uid == bindparam("uid"))
+_INSERT_SERIES = insert(Series).returning(Series.id)
+_TOUCH_SERIES = (
+    update(Series).where(Series.id == bindparam("series_id"), Series.last_received_at < bindparam("now"))
+    .values(last_received_at=bindparam("now"))
+)
+_INSTANCE_ID = select(Instance.id).where(Instance.sop_instance_uid == bindparam("sop"))
+_INSERT_INSTANCE = insert(Instance)
+_UPDATE_INSTANCE = update(Instance).where(Instance.id == bindparam("instance_id"))
+_INSERT_AUDIT = insert(AuditEvent)
+
 
 class LedgerStateError(NodeError):
     """An operation was asked of a study or job in a state that does not allow it (a caller's bug or a race)."""
@@ -101,18 +127,16 @@ class Repository:
 
     @staticmethod
     def _audit(session: Session, event: str, at: float, **fields: str | int | None) -> None:
-        session.execute(
-            insert(AuditEvent).values(
-                at=at,
-                event=event,
-                calling_ae_title=_clip(fields.get("calling_ae_title"), 16),  # type: ignore[arg-type]
-                peer=_clip(fields.get("peer"), 64),  # type: ignore[arg-type]
-                study_instance_uid=_clip(fields.get("study_instance_uid"), 64),  # type: ignore[arg-type]
-                sop_instance_uid=_clip(fields.get("sop_instance_uid"), 64),  # type: ignore[arg-type]
-                status=fields.get("status"),
-                detail=fields.get("detail"),
-            )
-        )
+        session.connection().execute(_INSERT_AUDIT, {
+            "at": at,
+            "event": event,
+            "calling_ae_title": _clip(fields.get("calling_ae_title"), 16),  # type: ignore[arg-type]
+            "peer": _clip(fields.get("peer"), 64),  # type: ignore[arg-type]
+            "study_instance_uid": _clip(fields.get("study_instance_uid"), 64),  # type: ignore[arg-type]
+            "sop_instance_uid": _clip(fields.get("sop_instance_uid"), 64),  # type: ignore[arg-type]
+            "status": fields.get("status"),
+            "detail": fields.get("detail"),
+        })
 
     @staticmethod
     def _study(session: Session, study_uid: str, *, full: bool = True) -> Study | None:
@@ -170,12 +194,7 @@ class Repository:
 
     @staticmethod
     def _known_instance(session: Session, sop_instance_uid: str) -> KnownInstance | None:
-        row = session.execute(
-            select(Study.study_instance_uid, Instance.path, Instance.sha256)
-            .join(Series, Instance.series_id == Series.id)
-            .join(Study, Series.study_id == Study.id)
-            .where(Instance.sop_instance_uid == sop_instance_uid)
-        ).first()
+        row = session.connection().execute(_KNOWN_INSTANCE, {"sop": sop_instance_uid}).first()
         if row is None:
             return None
         return KnownInstance(sop_instance_uid, row.study_instance_uid, row.path, row.sha256)
@@ -268,16 +287,12 @@ class Repository:
         # Core statements, not the ORM unit of work: this runs once per received instance, inside the C-STORE
         # handler, and the ORM's flush bookkeeping cost more than the rest of the handler together.
         uid = header.study_instance_uid
-        row = session.execute(
-            select(Study.id, Study.state, Study.version).where(Study.study_instance_uid == uid)
-        ).first()
+        row = session.connection().execute(_STUDY_BY_UID, {"uid": uid}).first()
         if row is None:
-            study_id = session.execute(
-                insert(Study).values(
-                    study_instance_uid=uid, state=StudyState.RECEIVING, version=1, opened_at=at,
-                    first_received_at=at, last_received_at=at, state_changed_at=at, forced=False,
-                ).returning(Study.id)
-            ).scalar_one()
+            study_id = session.connection().execute(_INSERT_STUDY, {
+                "study_instance_uid": uid, "state": StudyState.RECEIVING, "version": 1, "opened_at": at,
+                "first_received_at": at, "last_received_at": at, "state_changed_at": at, "forced": False,
+            }).scalar_one()
             state, version = StudyState.RECEIVING, 1
             self._audit(session, "study-opened", at, study_instance_uid=uid, calling_ae_title=calling_ae_title,
                         detail="version 1")
@@ -306,38 +321,34 @@ class Repository:
             self._audit(session, "ready-revoked", at, study_instance_uid=uid,
                         sop_instance_uid=header.sop_instance_uid,
                         detail="a new instance restarted the quiet period")
-        session.execute(
-            update(Study).where(Study.id == study_id)
-            .values(last_received_at=case((Study.last_received_at < at, at), else_=Study.last_received_at), **changes)
-        )
+        if changes:  # a state transition (rare): its own statement
+            session.execute(update(Study).where(Study.id == study_id).values(**changes))
+        session.connection().execute(_TOUCH_STUDY, {"study_id": study_id, "now": at})
 
-        series_id = session.scalar(select(Series.id).where(Series.series_instance_uid == header.series_instance_uid))
+        series_id = session.connection().execute(_SERIES_BY_UID, {"uid": header.series_instance_uid}).scalar()
         if series_id is None:
-            series_id = session.execute(
-                insert(Series).values(
-                    study_id=study_id, series_instance_uid=header.series_instance_uid, modality=header.modality,
-                    sop_class_uid=header.sop_class_uid, series_description=header.series_description,
-                    series_number=header.series_number, frame_of_reference_uid=header.frame_of_reference_uid,
-                    first_received_at=at, last_received_at=at,
-                ).returning(Series.id)
-            ).scalar_one()
+            series_id = session.connection().execute(_INSERT_SERIES, {
+                "study_id": study_id, "series_instance_uid": header.series_instance_uid, "modality": header.modality,
+                "sop_class_uid": header.sop_class_uid, "series_description": header.series_description,
+                "series_number": header.series_number, "frame_of_reference_uid": header.frame_of_reference_uid,
+                "first_received_at": at, "last_received_at": at,
+            }).scalar_one()
         else:
-            session.execute(
-                update(Series).where(Series.id == series_id, Series.last_received_at < at).values(last_received_at=at)
-            )
+            session.connection().execute(_TOUCH_SERIES, {"series_id": series_id, "now": at})
 
         values = {
             "sop_class_uid": header.sop_class_uid, "transfer_syntax_uid": header.transfer_syntax_uid, "path": path,
             "size_bytes": size_bytes, "sha256": sha256, "received_at": at, "calling_ae_title": calling_ae_title,
             "study_version": version,
         }
-        instance_id = session.scalar(select(Instance.id).where(Instance.sop_instance_uid == header.sop_instance_uid))
+        instance_id = session.connection().execute(_INSTANCE_ID, {"sop": header.sop_instance_uid}).scalar()
         replaced = instance_id is not None
         if instance_id is None:
-            session.execute(insert(Instance).values(sop_instance_uid=header.sop_instance_uid, series_id=series_id,
-                                                    **values))
+            session.connection().execute(
+                _INSERT_INSTANCE, {"sop_instance_uid": header.sop_instance_uid, "series_id": series_id, **values}
+            )
         else:
-            session.execute(update(Instance).where(Instance.id == instance_id).values(**values))
+            session.connection().execute(_UPDATE_INSTANCE, {"instance_id": instance_id, **values})
         self._audit(session, "replaced" if replaced else "stored", at, calling_ae_title=calling_ae_title,
                     peer=peer, study_instance_uid=uid, sop_instance_uid=header.sop_instance_uid, status=0,
                     detail=f"{size_bytes} bytes, {path}")

@@ -221,10 +221,14 @@ def test_beat_dispatches_processes_and_delivers_to_a_pacs(node: Node, workers: W
         uid = node.uids()[0]
         wait_for(lambda: node.repo.jobs(uid) and node.repo.jobs(uid)[0].state is JobState.DONE, JOB_TIMEOUT,
                  f"job done ({worker.log_path})")
-        wait_for(lambda: len(pacs.received) >= 1, 60, f"result received by the PACS ({worker.log_path})")
+
+        def sr_received() -> bool:  # the SR and its companions are sent in any order: wait for the SR itself
+            stored = [tmp_path / "pacs" / f"{sop}.dcm" for sop in list(pacs.received)]  # appended once written
+            return any(ds.Modality == "SR" and ds.StudyInstanceUID == uid
+                       for ds in (pydicom.dcmread(path, stop_before_pixels=True) for path in stored))
+
+        wait_for(sr_received, 60, f"SR received by the PACS ({worker.log_path})")
         assert len(node.repo.jobs(uid)) == 1  # polled many times, dispatched once
-        received = [pydicom.dcmread(p) for p in (tmp_path / "pacs").iterdir()]
-        assert any(ds.Modality == "SR" and ds.StudyInstanceUID == uid for ds in received)
         wait_for(lambda: any(e.event == "delivery-sent" for e in node.repo.audit_trail(uid)), 30, "sent audited")
     finally:
         pacs.stop()
