@@ -30,7 +30,7 @@ from node.web import api, pages
 from node.web.actions import Actions, Dispatcher
 from node.web.auth import SESSION_COOKIE, Authenticator
 from node.web.context import LoginRequiredError, WebContext, context
-from node.web.errors import WebError
+from node.web.errors import TooManyAttemptsError, WebError
 from node.web.health import run_checks
 from node.web.metrics import NodeCollector, registry
 from node.web.queries import Queries
@@ -133,8 +133,10 @@ def _install_handlers(app: FastAPI) -> None:
         if isinstance(exc, LoginRequiredError):
             return RedirectResponse(exc.location, status_code=303)
         if _wants_json(request):
-            headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
-            return JSONResponse({"error": exc.message}, status_code=exc.status_code, headers=headers)
+            headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else {}
+            if isinstance(exc, TooManyAttemptsError):
+                headers["Retry-After"] = str(int(exc.retry_after_s + 0.5))
+            return JSONResponse({"error": exc.message}, status_code=exc.status_code, headers=headers or None)
         session = context(request).auth.session(request.cookies.get(SESSION_COOKIE))
         return pages.error_page(exc.status_code, exc.message, session)
 

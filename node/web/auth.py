@@ -4,6 +4,8 @@
   secret); with neither (or an empty / short one) ``ainode web`` refuses to start.
 * The JSON API takes ``Authorization: Bearer <token>``; tokens are compared in constant time (HMAC digests of
   equal length, :func:`hmac.compare_digest`).
+* After 10 wrong tokens from one client address within 5 minutes, that address is answered 429 (with
+  ``Retry-After``) without its token being checked, until the oldest failure is 5 minutes old.
 * The browser logs in once with the token and gets a session cookie ``<expiry>.<nonce>.<hmac>`` signed with a
   key derived from the token (the token itself never sits in the cookie; changing the token ends all sessions).
   The cookie is HttpOnly and SameSite=Strict; every POST form of the pages carries a CSRF token derived from
@@ -28,6 +30,8 @@ TOKEN_FILE_ENV = "AINODE_WEB_TOKEN_FILE"
 MIN_TOKEN_LENGTH = 16
 SESSION_COOKIE = "ainode_session"
 SESSION_MAX_AGE_S = 12 * 3600
+MAX_FAILURES = 10  # wrong tokens from one client address within FAILURE_WINDOW_S before it is refused (429)
+FAILURE_WINDOW_S = 300.0
 
 
 def load_token(env: Mapping[str, str] | None = None) -> str:
@@ -55,6 +59,45 @@ def load_token(env: Mapping[str, str] | None = None) -> str:
     return token
 
 
+class FailedLogins:
+    """Wrong tokens per client address in a sliding window: after ``max_failures`` the address is refused until
+    its oldest failure leaves the window, so the token cannot be guessed at network speed. In memory, per process:
+    a restart forgets, which only gives an attacker another ``max_failures`` tries. Thread-safe enough for the
+    counters it keeps (one list per address, appended and trimmed under the GIL)."""
+
+    def __init__(self, max_failures: int = MAX_FAILURES, window_s: float = FAILURE_WINDOW_S,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.max_failures = max_failures
+        self.window_s = window_s
+        self._clock = clock
+        self._failures: dict[str, list[float]] = {}
+
+    def _recent(self, who: str) -> list[float]:
+        cutoff = self._clock() - self.window_s
+        recent = [t for t in self._failures.get(who, []) if t > cutoff]
+        if recent:
+            self._failures[who] = recent
+        else:
+            self._failures.pop(who, None)
+        return recent
+
+    def retry_after(self, who: str) -> float:
+        """Seconds ``who`` must wait before its next attempt is even checked; 0 when it may try now."""
+        recent = self._recent(who)
+        if len(recent) < self.max_failures:
+            return 0.0
+        return max(recent[-self.max_failures] + self.window_s - self._clock(), 1.0)
+
+    def failed(self, who: str) -> None:
+        self._failures.setdefault(who, []).append(self._clock())
+        if len(self._failures) > 10_000:  # many addresses: drop those with nothing recent
+            for address in list(self._failures):
+                self._recent(address)
+
+    def succeeded(self, who: str) -> None:
+        self._failures.pop(who, None)
+
+
 @dataclass(frozen=True)
 class Session:
     nonce: str
@@ -72,6 +115,7 @@ class Authenticator:
         self._key = hmac.new(token.encode("utf-8"), b"ainode-web-session-v1", hashlib.sha256).digest()
         self.max_age_s = max_age_s
         self._clock = clock
+        self.failed_logins = FailedLogins(clock=clock)
 
     @staticmethod
     def _digest(value: str) -> bytes:

@@ -17,7 +17,7 @@ from node.ledger.repository import Repository
 from node.settings import Settings
 from node.web.actions import Actions
 from node.web.auth import SESSION_COOKIE, Authenticator, Session
-from node.web.errors import NotAuthenticatedError, WebError
+from node.web.errors import NotAuthenticatedError, TooManyAttemptsError, WebError
 from node.web.queries import Queries
 
 
@@ -60,11 +60,14 @@ def client_id(request: Request) -> str:
 def api_auth(request: Request) -> str:
     """FastAPI dependency of every ``/api`` route: a right Bearer token, else 401 (a wrong one is audited)."""
     ctx = context(request)
-    verdict = ctx.auth.bearer_ok(request.headers.get("authorization"))
     who = client_id(request)
+    if request.headers.get("authorization") and (wait := ctx.auth.failed_logins.retry_after(who)):
+        raise TooManyAttemptsError(wait)
+    verdict = ctx.auth.bearer_ok(request.headers.get("authorization"))
     if verdict is None:
         raise NotAuthenticatedError()
     if not verdict:
+        ctx.auth.failed_logins.failed(who)
         ctx.repo.audit("web-login-failed", ctx.clock(), peer=who,
                        detail=f"wrong Bearer token on {request.method} {request.url.path}")
         raise NotAuthenticatedError("wrong token")

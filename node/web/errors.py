@@ -35,3 +35,12 @@ class ConflictError(WebError):
 class UnavailableError(WebError):
     status_code = 503
     default_message = "a service the node needs is unavailable"
+
+
+class TooManyAttemptsError(WebError):
+    status_code = 429
+    default_message = "too many wrong tokens from this address: wait before trying again"
+
+    def __init__(self, retry_after_s: float) -> None:
+        super().__init__(f"too many wrong tokens from this address: try again in {int(retry_after_s + 0.5)} s")
+        self.retry_after_s = retry_after_s

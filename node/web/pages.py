@@ -108,11 +108,18 @@ async def login(request: Request) -> Response:
     form = await _form(request)
     who = client_id(request)
     next_path = _safe_next(form.get("next"))
+    if wait := ctx.auth.failed_logins.retry_after(who):
+        refused = render("login.html", 429, next=next_path, session=None, page="login",
+                         error=f"Too many wrong tokens from this address: try again in {int(wait + 0.5)} s.")
+        refused.headers["Retry-After"] = str(int(wait + 0.5))
+        return refused
     if not ctx.auth.token_ok(form.get("token")):
+        ctx.auth.failed_logins.failed(who)
         await run_in_threadpool(ctx.repo.audit, "web-login-failed", ctx.clock(), peer=who,
                                 detail="wrong token on the login page")
         return render("login.html", 401, next=next_path, session=None, page="login",
                       error="Wrong token. The attempt was recorded.")
+    ctx.auth.failed_logins.succeeded(who)
     await run_in_threadpool(ctx.repo.audit, "web-login", ctx.clock(), peer=who, status=0, detail="dashboard login")
     response = RedirectResponse(next_path, status_code=303)
     response.set_cookie(SESSION_COOKIE, ctx.auth.issue_cookie(), max_age=ctx.auth.max_age_s, httponly=True,

@@ -13,7 +13,7 @@ import pytest
 
 from node import cli
 from node.errors import ConfigError
-from node.web.auth import SESSION_COOKIE, Authenticator, load_token
+from node.web.auth import MAX_FAILURES, SESSION_COOKIE, Authenticator, FailedLogins, load_token
 from tests.scp.fixtures import FakeClock
 from tests.web.conftest import DONE_UID, TOKEN, WebNode, wait_for
 
@@ -62,6 +62,40 @@ def test_session_cookies_are_signed_and_expire() -> None:
     assert auth.session(cookie) is None
     assert auth.bearer_ok(None) is None and auth.bearer_ok(f"Bearer {TOKEN}") is True
     assert auth.bearer_ok(f"Basic {TOKEN}") is False and auth.bearer_ok("Bearer ") is False
+
+
+def test_failed_logins_are_counted_per_address_in_a_sliding_window() -> None:
+    clock = FakeClock(1000.0)
+    throttle = FailedLogins(max_failures=3, window_s=60.0, clock=clock)
+    for _ in range(3):
+        assert throttle.retry_after("web:10.0.0.1") == 0.0
+        throttle.failed("web:10.0.0.1")
+        clock.advance(10)
+    assert throttle.retry_after("web:10.0.0.1") == pytest.approx(30.0)  # the first failure leaves at t=60
+    assert throttle.retry_after("web:10.0.0.2") == 0.0  # other addresses are not affected
+    clock.advance(30.5)
+    assert throttle.retry_after("web:10.0.0.1") == 0.0  # one failure left the window: one more try
+    throttle.failed("web:10.0.0.1")
+    assert throttle.retry_after("web:10.0.0.1") > 0
+    throttle.succeeded("web:10.0.0.1")
+    assert throttle.retry_after("web:10.0.0.1") == 0.0
+
+
+def test_wrong_tokens_from_one_address_are_refused_for_a_while(web: WebNode) -> None:
+    """The real server: after MAX_FAILURES wrong tokens (page or API) even the right one is answered 429."""
+    with httpx.Client(base_url=web.base_url, follow_redirects=False, timeout=10) as client:
+        for i in range(MAX_FAILURES):
+            wrong = (_login(client, "wrong-token-wrong-token") if i % 2 else
+                     client.get("/api/studies", headers={"Authorization": "Bearer wrong-token-wrong-token"}))
+            assert wrong.status_code == 401
+        refused = _login(client, TOKEN)
+        assert refused.status_code == 429 and "Too many wrong tokens" in refused.text
+        assert int(refused.headers["retry-after"]) > 0 and SESSION_COOKIE not in refused.cookies
+        api = client.get("/api/studies", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert api.status_code == 429 and "too many wrong tokens" in api.json()["error"]
+        assert client.get("/health").status_code in (200, 503)  # probes are not throttled
+    events = [e for e, _, _ in web.events()]
+    assert events == ["web-login-failed"] * MAX_FAILURES  # refused attempts are not checked, nor audited
 
 
 def _login(client: httpx.Client, token: str, next_path: str = "/studies") -> httpx.Response:
