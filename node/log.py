@@ -200,6 +200,12 @@ def default_format(command: str | None) -> LogFormat:
 _configured_format: LogFormat | None = None
 
 
+#: Loggers that do not propagate to the root. billiard (Celery's process pool) logs as "multiprocessing" with
+#: ``propagate = 0`` and no handler, so without this its records (e.g. "Process 'ForkPoolWorker-6' exited with
+#: 'signal 9 (SIGKILL)'") reach stderr through logging's last-resort handler, as plain text.
+_NON_PROPAGATING = ("multiprocessing",)
+
+
 def configure(
     verbosity: int = 0,
     *,
@@ -220,6 +226,8 @@ def configure(
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    for name in _NON_PROPAGATING:  # their records never reach the root: give them the same handler
+        logging.getLogger(name).handlers[:] = [handler]
     logging.captureWarnings(True)  # warnings (pydicom's echo header values) go through the filter and formatter
     global _configured_format
     _configured_format = chosen

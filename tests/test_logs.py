@@ -44,12 +44,14 @@ ROOT = Path(__file__).resolve().parents[1]
 def restore_logging() -> Iterator[None]:
     """``log.configure`` replaces the root logger's handlers: put pytest's back afterwards."""
     root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
+    pool = logging.getLogger("multiprocessing")
+    handlers, level, pool_handlers = root.handlers[:], root.level, pool.handlers[:]
     try:
         yield
     finally:
         root.handlers[:] = handlers
         root.setLevel(level)
+        pool.handlers[:] = pool_handlers
         logging.captureWarnings(False)
 
 
@@ -97,6 +99,21 @@ def test_json_line_fields_correlation_and_exception(restore_logging: None) -> No
     assert (failed["job"], failed["study"], failed["correlation"]) == ("7", key, "poll")
     assert failed["correlation_id"] == f"poll/{key}/job-7"
     assert "ValueError: boom" in str(failed["exception"])
+
+
+def test_celery_pool_records_are_json_too(restore_logging: None) -> None:
+    """billiard's logger does not propagate to the root; its records must not fall through to logging's
+    last-resort handler as plain text (seen in CI: a pool process SIGKILLed at shutdown)."""
+    from billiard.util import get_logger
+
+    stream = io.StringIO()
+    log.configure(1, log_format=log.LogFormat.JSON, stream=stream)
+    pool = get_logger()
+    assert pool.name == "multiprocessing" and not pool.propagate
+    pool.error("Process %r pid:%r exited with %r", "ForkPoolWorker-6", 28437, "signal 9 (SIGKILL)")
+    (record,) = _json_lines(stream.getvalue())
+    assert record["logger"] == "multiprocessing" and record["level"] == "ERROR"
+    assert record["message"] == "Process 'ForkPoolWorker-6' pid:28437 exited with 'signal 9 (SIGKILL)'"
 
 
 def test_text_format_prefixes_the_correlation_id(restore_logging: None) -> None:
