@@ -7,8 +7,10 @@ differ from what the code generates now (tests call it), :func:`markdown_table` 
 
 from __future__ import annotations
 
+import argparse
 import re
-from collections.abc import Mapping, Sequence
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from node.errors import ConfigError
@@ -56,3 +58,31 @@ def write_blocks(path: Path, blocks: Mapping[str, str]) -> bool:
     if new != text:
         path.write_text(new, encoding="utf-8")
     return new != text
+
+
+def generator_main(prog: str, page: Path, blocks: Callable[[], Mapping[str, str]],
+                   argv: Sequence[str] | None = None) -> int:
+    """The command line of a page generator: ``--write`` rewrites ``page``'s blocks, ``--check`` exits 1 when one
+    is stale, neither prints them."""
+    parser = argparse.ArgumentParser(prog=f"python -m {prog}",
+                                     description=f"Regenerate or check the tables of docs/{page.name}.")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--write", action="store_true", help="rewrite the generated blocks of the page")
+    group.add_argument("--check", action="store_true", help="exit 1 when a generated block is stale")
+    parser.add_argument("--doc", type=Path, default=page, help=f"the page (default docs/{page.name})")
+    args = parser.parse_args(argv)
+    generated = blocks()
+    if args.write:
+        changed = write_blocks(args.doc, generated)
+        print(f"{args.doc}: {'updated' if changed else 'up to date'}")
+        return 0
+    if args.check:
+        stale = stale_blocks(args.doc, generated)
+        if stale:
+            print(f"{args.doc}: stale generated block(s): {', '.join(stale)}; run python -m {prog} --write",
+                  file=sys.stderr)
+            return 1
+        return 0
+    for name, body in generated.items():
+        print(f"<!-- {name} -->\n{body}")
+    return 0

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from node.docgen import markdown_table, stale_blocks, write_blocks
+from node.docgen import generator_main, markdown_table
 from node.settings import ENV_PREFIX, Settings
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
@@ -174,28 +174,7 @@ def blocks() -> dict[str, str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m node.environment",
-                                     description="Regenerate or check the tables of docs/configuration.md.")
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--write", action="store_true", help="rewrite the generated blocks of the page")
-    group.add_argument("--check", action="store_true", help="exit 1 when a generated block is stale")
-    parser.add_argument("--doc", type=Path, default=DOC, help="the page (default docs/configuration.md)")
-    args = parser.parse_args(argv)
-    generated = blocks()
-    if args.write:
-        changed = write_blocks(args.doc, generated)
-        print(f"{args.doc}: {'updated' if changed else 'up to date'}")
-        return 0
-    if args.check:
-        stale = stale_blocks(args.doc, generated)
-        if stale:
-            print(f"{args.doc}: stale generated block(s): {', '.join(stale)}; run python -m node.environment --write",
-                  file=sys.stderr)
-            return 1
-        return 0
-    for name, body in generated.items():
-        print(f"<!-- {name} -->\n{body}")
-    return 0
+    return generator_main("node.environment", DOC, blocks, argv)
 
 
 if __name__ == "__main__":

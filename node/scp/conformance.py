@@ -10,7 +10,6 @@ of the page; ``--check`` exits 1 when they are stale (``tests/docs/test_conforma
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,7 +18,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS
 
-from node.docgen import markdown_table, stale_blocks, write_blocks
+from node.docgen import generator_main, markdown_table
 from node.scp.contexts import (
     STORAGE_SOP_CLASSES,
     TRANSFER_SYNTAXES,
@@ -201,28 +200,7 @@ def blocks() -> dict[str, str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m node.scp.conformance",
-                                     description="Regenerate or check the tables of docs/conformance.md.")
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--write", action="store_true", help="rewrite the generated blocks of the page")
-    group.add_argument("--check", action="store_true", help="exit 1 when a generated block is stale")
-    parser.add_argument("--doc", type=Path, default=DOC, help="the page (default docs/conformance.md)")
-    args = parser.parse_args(argv)
-    generated = blocks()
-    if args.write:
-        changed = write_blocks(args.doc, generated)
-        print(f"{args.doc}: {'updated' if changed else 'up to date'}")
-        return 0
-    if args.check:
-        stale = stale_blocks(args.doc, generated)
-        if stale:
-            print(f"{args.doc}: stale generated block(s): {', '.join(stale)}; run python -m node.scp.conformance "
-                  "--write", file=sys.stderr)
-            return 1
-        return 0
-    for name, body in generated.items():
-        print(f"<!-- {name} -->\n{body}")
-    return 0
+    return generator_main("node.scp.conformance", DOC, blocks, argv)
 
 
 if __name__ == "__main__":
