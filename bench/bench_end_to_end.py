@@ -1,7 +1,7 @@
 """Benchmark: end-to-end latency of the node, from the last instance of a study sent to its SR stored at a PACS.
 
 One node (listener + a real ``ainode worker --beat`` process, embedded broker, SQLite ledger, the shipped
-models) runs with quiet period Q and a receiving AE (:class:`node.demo.ReceivingAE`) as its destination. Each
+models) runs with quiet period Q and a receiving AE (:class:`node.cli.demo.ReceivingAE`) as its destination. Each
 run sends a different full-size synthetic study (``--size full``) with :func:`node.delivery.scu.send_files`
 and times from the end of that association to the arrival of the study's SR at the receiving AE; the figure
 reported is that time minus Q (the node deliberately waits Q seconds of silence before it processes a study).
@@ -24,10 +24,10 @@ from pathlib import Path
 
 import pydicom
 
+from node.cli.demo import RECEIVER_AE, ReceivingAE
+from node.cli.serve import RunningNode, export_settings, start_node
+from node.config import Destination
 from node.delivery.scu import send_files
-from node.demo import RECEIVER_AE, ReceivingAE
-from node.serve import RunningNode, export_settings, start_node
-from node.settings import Destination
 
 TARGET_S = 30.0
 TIMEOUT_S = 600.0

@@ -132,8 +132,8 @@ def bare_receiver(folder: Path) -> Iterator[tuple[str, int, Callable[[], int]]]:
     only takes the received bytes and counts them: no file, no fsync, no database. pynetdicom's floor."""
     from pynetdicom import evt
 
+    from node.config import Settings
     from node.scp.server import build_ae
-    from node.settings import Settings
 
     received = [0]
 
@@ -153,7 +153,7 @@ def bare_receiver(folder: Path) -> Iterator[tuple[str, int, Callable[[], int]]]:
 
 @contextmanager
 def node_receiver(spool: Path) -> Iterator[tuple[str, int, Callable[[], int]]]:
-    from node.serve import start_node
+    from node.cli.serve import start_node
 
     port = free_port()
     environ = {**os.environ, "AINODE_AE_TITLE": "AINODE", "AINODE_PORT": str(port),

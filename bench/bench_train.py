@@ -18,11 +18,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from node.learn.bundle import load_bundle, save_bundle
-from node.learn.dataset import PRIMARY_PREFIX, Task, load_dataset
-from node.learn.pipeline_grid import GridName, grid
-from node.learn.synthetic import write_tables
-from node.learn.train import TrainOptions, train
+from node.model.bundle import load_bundle
+from node.model.tasks import PRIMARY_PREFIX, Task
+from node.training.dataset import load_dataset
+from node.training.export import save_bundle
+from node.training.grid import GridName, grid
+from node.training.synthetic import write_tables
+from node.training.train import TrainOptions, train
 
 TARGET_FULL_S = 600.0
 TARGET_PREDICT_S = 0.2

@@ -31,10 +31,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 
 from node.cli import main as ainode
-from node.learn.bundle import load_bundle, save_bundle
-from node.learn.dataset import Task, load_dataset
-from node.learn.evaluate import evaluate
-from node.learn.train import TrainOptions, train
+from node.evaluation.evaluate import evaluate
+from node.model.bundle import load_bundle
+from node.model.tasks import Task
+from node.training.dataset import load_dataset
+from node.training.export import save_bundle
+from node.training.train import TrainOptions, train
 
 logger = logging.getLogger(__name__)
 

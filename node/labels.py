@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import logging
 import re
-from enum import StrEnum
 
 from node.errors import ConfigError
+from node.vocabulary import Her2Tier, Subtype
 
 logger = logging.getLogger(__name__)
 
@@ -21,31 +21,6 @@ RECEPTOR_POSITIVE_THRESHOLD_PERCENT = 1.0
 """ER/PR are positive strictly above this percentage of stained tumour nuclei."""
 
 HER2_IHC_SCORES = (0, 1, 2, 3)
-
-
-class Subtype(StrEnum):
-    """Molecular subtype of a breast-cancer lesion (primary tumour or metastasis)."""
-
-    HR_POS_HER2_NEG = "HR+/HER2-"
-    HR_POS_HER2_POS = "HR+/HER2+"
-    HR_NEG_HER2_POS = "HR-/HER2+"
-    TN = "TN"
-
-    @property
-    def hr_positive(self) -> bool:
-        return self in (Subtype.HR_POS_HER2_NEG, Subtype.HR_POS_HER2_POS)
-
-    @property
-    def her2_positive(self) -> bool:
-        return self in (Subtype.HR_POS_HER2_POS, Subtype.HR_NEG_HER2_POS)
-
-
-class Her2Tier(StrEnum):
-    """HER2 three-tier status (study S3)."""
-
-    POSITIVE = "positive"
-    LOW = "low"
-    ZERO = "zero"
 
 
 def receptor_positive(percent_stained: float) -> bool:

@@ -72,7 +72,7 @@ def redact(text: str) -> str:
 def study_key(study_instance_uid: str) -> str:
     """The log/spool identifier of a study: the first 32 hex digits of the SHA-256 of its StudyInstanceUID.
 
-    It is the name of the study's spool folder (:func:`node.scp.spool.uid_key`) and of its results folder, so a log
+    It is the name of the study's spool folder (:func:`node.spool.uid_key`) and of its results folder, so a log
     line leads to the files without the UID in the logs; the ledger (``ainode status``) holds the UID and job ids.
     """
     return hashlib.sha256(study_instance_uid.encode("ascii")).hexdigest()[:32]

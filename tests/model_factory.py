@@ -8,11 +8,12 @@ from pathlib import Path
 import pandas as pd
 
 from node.imaging.features import FEATURE_NAMES
-from node.learn.bundle import save_bundle
-from node.learn.dataset import Task, load_dataset
-from node.learn.pipeline_grid import StepSpec
-from node.learn.synthetic import PLANTED_FEATURES, write_tables
-from node.learn.train import TrainOptions, train
+from node.model.tasks import Task
+from node.training.dataset import load_dataset
+from node.training.export import save_bundle
+from node.training.grid import StepSpec
+from node.training.synthetic import PLANTED_FEATURES, write_tables
+from node.training.train import TrainOptions, train
 
 
 def train_tiny_bundles(root: Path, tasks: Iterable[Task], *, k: int, learning_rate: float) -> Path:

@@ -28,12 +28,12 @@ from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # generated at import
 
 from node import log
+from node.cli.conformance import SCU_SOP_CLASSES
+from node.cli.demo import ReceivingAE
+from node.config import Destination
 from node.delivery.scu import send_files
-from node.demo import ReceivingAE
 from node.errors import ConfigError
-from node.scp.conformance import SCU_SOP_CLASSES
-from node.scp.spool import uid_key
-from node.settings import Destination
+from node.spool import uid_key
 from tests.phi import Identifier, assert_no_phi, find_phi, patient_identifiers
 
 REQUIRED = {"time", "level", "logger", "message", "process", "thread"}
@@ -142,7 +142,7 @@ def test_celery_banner_is_off_in_json_mode(restore_logging: None, tmp_path: Path
     """Celery prints its start-up banners outside logging: ``--quiet`` when the logs are JSON."""
     import argparse
 
-    from node.jobs import worker_command
+    from node.cli import worker as worker_command
 
     args = argparse.Namespace(concurrency=1, beat=True, hostname=None)
     log.configure(0, log_format=log.LogFormat.JSON, stream=io.StringIO())

@@ -1,7 +1,7 @@
 """The durable outbox: send the due deliveries of the ledger, retry with exponential backoff, dead-letter.
 
 :func:`deliver_pending` takes every ``pending`` delivery whose backoff has passed, claims it (one attempt
-counted, see :mod:`node.delivery.store`), sends its file with :func:`node.delivery.scu.send_files` and records
+counted, see :mod:`node.ledger.deliveries`), sends its file with :func:`node.delivery.scu.send_files` and records
 the outcome:
 
 * success -> ``sent``;
@@ -11,7 +11,7 @@ the outcome:
 * :class:`~node.delivery.scu.DeliveryRefusedError` (permanent refusal), a missing file or an unusable
   destination -> ``failed`` at once.
 
-Dead letters go back with :func:`node.delivery.store.resend`. The clock is the caller's ``now`` (tests use a
+Dead letters go back with :func:`node.ledger.deliveries.resend`. The clock is the caller's ``now`` (tests use a
 fake one; nothing here sleeps).
 """
 
@@ -22,12 +22,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from node.delivery import store
+from node.config import Destination, parse_destination
 from node.delivery.scu import send_files
 from node.errors import ConfigError, DeliveryRefusedError, PacsUnavailableError
-from node.ledger.models import DeliveryState
+from node.ledger import deliveries as store
 from node.ledger.repository import Repository
-from node.settings import Destination, parse_destination
+from node.ledger.tables import DeliveryState
 
 logger = logging.getLogger(__name__)
 

@@ -33,8 +33,8 @@ from pynetdicom import AE, build_context
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
 
+from node.config import Destination
 from node.errors import DeliveryRefusedError, PacsUnavailableError
-from node.settings import Destination
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def _read(path: Path) -> Dataset:
     return ds
 
 
-def _contexts(datasets: Sequence[Dataset]) -> list[PresentationContext]:
+def proposed_contexts(datasets: Sequence[Dataset]) -> list[PresentationContext]:
     syntaxes: dict[str, list[str]] = {}
     for ds in datasets:
         wanted = syntaxes.setdefault(str(ds.SOPClassUID), [])
@@ -118,7 +118,7 @@ def send_files(
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = timeout_s
     ae.maximum_pdu_size = MAX_PDU
-    ae.requested_contexts = _contexts([ds for _, ds in items])
+    ae.requested_contexts = proposed_contexts([ds for _, ds in items])
     assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
     if not assoc.is_established:
         state = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "not established"

@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from node.config import parse_seconds
 from node.errors import ConfigError, TransientError
-from node.settings import parse_seconds
 
 BROKER_ENV = "AINODE_BROKER_URL"
 VISIBILITY_ENV = "AINODE_BROKER_VISIBILITY_TIMEOUT"

@@ -1,7 +1,7 @@
 """The Celery application of the node and its production settings (one block, each setting says why).
 
 ``celery -A node.jobs.celery_app worker`` and ``ainode worker`` both use :data:`app`. It is configured at import
-from the environment (``AINODE_*``, the same variables :class:`node.settings.Settings` reads), so every process
+from the environment (``AINODE_*``, the same variables :class:`node.config.Settings` reads), so every process
 of a worker, including forked pool processes, sees one configuration; :func:`configure` re-applies it with
 explicit values (``ainode worker --broker URL``).
 
@@ -19,8 +19,8 @@ from celery import Celery
 from celery.signals import setup_logging
 
 from node import log
+from node.config import Settings, parse_count, parse_seconds
 from node.jobs.broker import BrokerConfig, resolve_broker
-from node.settings import Settings, parse_count, parse_seconds
 
 logger = logging.getLogger(__name__)
 

@@ -34,11 +34,11 @@ from node.errors import ConfigError, InvalidStudyError, NodeError, ProcessingErr
 from node.imaging.pipeline import FeatureRun, PipelineConfig, run_features
 from node.imaging.study import scan_study
 from node.imaging.types import LesionFeatures, SeriesRef
-from node.jobs.models import ModelSet, load_model_set
+from node.jobs.model_set import ModelSet, load_model_set
 from node.labels import normalise_subtype
-from node.learn.bundle import Bundle
-from node.learn.dataset import Task
-from node.learn.predict import Prediction
+from node.model.bundle import Bundle
+from node.model.prediction import Prediction
+from node.model.tasks import Task
 from node.sr.companion import Companion
 from node.sr.content import (
     AlgorithmInfo,

@@ -37,17 +37,20 @@ from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_ready
 from sqlalchemy.exc import OperationalError
 
+from node.config import Destination, Settings, parse_count, parse_seconds
 from node.errors import InvalidStudyError, NodeError, TransientError
+from node.jobs.summary import result_json
 from node.ledger.db import Ledger
-from node.ledger.models import DeliveryState, JobState, StudyState
 from node.ledger.primary import lookup_primary
 from node.ledger.repository import JobRecord, LedgerStateError, Repository
+from node.ledger.tables import DeliveryState, JobState, StudyState
 from node.log import correlated, study_key
-from node.settings import Destination, Settings, parse_count, parse_seconds
+from node.spool import result_dir, result_json_path, uid_key
+from node.vocabulary import DELIVER_TASK, POLL_TASK, PROCESS_TASK
 
 if TYPE_CHECKING:
+    from node.jobs.completeness import CompletenessChecker
     from node.jobs.process import ProcessResult
-    from node.ledger.completeness import CompletenessChecker
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +58,6 @@ MODELS_ENV = "AINODE_MODELS_DIR"
 FAILURE_SR_ENV = "AINODE_FAILURE_SR"
 MAX_RETRIES_ENV = "AINODE_TASK_MAX_RETRIES"
 BACKOFF_ENV = "AINODE_RETRY_BACKOFF"
-RESULTS_DIRNAME = "results"
 
 
 def _env_int(name: str, default: int) -> int:
@@ -121,23 +123,8 @@ def find_job(repo: Repository, job_id: int, study_instance_uid: str) -> JobRecor
     raise LedgerStateError(f"job {job_id} of study {study_instance_uid} does not exist")
 
 
-def result_dir(spool_dir: Path, study_instance_uid: str, job_id: int) -> Path:
-    """Where a job's SR and companions are written: ``<spool>/results/<hashed study uid>/job-<id>``."""
-    from node.scp.spool import uid_key
-
-    return spool_dir / RESULTS_DIRNAME / uid_key(study_instance_uid) / f"job-{job_id}"
-
-
-def result_json_path(out_dir: Path) -> Path:
-    """Where a job's result summary is kept: beside its result folder (``.../job-<id>.json``), so the folder
-    itself holds only the DICOM objects that are delivered."""
-    return out_dir.parent / f"{out_dir.name}.json"
-
-
 def write_result_json(out_dir: Path, result: ProcessResult) -> Path:
     """The predictions, warnings and stage timings of a processed job, as JSON (atomic); ``node.web`` shows it."""
-    from node.jobs.analyse_command import result_json
-
     path = result_json_path(out_dir)
     staging = path.with_name(f".{path.name}.tmp")
     staging.write_text(json.dumps(result_json(result), indent=1), encoding="utf-8")
@@ -270,7 +257,6 @@ def dispatch_ready(
     return created
 
 
-PROCESS_TASK = "ainode.process_study"
 RECOVER_ENV = "AINODE_RECOVER_ORPHANS"
 
 
@@ -298,8 +284,6 @@ def redispatch_orphans(
     main process lost the messages it had reserved (no server-side visibility timeout). Redelivered jobs are
     idempotent (a ``processing`` job is run again). Never run it while another worker may hold messages.
     """
-    from node.scp.spool import uid_key
-
     resent = []
     open_states = [StudyState.RECEIVING, StudyState.READY, StudyState.QUEUED, StudyState.PROCESSING]
     for study in repo.studies(open_states):
@@ -367,7 +351,7 @@ def process_study_task(self: Task[Any, Any], job_id: int, study_instance_uid: st
             raise
 
 
-@shared_task(name="ainode.deliver", **_RETRY_POLICY)
+@shared_task(name=DELIVER_TASK, **_RETRY_POLICY)
 def deliver_task(job_id: int | None = None) -> int:
     """Send the due deliveries (all of them: the outbox orders and backs off); ``job_id`` only tags the logs."""
     from node.delivery.outbox import deliver_pending
@@ -381,11 +365,11 @@ def deliver_task(job_id: int | None = None) -> int:
         return len(outcomes)
 
 
-@shared_task(name="ainode.poll_ready", **_RETRY_POLICY)
+@shared_task(name=POLL_TASK, **_RETRY_POLICY)
 def poll_ready_task() -> int:
     """Periodic (celery beat): move complete studies to ready and dispatch each one exactly once."""
     from node.imaging.series_rules import load_rules
-    from node.ledger.completeness import CompletenessChecker, CompletenessPolicy
+    from node.jobs.completeness import CompletenessChecker, CompletenessPolicy
 
     with correlated("poll"), ledger_errors_are_transient():
         ctx = job_context()

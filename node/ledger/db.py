@@ -22,7 +22,7 @@ from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from node.errors import ConfigError, TransientError
-from node.ledger.models import Base
+from node.ledger.tables import Base
 
 logger = logging.getLogger(__name__)
 

@@ -19,9 +19,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from node.errors import ConfigError, CorruptInstanceError
-from node.ledger.models import AuditEvent, PrimarySubtype
 from node.ledger.repository import Repository
-from node.scp.spool import check_uid
+from node.ledger.tables import AuditEvent, PrimarySubtype
+from node.spool import check_uid
 
 T = TypeVar("T")
 

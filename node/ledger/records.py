@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from node.ledger.models import DeliveryState, Job, JobState, Study, StudyState
+from node.ledger.tables import DeliveryState, Job, JobState, Study, StudyState
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ class RecordedInstance:
 
 
 class WrittenFile(Protocol):
-    """What a durable spool write reports (``node.scp.spool.StoredFile``)."""
+    """What a durable spool write reports (``node.spool.StoredFile``)."""
 
     @property
     def relative_path(self) -> str: ...

@@ -16,20 +16,9 @@ from sqlalchemy import bindparam, case, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
+from node.config import DuplicatePolicy, LateInstancePolicy
 from node.errors import NodeError
 from node.ledger.db import Ledger
-from node.ledger.models import (
-    LATE_STATES,
-    AuditEvent,
-    Delivery,
-    DeliveryState,
-    Instance,
-    Job,
-    JobState,
-    Series,
-    Study,
-    StudyState,
-)
 from node.ledger.records import (
     AuditRecord,
     DeliveryRecord,
@@ -46,7 +35,18 @@ from node.ledger.records import (
     job_record_of,
     snapshot_of,
 )
-from node.settings import DuplicatePolicy, LateInstancePolicy
+from node.ledger.tables import (
+    LATE_STATES,
+    AuditEvent,
+    Delivery,
+    DeliveryState,
+    Instance,
+    Job,
+    JobState,
+    Series,
+    Study,
+    StudyState,
+)
 
 __all__ = [  # the records are re-exported: callers import everything ledger-related from here
     "AuditRecord", "DeliveryRecord", "InstanceHeader", "JobRecord", "KnownInstance", "LedgerStateError",

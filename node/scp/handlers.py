@@ -2,7 +2,7 @@
 
 ``handle_store`` does only what must happen before the answer: check the dataset, refuse what cannot be kept,
 write the raw bytes durably, record them in the ledger, answer. Completeness and processing happen elsewhere
-(:mod:`node.ledger.completeness`, the job layer). An unexpected exception in a handler is answered by
+(:mod:`node.jobs.completeness`, the job layer). An unexpected exception in a handler is answered by
 pynetdicom with 0xC211 and affects only that one request.
 """
 
@@ -20,12 +20,12 @@ from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.events import Event
 from sqlalchemy.exc import SQLAlchemyError
 
+from node.config import DuplicatePolicy
 from node.errors import CorruptInstanceError
 from node.ledger.repository import InstanceHeader, Repository
 from node.scp.header import read_header
-from node.scp.spool import Spool, StoredFile
 from node.scp.status import EchoStatus, StoreStatus
-from node.settings import DuplicatePolicy
+from node.spool import Spool, StoredFile
 
 logger = logging.getLogger(__name__)
 

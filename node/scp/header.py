@@ -21,7 +21,7 @@ from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 from node.errors import CorruptInstanceError
 from node.ledger.repository import InstanceHeader
 from node.log import redact
-from node.scp.spool import check_uid
+from node.spool import check_uid
 
 _UNDEFINED = 0xFFFFFFFF
 

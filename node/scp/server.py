@@ -23,13 +23,13 @@ from pynetdicom import AE, evt
 from pynetdicom.transport import ThreadedAssociationServer
 
 from node import log
+from node.config import Settings
 from node.errors import ConfigError, NodeError
 from node.ledger.db import Ledger
 from node.ledger.repository import Repository
 from node.scp import handlers
 from node.scp.contexts import VERIFICATION, VERIFICATION_TRANSFER_SYNTAXES, storage_contexts
-from node.scp.spool import ORPHANS, Spool
-from node.settings import Settings
+from node.spool import ORPHANS, Spool
 
 logger = logging.getLogger(__name__)
 

@@ -6,12 +6,13 @@
   probabilities, out-of-distribution flag.
 * :class:`ShapExplanation` — the top SHAP contributions (feature, raw value, contribution) and base value.
 * :class:`LesionResult` — everything reported for one SEG segment.
-* :class:`ModelInfo` / :class:`AlgorithmInfo` — provenance (engineering.md §3.8), from :mod:`node.learn.bundle`.
+* :class:`ModelInfo` / :class:`AlgorithmInfo` — provenance (engineering.md §3.8), from :mod:`node.model.bundle`.
 * :class:`ReportContent` — the whole report: source, lesions, algorithm, subtype-model variant, pons summary,
   disclaimer.
 
-:func:`lesion_result_from_predictions` builds a :class:`LesionResult` from :class:`node.learn.predict.Prediction`
-objects. Research use only, not for diagnosis.
+:func:`lesion_result_from_predictions` builds a :class:`LesionResult` from per-head predictions (any object with the
+:class:`Prediction` protocol's attributes, e.g. :class:`node.model.prediction.Prediction`).
+Research use only, not for diagnosis.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -30,20 +31,54 @@ from pydicom.uid import generate_uid
 
 from node import __version__
 from node.errors import CorruptInstanceError, MissingSeriesError, SegmentationError
+from node.vocabulary import BINARY_CLASSES, DISCLAIMER, HER2_TIER_CLASSES, SUBTYPE_CLASSES
 
-if TYPE_CHECKING:
-    from node.learn.bundle import Bundle
-    from node.learn.predict import Prediction
-
-DISCLAIMER = "Research use only, not for diagnosis"
-SUBTYPE_CLASSES: tuple[str, ...] = ("HR+/HER2-", "HR+/HER2+", "HR-/HER2+", "TN")
 HEAD_CLASSES: dict[str, tuple[str, ...]] = {
     "subtype": SUBTYPE_CLASSES,
-    "er": ("negative", "positive"),
-    "pr": ("negative", "positive"),
-    "her2": ("negative", "positive"),
-    "her2-3tier": ("zero", "low", "positive"),
+    "er": BINARY_CLASSES,
+    "pr": BINARY_CLASSES,
+    "her2": BINARY_CLASSES,
+    "her2-3tier": HER2_TIER_CLASSES,
 }
+
+
+class Prediction(Protocol):
+    """What the report needs of one head's prediction (:class:`node.model.prediction.Prediction` has it).
+
+    A protocol, so that the report layer does not depend on the model layer: the job hands its predictions
+    over and the SR reads only these attributes.
+    """
+
+    @property
+    def label(self) -> str: ...
+    @property
+    def probabilities(self) -> Mapping[str, float]: ...
+    @property
+    def out_of_distribution(self) -> bool: ...
+    @property
+    def ood_reasons(self) -> tuple[str, ...]: ...
+    @property
+    def shap_base_value(self) -> float: ...
+    @property
+    def shap_units(self) -> str: ...
+
+    def top_features(self, n: int = 5) -> list[tuple[str, float]]: ...
+
+
+class TaskLike(Protocol):
+    @property
+    def value(self) -> str: ...
+
+
+class Bundle(Protocol):
+    """What the report needs of a loaded model bundle (:class:`node.model.bundle.Bundle` has it)."""
+
+    @property
+    def task(self) -> TaskLike: ...
+    @property
+    def manifest(self) -> dict[str, Any]: ...
+    @property
+    def manifest_sha256(self) -> str: ...
 SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 
 
@@ -287,14 +322,12 @@ class ModelInfo:
 
     @classmethod
     def from_bundle(cls, bundle: Bundle) -> ModelInfo:
-        from node.learn.bundle import MANIFEST, sha256_file
-
         m = bundle.manifest
         return cls(
             task=bundle.task.value,
             name=str(m.get("name", f"bcbm-{bundle.task.value}")),
             version=str(m.get("version", "unknown")),
-            sha256=sha256_file(bundle.path / MANIFEST),
+            sha256=bundle.manifest_sha256,
         )
 
     def parameter(self) -> str:
@@ -411,7 +444,7 @@ def lesion_result_from_predictions(
     top_k: int = 10,
     primary_subtype: str | None = None,
 ) -> LesionResult:
-    """A :class:`LesionResult` from the per-head :class:`Prediction` objects of :mod:`node.learn`.
+    """A :class:`LesionResult` from the per-head :class:`Prediction` objects of the model layer.
 
     ``features`` are the lesion's radiomic features (the feature-table row); ``primary_subtype`` fills the
     one-hot input values when the subtype model used it.

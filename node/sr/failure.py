@@ -24,7 +24,7 @@ from pydicom.uid import generate_uid
 
 from node.errors import InvalidStudyError, NodeError
 from node.sr import codes as C
-from node.sr.content import DISCLAIMER, AlgorithmInfo
+from node.sr.content import AlgorithmInfo
 from node.sr.report import (
     SR_SERIES_NUMBER,
     SrSopClass,
@@ -33,6 +33,7 @@ from node.sr.report import (
     observation_context,
     qualitative_container,
 )
+from node.vocabulary import DISCLAIMER
 
 FAILURE_SERIES_DESCRIPTION = "AI BC subtype: not processed (research use)"
 

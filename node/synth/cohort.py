@@ -29,14 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from node.labels import (
-    Her2Tier,
-    Subtype,
-    her2_status,
-    her2_three_tier,
-    receptor_positive,
-    subtype_from_assays,
-)
+from node.labels import her2_status, her2_three_tier, receptor_positive, subtype_from_assays
+from node.vocabulary import Her2Tier, Subtype
 
 logger = logging.getLogger(__name__)
 

@@ -42,8 +42,8 @@ import numpy.typing as npt
 import SimpleITK as sitk
 
 from node.errors import ProcessingError
-from node.labels import Subtype
 from node.synth.anatomy import Affine, F32Array, FloatArray, Template
+from node.vocabulary import Subtype
 
 logger = logging.getLogger(__name__)
 

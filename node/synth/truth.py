@@ -20,11 +20,11 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from node.labels import Subtype
 from node.synth import anatomy
 from node.synth.anatomy import FloatArray
 from node.synth.dicom_series import MRSeriesHeader
 from node.synth.render import T2_THICKNESS_MM, Size, SynthCase
+from node.vocabulary import Subtype
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@
   the node hands its own jobs (``ainode.process_study`` with the study's spool folder and the job's result
   folder). The job's idempotency key is the study's key extended by the job being re-run
   (:func:`rerun_key`), so the same request sent twice (a double click, a retried POST) makes one job;
-* **resend** a failed (dead-letter) delivery: :func:`node.delivery.store.resend`, what ``ainode resend`` does,
+* **resend** a failed (dead-letter) delivery: :func:`node.ledger.deliveries.resend`, what ``ainode resend`` does,
   then an ``ainode.deliver`` task so the outbox sends it now rather than at its next periodic pass.
 """
 
@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from node.delivery import store
 from node.errors import NodeError
-from node.ledger.models import DeliveryState
+from node.ledger import deliveries as store
 from node.ledger.repository import JobRecord, LedgerStateError, Repository, idempotency_key
+from node.ledger.tables import DeliveryState
+from node.spool import result_dir, uid_key
 from node.web.errors import ConflictError, NotFoundError, UnavailableError
 
 logger = logging.getLogger(__name__)
@@ -53,9 +54,6 @@ class Actions:
     clock: Callable[[], float] = time.time
 
     def rerun(self, study_instance_uid: str, who: str, after_job: int | None = None) -> RerunOutcome:
-        from node.jobs.tasks import result_dir
-        from node.scp.spool import uid_key
-
         seen = self.repo.study(study_instance_uid)
         if seen is None:
             raise NotFoundError(f"study {study_instance_uid} is not in the ledger")

@@ -9,8 +9,8 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from node.ledger.models import DeliveryState, StudyState
 from node.ledger.repository import JobRecord
+from node.ledger.tables import DeliveryState, StudyState
 from node.web.context import api_auth, context
 from node.web.errors import NotFoundError, WebError
 

@@ -21,11 +21,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from node import __version__
+from node.config import Settings
 from node.jobs.broker import BrokerConfig, resolve_broker
 from node.jobs.celery_app import DEFAULT_QUEUE, QUEUE_ENV
 from node.ledger.db import Ledger
 from node.ledger.repository import Repository
-from node.settings import Settings
 from node.web import api, pages
 from node.web.actions import Actions, Dispatcher
 from node.web.auth import SESSION_COOKIE, Authenticator

@@ -11,10 +11,10 @@ from urllib.parse import quote
 from fastapi import Request
 from prometheus_client.registry import CollectorRegistry
 
+from node.config import Settings
 from node.jobs.broker import BrokerConfig
 from node.ledger.db import Ledger
 from node.ledger.repository import Repository
-from node.settings import Settings
 from node.web.actions import Actions
 from node.web.auth import SESSION_COOKIE, Authenticator, Session
 from node.web.errors import NotAuthenticatedError, TooManyAttemptsError, WebError

@@ -1,7 +1,8 @@
 """Sending tasks to the node's workers from the web process: a Celery client app that only publishes.
 
 It is configured like the workers (:func:`node.jobs.celery_app.production_settings`: same broker, queue and JSON
-serialiser) but is a separate app, so the web process never imports or runs the tasks themselves.
+serialiser) but is a separate app that sends tasks by name (:mod:`node.vocabulary`), so the web process never
+imports or runs the task code.
 """
 
 from __future__ import annotations
@@ -14,9 +15,7 @@ from kombu.exceptions import KombuError
 
 from node.errors import TransientError
 from node.jobs.broker import BrokerConfig
-from node.jobs.tasks import PROCESS_TASK
-
-DELIVER_TASK = "ainode.deliver"
+from node.vocabulary import DELIVER_TASK, PROCESS_TASK
 
 
 class CeleryDispatcher:

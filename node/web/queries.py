@@ -1,7 +1,7 @@
 """Read-only views of the ledger for the dashboard, the API and the metrics: a few aggregate queries each.
 
 Writes never happen here: actions go through :class:`node.ledger.repository.Repository` and
-:mod:`node.delivery.store` (see :mod:`node.web.actions`). Rows carry UIDs, AE titles and paths, never patient
+:mod:`node.ledger.deliveries` (see :mod:`node.web.actions`). Rows carry UIDs, AE titles and paths, never patient
 names or IDs.
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from node.ledger.db import Ledger
-from node.ledger.models import AuditEvent, Delivery, DeliveryState, Instance, Job, JobState, Series, Study, StudyState
+from node.ledger.tables import AuditEvent, Delivery, DeliveryState, Instance, Job, JobState, Series, Study, StudyState
 from node.web.results import JobResult, ResultReader
 
 FINISHED = (JobState.DONE, JobState.FAILED)

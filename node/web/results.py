@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from node.spool import result_dir, result_json_path
+
 logger = logging.getLogger(__name__)
 
 
@@ -73,8 +75,6 @@ class ResultReader:
         self._lock = threading.Lock()
 
     def path(self, study_instance_uid: str, job_id: int) -> Path:
-        from node.jobs.tasks import result_dir, result_json_path
-
         return result_json_path(result_dir(self.spool_dir, study_instance_uid, job_id))
 
     def read(self, study_instance_uid: str, job_id: int) -> JobResult | None:

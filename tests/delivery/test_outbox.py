@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from node.delivery import store
+from node.config import Destination
 from node.delivery.outbox import OutboxPolicy, deliver_pending, next_attempt_at
 from node.delivery.scu import send_files
 from node.errors import PacsUnavailableError
-from node.ledger.models import DeliveryState
+from node.ledger import deliveries as store
 from node.ledger.repository import Repository
-from node.settings import Destination
+from node.ledger.tables import DeliveryState
 from tests.delivery.conftest import StoreSCP, free_port, make_file, make_job, sop_uid
 
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from node.cli import main
-from node.delivery import store
+from node.ledger import deliveries as store
 from node.ledger.db import Ledger
-from node.ledger.models import DeliveryState
 from node.ledger.repository import Repository
+from node.ledger.tables import DeliveryState
 from tests.delivery.conftest import STUDY, make_job
 
 

@@ -20,9 +20,9 @@ import pytest
 import yaml
 
 from node.cli import build_parser
+from node.config import ENV_PREFIX, Settings
 from node.jobs.broker import resolve_broker
 from node.jobs.celery_app import production_settings
-from node.settings import ENV_PREFIX, Settings
 from tests.deploy.compose import (
     COMPOSE_FILE,
     DEPLOY,
@@ -61,7 +61,7 @@ def _parse(service: Service) -> argparse.Namespace:
     command = next(a for a in argv if not a.startswith("-"))
     if command not in _subcommands(parser):
         if command == "web" and not (ROOT / "node" / "web" / "command.py").exists():
-            pytest.skip("`ainode web` is not built yet (node/web/command.py): the dashboard service waits for it")
+            pytest.skip("`ainode web` is not built yet (node/cli/web.py): the dashboard service waits for it")
         pytest.fail(f"service {service.name}: `ainode {command}` is not a command of this node")
     try:
         return parser.parse_args(argv)

@@ -1,6 +1,6 @@
 """docs/configuration.md against the code: generated tables current, every documented default parses back to the
 code's default, and every ``AINODE_*`` variable the code reads is on the page (a variable added later, e.g. by the
-dashboard, fails here until it is declared in ``node/environment.py``)."""
+dashboard, fails here until it is declared in ``node/cli/configuration.py``)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import re
 from dataclasses import fields
 from pathlib import Path
 
-from node import environment
+from node.cli import configuration as environment
+from node.config import ENV_PREFIX, Settings
 from node.docgen import read_blocks, stale_blocks
 from node.jobs.broker import DEFAULT_KEY_PREFIX, DEFAULT_VISIBILITY_TIMEOUT_S, BrokerConfig
 from node.jobs.celery_app import DEFAULT_QUEUE, production_settings
-from node.settings import ENV_PREFIX, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "configuration.md"
@@ -32,7 +32,7 @@ def variables_in_code() -> set[str]:
 
 
 def test_generated_tables_are_current() -> None:
-    assert stale_blocks(DOC, environment.blocks()) == [], "run: python -m node.environment --write"
+    assert stale_blocks(DOC, environment.blocks()) == [], "run: python -m node.cli.configuration --write"
     assert environment.main(["--check", "--doc", str(DOC)]) == 0
 
 
@@ -60,8 +60,8 @@ def test_every_variable_the_code_reads_is_on_the_page() -> None:
     assert not missing, f"AINODE_* variables read by node/ but not in docs/configuration.md: {missing}"
     settings_vars = {f"{ENV_PREFIX}{f.name.upper()}" for f in fields(Settings)}
     declared = {v.name for v in environment.VARIABLES}
-    assert sorted(in_code - settings_vars - declared) == [], "declare them in node/environment.py VARIABLES"
-    assert sorted(declared - in_code) == [], "declared in node/environment.py but no longer read by node/"
+    assert sorted(in_code - settings_vars - declared) == [], "declare them in node/cli/configuration.py VARIABLES"
+    assert sorted(declared - in_code) == [], "declared in node/cli/configuration.py but no longer read by node/"
 
 
 def test_declared_defaults_match_the_code() -> None:

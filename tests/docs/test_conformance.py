@@ -1,6 +1,6 @@
 """docs/conformance.md against the code and against a running listener.
 
-The generated tables must equal what ``node.scp.conformance`` renders now; independently, the contexts the page
+The generated tables must equal what ``node.cli.conformance`` renders now; independently, the contexts the page
 lists (read from the page itself) must be exactly those a real listener supports, and a real association must
 be accepted for every listed (SOP class, transfer syntax) pair and rejected for what is not listed.
 """
@@ -15,10 +15,10 @@ import pytest
 from pynetdicom import AE, build_context
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # generated at import
 
+from node.cli import conformance
+from node.config import Settings
 from node.docgen import read_blocks, stale_blocks
-from node.scp import conformance
 from node.scp.server import ListenerHandle, start_listener
-from node.settings import Settings
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "conformance.md"
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -67,7 +67,7 @@ def listener(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ListenerHandl
 
 
 def test_generated_tables_are_current() -> None:
-    assert stale_blocks(DOC, conformance.blocks()) == [], "run: python -m node.scp.conformance --write"
+    assert stale_blocks(DOC, conformance.blocks()) == [], "run: python -m node.cli.conformance --write"
     assert conformance.main(["--check", "--doc", str(DOC)]) == 0
 
 

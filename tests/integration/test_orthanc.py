@@ -11,7 +11,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from node.serve import export_settings, start_node
+from node.cli.serve import export_settings, start_node
 from node.sr.validate import validate_sr
 from node.synth.generate import generate_cohort
 from tests.integration.orthanc import ORTHANC_AE, Orthanc, free_port, orthanc_binary, start_orthanc

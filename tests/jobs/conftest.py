@@ -22,13 +22,14 @@ from typing import Any
 import pytest
 from celery import Celery
 
+from node.config import Destination, ForceCompleteAction
 from node.jobs.broker import BrokerConfig, resolve_broker
 from node.jobs.celery_app import production_settings
-from node.jobs.tasks import JobContext, JobOptions, dispatch_ready, result_dir
-from node.ledger.completeness import CompletenessChecker, CompletenessPolicy
+from node.jobs.completeness import CompletenessChecker, CompletenessPolicy
+from node.jobs.tasks import JobContext, JobOptions, dispatch_ready
 from node.ledger.db import Ledger
 from node.ledger.repository import JobRecord, Repository
-from node.settings import Destination, ForceCompleteAction
+from node.spool import result_dir
 from tests.scp.fixtures import FakeClock, send, start, synth_case
 
 __all__ = ["start", "synth_case"]
@@ -56,7 +57,7 @@ def wait_for(predicate: Callable[[], Any], timeout: float, message: str, interva
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny model set (subtype-noprimary + ER) trained by node.learn on a synthetic table whose columns are
     the pipeline's real 200 FEATURE_NAMES, so a real study's features fit."""
-    from node.learn.dataset import Task
+    from node.model.tasks import Task
     from tests.model_factory import train_tiny_bundles
 
     root = tmp_path_factory.mktemp("job-models")
@@ -187,7 +188,7 @@ def redis_broker() -> Iterator[BrokerUnderTest]:
 
 
 class Worker:
-    """``python -m node.jobs.worker_command`` in its own process group, logging to a file."""
+    """``python -m node.cli.worker`` in its own process group, logging to a file."""
 
     def __init__(self, name: str, env: dict[str, str], log_path: Path, concurrency: int = 1,
                  options: tuple[str, ...] = ()) -> None:
@@ -195,7 +196,7 @@ class Worker:
         self.log_path = log_path
         self._log = log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "node.jobs.worker_command", "--concurrency", str(concurrency),
+            [sys.executable, "-m", "node.cli.worker", "--concurrency", str(concurrency),
              "--hostname", f"{name}@test", *options],
             cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
         )

@@ -13,10 +13,10 @@ import pytest
 from pydicom.dataset import Dataset
 
 from node import cli
+from node.cli import analyse as analyse_command
 from node.errors import ConfigError, MissingSeriesError
 from node.imaging.features import FEATURE_NAMES
-from node.jobs import analyse_command
-from node.jobs.models import load_model_set
+from node.jobs.model_set import load_model_set
 from node.jobs.process import (
     ProcessResult,
     primary_subtype_from_headers,
@@ -24,8 +24,8 @@ from node.jobs.process import (
     write_failure_report,
 )
 from node.labels import normalise_subtype
-from node.learn.bundle import BundleError
-from node.learn.dataset import Task
+from node.model.bundle import BundleError
+from node.model.tasks import Task
 from node.sr.validate import validate_object, validate_sr
 from tests.scp.fixtures import SynthCase, synth_case
 

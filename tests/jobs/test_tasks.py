@@ -9,12 +9,13 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from node.config import Destination
 from node.errors import ConfigError
 from node.jobs.broker import EMBEDDED_URL, resolve_broker
 from node.jobs.celery_app import production_settings
-from node.jobs.tasks import _RETRY_POLICY, process_study_task, result_dir, run_process_job
-from node.ledger.models import DeliveryState, JobState, StudyState
-from node.settings import Destination
+from node.jobs.tasks import _RETRY_POLICY, process_study_task, run_process_job
+from node.ledger.tables import DeliveryState, JobState, StudyState
+from node.spool import result_dir
 from tests.jobs.conftest import Node
 
 # -- broker and settings -----------------------------------------------------------------------------------
@@ -151,7 +152,7 @@ def test_redispatch_orphans_sends_only_jobs_without_a_message(dispatched: tuple[
 def test_worker_command_arguments(tmp_path: Path) -> None:
     import argparse
 
-    from node.jobs import worker_command
+    from node.cli import worker as worker_command
 
     parser = argparse.ArgumentParser()
     worker_command.register(parser.add_subparsers())

@@ -6,11 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from node.learn.bundle import Bundle, load_bundle, save_bundle
-from node.learn.dataset import Dataset, Task, load_dataset
-from node.learn.pipeline_grid import StepSpec
-from node.learn.synthetic import SyntheticTables, write_tables
-from node.learn.train import TrainOptions, TrainResult, train
+from node.model.bundle import Bundle, load_bundle
+from node.model.tasks import Task
+from node.training.dataset import Dataset, load_dataset
+from node.training.export import save_bundle
+from node.training.grid import StepSpec
+from node.training.synthetic import SyntheticTables, write_tables
+from node.training.train import TrainOptions, TrainResult, train
 
 L1 = StepSpec("l1", (("C", 0.2), ("max_features", 10)))
 KBEST = StepSpec("kbest_f", (("k", 8),))

@@ -6,14 +6,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from node.learn import stats
-from node.learn.bundle import load_bundle, save_bundle
-from node.learn.cv import nested_cv
-from node.learn.dataset import PRIMARY_PREFIX, Task, load_dataset
-from node.learn.evaluate import compute_metrics, evaluate
-from node.learn.pipeline_grid import grid
-from node.learn.synthetic import PLANTED_FEATURES, write_tables
-from node.learn.train import TrainOptions, train
+from node.evaluation import stats
+from node.evaluation.evaluate import compute_metrics, evaluate
+from node.model.bundle import load_bundle
+from node.model.tasks import PRIMARY_PREFIX, Task
+from node.training.cv import nested_cv
+from node.training.dataset import load_dataset
+from node.training.export import save_bundle
+from node.training.grid import grid
+from node.training.synthetic import PLANTED_FEATURES, write_tables
+from node.training.train import TrainOptions, train
 
 
 @pytest.fixture(scope="module")

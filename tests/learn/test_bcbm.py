@@ -13,19 +13,20 @@ import openpyxl
 import pytest
 import SimpleITK as sitk
 
+from node.cli import dataset as dataset_command
+from node.datasets.bcbm.clinical import LABEL_COLUMNS, read_clinical
+from node.datasets.bcbm.features import T1CE_FEATURES, ExtractOptions
+from node.datasets.bcbm.importer import ImportOptions, ImportResult, import_bcbm
+from node.datasets.bcbm.layout import DatasetLayoutError, discover
+from node.datasets.bcbm.masks import classify_mask_name, decision_counts, normalise_name
+from node.datasets.bcbm.train import MODEL_NOTE
 from node.errors import ConfigError, GeometryError, SegmentationError
 from node.imaging.features import FEATURE_NAMES
 from node.imaging.table import QC_COLUMNS
-from node.learn import dataset_command
-from node.learn.bcbm import ImportOptions, ImportResult, import_bcbm
-from node.learn.bcbm_clinical import LABEL_COLUMNS, read_clinical
-from node.learn.bcbm_features import T1CE_FEATURES, ExtractOptions
-from node.learn.bcbm_layout import DatasetLayoutError, discover
-from node.learn.bcbm_masks import classify_mask_name, decision_counts, normalise_name
-from node.learn.bcbm_train import MODEL_NOTE
-from node.learn.bundle import load_bundle
-from node.learn.cv import grouped_folds
-from node.learn.dataset import Task, load_dataset
+from node.model.bundle import load_bundle
+from node.model.tasks import Task
+from node.training.cv import grouped_folds
+from node.training.dataset import load_dataset
 from tests.learn.bcbm_fake import (
     DEFAULT_PATIENTS,
     HEADER,
@@ -345,9 +346,9 @@ def test_fake_replica_workbook_rows_match_scans(replica: Replica) -> None:
 
 def test_pons_is_located_automatically_on_a_brain_like_scan(tmp_path: Path) -> None:
     """The MNI template 'acquired' at 1.2 x 1.2 x 1.5 mm with one enhancing sphere: the auto pons passes QC."""
+    from node.datasets.bcbm.features import ScanJob, extract_scan
+    from node.datasets.bcbm.layout import MaskFile
     from node.imaging.pons import PONS_EXPECTED_VOLUME_MM3, mni_template
-    from node.learn.bcbm_features import ScanJob, extract_scan
-    from node.learn.bcbm_layout import MaskFile
 
     mni = mni_template()
     spacing = (1.2, 1.2, 1.5)

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from node.errors import ConfigError, InvalidStudyError
-from node.learn.bundle import MANIFEST, Bundle, BundleError, LesionInputError, load_bundle, sha256_file
-from node.learn.cv import full_proba
-from node.learn.dataset import PRIMARY_PREFIX, Dataset, Task, load_dataset
+from node.model.bundle import MANIFEST, Bundle, BundleError, LesionInputError, load_bundle, sha256_file
+from node.model.tasks import PRIMARY_PREFIX, Task
+from node.training.cv import full_proba
+from node.training.dataset import Dataset, load_dataset
 
 
 def _copy(src: Path, tmp_path: Path) -> Path:
@@ -201,7 +202,7 @@ def test_out_of_distribution_flag(loaded, subtype_data: Dataset):
 
 
 def test_failed_save_leaves_no_partial_bundle(bundles, tmp_path):
-    from node.learn.bundle import save_bundle
+    from node.training.export import save_bundle
 
     result, _ = bundles["subtype-xgboost"]
     with pytest.raises(BundleError, match="radiomics parameter file not found"):

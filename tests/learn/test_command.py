@@ -7,9 +7,9 @@ import json
 
 import pytest
 
+from node.cli import model as command
 from node.errors import ConfigError
-from node.learn import command
-from node.learn.synthetic import write_tables
+from node.training.synthetic import write_tables
 
 
 def _run(argv: list[str]) -> int:

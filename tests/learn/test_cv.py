@@ -7,12 +7,14 @@ import dataclasses
 import numpy as np
 import pytest
 
-from node.learn.bundle import save_bundle, sha256_file
-from node.learn.cv import _permute_by_patient, grid_search, grouped_folds, n_splits_for, permutation_null, score
-from node.learn.dataset import Task, load_dataset
-from node.learn.pipeline_grid import StepSpec, describe_grid, grid, make_pipeline
-from node.learn.synthetic import write_tables
-from node.learn.train import TrainOptions, train
+from node.model.bundle import sha256_file
+from node.model.tasks import Task
+from node.training.cv import _permute_by_patient, grid_search, grouped_folds, n_splits_for, permutation_null, score
+from node.training.dataset import load_dataset
+from node.training.export import save_bundle
+from node.training.grid import StepSpec, describe_grid, grid, make_pipeline
+from node.training.synthetic import write_tables
+from node.training.train import TrainOptions, train
 
 
 @pytest.fixture(scope="module")
@@ -105,8 +107,8 @@ def test_patient_permutation_keeps_patients_together(multi_lesion):
 
 
 def test_evaluation_with_several_lesions_per_patient(multi_lesion, tmp_path):
-    from node.learn.bundle import load_bundle
-    from node.learn.evaluate import compute_metrics
+    from node.evaluation.evaluate import compute_metrics
+    from node.model.bundle import load_bundle
 
     data = multi_lesion
     patients = np.unique(data.groups)
@@ -121,7 +123,7 @@ def test_evaluation_with_several_lesions_per_patient(multi_lesion, tmp_path):
 
 def test_fold_scores_equal_fitting_the_whole_pipeline_per_fold(multi_lesion):
     """The search's shared scaler/selector fits are the same computation as one Pipeline fitted per fold."""
-    from node.learn.cv import balanced_weights, full_proba
+    from node.training.cv import balanced_weights, full_proba
 
     data = multi_lesion
     selectors, classifiers = grid("tiny")

@@ -9,16 +9,11 @@ import numpy as np
 import pytest
 
 from node.errors import ConfigError
-from node.labels import Subtype, subtype_from_receptors
-from node.learn.dataset import (
-    PRIMARY_COLUMNS,
-    Task,
-    baseline_labels,
-    feature_columns,
-    load_dataset,
-    primary_one_hot,
-)
-from node.learn.synthetic import PLANTED_FEATURES, write_tables
+from node.labels import subtype_from_receptors
+from node.model.tasks import PRIMARY_COLUMNS, Task, primary_one_hot
+from node.training.dataset import baseline_labels, feature_columns, load_dataset
+from node.training.synthetic import PLANTED_FEATURES, write_tables
+from node.vocabulary import Subtype
 
 
 def _rows(path: Path) -> list[dict[str, str]]:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from node.learn import stats
+from node.evaluation import stats
 
 # Hand case: positives scored 0.8, 0.6; negatives 0.7, 0.2, 0.1.
 # Per positive, the fraction of negatives below: 1, 2/3  -> AUC 5/6.

@@ -10,7 +10,8 @@ import shap
 from sklearn.ensemble import AdaBoostClassifier, RandomForestClassifier
 from sklearn.tree import DecisionTreeClassifier
 
-from node.learn.trees import TreeEnsemble, from_sklearn
+from node.model.trees import TreeEnsemble
+from node.training.export import from_sklearn
 
 
 @pytest.mark.parametrize("n_classes", [2, 4])

@@ -9,11 +9,11 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
+from node.config import ForceCompleteAction
 from node.imaging.series_rules import SeriesRules
-from node.ledger.completeness import CompletenessChecker, CompletenessPolicy
-from node.ledger.models import JobState, StudyState
+from node.jobs.completeness import CompletenessChecker, CompletenessPolicy
+from node.ledger.tables import JobState, StudyState
 from node.scp.server import ListenerHandle
-from node.settings import ForceCompleteAction
 from tests.scp.fixtures import FakeClock, ListenerFactory, SynthCase, send
 
 QUIET = 60.0

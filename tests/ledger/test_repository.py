@@ -7,10 +7,10 @@ import threading
 import pytest
 from sqlalchemy import text
 
+from node.config import LateInstancePolicy
 from node.ledger.db import Ledger, normalise_url
-from node.ledger.models import DeliveryState, JobState, StudyState
 from node.ledger.repository import InstanceHeader, LedgerStateError, Repository, content_digest, idempotency_key
-from node.settings import LateInstancePolicy
+from node.ledger.tables import DeliveryState, JobState, StudyState
 
 STUDY = "1.2.3.4"
 

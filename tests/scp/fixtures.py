@@ -16,11 +16,11 @@ import pytest
 from pynetdicom import AE, _config, transport
 from pynetdicom.association import Association
 
+from node.cli import synth as synth_command
+from node.config import Settings
 from node.ledger.db import Ledger
 from node.scp.contexts import STORAGE_SOP_CLASSES, VERIFICATION
 from node.scp.server import ListenerHandle, start_listener
-from node.settings import Settings
-from node.synth import command as synth_command
 
 T0 = 1_000_000.0
 SCU_TRANSFER_SYNTAXES = (

@@ -11,13 +11,13 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from node.config import ForceCompleteAction
 from node.imaging.series_rules import SeriesRules
-from node.ledger.completeness import CompletenessChecker, CompletenessPolicy
+from node.jobs.completeness import CompletenessChecker, CompletenessPolicy
 from node.ledger.db import Ledger
-from node.ledger.models import StudyState
 from node.ledger.repository import Repository
+from node.ledger.tables import StudyState
 from node.scp.status import StoreStatus
-from node.settings import ForceCompleteAction
 from tests.scp.fixtures import FakeClock, ListenerFactory, SynthCase, associate, dataset_bytes, send
 
 
@@ -263,7 +263,7 @@ def test_nothing_is_acknowledged_that_the_ledger_did_not_record(
 
 
 def test_interrupted_spool_write_leaves_nothing(tmp_path: Path) -> None:
-    from node.scp.spool import INCOMING, Spool
+    from node.spool import INCOMING, Spool
 
     spool = Spool(tmp_path / "spool")
 

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from pynetdicom import AE
 
+from node.config import Settings
 from node.ledger.db import Ledger
 from node.ledger.repository import Repository
 from node.scp.contexts import STORAGE_SOP_CLASSES, VERIFICATION
 from node.scp.server import build_ae
-from node.settings import Settings
 from tests.scp.fixtures import FakeClock, ListenerFactory, associate
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -135,7 +135,7 @@ def test_module_entry_point_bad_setting(tmp_path: Path) -> None:
 @pytest.mark.parametrize("bad", ["../../etc/passwd", "1.2.3.4" + ".5" * 40, "1.2.abc"])
 def test_spool_never_uses_unchecked_uids(tmp_path: Path, bad: str) -> None:
     from node.errors import CorruptInstanceError
-    from node.scp.spool import Spool
+    from node.spool import Spool
 
     spool = Spool(tmp_path / "spool")
     with pytest.raises(CorruptInstanceError):

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from node.errors import ConfigError
-from node.settings import (
+from node.config import (
     Destination,
     DuplicatePolicy,
     ForceCompleteAction,
     LateInstancePolicy,
     Settings,
 )
+from node.errors import ConfigError
 
 
 def test_defaults() -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from node.learn.predict import Prediction
+from node.model.prediction import Prediction
 from node.sr.companion import build_companion_pdf, build_companion_sc
 from node.sr.content import (
     AlgorithmInfo,

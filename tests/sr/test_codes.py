@@ -10,7 +10,7 @@ from pydicom.sr.codedict import codes
 
 from node.imaging.features import feature_names
 from node.sr import codes as C
-from node.sr.content import SUBTYPE_CLASSES
+from node.vocabulary import SUBTYPE_CLASSES
 
 
 def test_ibsi_keywords_resolve_and_name_real_features():

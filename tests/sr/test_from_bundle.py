@@ -11,11 +11,8 @@ import pandas as pd
 import pytest
 from pydicom.sr.codedict import codes
 
-from node.learn.bundle import MANIFEST, Bundle, load_bundle, save_bundle, sha256_file
-from node.learn.dataset import Task, load_dataset
-from node.learn.pipeline_grid import StepSpec
-from node.learn.synthetic import write_tables
-from node.learn.train import TrainOptions, train
+from node.model.bundle import MANIFEST, Bundle, load_bundle, sha256_file
+from node.model.tasks import Task
 from node.sr.content import (
     AlgorithmInfo,
     ModelInfo,
@@ -27,6 +24,11 @@ from node.sr.content import (
 )
 from node.sr.report import build_report, write_instance
 from node.sr.validate import validate_sr
+from node.training.dataset import load_dataset
+from node.training.export import save_bundle
+from node.training.grid import StepSpec
+from node.training.synthetic import write_tables
+from node.training.train import TrainOptions, train
 
 SELECT = StepSpec("kbest_f", (("k", 6),))
 XGB = StepSpec("xgboost", (("gamma", 0.0), ("learning_rate", 0.2), ("max_depth", 2), ("n_estimators", 20)))

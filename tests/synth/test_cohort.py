@@ -7,9 +7,10 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from node.labels import Subtype, her2_status, receptor_positive, subtype_from_receptors
+from node.labels import her2_status, receptor_positive, subtype_from_receptors
 from node.synth.cohort import PRIMARY_PREVALENCE, sample_cohort
 from node.synth.sites import make_sites
+from node.vocabulary import Subtype
 
 N = 4000
 

@@ -4,15 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from node.labels import (
-    Her2Tier,
-    Subtype,
-    her2_status,
-    her2_three_tier,
-    receptor_positive,
-    subtype_from_assays,
-    subtype_from_receptors,
-)
+from node.labels import her2_status, her2_three_tier, receptor_positive, subtype_from_assays, subtype_from_receptors
+from node.vocabulary import Her2Tier, Subtype
 
 
 @pytest.mark.parametrize(

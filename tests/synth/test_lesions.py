@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from node.labels import Subtype
 from node.synth.lesions import Lesion, lesion_appearance, sample_appearance, sample_shape
+from node.vocabulary import Subtype
 
 N_LESIONS = 20
 

@@ -15,14 +15,15 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
-from node.delivery import store
+from node.config import Destination, Settings
 from node.jobs.broker import BrokerConfig, embedded_broker
 from node.jobs.process import ProcessResult
-from node.jobs.tasks import result_dir, write_result_json
+from node.jobs.tasks import write_result_json
+from node.ledger import deliveries as store
 from node.ledger.db import Ledger
-from node.ledger.models import DeliveryState
 from node.ledger.repository import InstanceHeader, Repository, idempotency_key
-from node.settings import Destination, Settings
+from node.ledger.tables import DeliveryState
+from node.spool import result_dir
 from node.web.app import create_app
 from node.web.dispatch import CeleryDispatcher
 from tests.scp.fixtures import FakeClock, ledger_url

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from node.config import Destination
 from node.errors import TransientError
 from node.jobs.broker import queue_depth, resolve_broker
 from node.jobs.tasks import queued_job_ids
-from node.ledger.models import DeliveryState, JobState, StudyState
-from node.settings import Destination
+from node.ledger.tables import DeliveryState, JobState, StudyState
 from node.web.dispatch import CeleryDispatcher
 from node.web.health import broker_probe
 from tests.web.conftest import DONE_UID, FAILED_UID, RECEIVING_UID, TOKEN, WebNode

@@ -145,7 +145,7 @@ def test_ainode_web_serves_until_stopped(tmp_path: Path) -> None:
     env.update({"AINODE_WEB_TOKEN": TOKEN, "AINODE_SPOOL_DIR": str(tmp_path / "spool"),
                 "AINODE_MIN_FREE_DISK_BYTES": "0"})
     log = (tmp_path / "web.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "node.web.command", "--port", str(port)], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "node.cli.web", "--port", str(port)], cwd=ROOT, env=env,
                             stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from node.delivery import store
 from node.jobs.tasks import queued_job_ids
-from node.ledger.models import DeliveryState
+from node.ledger import deliveries as store
+from node.ledger.tables import DeliveryState
 from tests.web.conftest import DONE_UID, FAILED_UID, RECEIVING_UID, TOKEN, WebNode
 
 CHROMIUM = Path("/usr/bin/chromium")

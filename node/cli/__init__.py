@@ -1,0 +1,75 @@
+"""``ainode``: the node's command line. Each sub-command group is one module of this package, named for it.
+
+Errors the node raises on purpose (:class:`node.errors.NodeError`) are printed as one readable line and give
+exit status 2; anything unexpected gives status 70 with the traceback available under ``-v``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from node import __version__, log
+from node.errors import NodeError
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_INVALID = 2
+EXIT_INTERNAL = 70
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from node.cli import (
+        analyse,
+        dataset,
+        demo,
+        features,
+        model,
+        primary,
+        serve,
+        status,
+        synth,
+        web,
+        worker,
+    )
+
+    parser = argparse.ArgumentParser(
+        prog="ainode",
+        description="BCBM AI node: molecular subtype of breast-cancer brain metastases from MRI "
+        "(research use only, not for diagnosis).",
+    )
+    parser.add_argument("--version", action="version", version=f"ainode {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in (synth, features, model, dataset, analyse, status, primary, worker, serve, demo, web):
+        command.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    log.configure(args.verbose, default=log.default_format(args.command))
+    try:
+        return int(args.handler(args) or EXIT_OK)
+    except NodeError as exc:
+        print(f"ainode {args.command}: error: {exc.message}", file=sys.stderr)
+        return EXIT_INVALID
+    except KeyboardInterrupt:
+        print(f"ainode {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # last resort: one readable line, not a bare traceback
+        logger.debug("unexpected error", exc_info=True)
+        print(
+            f"ainode {args.command}: internal error ({type(exc).__name__}: {log.redact(str(exc))}); "
+            "run with -vv for the traceback and report it",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

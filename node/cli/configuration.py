@@ -1,0 +1,181 @@
+"""Every environment variable the node reads, for ``docs/configuration.md`` (generated tables).
+
+:class:`node.config.Settings` fields are read as ``AINODE_<FIELD>``; their meanings are in
+:data:`SETTING_HELP`. The other variables (job layer, brokers, logging, dashboard) are declared in
+:data:`VARIABLES` with their default and the module that reads them. ``tests/docs/test_configuration.py`` scans
+``node/**/*.py`` for ``AINODE_*`` names and fails when one is not on the page or a declared one is no longer
+read. ``python -m node.cli.configuration --write`` regenerates the page's tables; ``--check`` exits 1 when stale.
+"""
+
+from __future__ import annotations
+
+import argparse
+import enum
+import sys
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from node.config import ENV_PREFIX, Settings
+from node.docgen import generator_main, markdown_table
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
+
+#: What each setting means (one entry per :class:`Settings` field).
+SETTING_HELP: dict[str, str] = {
+    "ae_title": "our AE title (1-16 printable ASCII characters, no backslash); also the calling AE title of results",
+    "port": "DICOM TCP port; `0` = any free port (tests)",
+    "bind_address": "address the listener binds (IPv4 or IPv6)",
+    "accepted_calling_aets": "calling AE titles allowed to associate; empty = any. Comma-separated (env, CLI) or a "
+    "YAML list; others are rejected at association and audited",
+    "max_associations": "concurrent associations accepted (1-10000); more are rejected",
+    "max_pdu": "maximum PDU size we receive, in bytes; `0` = unlimited, else at least 4096",
+    "tls_cert": "PEM certificate of the listener; with `tls_key` turns TLS (1.2+) on",
+    "tls_key": "PEM private key of `tls_cert`",
+    "tls_ca": "CA bundle: when set, clients must present a certificate it signed (mutual TLS)",
+    "spool_dir": "the spool folder: received instances, results, the default SQLite ledger, the embedded broker",
+    "min_free_disk_bytes": "C-STORE is refused (0xA700) when free disk would drop below this; `500M`, `5G`, `5GiB` "
+    "or bytes",
+    "duplicate_policy": "a known SOP Instance UID with different content: `keep` the first copy or `replace` it",
+    "database_url": "ledger database: `sqlite:///path` or `postgresql://user@host:5432/db`; none = SQLite "
+    "`<spool_dir>/ledger.sqlite3`",
+    "quiet_period_s": "seconds without a new instance before a complete study is processed",
+    "force_complete_s": "deadline from a study version's first instance (at least the quiet period)",
+    "force_complete_action": "at the deadline without the required series: `process` what is there or `fail`",
+    "late_instance_policy": "an instance arriving after processing: `rerun` (new version, superseding SR) or "
+    "`ignore` (stored and audited)",
+    "destinations": "where results are sent, `AET@HOST:PORT` (IPv6 `AET@[::1]:104`); comma-separated (env, CLI) or "
+    "a YAML list; none = results stay in the spool",
+}
+
+
+@dataclass(frozen=True)
+class Variable:
+    """An ``AINODE_*`` variable outside :class:`Settings`."""
+
+    name: str
+    default: str
+    meaning: str
+    read_by: str
+
+
+VARIABLES: tuple[Variable, ...] = (
+    Variable("AINODE_CONFIG", "none", "YAML settings file (the `--config` option wins)",
+             "`node.config`, every command"),
+    Variable("AINODE_LOG_FORMAT", "`json` for `serve`, `worker`, `web`, `python -m node.scp.server` and the Celery "
+             "worker; `text` for other commands",
+             "`json` (one JSON object per line) or `text`; see [Logging](#logging)", "`node.log`"),
+    Variable("AINODE_LOG_VERBOSITY", "`1` (info) for the worker",
+             "log level of processes started without `-v`: `0` warnings, `1` info, `2` debug; `ainode -v serve` "
+             "passes its level to the worker", "`node.log`, `node.jobs`"),
+    Variable("AINODE_BROKER_URL", "embedded filesystem broker in `<spool_dir>/broker`",
+             "Celery broker, `redis://HOST:PORT/DB` (or `rediss://`); `--broker` wins",
+             "`node.jobs.broker`, `serve`, `worker`, `web`"),
+    Variable("AINODE_BROKER_VISIBILITY_TIMEOUT", "`7200`",
+             "Redis only: seconds an unacknowledged message stays invisible before another worker gets it (longer "
+             "than the hard task time limit)", "`node.jobs.broker`"),
+    Variable("AINODE_BROKER_KEY_PREFIX", "`ainode:`",
+             "Redis only: key prefix, so several nodes can share one Redis database", "`node.jobs.broker`"),
+    Variable("AINODE_QUEUE", "`ainode`", "Celery queue name (`ainode worker --queue`)",
+             "`node.jobs.celery_app`, `node.web`"),
+    Variable("AINODE_POLL_INTERVAL", "`5`",
+             "seconds between polls for ready studies (celery beat); deliveries are retried every max(this, 30) s",
+             "`node.jobs.celery_app`"),
+    Variable("AINODE_TASK_SOFT_TIME_LIMIT", "`1500`",
+             "seconds after which a processing task is stopped and its job marked failed", "`node.jobs.celery_app`"),
+    Variable("AINODE_TASK_TIME_LIMIT", "max(soft limit + 60, `1800`)",
+             "seconds after which the process running a task is killed", "`node.jobs.celery_app`"),
+    Variable("AINODE_TASK_MAX_RETRIES", "`5`", "retries of a task after a temporary error (ledger unreachable...)",
+             "`node.jobs.tasks`"),
+    Variable("AINODE_RETRY_BACKOFF", "`30`",
+             "first retry delay in seconds (exponential backoff with jitter, at most 900 s)", "`node.jobs.tasks`"),
+    Variable("AINODE_MODELS_DIR", "`models/demo`", "model bundles folder (`ainode serve --models`)",
+             "`node.jobs.tasks`, `serve`"),
+    Variable("AINODE_FAILURE_SR", "`1`",
+             "`0`/`false`/`no`/`off`: send no failure SR when a study cannot be processed", "`node.jobs.tasks`"),
+    Variable("AINODE_PRIMARY_SUBTYPE_ATTRIBUTES", "`AdditionalPatientHistory,PatientComments`",
+             "comma-separated DICOM keywords searched for \"primary subtype: <class>\"", "`node.jobs.process`"),
+    Variable("AINODE_RECOVER_ORPHANS", "unset",
+             "set to `1` by `ainode worker --recover` (embedded broker, one worker): re-send jobs a killed worker "
+             "took with it", "`node.jobs.tasks`"),
+    Variable("AINODE_WEB_TOKEN", "none (required by `ainode web`)", "the dashboard's access token",
+             "`node.web.auth`"),
+    Variable("AINODE_WEB_TOKEN_FILE", "none",
+             "file holding the dashboard token (Docker secret); wins over `AINODE_WEB_TOKEN`", "`node.web.auth`"),
+)
+
+
+def _type_text(annotation: object) -> str:
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return " or ".join(f"`{m.value}`" for m in annotation)
+    if isinstance(annotation, type):
+        return f"`{annotation.__name__}`"
+    text = str(annotation)
+    for module in ("pathlib.", "node.config.", "typing."):
+        text = text.replace(module, "")
+    return f"`{text}`"
+
+
+def format_default(value: object) -> str:
+    """A default as the page shows it (``none``, ``empty``, or the value in code font)."""
+    if value is None:
+        return "none"
+    if isinstance(value, tuple) and not value:
+        return "empty"
+    if isinstance(value, enum.Enum):
+        return f"`{value.value}`"
+    if isinstance(value, float):
+        return f"`{value:g}`"
+    return f"`{value}`"
+
+
+def settings_table() -> str:
+    defaults = Settings()
+    hints = typing.get_type_hints(Settings)
+    missing = {f.name for f in fields(Settings)} ^ set(SETTING_HELP)
+    if missing:
+        raise AssertionError(f"Settings field(s) without help, or help without a field: {sorted(missing)}")
+    rows = [[f"`{f.name}`", f"`{ENV_PREFIX}{f.name.upper()}`", _type_text(hints[f.name]),
+             format_default(getattr(defaults, f.name)), SETTING_HELP[f.name]] for f in fields(Settings)]
+    return markdown_table(["Setting (YAML key)", "Environment variable", "Type / values", "Default", "Meaning"], rows)
+
+
+def variables_table() -> str:
+    rows = [[f"`{v.name}`", v.default, v.meaning, v.read_by] for v in sorted(VARIABLES, key=lambda v: v.name)]
+    return markdown_table(["Variable", "Default", "Meaning", "Read by"], rows)
+
+
+def _options(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """dest -> the option string, for the parser's long options."""
+    return {a.dest: next(o for o in a.option_strings if o.startswith("--")) for a in parser._actions
+            if a.option_strings and any(o.startswith("--") for o in a.option_strings)}
+
+
+def cli_table() -> str:
+    from node.cli import serve
+    from node.scp import server
+
+    serve_parser = argparse.ArgumentParser()
+    serve.add_node_arguments(serve_parser)
+    serve_options = {serve.CLI_SETTINGS[dest]: option for dest, option in _options(serve_parser).items()
+                     if dest in serve.CLI_SETTINGS}
+    names = {f.name for f in fields(Settings)}
+    scp_options = {dest: option for dest, option in _options(server.build_parser()).items() if dest in names}
+    rows = [[f"`{name}`", f"`{serve_options[name]}`" if name in serve_options else "",
+             f"`{scp_options[name]}`" if name in scp_options else ""]
+            for name in (f.name for f in fields(Settings)) if name in serve_options or name in scp_options]
+    return markdown_table(["Setting", "`ainode serve`", "`python -m node.scp.server`"], rows)
+
+
+def blocks() -> dict[str, str]:
+    """Every generated block of ``docs/configuration.md``, by name."""
+    return {"settings": settings_table(), "variables": variables_table(), "cli": cli_table()}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return generator_main("node.cli.configuration", DOC, blocks, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

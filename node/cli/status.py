@@ -1,0 +1,135 @@
+"""``ainode status`` and ``ainode resend``: what happened to each study, and retrying failed deliveries.
+
+Both read the ledger named by the node's settings (``--config``, ``AINODE_*`` environment, ``--database``), so
+they work against a running node's database without touching the node itself. No patient data is printed:
+studies are shown by Study Instance UID.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import make_url
+
+from node.config import Settings
+from node.errors import ConfigError
+from node.ledger import deliveries as store
+from node.ledger.db import Ledger, normalise_url
+from node.ledger.repository import Repository
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="node settings file (YAML); default $AINODE_CONFIG")
+    parser.add_argument("--database", help="ledger URL (default: the settings' database_url or the spool's SQLite)")
+    parser.add_argument("--spool-dir", type=Path, help="spool folder (locates the default SQLite ledger)")
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    status = sub.add_parser(
+        "status",
+        help="list studies, their jobs and deliveries from the ledger",
+        description="Show every study the node has received with its state, jobs and deliveries.",
+    )
+    _add_common(status)
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(handler=run_status)
+
+    resend = sub.add_parser(
+        "resend",
+        help="put failed (dead-letter) deliveries back in the outbox",
+        description="Re-queue dead-letter deliveries: all of them, or those of one delivery, job or destination. "
+        "The running node sends them on its next outbox pass.",
+    )
+    _add_common(resend)
+    resend.add_argument("--delivery", type=int, help="one delivery id")
+    resend.add_argument("--job", type=int, help="every failed delivery of one job")
+    resend.add_argument("--destination", help="every failed delivery to one destination (AET@HOST:PORT)")
+    resend.set_defaults(handler=run_resend)
+
+
+def _repository(args: argparse.Namespace, *, create: bool = False) -> Repository:
+    """The ledger the settings name; a missing SQLite file is an error unless ``create`` (it is made then)."""
+    overrides = {"database_url": args.database, "spool_dir": args.spool_dir}
+    settings = Settings.load(args.config, overrides=overrides)
+    url = make_url(normalise_url(settings.effective_database_url))
+    if not create and url.get_backend_name() == "sqlite" and url.database and not Path(url.database).is_file():
+        raise ConfigError(
+            f"no ledger at {url.database}: pass the node's --spool-dir or --database (or AINODE_SPOOL_DIR / "
+            "AINODE_DATABASE_URL)"
+        )
+    return Repository(Ledger.open(str(url)))
+
+
+def _when(epoch: float) -> str:
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def collect(repo: Repository) -> list[dict[str, Any]]:
+    """Studies with their jobs and deliveries, newest first, as plain data."""
+    out: list[dict[str, Any]] = []
+    all_deliveries = store.deliveries(repo)
+    for study in sorted(repo.studies(), key=lambda s: -s.last_received_at):
+        jobs = repo.jobs(study.study_instance_uid)
+        job_ids = {job.id for job in jobs}
+        out.append(
+            {
+                "study_instance_uid": study.study_instance_uid,
+                "state": str(study.state),
+                "version": study.version,
+                "instances": study.instance_count,
+                "series": len(study.series),
+                "last_received": _when(study.last_received_at),
+                "reason": study.reason,
+                "jobs": [{"id": j.id, "state": str(j.state), "version": j.study_version, "reason": j.reason}
+                         for j in jobs],
+                "deliveries": [
+                    {"id": d.id, "job": d.job_id, "destination": d.destination, "state": str(d.state),
+                     "attempts": d.attempts, "last_status": d.last_status}
+                    for d in all_deliveries if d.job_id in job_ids
+                ],
+            }
+        )
+    return out
+
+
+def run_status(args: argparse.Namespace) -> int:
+    repo = _repository(args)
+    try:
+        studies = collect(repo)
+    finally:
+        repo.ledger.dispose()
+    if args.json:
+        json.dump(studies, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    if not studies:
+        print("no studies received yet")
+        return 0
+    for s in studies:
+        print(f"study {s['study_instance_uid']}  {s['state']}  v{s['version']}  "
+              f"{s['instances']} instance(s) in {s['series']} series  last received {s['last_received']}")
+        if s["reason"]:
+            print(f"    reason: {s['reason']}")
+        for j in s["jobs"]:
+            print(f"    job {j['id']}  {j['state']}" + (f"  ({j['reason']})" if j["reason"] else ""))
+        for d in s["deliveries"]:
+            status = "" if d["last_status"] is None else f"  last status 0x{d['last_status']:04X}"
+            print(f"    delivery {d['id']} -> {d['destination']}  {d['state']}  attempts {d['attempts']}{status}")
+    return 0
+
+
+def run_resend(args: argparse.Namespace) -> int:
+    repo = _repository(args)
+    try:
+        count = store.resend(repo, time.time(), delivery_id=args.delivery, job_id=args.job,
+                             destination=args.destination)
+    finally:
+        repo.ledger.dispose()
+    print(f"{count} failed deliver{'y' if count == 1 else 'ies'} re-queued")
+    return 0

@@ -1,0 +1,118 @@
+"""``ainode worker``: run a Celery worker of the node (processing, delivery, and optionally the beat scheduler).
+
+Example: ``ainode worker --broker redis://127.0.0.1:6379/0 --concurrency 2 --database sqlite:///spool/ledger.sqlite3
+--beat``. Without ``--broker`` (and without ``AINODE_BROKER_URL``) the embedded filesystem broker under
+``<spool_dir>/broker`` is used, so a single machine needs no Redis. Also runnable as
+``python -m node.cli.worker``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from node import log
+from node.config import Settings, parse_count
+from node.errors import ConfigError, NodeError
+
+logger = logging.getLogger(__name__)
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``worker`` sub-command."""
+    parser = sub.add_parser(
+        "worker",
+        help="run a job worker (Celery): process ready studies and deliver results",
+        description="Start a Celery worker consuming the node's queue. Settings come from AINODE_* variables "
+        "and --config like the listener's; see docs/jobs.md.",
+    )
+    add_arguments(parser)
+    parser.set_defaults(handler=run)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--broker", help="broker URL (redis://HOST:PORT/DB); default $AINODE_BROKER_URL, "
+                        "else the embedded filesystem broker in <spool_dir>/broker")
+    parser.add_argument("--concurrency", type=int, default=1, help="worker processes (default 1)")
+    parser.add_argument("--database", help="ledger database URL (default: $AINODE_DATABASE_URL or the SQLite "
+                        "file in the spool folder)")
+    parser.add_argument("--queue", help="queue name (default $AINODE_QUEUE or 'ainode')")
+    parser.add_argument("--beat", action="store_true", help="also run the periodic scheduler (poll ready studies, "
+                        "deliver due results); run it in exactly one process")
+    parser.add_argument("--beat-only", action="store_true", help="run only the periodic scheduler (celery beat), "
+                        "no processing: the one 'scheduler' process of a deployment whose workers all scale")
+    parser.add_argument("--hostname", help="worker node name (default ainode@<host>)")
+    parser.add_argument("--recover", action="store_true", help="embedded broker only: at start, re-send queued/"
+                        "processing jobs whose message a killed worker took with it (only when this is the one "
+                        "worker of this spool)")
+
+
+def worker_argv(args: argparse.Namespace, spool_dir: Path) -> list[str]:
+    """The ``celery worker`` arguments for ``args``."""
+    # JSON logs: no start-up banner (Celery prints it outside logging, as a dozen non-JSON lines)
+    quiet = ["--quiet"] if log.configured_format() is log.LogFormat.JSON else []
+    concurrency = str(parse_count(args.concurrency, "--concurrency"))
+    argv = [*quiet, "worker", "--loglevel", "INFO", "--concurrency", concurrency,
+            "--pool", "prefork", "--without-mingle", "--without-gossip"]
+    if args.beat:
+        argv += ["--beat", "--schedule", str(spool_dir / "celerybeat-schedule")]
+    if args.hostname:
+        argv += ["--hostname", args.hostname]
+    return argv
+
+
+def beat_argv(spool_dir: Path) -> list[str]:
+    """The ``celery beat`` arguments: the schedule's state file lives in the spool folder."""
+    quiet = ["--quiet"] if log.configured_format() is log.LogFormat.JSON else []  # no non-JSON banner
+    return [*quiet, "beat", "--loglevel", "INFO", "--schedule", str(spool_dir / "celerybeat-schedule")]
+
+
+def run(args: argparse.Namespace) -> int:
+    """Export the options to the environment (the forked pool processes read it), configure and start."""
+    if args.database:
+        os.environ["AINODE_DATABASE_URL"] = args.database
+    if args.queue:
+        os.environ["AINODE_QUEUE"] = args.queue
+    if args.broker:
+        os.environ["AINODE_BROKER_URL"] = args.broker
+    if args.recover:
+        os.environ["AINODE_RECOVER_ORPHANS"] = "1"
+    if getattr(args, "verbose", 0):  # -v beats the environment; the forked pool processes read the variable
+        os.environ[log.LOG_VERBOSITY_ENV] = str(args.verbose)
+    from node.jobs.celery_app import app, configure
+
+    broker = configure(args.broker, concurrency=args.concurrency)
+    spool_dir = Settings.load().spool_dir
+    spool_dir.mkdir(parents=True, exist_ok=True)
+    if args.beat_only:
+        if args.beat:
+            raise ConfigError("--beat and --beat-only exclude each other")
+        logger.info("scheduler starting: broker %s, queue %s", broker.describe(), app.conf.task_default_queue)
+        start: Callable[[list[str]], object] = app.start  # typed NoReturn, but returns when beat stops
+        start(beat_argv(spool_dir))  # runs until SIGTERM / SIGINT
+        return 0
+    logger.info("worker starting: broker %s, queue %s", broker.describe(), app.conf.task_default_queue)
+    app.worker_main(worker_argv(args, spool_dir))  # does not return: the worker exits the process
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ainode worker")
+    add_arguments(parser)
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more logging (-vv for debug); default $AINODE_LOG_VERBOSITY or 1 (info)")
+    args = parser.parse_args(argv)
+    try:
+        args.verbose = args.verbose or log.env_verbosity(1)
+        log.configure(args.verbose, default=log.LogFormat.JSON)
+        return run(args)
+    except NodeError as exc:
+        print(f"ainode worker: error: {exc.message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Importers of public training collections into the node's feature and label tables."""

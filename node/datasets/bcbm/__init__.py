@@ -1,0 +1,1 @@
+"""The TCIA BCBM-RadioGenomics collection: layout, clinical workbook, mask names, T1CE features, training."""

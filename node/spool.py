@@ -1,0 +1,178 @@
+"""The durable spool: every received instance is on disk (fsync + atomic rename) before Success is returned.
+
+Layout: ``<root>/<study-key>/<series-key>/<sop-key>.dcm`` where each key is the first 32 hex digits of the
+SHA-256 of the (checked) UID, so no file name ever comes from bytes a sender chose. The real UIDs live in the
+ledger. A file is first written under ``<root>/.incoming/`` (same file system), flushed and fsynced, then
+renamed into place and its directory fsynced: a crash leaves either the whole old file, the whole new file,
+or a stray temporary file under ``.incoming`` (removed by :meth:`Spool.clean_incoming` at start-up). A file
+renamed into place whose ledger record never committed (a crash in between; the sender got no Success) is moved
+to ``.orphans/`` at start-up by :func:`node.scp.server.reconcile_spool`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from node.errors import CorruptInstanceError
+
+logger = logging.getLogger(__name__)
+
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+INCOMING = ".incoming"
+ORPHANS = ".orphans"
+
+
+def check_uid(uid: str, keyword: str) -> str:
+    """Return ``uid`` if it is a plausible UID (digits and dots, at most 64 characters), else raise."""
+    if not uid or len(uid) > 64 or not _UID.match(uid):
+        shown = uid[:80].encode("ascii", "backslashreplace").decode("ascii")
+        raise CorruptInstanceError(f"{keyword} {shown!r} is not a valid UID")
+    return uid
+
+
+def uid_key(uid: str) -> str:
+    """The file-system name derived from a UID (32 hex digits of its SHA-256)."""
+    return hashlib.sha256(uid.encode("ascii")).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """A file made durable in the spool."""
+
+    relative_path: str  # POSIX path relative to the spool root
+    size: int
+    sha256: str
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _make_dirs(path: Path) -> None:
+    """Create ``path`` and its missing parents, fsyncing each parent whose entries changed."""
+    missing: list[Path] = []
+    current = path
+    while not current.exists():
+        missing.append(current)
+        current = current.parent
+    for directory in reversed(missing):
+        try:
+            directory.mkdir()
+        except FileExistsError:  # another association created it first
+            continue
+        _fsync_dir(directory.parent)
+
+
+class Spool:
+    """The spool folder. Thread-safe: writers never share a temporary file and renames are atomic."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        _make_dirs(self.root / INCOMING)
+
+    def relative_path(self, study_uid: str, series_uid: str, sop_instance_uid: str) -> str:
+        return "/".join(
+            (
+                uid_key(check_uid(study_uid, "StudyInstanceUID")),
+                uid_key(check_uid(series_uid, "SeriesInstanceUID")),
+                uid_key(check_uid(sop_instance_uid, "SOPInstanceUID")) + ".dcm",
+            )
+        )
+
+    def path(self, relative_path: str) -> Path:
+        return self.root / relative_path
+
+    def study_dir(self, study_uid: str) -> Path:
+        """The folder holding every spooled instance of a study (what the imaging pipeline scans)."""
+        return self.root / uid_key(check_uid(study_uid, "StudyInstanceUID"))
+
+    def free_bytes(self) -> int:
+        return shutil.disk_usage(self.root).free
+
+    def write(self, relative_path: str, chunks: Iterable[bytes]) -> StoredFile:
+        """Write ``chunks`` durably at ``relative_path`` (replacing any file there) and return its digest.
+
+        Raises ``OSError`` (e.g. ENOSPC) with nothing left behind at the target path.
+        """
+        target = self.path(relative_path)
+        _make_dirs(target.parent)
+        digest = hashlib.sha256()
+        size = 0
+        fd, tmp_name = tempfile.mkstemp(prefix="rx-", suffix=".part", dir=self.root / INCOMING)
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                for chunk in chunks:
+                    handle.write(chunk)
+                    digest.update(chunk)
+                    size += len(chunk)
+                handle.flush()
+                os.fsync(handle.fileno())
+            tmp.replace(target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        _fsync_dir(target.parent)
+        return StoredFile(relative_path=relative_path, size=size, sha256=digest.hexdigest())
+
+    def remove(self, relative_path: str) -> None:
+        """Remove a spooled file (one the ledger could not record), durably."""
+        target = self.path(relative_path)
+        target.unlink(missing_ok=True)
+        _fsync_dir(target.parent)
+
+    def stored_paths(self) -> list[str]:
+        """Every spooled instance file, as spool-relative POSIX paths."""
+        return sorted(
+            p.relative_to(self.root).as_posix()
+            for p in self.root.glob("*/*/*.dcm")
+            if not p.parts[len(self.root.parts)].startswith(".")
+        )
+
+    def quarantine(self, relative_path: str) -> Path:
+        """Move a file out of the study folders into ``.orphans/`` (kept, never processed)."""
+        target = self.root / ORPHANS / relative_path.replace("/", "_")
+        _make_dirs(target.parent)
+        self.path(relative_path).replace(target)
+        _fsync_dir(target.parent)
+        _fsync_dir(self.path(relative_path).parent)
+        return target
+
+    def clean_incoming(self) -> int:
+        """Remove temporary files a crash left under ``.incoming``; returns how many were removed."""
+        removed = 0
+        for stray in (self.root / INCOMING).glob("rx-*.part"):
+            stray.unlink(missing_ok=True)
+            removed += 1
+        if removed:
+            logger.warning("removed %d incomplete file(s) left in %s by an interrupted write", removed, INCOMING)
+        return removed
+
+
+# ---------------------------------------------------------------------------------------------------------
+# results: where a job writes its SR and companions, and its summary beside them
+
+RESULTS_DIRNAME = "results"
+
+
+def result_dir(spool_dir: Path, study_instance_uid: str, job_id: int) -> Path:
+    """Where a job's SR and companions are written: ``<spool>/results/<hashed study uid>/job-<id>``."""
+    return spool_dir / RESULTS_DIRNAME / uid_key(study_instance_uid) / f"job-{job_id}"
+
+
+def result_json_path(out_dir: Path) -> Path:
+    """Where a job's result summary is kept: beside its result folder (``.../job-<id>.json``), so the folder
+    itself holds only the DICOM objects that are delivered."""
+    return out_dir.parent / f"{out_dir.name}.json"

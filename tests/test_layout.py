@@ -1,0 +1,181 @@
+"""The shape of ``node/``: every dependency points one way, from the edges down to the core and the base.
+
+Reads the imports of every module under ``node/`` with :mod:`ast` (module-level, function-level and
+``TYPE_CHECKING`` imports alike: each is a dependency a reader has to follow) and fails on
+
+* a cycle between packages, or between modules;
+* an import from a lower layer into a higher one (base < core < edges);
+* one of the edges the architecture rules out by name (``docs/architecture.md``).
+"""
+
+from __future__ import annotations
+
+import ast
+from collections import defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+
+import pytest
+
+NODE = Path(__file__).resolve().parents[1] / "node"
+
+#: Top-level rooms of ``node/`` by layer. A room may import its own layer's rooms only where listed in ALLOWED.
+BASE = {"errors", "config", "log", "vocabulary", "labels", "spool", "docgen", "__init__"}
+CORE = {"imaging", "model", "training", "evaluation", "datasets", "sr", "ledger", "synth"}
+EDGES = {"scp", "jobs", "delivery", "web", "cli"}
+LAYER = {**{r: 0 for r in BASE}, **{r: 1 for r in CORE}, **{r: 2 for r in EDGES}}
+
+#: Edges the architecture rules out even where the layers would allow them.
+FORBIDDEN: dict[str, set[str]] = {
+    "ledger": {"scp", "delivery", "jobs", "imaging", "sr", "web", "model", "training", "evaluation", "datasets"},
+    "scp": {"delivery", "jobs", "sr", "imaging", "model", "training", "evaluation", "web", "cli"},
+    "sr": {"jobs", "ledger", "model", "training", "evaluation", "datasets", "imaging"},
+    "imaging": {"ledger", "scp", "jobs", "sr", "model", "training", "evaluation", "datasets"},
+    "model": {"training", "evaluation", "ledger", "jobs", "datasets", "sr"},
+    "training": {"evaluation", "ledger", "jobs", "datasets", "sr"},
+    "evaluation": {"ledger", "jobs", "datasets", "sr"},
+    "delivery": {"jobs", "scp", "web", "imaging", "model", "sr"},
+    "web": {"scp", "cli", "imaging", "model", "training", "sr"},
+    "jobs": {"web", "cli", "scp"},
+    "synth": {"ledger", "jobs", "scp", "web", "model", "training", "evaluation", "sr"},
+}
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(NODE.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _imports(path: Path, module: str, known: set[str]) -> Iterable[str]:
+    """The ``node.*`` modules one file imports (``from a import b`` counts ``a.b`` when that is a module)."""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    for item in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(item, ast.Import):
+            names = [alias.name for alias in item.names]
+        elif isinstance(item, ast.ImportFrom):
+            base = item.module or ""
+            if item.level:
+                anchor = package.split(".")
+                anchor = anchor[: len(anchor) - (item.level - 1)]
+                base = ".".join([*anchor, base] if base else anchor)
+            names = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base for alias in item.names]
+        else:
+            continue
+        for name in names:
+            if name == "node" or name.startswith("node."):
+                while name not in known and "." in name:
+                    name = name.rpartition(".")[0]
+                yield name
+
+
+def _graph() -> dict[str, set[str]]:
+    files = {(_module_name(p)): p for p in NODE.rglob("*.py")}
+    known = set(files)
+    graph: dict[str, set[str]] = defaultdict(set)
+    for module, path in files.items():
+        graph[module]  # every module is a vertex
+        for target in _imports(path, module, known):
+            if target != module and target != "node":
+                graph[module].add(target)
+    return graph
+
+
+def _room(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one vertex (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(vertex: str) -> None:
+        index[vertex] = low[vertex] = len(index)
+        stack.append(vertex)
+        on_stack.add(vertex)
+        for nxt in graph.get(vertex, ()):
+            if nxt not in index:
+                visit(nxt)
+                low[vertex] = min(low[vertex], low[nxt])
+            elif nxt in on_stack:
+                low[vertex] = min(low[vertex], index[nxt])
+        if low[vertex] == index[vertex]:
+            component = []
+            while True:
+                top = stack.pop()
+                on_stack.discard(top)
+                component.append(top)
+                if top == vertex:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for vertex in sorted(graph):
+        if vertex not in index:
+            visit(vertex)
+    return found
+
+
+def _room_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    rooms: dict[str, set[str]] = defaultdict(set)
+    for source, targets in graph.items():
+        for target in targets:
+            if _room(source) != _room(target):
+                rooms[_room(source)].add(_room(target))
+    return rooms
+
+
+def test_every_room_has_a_layer() -> None:
+    rooms = {_room(module) for module in _graph()}
+    assert rooms <= set(LAYER), f"rooms without a layer in tests/test_layout.py: {sorted(rooms - set(LAYER))}"
+
+
+def test_no_module_cycle() -> None:
+    assert _cycles(_graph()) == []
+
+
+def test_no_package_cycle() -> None:
+    assert _cycles(_room_graph(_graph())) == []
+
+
+def test_dependencies_point_down() -> None:
+    wrong = sorted(
+        f"{source} -> {target}"
+        for source, targets in _graph().items()
+        for target in targets
+        if LAYER.get(_room(target), 0) > LAYER.get(_room(source), 0)
+    )
+    assert wrong == []
+
+
+def test_no_forbidden_edge() -> None:
+    wrong = sorted(
+        f"{source} -> {target}"
+        for source, targets in _graph().items()
+        for target in targets
+        if _room(target) in FORBIDDEN.get(_room(source), set())
+    )
+    assert wrong == []
+
+
+def test_the_checker_sees_a_cycle_and_a_wrong_edge() -> None:
+    """The checks above can fail: a planted cycle and a planted upward edge are both found."""
+    planted = {"node.ledger.a": {"node.scp.b"}, "node.scp.b": {"node.ledger.a"}}
+    assert _cycles(planted) == [["node.ledger.a", "node.scp.b"]]
+    assert "scp" in FORBIDDEN["ledger"]
+
+
+@pytest.mark.parametrize("path", sorted(NODE.rglob("*.py")), ids=lambda p: str(p.relative_to(NODE)))
+def test_module_size(path: Path) -> None:
+    """No module over ~400 lines unless its docstring says why (a line starting ``Size:``)."""
+    text = path.read_text(encoding="utf-8")
+    lines = text.count("\n")
+    if lines > 420:
+        doc = ast.get_docstring(ast.parse(text)) or ""
+        assert "Size:" in doc, f"{path.relative_to(NODE)} has {lines} lines and no 'Size:' reason in its docstring"
