@@ -20,14 +20,15 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pydicom
 
 from node.cli.demo import RECEIVER_AE, ReceivingAE
-from node.cli.serve import RunningNode, export_settings, start_node
-from node.config import Destination
+from node.cli.serve import RunningNode, settings_from_args, start_node
 from node.delivery.scu import send_files
+from node.values import Destination
 
 TARGET_S = 30.0
 TIMEOUT_S = 600.0
@@ -83,11 +84,12 @@ def run_bench(work: Path, runs: int, quiet_period: float, seed: int) -> list[flo
     receiver = ReceivingAE(work / "pacs")
     node_port = free_port()
     environ = dict(os.environ)
-    export_settings(argparse.Namespace(
+    # always the embedded broker
+    settings = replace(settings_from_args(argparse.Namespace(
         config=None, ae_title="AINODE", port=node_port, destination=[f"{RECEIVER_AE}@127.0.0.1:{receiver.port}"],
-        spool_dir=work / "spool", database=None, quiet_period=quiet_period, broker=None, models=None), environ)
-    environ.pop("AINODE_BROKER_URL", None)
-    node = start_node(environ)
+        spool_dir=work / "spool", database=None, quiet_period=quiet_period, broker=None, models=None), environ),
+        broker_url=None)
+    node = start_node(settings)
     latencies: list[float] = []
     try:
         print(f"worker ready after {wait_worker_ready(node):.1f} s; load average {load_average()}")

@@ -154,6 +154,7 @@ def bare_receiver(folder: Path) -> Iterator[tuple[str, int, Callable[[], int]]]:
 @contextmanager
 def node_receiver(spool: Path) -> Iterator[tuple[str, int, Callable[[], int]]]:
     from node.cli.serve import start_node
+    from node.config import Settings
 
     port = free_port()
     environ = {**os.environ, "AINODE_AE_TITLE": "AINODE", "AINODE_PORT": str(port),
@@ -161,7 +162,7 @@ def node_receiver(spool: Path) -> Iterator[tuple[str, int, Callable[[], int]]]:
                "AINODE_QUIET_PERIOD_S": "3600"}
     for name in ("AINODE_DATABASE_URL", "AINODE_DESTINATIONS", "AINODE_CONFIG", "AINODE_ACCEPTED_CALLING_AETS"):
         environ.pop(name, None)
-    node = start_node(environ, worker=False)  # the listener alone: what is measured is ingest
+    node = start_node(Settings.load(env=environ), worker=False)  # the listener alone: what is measured is ingest
     try:
         wait_listening(port)
         yield "AINODE", port, lambda: sum(1 for p in spool.glob("*/*/*.dcm"))

@@ -1,26 +1,56 @@
-"""The node's runtime settings: one frozen :class:`Settings`, read once in each ``main()``.
+"""The node's configuration: one frozen :class:`Settings`, loaded once per process and passed down.
 
-Precedence, highest first: CLI overrides > ``AINODE_*`` environment variables > the optional YAML file
-(``--config`` or ``AINODE_CONFIG``) > the defaults below. Every value goes through a small typed parser that
-raises :class:`ConfigError` naming the variable and the bad value; ``docs/configuration.md`` has the full table.
+This is the only module that reads ``AINODE_*`` environment variables. Precedence, highest first: CLI
+overrides > ``AINODE_*`` environment variables > the optional YAML file (``--config`` or ``AINODE_CONFIG``) >
+the defaults below. Every value goes through a small typed parser that raises :class:`ConfigError` naming the
+variable and the bad value; ``docs/configuration.md`` has the full table (generated from this module).
+
+A process that starts another one (``ainode serve`` starting its worker) hands its *effective* settings over
+explicitly: :meth:`Settings.write_handover` writes them to a private file (mode 0600, the database password
+may be in it) and the child loads exactly that with :meth:`Settings.read_handover`, without re-reading its
+environment. :func:`log_options` reads the two logging variables, which apply before settings are loaded.
 """
 
 from __future__ import annotations
 
 import enum
+import json
 import os
-import re
+import tempfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from node.errors import ConfigError
+from node.values import (
+    Destination,
+    choice,
+    parse_ae_title,
+    parse_ae_titles,
+    parse_bool,
+    parse_bytes,
+    parse_count,
+    parse_destinations,
+    parse_keywords,
+    parse_optional_path,
+    parse_optional_seconds,
+    parse_optional_text,
+    parse_path,
+    parse_pdu,
+    parse_port,
+    parse_retries,
+    parse_seconds,
+    parse_text,
+)
 
 ENV_PREFIX = "AINODE_"
 CONFIG_ENV = "AINODE_CONFIG"
+LOG_FORMAT_ENV = "AINODE_LOG_FORMAT"
+LOG_VERBOSITY_ENV = "AINODE_LOG_VERBOSITY"
+DEFAULT_QUEUE = "ainode"
 
 
 class DuplicatePolicy(enum.StrEnum):
@@ -48,18 +78,6 @@ class LateInstancePolicy(enum.StrEnum):
 
 
 @dataclass(frozen=True)
-class Destination:
-    """A DICOM peer results are sent to, written ``AET@HOST:PORT``."""
-
-    ae_title: str
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"{self.ae_title}@{self.host}:{self.port}"
-
-
-@dataclass(frozen=True)
 class Settings:
     """Everything the listener and the ledger need; build it with :meth:`Settings.load`."""
 
@@ -81,6 +99,30 @@ class Settings:
     force_complete_action: ForceCompleteAction = ForceCompleteAction.FAIL
     late_instance_policy: LateInstancePolicy = LateInstancePolicy.RERUN
     destinations: tuple[Destination, ...] = ()
+    # job layer: broker, queue, scheduling, limits and retries
+    broker_url: str | None = field(default=None, repr=False)  # None = embedded broker in <spool_dir>/broker
+    broker_visibility_timeout: float = 7200.0
+    broker_key_prefix: str = "ainode:"
+    queue: str = DEFAULT_QUEUE
+    poll_interval: float = 5.0
+    task_soft_time_limit: float = 1500.0
+    task_time_limit: float | None = None  # None = max(soft limit + 60, 1800)
+    task_max_retries: int = 5
+    retry_backoff: float = 30.0
+    models_dir: Path | None = None  # None = the shipped models/demo
+    failure_sr: bool = True
+    primary_subtype_attributes: tuple[str, ...] = ("AdditionalPatientHistory", "PatientComments")
+    recover_orphans: bool = False
+    # dashboard access (never logged: repr=False)
+    web_token: str | None = field(default=None, repr=False)
+    web_token_file: Path | None = None
+
+    @property
+    def hard_time_limit(self) -> float:
+        """Seconds after which the process running a task is killed."""
+        if self.task_time_limit is not None:
+            return self.task_time_limit
+        return max(self.task_soft_time_limit + 60.0, 1800.0)
 
     @property
     def effective_database_url(self) -> str:
@@ -122,6 +164,45 @@ class Settings:
         settings.check()
         return settings
 
+    def to_json(self) -> dict[str, Any]:
+        """Every setting as JSON values (paths and enums as text): what :meth:`write_handover` writes."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, tuple):
+                value = [str(v) for v in value]
+            elif isinstance(value, Path | enum.Enum):
+                value = str(value)
+            out[f.name] = value
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], where: str) -> Settings:
+        """The inverse of :meth:`to_json`; every value goes through its parser again."""
+        values = {key: _parse(key, raw, f"{where}: key '{key}'") for key, raw in data.items() if raw is not None}
+        settings = replace(cls(), **values)
+        settings.check()
+        return settings
+
+    def write_handover(self, folder: Path) -> Path:
+        """The effective settings in a new private file (0600) under ``folder``, for a child process."""
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=".settings-", suffix=".json", dir=folder)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(self.to_json(), handle)
+        return Path(name)
+
+    @classmethod
+    def read_handover(cls, path: Path) -> Settings:
+        """Settings written by :meth:`write_handover` (the environment is not consulted)."""
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"settings file {path} cannot be read: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"settings file {path} must hold a JSON object")
+        return cls.from_json(data, str(path))
+
     def check(self) -> None:
         """Cross-field rules a single parser cannot see."""
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -131,132 +212,18 @@ class Settings:
         for path in (self.tls_cert, self.tls_key, self.tls_ca):
             if path is not None and not path.is_file():
                 raise ConfigError(f"TLS file {path} does not exist")
+        if self.web_token and self.web_token_file:
+            raise ConfigError("set only one of web_token (AINODE_WEB_TOKEN) and web_token_file (AINODE_WEB_TOKEN_FILE)")
+        if self.task_time_limit is not None and self.task_time_limit <= self.task_soft_time_limit:
+            raise ConfigError(
+                f"task_time_limit ({self.task_time_limit:g}) must be longer than task_soft_time_limit "
+                f"({self.task_soft_time_limit:g})"
+            )
         if self.force_complete_s < self.quiet_period_s:
             raise ConfigError(
                 f"force_complete_s ({self.force_complete_s:g}) must not be shorter than "
                 f"quiet_period_s ({self.quiet_period_s:g})"
             )
-
-
-# ---------------------------------------------------------------------------------------------------------
-# typed parsers: each takes the raw value (a string from the environment/CLI, or a YAML scalar/list)
-
-
-_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable ASCII without backslash
-_DESTINATION = re.compile(r"^(?P<aet>[^@]{1,16})@(?P<host>[A-Za-z0-9_.\-]+|\[[0-9A-Fa-f:.]+\]):(?P<port>[0-9]{1,5})$")
-_SIZE = re.compile(r"^\s*(?P<number>[0-9]+(?:\.[0-9]+)?)\s*(?P<unit>[KMGT]i?B?|B)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-
-
-def parse_ae_title(value: object, where: str) -> str:
-    text = str(value).strip()
-    if not _AE_TITLE.match(text):
-        raise ConfigError(f"{where}: {value!r} is not an AE title (1-16 printable ASCII characters, no backslash)")
-    return text
-
-
-def parse_ae_titles(value: object, where: str) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    items = value if isinstance(value, list | tuple) else str(value).split(",")
-    return tuple(parse_ae_title(item, where) for item in items if str(item).strip())
-
-
-def _parse_int(value: object, where: str, low: int, high: int) -> int:
-    if isinstance(value, bool):
-        raise ConfigError(f"{where}: {value!r} is not an integer")
-    try:
-        number = int(str(value).strip())
-    except ValueError as exc:
-        raise ConfigError(f"{where}: {value!r} is not an integer") from exc
-    if not low <= number <= high:
-        raise ConfigError(f"{where}: {number} is outside {low}..{high}")
-    return number
-
-
-def parse_port(value: object, where: str) -> int:
-    return _parse_int(value, where, 0, 65535)
-
-
-def parse_count(value: object, where: str) -> int:
-    return _parse_int(value, where, 1, 10_000)
-
-
-def parse_pdu(value: object, where: str) -> int:
-    number = _parse_int(value, where, 0, 2**32 - 1)
-    if number and number < 4096:  # PS3.8 allows less, but tiny PDUs only slow everything down
-        raise ConfigError(f"{where}: {number} is too small (use 0 for unlimited or at least 4096)")
-    return number
-
-
-def parse_bytes(value: object, where: str) -> int:
-    """``1073741824``, ``500M``, ``5G``, ``5GiB``: binary units."""
-    match = _SIZE.match(str(value))
-    if not match or isinstance(value, bool):
-        raise ConfigError(f"{where}: {value!r} is not a size (e.g. 5G, 500M, 1048576)")
-    unit = (match["unit"] or "").upper().rstrip("B").rstrip("I")
-    return int(float(match["number"]) * _UNITS[unit])
-
-
-def parse_seconds(value: object, where: str) -> float:
-    if isinstance(value, bool):
-        raise ConfigError(f"{where}: {value!r} is not a number of seconds")
-    try:
-        number = float(str(value).strip())
-    except ValueError as exc:
-        raise ConfigError(f"{where}: {value!r} is not a number of seconds") from exc
-    if not 0.0 <= number <= 30 * 86400:
-        raise ConfigError(f"{where}: {number:g} s is outside 0..2592000")
-    return number
-
-
-def parse_text(value: object, where: str) -> str:
-    text = str(value).strip()
-    if not text:
-        raise ConfigError(f"{where}: must not be empty")
-    return text
-
-
-def parse_optional_text(value: object, where: str) -> str | None:
-    text = "" if value is None else str(value).strip()
-    return text or None
-
-
-def parse_path(value: object, where: str) -> Path:
-    return Path(parse_text(value, where)).expanduser()
-
-
-def parse_optional_path(value: object, where: str) -> Path | None:
-    text = "" if value is None else str(value).strip()
-    return Path(text).expanduser() if text else None
-
-
-def parse_destination(value: object, where: str) -> Destination:
-    text = str(value).strip()
-    match = _DESTINATION.match(text)
-    if not match:
-        raise ConfigError(f"{where}: {text!r} is not a destination written AET@HOST:PORT")
-    host = match["host"].strip("[]")
-    return Destination(parse_ae_title(match["aet"], where), host, _parse_int(match["port"], where, 1, 65535))
-
-
-def parse_destinations(value: object, where: str) -> tuple[Destination, ...]:
-    if value is None:
-        return ()
-    items = value if isinstance(value, list | tuple) else str(value).split(",")
-    return tuple(parse_destination(item, where) for item in items if str(item).strip())
-
-
-def _choice(kind: type[enum.StrEnum]) -> Callable[[object, str], Any]:
-    def parse(value: object, where: str) -> Any:
-        text = str(value).strip().lower()
-        try:
-            return kind(text)
-        except ValueError as exc:
-            allowed = ", ".join(m.value for m in kind)
-            raise ConfigError(f"{where}: {value!r} is not one of {allowed}") from exc
-
-    return parse
 
 
 _PARSERS: dict[str, Callable[[object, str], Any]] = {
@@ -271,13 +238,28 @@ _PARSERS: dict[str, Callable[[object, str], Any]] = {
     "tls_ca": parse_optional_path,
     "spool_dir": parse_path,
     "min_free_disk_bytes": parse_bytes,
-    "duplicate_policy": _choice(DuplicatePolicy),
+    "duplicate_policy": choice(DuplicatePolicy),
     "database_url": parse_optional_text,
     "quiet_period_s": parse_seconds,
     "force_complete_s": parse_seconds,
-    "force_complete_action": _choice(ForceCompleteAction),
-    "late_instance_policy": _choice(LateInstancePolicy),
+    "force_complete_action": choice(ForceCompleteAction),
+    "late_instance_policy": choice(LateInstancePolicy),
     "destinations": parse_destinations,
+    "broker_url": parse_optional_text,
+    "broker_visibility_timeout": parse_seconds,
+    "broker_key_prefix": parse_text,
+    "queue": parse_text,
+    "poll_interval": parse_seconds,
+    "task_soft_time_limit": parse_seconds,
+    "task_time_limit": parse_optional_seconds,
+    "task_max_retries": parse_retries,
+    "retry_backoff": parse_seconds,
+    "models_dir": parse_optional_path,
+    "failure_sr": parse_bool,
+    "primary_subtype_attributes": parse_keywords,
+    "recover_orphans": parse_bool,
+    "web_token": parse_optional_text,
+    "web_token_file": parse_optional_path,
 }
 assert set(_PARSERS) == {f.name for f in fields(Settings)}, "every setting needs a parser"
 
@@ -302,3 +284,37 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"configuration file {path} must hold a mapping of setting: value")
     return {str(k): v for k, v in data.items()}
+
+
+def redact_url(url: str) -> str:
+    """A database or broker URL without its password, for logs and messages."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    credentials, _, host = rest.rpartition("@")
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in credentials else url
+
+
+@dataclass(frozen=True)
+class LogOptions:
+    """``AINODE_LOG_FORMAT`` / ``AINODE_LOG_VERBOSITY``: read before the settings, by every ``main()``."""
+
+    format: str | None = None  # "json" or "text"; None = the command's default
+    verbosity: int | None = None  # 0 warnings, 1 info, 2 debug; None = the command's default
+
+
+def log_options(env: Mapping[str, str] | None = None) -> LogOptions:
+    """The logging variables, checked (a bad value is a :class:`ConfigError` naming the variable)."""
+    environ = os.environ if env is None else env
+    fmt = environ.get(LOG_FORMAT_ENV, "").strip().lower() or None
+    if fmt is not None and fmt not in ("json", "text"):
+        raise ConfigError(f"environment variable {LOG_FORMAT_ENV}: {fmt!r} is not one of json, text")
+    raw = environ.get(LOG_VERBOSITY_ENV, "").strip()
+    verbosity = None
+    if raw:
+        try:
+            verbosity = max(0, int(raw))
+        except ValueError as exc:
+            raise ConfigError(f"environment variable {LOG_VERBOSITY_ENV}: {raw!r} is not an integer") from exc
+    return LogOptions(fmt, verbosity)

@@ -23,7 +23,6 @@ import enum
 import hashlib
 import json
 import logging
-import os
 import re
 import sys
 from collections.abc import Iterator, Mapping
@@ -32,10 +31,8 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import IO, Any
 
+from node.config import log_options
 from node.errors import ConfigError
-
-LOG_FORMAT_ENV = "AINODE_LOG_FORMAT"
-LOG_VERBOSITY_ENV = "AINODE_LOG_VERBOSITY"
 
 
 class LogFormat(enum.StrEnum):
@@ -174,22 +171,15 @@ def parse_format(value: str, where: str) -> LogFormat:
 
 
 def resolve_format(default: LogFormat = LogFormat.TEXT, env: Mapping[str, str] | None = None) -> LogFormat:
-    """``AINODE_LOG_FORMAT`` when set, else ``default``."""
-    environ = os.environ if env is None else env
-    raw = environ.get(LOG_FORMAT_ENV, "").strip()
-    return parse_format(raw, f"environment variable {LOG_FORMAT_ENV}") if raw else default
+    """``AINODE_LOG_FORMAT`` (read by :func:`node.config.log_options`) when set, else ``default``."""
+    chosen = log_options(env).format
+    return LogFormat(chosen) if chosen else default
 
 
 def env_verbosity(default: int = 1, env: Mapping[str, str] | None = None) -> int:
     """``AINODE_LOG_VERBOSITY`` (0 warnings, 1 info, 2 debug) when set, else ``default``."""
-    environ = os.environ if env is None else env
-    raw = environ.get(LOG_VERBOSITY_ENV, "").strip()
-    if not raw:
-        return default
-    try:
-        return max(0, int(raw))
-    except ValueError as exc:
-        raise ConfigError(f"environment variable {LOG_VERBOSITY_ENV}: {raw!r} is not an integer") from exc
+    chosen = log_options(env).verbosity
+    return default if chosen is None else chosen
 
 
 def default_format(command: str | None) -> LogFormat:

@@ -30,10 +30,10 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # g
 from node import log
 from node.cli.conformance import SCU_SOP_CLASSES
 from node.cli.demo import ReceivingAE
-from node.config import Destination
 from node.delivery.scu import send_files
 from node.errors import ConfigError
 from node.spool import uid_key
+from node.values import Destination
 from tests.phi import Identifier, assert_no_phi, find_phi, patient_identifiers
 
 REQUIRED = {"time", "level", "logger", "message", "process", "thread"}

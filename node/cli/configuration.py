@@ -1,10 +1,11 @@
 """Every environment variable the node reads, for ``docs/configuration.md`` (generated tables).
 
-:class:`node.config.Settings` fields are read as ``AINODE_<FIELD>``; their meanings are in
-:data:`SETTING_HELP`. The other variables (job layer, brokers, logging, dashboard) are declared in
-:data:`VARIABLES` with their default and the module that reads them. ``tests/docs/test_configuration.py`` scans
-``node/**/*.py`` for ``AINODE_*`` names and fails when one is not on the page or a declared one is no longer
-read. ``python -m node.cli.configuration --write`` regenerates the page's tables; ``--check`` exits 1 when stale.
+:class:`node.config.Settings` fields are read as ``AINODE_<FIELD>`` (by :mod:`node.config`, the only module that
+reads the environment); their meanings are in :data:`SETTING_HELP`. The variables outside ``Settings`` (the
+settings file and logging, needed before settings exist) are declared in :data:`VARIABLES`.
+``tests/docs/test_configuration.py`` scans ``node/**/*.py`` for ``AINODE_*`` names and fails when one is not on
+the page or a declared one is no longer read. ``python -m node.cli.configuration --write`` regenerates the
+page's tables; ``--check`` exits 1 when stale.
 """
 
 from __future__ import annotations
@@ -47,6 +48,27 @@ SETTING_HELP: dict[str, str] = {
     "`ignore` (stored and audited)",
     "destinations": "where results are sent, `AET@HOST:PORT` (IPv6 `AET@[::1]:104`); comma-separated (env, CLI) or "
     "a YAML list; none = results stay in the spool",
+    "broker_url": "Celery broker, `redis://HOST:PORT/DB` (or `rediss://`); none = the embedded filesystem broker in "
+    "`<spool_dir>/broker`; `--broker` wins",
+    "broker_visibility_timeout": "Redis only: seconds an unacknowledged message stays invisible before another "
+    "worker gets it (longer than the hard task time limit)",
+    "broker_key_prefix": "Redis only: key prefix, so several nodes can share one Redis database",
+    "queue": "Celery queue name (`ainode worker --queue`)",
+    "poll_interval": "seconds between polls for ready studies (celery beat); deliveries are retried every "
+    "max(this, 30) s",
+    "task_soft_time_limit": "seconds after which a processing task is stopped and its job marked failed",
+    "task_time_limit": "seconds after which the process running a task is killed; none = max(soft limit + 60, 1800)",
+    "task_max_retries": "retries of a task after a temporary error (ledger unreachable...)",
+    "retry_backoff": "first retry delay in seconds (exponential backoff with jitter, at most 900 s)",
+    "models_dir": "model bundles folder (`ainode serve --models`); none = the shipped `models/demo`",
+    "failure_sr": "send a short failure SR when a study cannot be processed (`0`/`false`/`no`/`off` to turn off)",
+    "primary_subtype_attributes": "DICOM keywords searched for \"primary subtype: <class>\"; comma-separated or a "
+    "YAML list",
+    "recover_orphans": "embedded broker, one worker: at start, re-send jobs a killed worker took with it (`ainode "
+    "worker --recover` sets it; `ainode serve` uses it for its own worker)",
+    "web_token": "the dashboard's access token (at least 16 characters; no default: `ainode web` refuses to start "
+    "without one); never logged",
+    "web_token_file": "file holding the dashboard token (Docker secret); exclusive with `web_token`",
 }
 
 
@@ -65,44 +87,10 @@ VARIABLES: tuple[Variable, ...] = (
              "`node.config`, every command"),
     Variable("AINODE_LOG_FORMAT", "`json` for `serve`, `worker`, `web`, `python -m node.scp.server` and the Celery "
              "worker; `text` for other commands",
-             "`json` (one JSON object per line) or `text`; see [Logging](#logging)", "`node.log`"),
+             "`json` (one JSON object per line) or `text`; see [Logging](#logging)", "`node.config` (`log_options`)"),
     Variable("AINODE_LOG_VERBOSITY", "`1` (info) for the worker",
              "log level of processes started without `-v`: `0` warnings, `1` info, `2` debug; `ainode -v serve` "
-             "passes its level to the worker", "`node.log`, `node.jobs`"),
-    Variable("AINODE_BROKER_URL", "embedded filesystem broker in `<spool_dir>/broker`",
-             "Celery broker, `redis://HOST:PORT/DB` (or `rediss://`); `--broker` wins",
-             "`node.jobs.broker`, `serve`, `worker`, `web`"),
-    Variable("AINODE_BROKER_VISIBILITY_TIMEOUT", "`7200`",
-             "Redis only: seconds an unacknowledged message stays invisible before another worker gets it (longer "
-             "than the hard task time limit)", "`node.jobs.broker`"),
-    Variable("AINODE_BROKER_KEY_PREFIX", "`ainode:`",
-             "Redis only: key prefix, so several nodes can share one Redis database", "`node.jobs.broker`"),
-    Variable("AINODE_QUEUE", "`ainode`", "Celery queue name (`ainode worker --queue`)",
-             "`node.jobs.celery_app`, `node.web`"),
-    Variable("AINODE_POLL_INTERVAL", "`5`",
-             "seconds between polls for ready studies (celery beat); deliveries are retried every max(this, 30) s",
-             "`node.jobs.celery_app`"),
-    Variable("AINODE_TASK_SOFT_TIME_LIMIT", "`1500`",
-             "seconds after which a processing task is stopped and its job marked failed", "`node.jobs.celery_app`"),
-    Variable("AINODE_TASK_TIME_LIMIT", "max(soft limit + 60, `1800`)",
-             "seconds after which the process running a task is killed", "`node.jobs.celery_app`"),
-    Variable("AINODE_TASK_MAX_RETRIES", "`5`", "retries of a task after a temporary error (ledger unreachable...)",
-             "`node.jobs.tasks`"),
-    Variable("AINODE_RETRY_BACKOFF", "`30`",
-             "first retry delay in seconds (exponential backoff with jitter, at most 900 s)", "`node.jobs.tasks`"),
-    Variable("AINODE_MODELS_DIR", "`models/demo`", "model bundles folder (`ainode serve --models`)",
-             "`node.jobs.tasks`, `serve`"),
-    Variable("AINODE_FAILURE_SR", "`1`",
-             "`0`/`false`/`no`/`off`: send no failure SR when a study cannot be processed", "`node.jobs.tasks`"),
-    Variable("AINODE_PRIMARY_SUBTYPE_ATTRIBUTES", "`AdditionalPatientHistory,PatientComments`",
-             "comma-separated DICOM keywords searched for \"primary subtype: <class>\"", "`node.jobs.process`"),
-    Variable("AINODE_RECOVER_ORPHANS", "unset",
-             "set to `1` by `ainode worker --recover` (embedded broker, one worker): re-send jobs a killed worker "
-             "took with it", "`node.jobs.tasks`"),
-    Variable("AINODE_WEB_TOKEN", "none (required by `ainode web`)", "the dashboard's access token",
-             "`node.web.auth`"),
-    Variable("AINODE_WEB_TOKEN_FILE", "none",
-             "file holding the dashboard token (Docker secret); wins over `AINODE_WEB_TOKEN`", "`node.web.auth`"),
+             "passes its level to the worker", "`node.config` (`log_options`)"),
 )
 
 
@@ -121,8 +109,8 @@ def format_default(value: object) -> str:
     """A default as the page shows it (``none``, ``empty``, or the value in code font)."""
     if value is None:
         return "none"
-    if isinstance(value, tuple) and not value:
-        return "empty"
+    if isinstance(value, tuple):
+        return f"`{','.join(map(str, value))}`" if value else "empty"
     if isinstance(value, enum.Enum):
         return f"`{value.value}`"
     if isinstance(value, float):

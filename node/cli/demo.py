@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
 import socket
@@ -19,6 +18,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +26,10 @@ import pydicom
 from pydicom.dataset import Dataset
 from pynetdicom import AE, StoragePresentationContexts, evt
 
-from node.cli.serve import export_settings, start_node
-from node.config import Destination
+from node.cli.serve import settings_from_args, start_node
 from node.delivery.scu import send_files
 from node.errors import ProcessingError
+from node.values import Destination
 
 SR_MODALITY = "SR"
 RECEIVER_AE = "DEMOPACS"
@@ -124,17 +124,15 @@ def _demo(work: Path, args: argparse.Namespace) -> int:
 
     receiver = ReceivingAE(work / "pacs")
     node_port = _free_port()
-    environ = dict(os.environ)
     namespace = argparse.Namespace(
         config=None, ae_title="AINODE", port=node_port, destination=[f"{RECEIVER_AE}@127.0.0.1:{receiver.port}"],
         spool_dir=work / "spool", database=None, quiet_period=2.0, broker=None,
         models=None,
     )
-    export_settings(namespace, environ)
-    environ.pop("AINODE_BROKER_URL", None)  # the demo always uses the embedded broker
+    settings = replace(settings_from_args(namespace), broker_url=None)  # always the embedded broker
     print(f"[2/4] starting the node (AINODE on port {node_port}, embedded broker, SQLite ledger) and a "
           f"receiving PACS ({RECEIVER_AE} on port {receiver.port})", flush=True)
-    node = start_node(environ)
+    node = start_node(settings)
     try:
         start = time.monotonic()
         print(f"[3/4] sending {len(files)} instances to the node by C-STORE ...", flush=True)

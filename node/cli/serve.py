@@ -2,8 +2,9 @@
 
 The listener runs in this process; the worker is a separate ``ainode worker --beat`` process (Celery, real
 worker processes) that polls the ledger for complete studies, processes them and delivers the results. Both
-read the same settings: command-line values are exported as ``AINODE_*`` variables first, so the worker sees
-exactly what the listener sees (CLI > environment > ``--config`` file > defaults).
+run on the same settings: this process loads them once (CLI > environment > ``--config`` file > defaults) and
+hands the effective values to the worker in a private settings file (``--settings-file``), so the worker sees
+exactly what the listener sees.
 
 Without ``--broker`` / ``AINODE_BROKER_URL`` the worker uses the embedded filesystem broker in the spool
 folder: nothing to install. With Redis, more workers on other hosts can share the load (``ainode worker``).
@@ -13,24 +14,22 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
 
-from node.config import ENV_PREFIX, Settings
+from node.config import Settings, redact_url
 from node.errors import ConfigError
-from node.log import LOG_VERBOSITY_ENV
 from node.scp.server import ListenerHandle, start_listener
 
 logger = logging.getLogger(__name__)
 
-#: command-line option -> setting name (exported as AINODE_<NAME>)
+#: command-line option -> setting name
 CLI_SETTINGS: dict[str, str] = {
     "ae_title": "ae_title",
     "port": "port",
@@ -38,9 +37,11 @@ CLI_SETTINGS: dict[str, str] = {
     "spool_dir": "spool_dir",
     "database": "database_url",
     "quiet_period": "quiet_period_s",
+    "broker": "broker_url",
+    "models": "models_dir",
 }
-BROKER_ENV = "AINODE_BROKER_URL"
-MODELS_ENV = "AINODE_MODELS_DIR"
+#: where the settings handed to a child process are written (inside the spool, private files)
+RUN_DIRNAME = ".run"
 
 
 def add_node_arguments(parser: argparse.ArgumentParser) -> None:
@@ -70,28 +71,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.set_defaults(handler=run)
 
 
-def export_settings(args: argparse.Namespace, environ: dict[str, str]) -> None:
-    """Write the command-line values into ``environ`` as ``AINODE_*`` variables (CLI beats environment).
+def settings_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> Settings:
+    """The node's settings: command-line values over the environment and ``--config`` (loaded once, here).
 
-    The values are checked first as command-line options, so a bad one is reported as the option the user typed.
+    The values are checked as command-line options, so a bad one is reported as the option the user typed. The
+    spool (and a models folder) become absolute: the worker may run in another working directory.
     """
-    given: dict[str, str] = {}
+    given: dict[str, object] = {}
     for option, setting in CLI_SETTINGS.items():
         value = getattr(args, option, None)
         if value is not None:
             given[setting] = ",".join(value) if isinstance(value, list) else str(value)
-    Settings.load(args.config, env=environ, overrides=given)
-    for setting, text in given.items():
-        environ[ENV_PREFIX + setting.upper()] = text
-    if args.config is not None:
-        environ["AINODE_CONFIG"] = str(args.config)
-    if args.broker:
-        environ[BROKER_ENV] = args.broker
-    if args.models is not None:
-        environ[MODELS_ENV] = str(args.models.resolve())
-    # the spool must be the same folder for both processes whatever their working directory
-    spool = Settings.load(env=environ).spool_dir
-    environ[ENV_PREFIX + "SPOOL_DIR"] = str(spool.resolve())
+    settings = Settings.load(getattr(args, "config", None), env=env, overrides=given)
+    models = settings.models_dir.resolve() if settings.models_dir is not None else None
+    return replace(settings, spool_dir=settings.spool_dir.resolve(), models_dir=models)
 
 
 @dataclass
@@ -113,21 +106,30 @@ class RunningNode:
                 self.worker.wait()
 
 
-def start_node(environ: Mapping[str, str], *, worker: bool = True, concurrency: int = 1,
-               worker_log: Path | None = None) -> RunningNode:
-    """Start the listener here and ``ainode worker --beat`` as a child process, both from ``environ``."""
-    settings = Settings.load(env=environ)
+def worker_command(settings: Settings, handover: Path, *, concurrency: int = 1,
+                   verbosity: int | None = None) -> list[str]:
+    """The ``ainode worker --beat`` command line of the node's own worker, reading ``handover``."""
+    argv = [sys.executable, "-m", "node.cli.worker", "--beat", "--concurrency", str(concurrency),
+            "--settings-file", str(handover)]
+    if not settings.broker_url:
+        argv.append("--recover")  # embedded broker, one worker: re-send what a killed worker took
+    if verbosity:
+        argv.append("-" + "v" * verbosity)
+    return argv
+
+
+def start_node(settings: Settings, *, worker: bool = True, concurrency: int = 1,
+               worker_log: Path | None = None, verbosity: int | None = None) -> RunningNode:
+    """Start the listener here and ``ainode worker --beat`` as a child process, both on ``settings``."""
     settings.spool_dir.mkdir(parents=True, exist_ok=True)
     listener = start_listener(settings)
     process: subprocess.Popen[bytes] | None = None
     if worker:
-        argv: Sequence[str] = [sys.executable, "-m", "node.cli.worker", "--beat",
-                               "--concurrency", str(concurrency)]
-        if not environ.get(BROKER_ENV):
-            argv = [*argv, "--recover"]  # embedded broker, one worker: re-send what a killed worker took
+        handover = settings.write_handover(settings.spool_dir / RUN_DIRNAME)
         log = (worker_log or settings.spool_dir / "worker.log").open("ab")
         try:
-            process = subprocess.Popen(argv, env=dict(environ), stdout=log, stderr=subprocess.STDOUT)
+            process = subprocess.Popen(worker_command(settings, handover, concurrency=concurrency,
+                                                      verbosity=verbosity), stdout=log, stderr=subprocess.STDOUT)
         except OSError:
             listener.stop()
             raise
@@ -141,12 +143,10 @@ def start_node(environ: Mapping[str, str], *, worker: bool = True, concurrency: 
 def run(args: argparse.Namespace) -> int:
     if args.concurrency < 1:
         raise ConfigError("--concurrency must be at least 1")
-    environ = dict(os.environ)
-    export_settings(args, environ)
-    if getattr(args, "verbose", 0):  # ainode -v serve: the worker process logs at the same level
-        environ[LOG_VERBOSITY_ENV] = str(args.verbose)
-    os.environ.update(environ)  # this process's own later Settings.load() calls see the same values
-    node = start_node(environ, worker=not args.no_worker, concurrency=args.concurrency)
+    settings = settings_from_args(args)
+    # ainode -v serve: the worker process logs at the same level
+    node = start_node(settings, worker=not args.no_worker, concurrency=args.concurrency,
+                      verbosity=getattr(args, "verbose", 0) or None)
     stop = threading.Event()
 
     def _on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -156,8 +156,8 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, _on_signal)
     s = node.settings
     print(f"ainode serve: {s.ae_title} listening on {s.bind_address}:{node.listener.port}, spool {s.spool_dir}, "
-          f"ledger {s.effective_database_url}, destinations {', '.join(map(str, s.destinations)) or 'none'}",
-          flush=True)
+          f"ledger {redact_url(s.effective_database_url)}, "
+          f"destinations {', '.join(map(str, s.destinations)) or 'none'}", flush=True)
     try:
         while not stop.wait(1.0):
             if node.worker is not None and node.worker.poll() is not None:

@@ -63,7 +63,8 @@ def _repository(args: argparse.Namespace, *, create: bool = False) -> Repository
             f"no ledger at {url.database}: pass the node's --spool-dir or --database (or AINODE_SPOOL_DIR / "
             "AINODE_DATABASE_URL)"
         )
-    return Repository(Ledger.open(str(url)))
+    # render_as_string keeps the password: str(url) writes "***" and the login fails on a protected PostgreSQL
+    return Repository(Ledger.open(url.render_as_string(hide_password=False)))
 
 
 def _when(epoch: float) -> str:

@@ -13,8 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from node import log
-from node.config import Settings, parse_port, parse_text
+from node.config import Settings, redact_url
 from node.errors import NodeError
+from node.values import parse_port, parse_text
 
 logger = logging.getLogger(__name__)
 
@@ -46,10 +47,10 @@ def run(args: argparse.Namespace) -> int:
 
     host = parse_text(args.host, "option --host")
     port = parse_port(args.port, "option --port")
-    token = load_token()  # before anything else: no token, no server
     settings = Settings.load(args.config, overrides={"database_url": args.database, "spool_dir": args.spool_dir})
+    token = load_token(settings)  # before anything else: no token, no server
     app = create_app(settings, token)
-    logger.info("dashboard on http://%s:%d (ledger %s)", host, port, app.state.ctx.ledger.url)
+    logger.info("dashboard on http://%s:%d (ledger %s)", host, port, redact_url(str(app.state.ctx.ledger.url)))
     uvicorn.run(app, host=host, port=port, log_config=None, access_log=False, server_header=False)
     return 0
 

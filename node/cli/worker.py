@@ -3,21 +3,23 @@
 Example: ``ainode worker --broker redis://127.0.0.1:6379/0 --concurrency 2 --database sqlite:///spool/ledger.sqlite3
 --beat``. Without ``--broker`` (and without ``AINODE_BROKER_URL``) the embedded filesystem broker under
 ``<spool_dir>/broker`` is used, so a single machine needs no Redis. Also runnable as
-``python -m node.cli.worker``.
+``python -m node.cli.worker``. The settings are loaded once here (``--config``, ``AINODE_*``, the options below),
+or taken as handed over by ``ainode serve`` (``--settings-file``), and passed to the Celery app explicitly.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from node import log
-from node.config import Settings, parse_count
+from node.config import Settings
 from node.errors import ConfigError, NodeError
+from node.values import parse_count
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +37,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="node settings file (YAML); default $AINODE_CONFIG")
+    parser.add_argument("--settings-file", type=Path, help=argparse.SUPPRESS)  # ainode serve's handover (JSON)
     parser.add_argument("--broker", help="broker URL (redis://HOST:PORT/DB); default $AINODE_BROKER_URL, "
                         "else the embedded filesystem broker in <spool_dir>/broker")
     parser.add_argument("--concurrency", type=int, default=1, help="worker processes (default 1)")
@@ -71,22 +75,28 @@ def beat_argv(spool_dir: Path) -> list[str]:
     return [*quiet, "beat", "--loglevel", "INFO", "--schedule", str(spool_dir / "celerybeat-schedule")]
 
 
-def run(args: argparse.Namespace) -> int:
-    """Export the options to the environment (the forked pool processes read it), configure and start."""
-    if args.database:
-        os.environ["AINODE_DATABASE_URL"] = args.database
-    if args.queue:
-        os.environ["AINODE_QUEUE"] = args.queue
-    if args.broker:
-        os.environ["AINODE_BROKER_URL"] = args.broker
+def load_settings(args: argparse.Namespace) -> Settings:
+    """The worker's settings: the handover file of ``ainode serve``, else ``--config`` / environment / options."""
+    given = {"database_url": args.database, "queue": args.queue, "broker_url": args.broker}
+    if args.settings_file is not None:
+        if any(v is not None for v in given.values()) or args.config is not None:
+            raise ConfigError("--settings-file excludes --config, --database, --queue and --broker")
+        settings = Settings.read_handover(args.settings_file)
+        args.settings_file.unlink(missing_ok=True)  # read once: the file may hold the database password
+    else:
+        settings = Settings.load(args.config, overrides=given)
     if args.recover:
-        os.environ["AINODE_RECOVER_ORPHANS"] = "1"
-    if getattr(args, "verbose", 0):  # -v beats the environment; the forked pool processes read the variable
-        os.environ[log.LOG_VERBOSITY_ENV] = str(args.verbose)
+        settings = replace(settings, recover_orphans=True)
+    return settings
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the settings once, configure the Celery app with them (the forked pool inherits it), start."""
     from node.jobs.celery_app import app, configure
 
-    broker = configure(args.broker, concurrency=args.concurrency)
-    spool_dir = Settings.load().spool_dir
+    settings = load_settings(args)
+    broker = configure(settings, concurrency=args.concurrency, verbosity=getattr(args, "verbose", 0) or None)
+    spool_dir = settings.spool_dir
     spool_dir.mkdir(parents=True, exist_ok=True)
     if args.beat_only:
         if args.beat:

@@ -22,12 +22,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from node.config import Destination, parse_destination
 from node.delivery.scu import send_files
 from node.errors import ConfigError, DeliveryRefusedError, PacsUnavailableError
 from node.ledger import deliveries as store
 from node.ledger.repository import Repository
 from node.ledger.tables import DeliveryState
+from node.values import Destination, parse_destination
 
 logger = logging.getLogger(__name__)
 

@@ -33,8 +33,8 @@ from pynetdicom import AE, build_context
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
 
-from node.config import Destination
 from node.errors import DeliveryRefusedError, PacsUnavailableError
+from node.values import Destination
 
 logger = logging.getLogger(__name__)
 

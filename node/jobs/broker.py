@@ -1,7 +1,7 @@
 """Which message broker the job layer uses: Redis when one is configured, else an embedded one on disk.
 
-Resolution, first match wins: an explicit URL (``ainode worker --broker URL``), then the environment variable
-``AINODE_BROKER_URL``, then the **embedded broker**: kombu's filesystem transport in
+Resolution, first match wins: an explicit URL (``ainode worker --broker URL``), then the setting
+``broker_url`` (``AINODE_BROKER_URL``), then the **embedded broker**: kombu's filesystem transport in
 ``<spool_dir>/broker/`` (``filesystem://``), which needs no server at all.
 
 Why the filesystem transport and not kombu's SQLAlchemy transport on a SQLite file (``sqla+sqlite:///``):
@@ -17,29 +17,22 @@ Why the filesystem transport and not kombu's SQLAlchemy transport on a SQLite fi
   ``tests/jobs/test_worker_faults.py`` checks; neither survives a SIGKILL of the worker's *main* process
   (there is no server-side visibility timeout). Use Redis where that matters (``docs/jobs.md``).
 
-Redis options: ``AINODE_BROKER_VISIBILITY_TIMEOUT`` (seconds a taken, unacknowledged message stays invisible
-before Redis hands it to another worker; default 7200 s, longer than the hard task time limit so a running job
-is never delivered twice) and ``AINODE_BROKER_KEY_PREFIX`` (default ``ainode:``, so several nodes or test runs
-can share one Redis database).
+Redis options (settings): ``broker_visibility_timeout`` (``AINODE_BROKER_VISIBILITY_TIMEOUT``: seconds a taken,
+unacknowledged message stays invisible before Redis hands it to another worker; default 7200 s, longer than the
+hard task time limit so a running job is never delivered twice) and ``broker_key_prefix``
+(``AINODE_BROKER_KEY_PREFIX``, default ``ainode:``, so several nodes or test runs can share one Redis database).
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from node.config import parse_seconds
+from node.config import Settings
 from node.errors import ConfigError, TransientError
 
-BROKER_ENV = "AINODE_BROKER_URL"
-VISIBILITY_ENV = "AINODE_BROKER_VISIBILITY_TIMEOUT"
-KEY_PREFIX_ENV = "AINODE_BROKER_KEY_PREFIX"
 EMBEDDED_URL = "filesystem://localhost/"  # a host name only to keep kombu from warning "no hostname"
-DEFAULT_VISIBILITY_TIMEOUT_S = 7200.0
-DEFAULT_KEY_PREFIX = "ainode:"
 _SCHEMES = ("redis://", "rediss://", "redis+socket://", "filesystem://", "memory://")
 
 
@@ -74,27 +67,20 @@ def embedded_broker(folder: Path) -> BrokerConfig:
     return BrokerConfig(EMBEDDED_URL, options, embedded=True)
 
 
-def redis_broker(url: str, env: Mapping[str, str]) -> BrokerConfig:
-    visibility = DEFAULT_VISIBILITY_TIMEOUT_S
-    if VISIBILITY_ENV in env:
-        visibility = parse_seconds(env[VISIBILITY_ENV], f"environment variable {VISIBILITY_ENV}")
-    prefix = env.get(KEY_PREFIX_ENV, DEFAULT_KEY_PREFIX)
-    options: dict[str, Any] = {"visibility_timeout": visibility, "global_keyprefix": prefix}
+def redis_broker(url: str, visibility_timeout_s: float, key_prefix: str) -> BrokerConfig:
+    options: dict[str, Any] = {"visibility_timeout": visibility_timeout_s, "global_keyprefix": key_prefix}
     return BrokerConfig(url, options)
 
 
-def resolve_broker(
-    explicit: str | None = None, *, spool_dir: Path, env: Mapping[str, str] | None = None
-) -> BrokerConfig:
-    """The broker to use: ``explicit`` > ``$AINODE_BROKER_URL`` > the embedded broker under ``spool_dir``."""
-    environ = os.environ if env is None else env
-    url = (explicit or environ.get(BROKER_ENV, "")).strip()
+def resolve_broker(settings: Settings, explicit: str | None = None) -> BrokerConfig:
+    """The broker to use: ``explicit`` > ``settings.broker_url`` > the embedded broker under the spool."""
+    url = (explicit or settings.broker_url or "").strip()
     if not url or url in ("filesystem://", EMBEDDED_URL):
-        return embedded_broker(spool_dir / "broker")
+        return embedded_broker(settings.spool_dir / "broker")
     if not url.startswith(_SCHEMES):
         raise ConfigError(f"broker URL {url.split('://')[0]}://... is not supported (use redis://HOST:PORT/DB)")
     if url.startswith(("redis", "rediss")):
-        return redis_broker(url, environ)
+        return redis_broker(url, settings.broker_visibility_timeout, settings.broker_key_prefix)
     return BrokerConfig(url)
 
 

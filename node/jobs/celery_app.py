@@ -1,9 +1,10 @@
 """The Celery application of the node and its production settings (one block, each setting says why).
 
-``celery -A node.jobs.celery_app worker`` and ``ainode worker`` both use :data:`app`. It is configured at import
-from the environment (``AINODE_*``, the same variables :class:`node.config.Settings` reads), so every process
-of a worker, including forked pool processes, sees one configuration; :func:`configure` re-applies it with
-explicit values (``ainode worker --broker URL``).
+``ainode worker`` configures :data:`app` explicitly with the process's :class:`~node.config.Settings`
+(:func:`configure`) before it starts the worker, so every forked pool process inherits one configuration.
+``celery -A node.jobs.celery_app ...`` (the compose healthcheck, Flower) configures it on first use from the
+environment (:meth:`Settings.load`), through a lazy ``add_defaults`` promise: importing this module reads
+nothing.
 
 Results live in the ledger (jobs, deliveries, audit events), not in a Celery result backend: there is none.
 """
@@ -11,37 +12,28 @@ Results live in the ledger (jobs, deliveries, audit events), not in a Celery res
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Mapping
 from typing import Any
 
 from celery import Celery
 from celery.signals import setup_logging
 
 from node import log
-from node.config import Settings, parse_count, parse_seconds
+from node.config import Settings
 from node.jobs.broker import BrokerConfig, resolve_broker
+from node.values import parse_count
+from node.vocabulary import DELIVER_TASK, POLL_TASK
 
 logger = logging.getLogger(__name__)
 
-QUEUE_ENV = "AINODE_QUEUE"
-SOFT_LIMIT_ENV = "AINODE_TASK_SOFT_TIME_LIMIT"
-HARD_LIMIT_ENV = "AINODE_TASK_TIME_LIMIT"
-POLL_ENV = "AINODE_POLL_INTERVAL"
-DEFAULT_QUEUE = "ainode"
 
 app = Celery("ainode", include=["node.jobs.tasks"])
 
 
-def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
-    return parse_seconds(env[name], f"environment variable {name}") if name in env else default
-
-
-def production_settings(broker: BrokerConfig, env: Mapping[str, str], concurrency: int = 1) -> dict[str, Any]:
+def production_settings(broker: BrokerConfig, settings: Settings, concurrency: int = 1) -> dict[str, Any]:
     """The worker settings; every value cites the Celery documentation's configuration reference."""
-    soft = _seconds(env, SOFT_LIMIT_ENV, 1500.0)
-    hard = _seconds(env, HARD_LIMIT_ENV, max(soft + 60.0, 1800.0))
-    poll = _seconds(env, POLL_ENV, 5.0)
+    soft = settings.task_soft_time_limit
+    hard = settings.hard_time_limit
+    poll = settings.poll_interval
     return {
         "broker_url": broker.url,
         # visibility_timeout / global_keyprefix (Redis) or the folders of the embedded broker (broker.py)
@@ -76,7 +68,7 @@ def production_settings(broker: BrokerConfig, env: Mapping[str, str], concurrenc
         "task_time_limit": hard,
         # "started" state is visible in flower/inspect even without a result backend
         "task_track_started": True,
-        "task_default_queue": env.get(QUEUE_ENV, DEFAULT_QUEUE),
+        "task_default_queue": settings.queue,
         # UTC timestamps everywhere; the ledger stores POSIX seconds
         "enable_utc": True,
         "timezone": "UTC",
@@ -87,28 +79,48 @@ def production_settings(broker: BrokerConfig, env: Mapping[str, str], concurrenc
         # each periodic message expires when the next one is due: while every worker is busy with a study, the
         # polls that pile up in the queue are discarded unrun instead of delaying the next job or delivery
         "beat_schedule": {
-            "poll-ready-studies": {"task": "ainode.poll_ready", "schedule": poll, "options": {"expires": poll}},
-            "deliver-due-results": {"task": "ainode.deliver", "schedule": max(poll, 30.0),
+            "poll-ready-studies": {"task": POLL_TASK, "schedule": poll, "options": {"expires": poll}},
+            "deliver-due-results": {"task": DELIVER_TASK, "schedule": max(poll, 30.0),
                                     "options": {"expires": max(poll, 30.0)}},
         },
     }
 
 
-def configure(
-    broker: str | None = None, *, concurrency: int = 1, env: Mapping[str, str] | None = None
-) -> BrokerConfig:
-    """(Re)configure :data:`app` from ``env`` (default: the process environment) and an explicit broker URL."""
-    environ = os.environ if env is None else env
-    settings = Settings.load(env=environ)
-    resolved = resolve_broker(broker, spool_dir=settings.spool_dir, env=environ)
-    app.conf.update(production_settings(resolved, environ, parse_count(concurrency, "concurrency")))
+_configured: list[Settings] = []
+_verbosity: list[int] = []  # the log level the worker was started with, for its pool processes
+
+
+def configure(settings: Settings, broker: str | None = None, *, concurrency: int = 1,
+              verbosity: int | None = None) -> BrokerConfig:
+    """Configure :data:`app` (and the tasks' retry policy) for ``settings``; ``broker`` overrides its broker.
+
+    ``verbosity`` (``-v``) is the log level of the pool processes too (they inherit it when they fork).
+    """
+    from node.jobs import tasks
+
+    resolved = resolve_broker(settings, broker)
+    _configured[:] = [settings]
+    _verbosity[:] = [] if verbosity is None else [verbosity]
+    app.conf.update(production_settings(resolved, settings, parse_count(concurrency, "concurrency")))
+    tasks.apply_settings(settings)
     return resolved
+
+
+def _settings_on_first_use() -> dict[str, Any]:
+    """``celery -A node.jobs.celery_app``: nobody called :func:`configure`; take the environment's settings."""
+    if _configured:
+        return {}
+    settings = Settings.load()
+    _configured.append(settings)
+    return production_settings(resolve_broker(settings), settings)
+
+
+app.add_defaults(_settings_on_first_use)  # a promise: evaluated when the configuration is first read
 
 
 @setup_logging.connect
 def _setup_logging(**_kwargs: Any) -> None:
     """Replace Celery's logging set-up by the node's (correlation ids, JSON unless ``AINODE_LOG_FORMAT=text``)."""
-    log.configure(log.env_verbosity(1), default=log.LogFormat.JSON)
+    log.configure(_verbosity[0] if _verbosity else log.env_verbosity(1), default=log.LogFormat.JSON)
 
 
-configure()

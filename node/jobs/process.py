@@ -92,24 +92,13 @@ class ProcessResult:
         return (self.sr_path, *self.companion_paths)
 
 
-def primary_subtype_attributes() -> tuple[str, ...]:
-    raw = os.environ.get("AINODE_PRIMARY_SUBTYPE_ATTRIBUTES", "").strip()
-    if not raw:
-        return PRIMARY_SUBTYPE_ATTRIBUTES
-    names = tuple(n.strip() for n in raw.split(",") if n.strip())
-    unknown = [n for n in names if pydicom.datadict.tag_for_keyword(n) is None]
-    if unknown:
-        raise ConfigError(f"AINODE_PRIMARY_SUBTYPE_ATTRIBUTES names unknown DICOM keyword(s): {', '.join(unknown)}")
-    return names
-
-
 def primary_subtype_from_headers(
     datasets: Iterable[Dataset], attributes: Sequence[str] | None = None
 ) -> tuple[str | None, list[str]]:
     """The primary-tumour subtype stated in the headers, and warnings (conflicting statements -> ``None``)."""
     found: set[str] = set()
     for ds in datasets:
-        for keyword in attributes or primary_subtype_attributes():
+        for keyword in attributes or PRIMARY_SUBTYPE_ATTRIBUTES:
             value = ds.get(keyword)
             if value is None or value == "":
                 continue
@@ -239,6 +228,7 @@ def process_study(
     primary_lookup: PrimaryLookup | None = None,
     config: PipelineConfig | None = None,
     companions: Sequence[str] = ("sc",),
+    primary_attributes: Sequence[str] = PRIMARY_SUBTYPE_ATTRIBUTES,
 ) -> ProcessResult:
     """Analyse the study in ``study_dir`` and write the validated SR and companions into ``out_dir``.
 
@@ -271,11 +261,11 @@ def process_study(
             if found is not None:
                 primary, primary_source = normalise_subtype(found[0]), found[1]
         if primary is None:
-            primary, notes = primary_subtype_from_headers([source.t1ce[0], source.seg])
+            primary, notes = primary_subtype_from_headers([source.t1ce[0], source.seg], primary_attributes)
             warnings += notes
             primary_source = "the study's headers" if primary is not None else None
         else:
-            stated, _ = primary_subtype_from_headers([source.t1ce[0], source.seg])
+            stated, _ = primary_subtype_from_headers([source.t1ce[0], source.seg], primary_attributes)
             if stated is not None and stated != primary:
                 warnings.append(f"the primary subtype {primary} ({primary_source}) differs from the one the study "
                                 f"states ({stated}); {primary} was used")

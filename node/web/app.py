@@ -7,9 +7,8 @@ login page; everything else needs the token (``node.web.auth``). Responses carry
 
 from __future__ import annotations
 
-import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from typing import Any
@@ -23,7 +22,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from node import __version__
 from node.config import Settings
 from node.jobs.broker import BrokerConfig, resolve_broker
-from node.jobs.celery_app import DEFAULT_QUEUE, QUEUE_ENV
 from node.ledger.db import Ledger
 from node.ledger.repository import Repository
 from node.web import api, pages
@@ -52,28 +50,26 @@ def create_app(
     ledger: Ledger | None = None,
     broker: BrokerConfig | None = None,
     dispatcher: Dispatcher | None = None,
-    env: Mapping[str, str] | None = None,
     clock: Callable[[], float] = time.time,
     health_timeout_s: float = 2.0,
 ) -> FastAPI:
     """The dashboard app for the node described by ``settings``; ``token`` is required (see ``load_token``).
 
     ``ledger``, ``broker`` and ``dispatcher`` default to the settings' ledger, the broker resolved like the
-    workers' (``AINODE_BROKER_URL`` or the embedded one in the spool) and a Celery client on that broker.
+    workers' (the settings' ``broker_url`` or the embedded one in the spool) and a Celery client on that broker.
     """
-    environ = os.environ if env is None else env
     auth = Authenticator(token, clock=clock)
     owns_ledger = ledger is None
     ledger = ledger or Ledger.open(settings.effective_database_url)
-    broker = broker or resolve_broker(None, spool_dir=settings.spool_dir, env=environ)
+    broker = broker or resolve_broker(settings)
     own_dispatcher = None
     if dispatcher is None:
         from node.web.dispatch import CeleryDispatcher
 
-        dispatcher = own_dispatcher = CeleryDispatcher(broker, environ)
+        dispatcher = own_dispatcher = CeleryDispatcher(broker, settings)
     repo = Repository(ledger, settings.late_instance_policy)
     results = ResultReader(settings.spool_dir)
-    queue = environ.get(QUEUE_ENV, DEFAULT_QUEUE)
+    queue = settings.queue
     ctx = WebContext(
         settings=settings, ledger=ledger, repo=repo, auth=auth, queries=Queries(ledger, results),
         actions=Actions(repo, settings.spool_dir, dispatcher, clock), broker=broker,

@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
+from node.config import Settings
 from node.errors import ConfigError
 
 TOKEN_ENV = "AINODE_WEB_TOKEN"
@@ -34,21 +33,18 @@ MAX_FAILURES = 10  # wrong tokens from one client address within FAILURE_WINDOW_
 FAILURE_WINDOW_S = 300.0
 
 
-def load_token(env: Mapping[str, str] | None = None) -> str:
-    """The configured token (``AINODE_WEB_TOKEN_FILE`` or ``AINODE_WEB_TOKEN``); :class:`ConfigError` if none."""
-    environ = os.environ if env is None else env
-    file_name = environ.get(TOKEN_FILE_ENV, "").strip()
-    direct = environ.get(TOKEN_ENV, "").strip()
-    if file_name and direct:
-        raise ConfigError(f"set only one of {TOKEN_ENV} and {TOKEN_FILE_ENV}")
-    if file_name:
+def load_token(settings: Settings) -> str:
+    """The configured token (``web_token_file`` or ``web_token``); :class:`ConfigError` if none."""
+    if settings.web_token_file is not None:
         try:
-            token = Path(file_name).read_text(encoding="utf-8").strip()
+            token = settings.web_token_file.read_text(encoding="utf-8").strip()
         except OSError as exc:
-            raise ConfigError(f"{TOKEN_FILE_ENV}: {file_name} cannot be read: {exc.strerror}") from exc
-        where = f"the file {file_name} ({TOKEN_FILE_ENV})"
+            raise ConfigError(
+                f"{TOKEN_FILE_ENV}: {settings.web_token_file} cannot be read: {exc.strerror}"
+            ) from exc
+        where = f"the file {settings.web_token_file} ({TOKEN_FILE_ENV})"
     else:
-        token, where = direct, TOKEN_ENV
+        token, where = (settings.web_token or "").strip(), TOKEN_ENV
     if not token:
         raise ConfigError(
             f"no access token configured: set {TOKEN_ENV} or {TOKEN_FILE_ENV} (there is no default password; "

@@ -7,24 +7,24 @@ imports or runs the task code.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from celery import Celery
 from kombu.exceptions import KombuError
 
+from node.config import Settings
 from node.errors import TransientError
 from node.jobs.broker import BrokerConfig
 from node.vocabulary import DELIVER_TASK, PROCESS_TASK
 
 
 class CeleryDispatcher:
-    def __init__(self, broker: BrokerConfig, env: Mapping[str, str]) -> None:
+    def __init__(self, broker: BrokerConfig, node_settings: Settings) -> None:
         from node.jobs.celery_app import production_settings
 
         self.broker = broker
         self.app = Celery("ainode-web")
-        settings = production_settings(broker, env)
+        settings = production_settings(broker, node_settings)
         settings.pop("beat_schedule")  # the web process never runs beat
         self.app.conf.update(settings)
 

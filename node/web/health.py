@@ -21,9 +21,9 @@ from pathlib import Path
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from node.config import Destination
 from node.jobs.broker import BrokerConfig
 from node.ledger.db import Ledger
+from node.values import Destination
 
 TIMEOUT_S = 2.0
 

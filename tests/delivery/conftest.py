@@ -18,9 +18,9 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, SecondaryCaptureImageStorage, generate_uid
 from pynetdicom import AE, StoragePresentationContexts, evt
 
-from node.config import Destination
 from node.ledger.db import Ledger
 from node.ledger.repository import InstanceHeader, Repository, idempotency_key
+from node.values import Destination
 
 STUDY = "1.2.826.0.1.3680043.8.498.1"
 VERIFICATION = "1.2.840.10008.1.1"

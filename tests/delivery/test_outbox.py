@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from node.config import Destination
 from node.delivery.outbox import OutboxPolicy, deliver_pending, next_attempt_at
 from node.delivery.scu import send_files
 from node.errors import PacsUnavailableError
 from node.ledger import deliveries as store
 from node.ledger.repository import Repository
 from node.ledger.tables import DeliveryState
+from node.values import Destination
 from tests.delivery.conftest import StoreSCP, free_port, make_file, make_job, sop_uid
 
 

@@ -9,9 +9,9 @@ import pydicom
 import pytest
 from pydicom.uid import MRImageStorage, SecondaryCaptureImageStorage
 
-from node.config import Destination
 from node.delivery.scu import send_files
 from node.errors import DeliveryRefusedError, PacsUnavailableError, TransientError
+from node.values import Destination
 from tests.delivery.conftest import StoreSCP, free_port, make_file, sop_uid
 
 

@@ -36,6 +36,11 @@ from tests.deploy.compose import (
     services,
 )
 
+
+def spool_settings(spool_dir: Path, env: dict[str, str] | None = None) -> Settings:
+    """Settings from ``env`` (as if it were the environment) with the spool in ``spool_dir``."""
+    return Settings.load(env={**(env or {}), "AINODE_SPOOL_DIR": str(spool_dir)})
+
 NODE_SERVICES = ("listener", "scheduler", "worker", "web")
 _LITERAL = re.compile(r"[\"'](AINODE_[A-Z0-9_]+)[\"']")
 
@@ -151,9 +156,9 @@ def test_values_parse_with_the_node_parsers(stack: dict[str, Service], name: str
     assert str(settings.spool_dir) == stack[name].volumes["spool"]  # the spool is the mounted volume
     assert settings.effective_database_url.startswith("postgresql://")
     assert settings.destinations, "a deployment sends its results somewhere"
-    broker = resolve_broker(None, spool_dir=settings.spool_dir, env=env)
+    broker = resolve_broker(spool_settings(settings.spool_dir, env))
     assert broker.url.startswith("redis://redis:") and not broker.embedded
-    conf = production_settings(broker, env)
+    conf = production_settings(broker, Settings.load(env=env))
     assert conf["task_time_limit"] < conf["broker_transport_options"]["visibility_timeout"], \
         "a running job would be handed to a second worker before its time limit"
     models = Path(env["AINODE_MODELS_DIR"])

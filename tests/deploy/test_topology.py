@@ -41,12 +41,12 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from node.cli.demo import ReceivingAE
-from node.config import Destination
 from node.delivery.scu import send_files
 from node.ledger.db import Ledger
 from node.ledger.repository import Repository
 from node.ledger.tables import JobState, StudyState
 from node.sr.validate import FAST_SR_CHECKS, validate_sr
+from node.values import Destination
 from tests.deploy.compose import ROOT, Service, healthcheck_argv, services
 from tests.jobs.conftest import wait_for
 from tests.phi import assert_no_phi, patient_identifiers

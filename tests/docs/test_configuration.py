@@ -11,8 +11,8 @@ from pathlib import Path
 from node.cli import configuration as environment
 from node.config import ENV_PREFIX, Settings
 from node.docgen import read_blocks, stale_blocks
-from node.jobs.broker import DEFAULT_KEY_PREFIX, DEFAULT_VISIBILITY_TIMEOUT_S, BrokerConfig
-from node.jobs.celery_app import DEFAULT_QUEUE, production_settings
+from node.jobs.broker import BrokerConfig
+from node.jobs.celery_app import production_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "configuration.md"
@@ -64,15 +64,28 @@ def test_every_variable_the_code_reads_is_on_the_page() -> None:
     assert sorted(declared - in_code) == [], "declared in node/cli/configuration.py but no longer read by node/"
 
 
-def test_declared_defaults_match_the_code() -> None:
-    documented = {v.name: v.default for v in environment.VARIABLES}
-    conf = production_settings(BrokerConfig("memory://"), {})
-    assert documented["AINODE_QUEUE"] == f"`{DEFAULT_QUEUE}`" == f"`{conf['task_default_queue']}`"
-    assert documented["AINODE_TASK_SOFT_TIME_LIMIT"] == f"`{conf['task_soft_time_limit']:g}`"
-    assert f"`{conf['task_time_limit']:g}`" in documented["AINODE_TASK_TIME_LIMIT"]
-    assert documented["AINODE_POLL_INTERVAL"] == f"`{conf['beat_schedule']['poll-ready-studies']['schedule']:g}`"
-    assert documented["AINODE_BROKER_VISIBILITY_TIMEOUT"] == f"`{DEFAULT_VISIBILITY_TIMEOUT_S:g}`"
-    assert documented["AINODE_BROKER_KEY_PREFIX"] == f"`{DEFAULT_KEY_PREFIX}`"
+def test_job_defaults_reach_the_celery_configuration() -> None:
+    """The documented job-layer defaults are the ones the worker runs with."""
+    defaults = Settings()
+    conf = production_settings(BrokerConfig("memory://"), defaults)
+    assert conf["task_default_queue"] == defaults.queue == "ainode"
+    assert conf["task_soft_time_limit"] == defaults.task_soft_time_limit
+    assert conf["task_time_limit"] == max(defaults.task_soft_time_limit + 60, 1800)
+    assert conf["beat_schedule"]["poll-ready-studies"]["schedule"] == defaults.poll_interval
+
+
+def test_only_node_config_reads_the_environment() -> None:
+    """One configuration: no module but node/config.py reads os.environ / os.getenv (ITK's thread variable, which
+    the node *sets* for ANTs, is the one write allowed elsewhere)."""
+    reads = re.compile(r"os\.environ(?!\[\"ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS\"\] =)|os\.getenv|environ\.get\(")
+    offenders = sorted(
+        f"{path.relative_to(ROOT)}:{number}"
+        for path in (ROOT / "node").rglob("*.py")
+        if path.name != "config.py"
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if reads.search(line) and not line.lstrip().startswith("#")
+    )
+    assert offenders == []
 
 
 def test_listener_page_points_here_instead_of_keeping_a_copy() -> None:

@@ -6,12 +6,13 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pydicom
 import pytest
 
-from node.cli.serve import export_settings, start_node
+from node.cli.serve import settings_from_args, start_node
 from node.sr.validate import validate_sr
 from node.synth.generate import generate_cohort
 from tests.integration.orthanc import ORTHANC_AE, Orthanc, free_port, orthanc_binary, start_orthanc
@@ -44,12 +45,12 @@ def test_orthanc_sends_study_and_receives_sr(tmp_path: Path) -> None:
     node = None
     try:
         environ = dict(os.environ)
-        export_settings(argparse.Namespace(
+        # always the embedded broker
+        settings = replace(settings_from_args(argparse.Namespace(
             config=None, ae_title="AINODE", port=node_port,
             destination=[f"{ORTHANC_AE}@127.0.0.1:{orthanc.dicom_port}"], spool_dir=tmp_path / "spool",
-            database=None, quiet_period=2.0, broker=None, models=None), environ)
-        environ.pop("AINODE_BROKER_URL", None)
-        node = start_node(environ)
+            database=None, quiet_period=2.0, broker=None, models=None), environ), broker_url=None)
+        node = start_node(settings)
 
         study_ids = {orthanc.upload(path)["ParentStudy"] for path in files}
         assert len(study_ids) == 1

@@ -22,15 +22,23 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from node.config import Destination, ForceCompleteAction
+from node.config import ForceCompleteAction, Settings
 from node.jobs.broker import BrokerConfig, resolve_broker
 from node.jobs.celery_app import production_settings
 from node.jobs.completeness import CompletenessChecker, CompletenessPolicy
-from node.jobs.tasks import JobContext, JobOptions, dispatch_ready
+from node.jobs.context import JobContext, JobOptions
+from node.jobs.runner import dispatch_ready
 from node.ledger.db import Ledger
 from node.ledger.repository import JobRecord, Repository
 from node.spool import result_dir
+from node.values import Destination
 from tests.scp.fixtures import FakeClock, send, start, synth_case
+
+
+def spool_settings(spool_dir: Path, env: dict[str, str] | None = None) -> Settings:
+    """Settings from ``env`` (as if it were the environment) with the spool in ``spool_dir``."""
+    return Settings.load(env={**(env or {}), "AINODE_SPOOL_DIR": str(spool_dir)})
+
 
 __all__ = ["start", "synth_case"]
 
@@ -141,12 +149,12 @@ class BrokerUnderTest:
     env: dict[str, str]  # AINODE_BROKER_* / AINODE_QUEUE for the worker and the client
 
     def config(self, spool_dir: Path) -> BrokerConfig:
-        return resolve_broker(None, spool_dir=spool_dir, env=self.env)
+        return resolve_broker(spool_settings(spool_dir, self.env))
 
     def client(self, spool_dir: Path) -> Celery:
         """A separate Celery app that only sends, configured like the workers."""
         app = Celery(f"test-client-{self.name}")
-        app.conf.update(production_settings(self.config(spool_dir), self.env))
+        app.conf.update(production_settings(self.config(spool_dir), Settings.load(env=self.env)))
         return app
 
 

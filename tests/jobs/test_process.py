@@ -14,6 +14,7 @@ from pydicom.dataset import Dataset
 
 from node import cli
 from node.cli import analyse as analyse_command
+from node.config import Settings
 from node.errors import ConfigError, MissingSeriesError
 from node.imaging.features import FEATURE_NAMES
 from node.jobs.model_set import load_model_set
@@ -197,11 +198,10 @@ def test_primary_subtype_from_headers(synth_case: SynthCase, monkeypatch: pytest
     other.PatientComments = "primary-subtype=triple negative"
     value, warnings = primary_subtype_from_headers([ds, other])
     assert value is None and "conflicting" in warnings[0]
-    monkeypatch.setenv("AINODE_PRIMARY_SUBTYPE_ATTRIBUTES", "PatientComments")
-    assert primary_subtype_from_headers([ds, other]) == ("TN", [])
-    monkeypatch.setenv("AINODE_PRIMARY_SUBTYPE_ATTRIBUTES", "NoSuchKeyword")
-    with pytest.raises(ConfigError):
-        primary_subtype_from_headers([ds])
+    attributes = Settings.load(env={"AINODE_PRIMARY_SUBTYPE_ATTRIBUTES": "PatientComments"}).primary_subtype_attributes
+    assert primary_subtype_from_headers([ds, other], attributes) == ("TN", [])
+    with pytest.raises(ConfigError, match="AINODE_PRIMARY_SUBTYPE_ATTRIBUTES"):
+        Settings.load(env={"AINODE_PRIMARY_SUBTYPE_ATTRIBUTES": "NoSuchKeyword"})
     assert normalise_subtype(" HR+/HER2+ ") == "HR+/HER2+"
 
 

@@ -9,52 +9,61 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from node.config import Destination
+from node.config import Settings
 from node.errors import ConfigError
 from node.jobs.broker import EMBEDDED_URL, resolve_broker
 from node.jobs.celery_app import production_settings
-from node.jobs.tasks import _RETRY_POLICY, process_study_task, run_process_job
+from node.jobs.runner import run_process_job
+from node.jobs.tasks import _RETRY_POLICY, process_study_task
 from node.ledger.tables import DeliveryState, JobState, StudyState
 from node.spool import result_dir
+from node.values import Destination
 from tests.jobs.conftest import Node
+
+
+def spool_settings(spool_dir: Path, env: dict[str, str] | None = None) -> Settings:
+    """Settings from ``env`` (as if it were the environment) with the spool in ``spool_dir``."""
+    return Settings.load(env={**(env or {}), "AINODE_SPOOL_DIR": str(spool_dir)})
+
 
 # -- broker and settings -----------------------------------------------------------------------------------
 
 
 def test_broker_resolution_order(tmp_path: Path) -> None:
     env = {"AINODE_BROKER_URL": "redis://db:6379/3", "AINODE_BROKER_VISIBILITY_TIMEOUT": "30"}
-    explicit = resolve_broker("redis://other:6379/1", spool_dir=tmp_path, env=env)
+    explicit = resolve_broker(spool_settings(tmp_path, env), "redis://other:6379/1")
     assert explicit.url == "redis://other:6379/1" and explicit.transport_options["visibility_timeout"] == 30.0
-    from_env = resolve_broker(None, spool_dir=tmp_path, env=env)
+    from_env = resolve_broker(spool_settings(tmp_path, env))
     assert from_env.url == "redis://db:6379/3" and from_env.transport_options["global_keyprefix"] == "ainode:"
-    embedded = resolve_broker(None, spool_dir=tmp_path, env={})
+    embedded = resolve_broker(spool_settings(tmp_path))
     assert embedded.embedded and embedded.url == EMBEDDED_URL
     assert Path(embedded.transport_options["data_folder_in"]).is_dir()
     assert Path(embedded.transport_options["data_folder_in"]).is_relative_to(tmp_path / "broker")
-    assert "***" in resolve_broker("redis://:secret@db:6379/0", spool_dir=tmp_path, env={}).describe()
+    assert "***" in resolve_broker(spool_settings(tmp_path), "redis://:secret@db:6379/0").describe()
 
 
 @pytest.mark.parametrize("url", ["amqp://guest@localhost//", "sqs://", "nonsense"])
 def test_unsupported_broker_is_a_config_error(tmp_path: Path, url: str) -> None:
     with pytest.raises(ConfigError, match="not supported"):
-        resolve_broker(url, spool_dir=tmp_path, env={})
+        resolve_broker(spool_settings(tmp_path), url)
 
 
 def test_bad_visibility_timeout_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="AINODE_BROKER_VISIBILITY_TIMEOUT"):
-        resolve_broker("redis://x:6379/0", spool_dir=tmp_path, env={"AINODE_BROKER_VISIBILITY_TIMEOUT": "soon"})
+        resolve_broker(spool_settings(tmp_path, {"AINODE_BROKER_VISIBILITY_TIMEOUT": "soon"}), "redis://x:6379/0")
 
 
 def test_production_settings(tmp_path: Path) -> None:
-    conf = production_settings(resolve_broker(None, spool_dir=tmp_path, env={}),
-                               {"AINODE_TASK_SOFT_TIME_LIMIT": "100"}, concurrency=3)
+    conf = production_settings(resolve_broker(spool_settings(tmp_path)),
+                               Settings.load(env={"AINODE_TASK_SOFT_TIME_LIMIT": "100"}), concurrency=3)
     assert conf["task_acks_late"] and conf["task_reject_on_worker_lost"]
     assert conf["accept_content"] == ["json"] and conf["task_serializer"] == "json"
     assert conf["worker_prefetch_multiplier"] == 1 and conf["worker_max_tasks_per_child"] == 1
     assert conf["worker_concurrency"] == 3
     assert conf["task_soft_time_limit"] == 100 and conf["task_time_limit"] >= 160
     with pytest.raises(ConfigError, match="AINODE_TASK_TIME_LIMIT"):
-        production_settings(resolve_broker(None, spool_dir=tmp_path, env={}), {"AINODE_TASK_TIME_LIMIT": "-1"})
+        production_settings(resolve_broker(spool_settings(tmp_path)),
+                            Settings.load(env={"AINODE_TASK_TIME_LIMIT": "-1"}))
 
 
 def test_tasks_retry_only_transient_errors() -> None:
@@ -133,12 +142,12 @@ def test_redispatch_orphans_sends_only_jobs_without_a_message(dispatched: tuple[
     from celery import Celery
 
     from node.jobs.broker import embedded_broker
-    from node.jobs.tasks import queued_job_ids, redispatch_orphans
+    from node.jobs.recovery import queued_job_ids, redispatch_orphans
 
     node, args = dispatched
     broker = embedded_broker(tmp_path / "broker")
     client = Celery("orphans")
-    client.conf.update(production_settings(broker, {"AINODE_QUEUE": "orphans"}))
+    client.conf.update(production_settings(broker, Settings.load(env={"AINODE_QUEUE": "orphans"})))
     folder = Path(broker.transport_options["data_folder_in"])
     assert queued_job_ids(folder) == set()
     resent: list[tuple[int, str, str, str]] = []

@@ -9,7 +9,7 @@ from sqlalchemy import text
 
 from node import cli
 from node.errors import ConfigError
-from node.jobs.tasks import primary_lookup
+from node.jobs.runner import primary_lookup
 from node.ledger.db import Ledger
 from node.ledger.primary import KeyKind, clear_primary, list_primary, lookup_primary, set_primary
 from node.ledger.repository import Repository

@@ -6,14 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from node.config import (
-    Destination,
-    DuplicatePolicy,
-    ForceCompleteAction,
-    LateInstancePolicy,
-    Settings,
-)
+from node.config import DuplicatePolicy, ForceCompleteAction, LateInstancePolicy, Settings
 from node.errors import ConfigError
+from node.values import Destination
 
 
 def test_defaults() -> None:

@@ -7,7 +7,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
@@ -15,15 +15,16 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
-from node.config import Destination, Settings
+from node.config import Settings
 from node.jobs.broker import BrokerConfig, embedded_broker
 from node.jobs.process import ProcessResult
-from node.jobs.tasks import write_result_json
+from node.jobs.runner import write_result_json
 from node.ledger import deliveries as store
 from node.ledger.db import Ledger
 from node.ledger.repository import InstanceHeader, Repository, idempotency_key
 from node.ledger.tables import DeliveryState
 from node.spool import result_dir
+from node.values import Destination
 from node.web.app import create_app
 from node.web.dispatch import CeleryDispatcher
 from tests.scp.fixtures import FakeClock, ledger_url
@@ -211,10 +212,10 @@ def node_factory(tmp_path: Path) -> Iterator[Callable[..., WebNode]]:
     def factory(url: str | None = None, destinations: tuple[Destination, ...] | None = None) -> WebNode:
         root = tmp_path / f"node{len(made)}"
         node = make_node(root, url or f"sqlite:///{root / 'ledger.sqlite3'}", destinations=destinations)
-        env = {"AINODE_QUEUE": QUEUE}
-        dispatcher = CeleryDispatcher(node.broker, env)
-        app = create_app(node.settings, TOKEN, ledger=node.ledger, broker=node.broker, dispatcher=dispatcher,
-                         env=env, clock=node.clock, health_timeout_s=1.0)
+        settings = replace(node.settings, queue=QUEUE)
+        dispatcher = CeleryDispatcher(node.broker, settings)
+        app = create_app(settings, TOKEN, ledger=node.ledger, broker=node.broker, dispatcher=dispatcher,
+                         clock=node.clock, health_timeout_s=1.0)
         served = Served(app)
         node.base_url = served.url
         made.append((node, served, dispatcher))

@@ -9,14 +9,21 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from node.config import Destination
+from node.config import Settings
 from node.errors import TransientError
 from node.jobs.broker import queue_depth, resolve_broker
-from node.jobs.tasks import queued_job_ids
+from node.jobs.recovery import queued_job_ids
 from node.ledger.tables import DeliveryState, JobState, StudyState
+from node.values import Destination
 from node.web.dispatch import CeleryDispatcher
 from node.web.health import broker_probe
 from tests.web.conftest import DONE_UID, FAILED_UID, RECEIVING_UID, TOKEN, WebNode
+
+
+def spool_settings(spool_dir: Path, env: dict[str, str] | None = None) -> Settings:
+    """Settings from ``env`` (as if it were the environment) with the spool in ``spool_dir``."""
+    return Settings.load(env={**(env or {}), "AINODE_SPOOL_DIR": str(spool_dir)})
+
 
 
 def test_no_token_is_401_and_not_audited(web: WebNode) -> None:
@@ -222,15 +229,15 @@ def test_queue_depth_and_broker_check_on_redis(tmp_path: Path) -> None:
     run = uuid.uuid4().hex[:10]
     env = {"AINODE_BROKER_URL": "redis://127.0.0.1:6379/0", "AINODE_BROKER_KEY_PREFIX": f"ainode-web-{run}:",
            "AINODE_QUEUE": f"web-{run}"}
-    broker = resolve_broker(None, spool_dir=tmp_path, env=env)
-    dispatcher = CeleryDispatcher(broker, env)
+    broker = resolve_broker(spool_settings(tmp_path, env))
+    dispatcher = CeleryDispatcher(broker, Settings.load(env=env))
     try:
         assert queue_depth(broker, env["AINODE_QUEUE"]) == 0
         dispatcher.process(7, "1.2.3", "/spool/x", "/spool/results/x/job-7")
         dispatcher.deliver(7)
         assert queue_depth(broker, env["AINODE_QUEUE"]) == 2
         assert broker_probe(broker)().endswith("answers PING")
-        down = resolve_broker("redis://127.0.0.1:1/0", spool_dir=tmp_path, env={})
+        down = resolve_broker(spool_settings(tmp_path), "redis://127.0.0.1:1/0")
         with pytest.raises(TransientError, match="cannot be reached"):
             queue_depth(down, "x", timeout_s=0.5)
     finally:

@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from node import cli
+from node.config import Settings
 from node.errors import ConfigError
 from node.web.auth import MAX_FAILURES, SESSION_COOKIE, Authenticator, FailedLogins, load_token
 from tests.scp.fixtures import FakeClock
@@ -22,17 +23,17 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_token_comes_from_the_environment_or_a_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no access token configured"):
-        load_token({})
+        load_token(Settings.load(env={}))
     with pytest.raises(ConfigError, match="too short"):
-        load_token({"AINODE_WEB_TOKEN": "short"})
-    assert load_token({"AINODE_WEB_TOKEN": f"  {TOKEN}\n"}) == TOKEN
+        load_token(Settings.load(env={"AINODE_WEB_TOKEN": "short"}))
+    assert load_token(Settings.load(env={"AINODE_WEB_TOKEN": f"  {TOKEN}\n"})) == TOKEN
     secret = tmp_path / "token"
     secret.write_text(TOKEN + "\n")
-    assert load_token({"AINODE_WEB_TOKEN_FILE": str(secret)}) == TOKEN
+    assert load_token(Settings.load(env={"AINODE_WEB_TOKEN_FILE": str(secret)})) == TOKEN
     with pytest.raises(ConfigError, match="only one of"):
-        load_token({"AINODE_WEB_TOKEN_FILE": str(secret), "AINODE_WEB_TOKEN": TOKEN})
+        load_token(Settings.load(env={"AINODE_WEB_TOKEN_FILE": str(secret), "AINODE_WEB_TOKEN": TOKEN}))
     with pytest.raises(ConfigError, match="cannot be read"):
-        load_token({"AINODE_WEB_TOKEN_FILE": str(tmp_path / "missing")})
+        load_token(Settings.load(env={"AINODE_WEB_TOKEN_FILE": str(tmp_path / "missing")}))
 
 
 def test_web_refuses_to_start_without_a_token(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,

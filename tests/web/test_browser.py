@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from node.jobs.tasks import queued_job_ids
+from node.jobs.recovery import queued_job_ids
 from node.ledger import deliveries as store
 from node.ledger.tables import DeliveryState
 from tests.web.conftest import DONE_UID, FAILED_UID, RECEIVING_UID, TOKEN, WebNode

@@ -1,0 +1,181 @@
+"""Typed parsers of configuration values, each raising :class:`ConfigError` that names where the value came from.
+
+Each parser takes the raw value (a string from the environment or the command line, or a YAML scalar/list) and
+``where`` ("environment variable AINODE_PORT", "option --port", "config.yaml: key 'port'").
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from node.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Destination:
+    """A DICOM peer results are sent to, written ``AET@HOST:PORT``."""
+
+    ae_title: str
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable ASCII without backslash
+_DESTINATION = re.compile(r"^(?P<aet>[^@]{1,16})@(?P<host>[A-Za-z0-9_.\-]+|\[[0-9A-Fa-f:.]+\]):(?P<port>[0-9]{1,5})$")
+_SIZE = re.compile(r"^\s*(?P<number>[0-9]+(?:\.[0-9]+)?)\s*(?P<unit>[KMGT]i?B?|B)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_ae_title(value: object, where: str) -> str:
+    text = str(value).strip()
+    if not _AE_TITLE.match(text):
+        raise ConfigError(f"{where}: {value!r} is not an AE title (1-16 printable ASCII characters, no backslash)")
+    return text
+
+
+def parse_ae_titles(value: object, where: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    items = value if isinstance(value, list | tuple) else str(value).split(",")
+    return tuple(parse_ae_title(item, where) for item in items if str(item).strip())
+
+
+def _parse_int(value: object, where: str, low: int, high: int) -> int:
+    if isinstance(value, bool):
+        raise ConfigError(f"{where}: {value!r} is not an integer")
+    try:
+        number = int(str(value).strip())
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {value!r} is not an integer") from exc
+    if not low <= number <= high:
+        raise ConfigError(f"{where}: {number} is outside {low}..{high}")
+    return number
+
+
+def parse_port(value: object, where: str) -> int:
+    return _parse_int(value, where, 0, 65535)
+
+
+def parse_count(value: object, where: str) -> int:
+    return _parse_int(value, where, 1, 10_000)
+
+
+def parse_pdu(value: object, where: str) -> int:
+    number = _parse_int(value, where, 0, 2**32 - 1)
+    if number and number < 4096:  # PS3.8 allows less, but tiny PDUs only slow everything down
+        raise ConfigError(f"{where}: {number} is too small (use 0 for unlimited or at least 4096)")
+    return number
+
+
+def parse_bytes(value: object, where: str) -> int:
+    """``1073741824``, ``500M``, ``5G``, ``5GiB``: binary units."""
+    match = _SIZE.match(str(value))
+    if not match or isinstance(value, bool):
+        raise ConfigError(f"{where}: {value!r} is not a size (e.g. 5G, 500M, 1048576)")
+    unit = (match["unit"] or "").upper().rstrip("B").rstrip("I")
+    return int(float(match["number"]) * _UNITS[unit])
+
+
+def parse_seconds(value: object, where: str) -> float:
+    if isinstance(value, bool):
+        raise ConfigError(f"{where}: {value!r} is not a number of seconds")
+    try:
+        number = float(str(value).strip())
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {value!r} is not a number of seconds") from exc
+    if not 0.0 <= number <= 30 * 86400:
+        raise ConfigError(f"{where}: {number:g} s is outside 0..2592000")
+    return number
+
+
+def parse_text(value: object, where: str) -> str:
+    text = str(value).strip()
+    if not text:
+        raise ConfigError(f"{where}: must not be empty")
+    return text
+
+
+def parse_optional_text(value: object, where: str) -> str | None:
+    text = "" if value is None else str(value).strip()
+    return text or None
+
+
+def parse_path(value: object, where: str) -> Path:
+    return Path(parse_text(value, where)).expanduser()
+
+
+def parse_optional_path(value: object, where: str) -> Path | None:
+    text = "" if value is None else str(value).strip()
+    return Path(text).expanduser() if text else None
+
+
+def parse_destination(value: object, where: str) -> Destination:
+    text = str(value).strip()
+    match = _DESTINATION.match(text)
+    if not match:
+        raise ConfigError(f"{where}: {text!r} is not a destination written AET@HOST:PORT")
+    host = match["host"].strip("[]")
+    return Destination(parse_ae_title(match["aet"], where), host, _parse_int(match["port"], where, 1, 65535))
+
+
+def parse_destinations(value: object, where: str) -> tuple[Destination, ...]:
+    if value is None:
+        return ()
+    items = value if isinstance(value, list | tuple) else str(value).split(",")
+    return tuple(parse_destination(item, where) for item in items if str(item).strip())
+
+
+def parse_bool(value: object, where: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{where}: {value!r} is not a yes/no value (1/0, true/false, yes/no, on/off)")
+
+
+def parse_optional_seconds(value: object, where: str) -> float | None:
+    text = "" if value is None else str(value).strip()
+    return parse_seconds(text, where) if text else None
+
+
+def parse_retries(value: object, where: str) -> int:
+    return _parse_int(value, where, 0, 100)
+
+
+def parse_keywords(value: object, where: str) -> tuple[str, ...]:
+    """Comma-separated (or YAML list of) DICOM attribute keywords, each one pydicom knows."""
+    from pydicom.datadict import tag_for_keyword
+
+    items = value if isinstance(value, list | tuple) else str(value).split(",")
+    names = tuple(str(n).strip() for n in items if str(n).strip())
+    if not names:
+        raise ConfigError(f"{where}: name at least one DICOM keyword")
+    unknown = [n for n in names if tag_for_keyword(n) is None]
+    if unknown:
+        raise ConfigError(f"{where}: unknown DICOM keyword(s): {', '.join(unknown)}")
+    return names
+
+
+def choice(kind: type[enum.StrEnum]) -> Callable[[object, str], Any]:
+    def parse(value: object, where: str) -> Any:
+        text = str(value).strip().lower()
+        try:
+            return kind(text)
+        except ValueError as exc:
+            allowed = ", ".join(m.value for m in kind)
+            raise ConfigError(f"{where}: {value!r} is not one of {allowed}") from exc
+
+    return parse
+
+
