@@ -15,6 +15,7 @@ from node.model.bundle import MANIFEST, Bundle, BundleError, LesionInputError, l
 from node.model.tasks import PRIMARY_PREFIX, Task
 from node.training.cv import full_proba
 from node.training.dataset import Dataset, load_dataset
+from node.vocabulary import DISCLAIMER
 
 
 def _copy(src: Path, tmp_path: Path) -> Path:
@@ -31,7 +32,7 @@ def test_bundle_has_no_pickle_and_records_provenance(bundles):
         assert set(manifest["artefacts"]) | {MANIFEST} == files
         for name, digest in manifest["artefacts"].items():
             assert sha256_file(path / name) == digest
-        assert manifest["disclaimer"] == "research use only, not for diagnosis"
+        assert manifest["disclaimer"] == DISCLAIMER == "Research use only, not for diagnosis"
         assert len(manifest["radiomics_config"]["sha256"]) == 64
         assert manifest["library_versions"]["xgboost"]
         assert manifest["training"]["n_patients"] == 120
@@ -80,7 +81,7 @@ def test_prediction_contract_and_shap_additivity(loaded, subtype_data: Dataset, 
             soft = np.exp(margins - margins.max())
             np.testing.assert_allclose(soft / soft.sum(), proba, atol=1e-4)
     json.dumps(pred.to_json())
-    assert pred.to_json()["disclaimer"] == "research use only, not for diagnosis"
+    assert pred.to_json()["disclaimer"] == DISCLAIMER
 
 
 def bundle_input(bundle: Bundle, features: dict[str, float], primary: str) -> np.ndarray:
