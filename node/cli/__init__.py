@@ -49,10 +49,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def verbosity(command: str, cli_verbose: int) -> int:
+    """``-v`` wins; else ``AINODE_LOG_VERBOSITY``; else info for services (serve, worker, web), warnings otherwise."""
+    if cli_verbose:
+        return cli_verbose
+    return log.env_verbosity(1 if command in log.SERVICE_COMMANDS else 0)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    log.configure(args.verbose, default=log.default_format(args.command))
+    log.configure(verbosity(args.command, args.verbose), default=log.default_format(args.command))
     try:
         return int(args.handler(args) or EXIT_OK)
     except NodeError as exc:

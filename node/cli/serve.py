@@ -140,6 +140,13 @@ def start_node(settings: Settings, *, worker: bool = True, concurrency: int = 1,
     return RunningNode(settings, listener, process)
 
 
+def startup_line(s: Settings, port: int) -> str:
+    """What ``ainode serve`` prints once it listens (no password: the database URL is redacted)."""
+    return (f"ainode serve: {s.ae_title} listening on {s.bind_address}:{port}, spool {s.spool_dir}, "
+            f"ledger {redact_url(s.effective_database_url)}, "
+            f"destinations {', '.join(map(str, s.destinations)) or 'none'}")
+
+
 def run(args: argparse.Namespace) -> int:
     if args.concurrency < 1:
         raise ConfigError("--concurrency must be at least 1")
@@ -155,9 +162,7 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     s = node.settings
-    print(f"ainode serve: {s.ae_title} listening on {s.bind_address}:{node.listener.port}, spool {s.spool_dir}, "
-          f"ledger {redact_url(s.effective_database_url)}, "
-          f"destinations {', '.join(map(str, s.destinations)) or 'none'}", flush=True)
+    print(startup_line(s, node.listener.port), flush=True)
     try:
         while not stop.wait(1.0):
             if node.worker is not None and node.worker.poll() is not None:
