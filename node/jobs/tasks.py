@@ -43,7 +43,7 @@ from node.jobs.summary import result_json
 from node.ledger.db import Ledger
 from node.ledger.primary import lookup_primary
 from node.ledger.repository import JobRecord, LedgerStateError, Repository
-from node.ledger.tables import DeliveryState, JobState, StudyState
+from node.ledger.states import DeliveryState, JobState, StudyState
 from node.log import correlated, study_key
 from node.spool import result_dir, result_json_path, uid_key
 from node.vocabulary import DELIVER_TASK, POLL_TASK, PROCESS_TASK
@@ -143,7 +143,7 @@ def record_deliveries(ctx: JobContext, job_id: int, files: tuple[Path, ...]) -> 
         uid = _sop_instance_uid(path)
         for destination in ctx.options.destinations:
             ctx.repo.record_delivery(job_id, str(destination), uid, DeliveryState.PENDING, ctx.clock(),
-                                     detail=str(path))
+                                     path=str(path))
             count += 1
     return count
 

@@ -45,7 +45,7 @@ from node.config import Destination
 from node.delivery.scu import send_files
 from node.ledger.db import Ledger
 from node.ledger.repository import Repository
-from node.ledger.tables import JobState, StudyState
+from node.ledger.states import JobState, StudyState
 from node.sr.validate import FAST_SR_CHECKS, validate_sr
 from tests.deploy.compose import ROOT, Service, healthcheck_argv, services
 from tests.jobs.conftest import wait_for
