@@ -48,8 +48,9 @@ def _module_name(path: Path) -> str:
     return ".".join(parts)
 
 
-def _imports(path: Path, module: str, known: set[str]) -> Iterable[str]:
-    """The ``node.*`` modules one file imports (``from a import b`` counts ``a.b`` when that is a module)."""
+def _imports(path: Path, module: str, known: set[str], external: tuple[str, ...] = ()) -> Iterable[str]:
+    """The ``node.*`` modules one file imports (``from a import b`` counts ``a.b`` when that is a module), and
+    the imports of the ``external`` modules (``sqlalchemy.orm``: ``from sqlalchemy import orm`` counts too)."""
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     for item in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(item, ast.Import):
@@ -61,6 +62,7 @@ def _imports(path: Path, module: str, known: set[str]) -> Iterable[str]:
                 anchor = anchor[: len(anchor) - (item.level - 1)]
                 base = ".".join([*anchor, base] if base else anchor)
             names = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base for alias in item.names]
+            names += [f"{base}.{alias.name}" for alias in item.names if f"{base}.{alias.name}" in external]
         else:
             continue
         for name in names:
@@ -68,15 +70,18 @@ def _imports(path: Path, module: str, known: set[str]) -> Iterable[str]:
                 while name not in known and "." in name:
                     name = name.rpartition(".")[0]
                 yield name
+            else:
+                yield from (e for e in external if name == e or name.startswith(f"{e}."))
 
 
-def _graph() -> dict[str, set[str]]:
+def _graph(external: tuple[str, ...] = ()) -> dict[str, set[str]]:
+    """Module -> the ``node`` modules it imports, plus the ``external`` modules it imports (not vertices)."""
     files = {(_module_name(p)): p for p in NODE.rglob("*.py")}
     known = set(files)
     graph: dict[str, set[str]] = defaultdict(set)
     for module, path in files.items():
         graph[module]  # every module is a vertex
-        for target in _imports(path, module, known):
+        for target in _imports(path, module, known, external):
             if target != module and target != "node":
                 graph[module].add(target)
     return graph
@@ -169,6 +174,40 @@ def test_the_checker_sees_a_cycle_and_a_wrong_edge() -> None:
     planted = {"node.ledger.a": {"node.scp.b"}, "node.scp.b": {"node.ledger.a"}}
     assert _cycles(planted) == [["node.ledger.a", "node.scp.b"]]
     assert "scp" in FORBIDDEN["ledger"]
+
+
+#: What only ``node/ledger/`` may import: its ORM tables, and the ORM itself (everyone else gets frozen records).
+LEDGER_ONLY = ("node.ledger.tables", "sqlalchemy.orm")
+
+
+def _ledger_only_imports(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(
+        f"{source} -> {target}"
+        for source, targets in graph.items()
+        for target in targets
+        if _room(source) != "ledger" and target in LEDGER_ONLY
+    )
+
+
+def test_only_the_ledger_touches_its_tables() -> None:
+    assert _ledger_only_imports(_graph(external=("sqlalchemy.orm",))) == []
+
+
+def test_the_checker_sees_an_import_of_the_tables(tmp_path: Path) -> None:
+    """The check above can fail: each way of importing the tables or the ORM outside the ledger is found."""
+    planted = tmp_path / "planted.py"
+    planted.write_text(
+        "from node.ledger.tables import Study\nfrom node.ledger import tables\nimport node.ledger.tables\n"
+        "from sqlalchemy.orm import Session\nfrom sqlalchemy import orm\nimport sqlalchemy.orm\n"
+        "from sqlalchemy import select\n",
+        encoding="utf-8",
+    )
+    known = set(_graph())
+    found = list(_imports(planted, "node.web.planted", known, ("sqlalchemy.orm",)))
+    assert found == ["node.ledger.tables"] * 3 + ["sqlalchemy.orm"] * 3
+    assert _ledger_only_imports({"node.web.planted": set(found), "node.ledger.views": set(found)}) == [
+        "node.web.planted -> node.ledger.tables", "node.web.planted -> sqlalchemy.orm",
+    ]
 
 
 @pytest.mark.parametrize("path", sorted(NODE.rglob("*.py")), ids=lambda p: str(p.relative_to(NODE)))

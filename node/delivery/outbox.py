@@ -26,7 +26,7 @@ from node.delivery.scu import send_files
 from node.errors import ConfigError, DeliveryRefusedError, PacsUnavailableError
 from node.ledger import deliveries as store
 from node.ledger.repository import Repository
-from node.ledger.tables import DeliveryState
+from node.ledger.states import DeliveryState
 from node.values import Destination, parse_destination
 
 logger = logging.getLogger(__name__)

@@ -29,7 +29,7 @@ from node.imaging.series_rules import SeriesRules
 from node.imaging.study import IdentifiedSeries, identify_series
 from node.imaging.types import SeriesRef
 from node.ledger.repository import Repository, StudySnapshot, idempotency_key
-from node.ledger.tables import StudyState
+from node.ledger.states import StudyState
 from node.spool import uid_key
 
 logger = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from node.ledger.repository import Repository
-from node.ledger.tables import JobState, StudyState
+from node.ledger.states import JobState, StudyState
 from node.spool import result_dir, uid_key
 from node.vocabulary import PROCESS_TASK
 

@@ -25,7 +25,7 @@ from node.jobs.process import ProcessResult, process_study, write_failure_report
 from node.jobs.summary import result_json
 from node.ledger.primary import lookup_primary
 from node.ledger.repository import JobRecord, LedgerStateError, Repository
-from node.ledger.tables import DeliveryState, JobState
+from node.ledger.states import DeliveryState, JobState
 from node.log import correlated, study_key
 from node.spool import result_dir, result_json_path
 
@@ -46,13 +46,13 @@ def _sop_instance_uid(path: Path) -> str:
 
 
 def record_deliveries(ctx: JobContext, job_id: int, files: tuple[Path, ...]) -> int:
-    """One pending delivery per (destination, result object); ``detail`` holds the file's path."""
+    """One pending delivery per (destination, result object); the file's path is kept in the ``path`` column."""
     count = 0
     for path in files:
         uid = _sop_instance_uid(path)
         for destination in ctx.options.destinations:
             ctx.repo.record_delivery(job_id, str(destination), uid, DeliveryState.PENDING, ctx.clock(),
-                                     detail=str(path))
+                                     path=str(path))
             count += 1
     return count
 

@@ -5,6 +5,9 @@ busy timeout, foreign keys on, and every transaction opened with ``BEGIN IMMEDIA
 associations serialise their writes instead of failing with "database is locked" on a read-to-write upgrade
 (the pysqlite recipe of the SQLAlchemy documentation). PostgreSQL URLs use psycopg 3
 (``postgresql+psycopg://user@host:5432/db``; a bare ``postgresql://`` is mapped to it).
+
+Opening a ledger creates the missing tables, and adds the columns a later release added to a table an earlier
+one created (:data:`ADDED_COLUMNS`: ``ALTER TABLE ... ADD COLUMN``, nullable, on SQLite and PostgreSQL alike).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -41,6 +44,41 @@ def _configure_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+#: Columns added after a table was first released: (table, column, SQL type). Each is nullable, so rows written
+#: before it get NULL and the code reading it says what NULL means.
+ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("deliveries", "path", "TEXT"),  # the result file; older rows keep it in ``detail``
+)
+
+
+def _columns(engine: Engine, table: str) -> set[str]:
+    return {column["name"] for column in inspect(engine).get_columns(table)}
+
+
+def add_missing_columns(engine: Engine) -> list[str]:
+    """Add the :data:`ADDED_COLUMNS` an older database lacks; returns them as ``table.column``.
+
+    Two processes opening the same old database at once may both try: PostgreSQL's ``IF NOT EXISTS`` makes the
+    second a no-op, and on SQLite (which has no such clause) the error of the second is ignored once the column
+    is seen to exist.
+    """
+    added = []
+    for table, column, sql_type in ADDED_COLUMNS:
+        if column in _columns(engine, table):
+            continue
+        if_not_exists = "IF NOT EXISTS " if engine.dialect.name == "postgresql" else ""
+        try:
+            with engine.begin() as connection:
+                connection.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {if_not_exists}{column} {sql_type}")
+        except OperationalError:
+            if column not in _columns(engine, table):
+                raise
+            continue  # another process added it meanwhile
+        logger.info("ledger upgraded: column %s.%s added", table, column)
+        added.append(f"{table}.{column}")
+    return added
 
 
 def normalise_url(url: str) -> str:
@@ -82,8 +120,10 @@ class Ledger:
         return ledger
 
     def create_schema(self) -> None:
+        """Create the missing tables, and the columns a previous version's tables lack."""
         try:
             Base.metadata.create_all(self.engine)
+            add_missing_columns(self.engine)
         except OperationalError as exc:
             raise TransientError(f"the ledger database cannot be reached: {exc.orig}") from exc
 

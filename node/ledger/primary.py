@@ -10,20 +10,15 @@ from __future__ import annotations
 
 import enum
 import hashlib
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from node.errors import ConfigError, CorruptInstanceError
-from node.ledger.repository import Repository
-from node.ledger.tables import AuditEvent, PrimarySubtype
+from node.ledger.tables import PrimarySubtype
+from node.ledger.transaction import Operations, run, write_audit
 from node.spool import check_uid
-
-T = TypeVar("T")
 
 
 class KeyKind(enum.StrEnum):
@@ -63,26 +58,15 @@ def stored_key(kind: KeyKind, value: str) -> str:
     return hashlib.sha256(f"{kind.value}:{value}".encode()).hexdigest()
 
 
-def _transaction(repo: Repository, op: Callable[[Session], T]) -> T:
-    """Run ``op`` in one transaction; a concurrent insert of the same key is retried once (then it updates)."""
-    try:
-        with repo.ledger.session() as session:
-            return op(session)
-    except IntegrityError:
-        with repo.ledger.session() as session:
-            return op(session)
-
-
 def _entry(row: PrimarySubtype) -> PrimaryEntry:
     return PrimaryEntry(KeyKind(row.key_kind), row.key, row.subtype, row.set_at, row.set_by)
 
 
 def _audit(session: Session, event: str, at: float, kind: KeyKind, key: str, detail: str) -> None:
-    session.add(AuditEvent(at=at, event=event, study_instance_uid=key if kind is KeyKind.STUDY else None,
-                           detail=detail))
+    write_audit(session, event, at, study_instance_uid=key if kind is KeyKind.STUDY else None, detail=detail)
 
 
-def set_primary(repo: Repository, kind: KeyKind, value: str, subtype: str, at: float, by: str) -> PrimaryEntry:
+def set_primary(repo: Operations, kind: KeyKind, value: str, subtype: str, at: float, by: str) -> PrimaryEntry:
     """Create or replace the entry for ``value``; ``subtype`` must already be a class name."""
     key = stored_key(kind, value)
 
@@ -99,10 +83,10 @@ def set_primary(repo: Repository, kind: KeyKind, value: str, subtype: str, at: f
         session.flush()
         return _entry(row)
 
-    return _transaction(repo, op)
+    return run(repo.ledger, op)  # a concurrent insert of the same key is retried (then it updates)
 
 
-def clear_primary(repo: Repository, kind: KeyKind, value: str, at: float, by: str) -> bool:
+def clear_primary(repo: Operations, kind: KeyKind, value: str, at: float, by: str) -> bool:
     """Remove the entry for ``value``; ``False`` when there was none."""
     key = stored_key(kind, value)
 
@@ -116,19 +100,19 @@ def clear_primary(repo: Repository, kind: KeyKind, value: str, at: float, by: st
             _audit(session, "primary-subtype-cleared", at, kind, key, f"{kind.value} (by {by})")
         return bool(removed)
 
-    return _transaction(repo, op)
+    return run(repo.ledger, op)
 
 
-def list_primary(repo: Repository) -> list[PrimaryEntry]:
+def list_primary(repo: Operations) -> list[PrimaryEntry]:
     def op(session: Session) -> list[PrimaryEntry]:
         rows = session.scalars(select(PrimarySubtype).order_by(PrimarySubtype.set_at, PrimarySubtype.id))
         return [_entry(row) for row in rows]
 
-    return _transaction(repo, op)
+    return run(repo.ledger, op)
 
 
 def lookup_primary(
-    repo: Repository, study_instance_uid: str, accession_number: str | None, patient_id: str | None
+    repo: Operations, study_instance_uid: str, accession_number: str | None, patient_id: str | None
 ) -> PrimaryEntry | None:
     """The most specific entry for a study: its UID, then its accession number, then its patient."""
     wanted: list[tuple[KeyKind, str]] = [(KeyKind.STUDY, study_instance_uid)]
@@ -151,4 +135,4 @@ def lookup_primary(
                 return _entry(row)
         return None
 
-    return _transaction(repo, op)
+    return run(repo.ledger, op)

@@ -8,7 +8,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from node.ledger.tables import DeliveryState, Job, JobState, Study, StudyState
+from node.ledger.states import DeliveryState, JobState, StudyState
+from node.ledger.tables import Job, Study
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,7 @@ class DeliveryRecord:
     attempts: int
     last_status: int | None
     detail: str | None
+    path: str | None = None  # the result file to send
 
 
 @dataclass(frozen=True)

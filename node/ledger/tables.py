@@ -2,6 +2,7 @@
 
 Times are POSIX seconds (``float``, UTC by definition) so SQLite and PostgreSQL store and compare them the same
 way and tests can pass a fake clock. Rows hold UIDs, descriptions and AE titles, never patient names or IDs.
+Only :mod:`node.ledger` imports this module; the states of the records are in ``states.py``.
 """
 
 from __future__ import annotations
@@ -11,33 +12,7 @@ import enum
 from sqlalchemy import BigInteger, Enum, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-
-class StudyState(enum.StrEnum):
-    """receiving -> ready -> queued -> processing -> done | failed (see ``docs/listener.md``)."""
-
-    RECEIVING = "receiving"
-    READY = "ready"
-    QUEUED = "queued"
-    PROCESSING = "processing"
-    DONE = "done"
-    FAILED = "failed"
-
-
-#: States in which a new instance is "late": processing of the study has been handed to the job layer.
-LATE_STATES = frozenset({StudyState.QUEUED, StudyState.PROCESSING, StudyState.DONE, StudyState.FAILED})
-
-
-class JobState(enum.StrEnum):
-    QUEUED = "queued"
-    PROCESSING = "processing"
-    DONE = "done"
-    FAILED = "failed"
-
-
-class DeliveryState(enum.StrEnum):
-    PENDING = "pending"
-    SENT = "sent"
-    FAILED = "failed"
+from node.ledger.states import DeliveryState, JobState, StudyState
 
 
 def _enum(kind: type[enum.StrEnum]) -> Enum:
@@ -144,6 +119,9 @@ class Delivery(Base):
     last_status: Mapped[int | None] = mapped_column(Integer)
     detail: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[float] = mapped_column(Float)
+    #: The result file to send. Added after the first release (``db.py`` adds the column to older databases);
+    #: the rows written before it keep the path in ``detail`` (:func:`node.ledger.deliveries.file_of`).
+    path: Mapped[str | None] = mapped_column(Text)
 
     job: Mapped[Job] = relationship(back_populates="deliveries")
 

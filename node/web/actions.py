@@ -20,7 +20,7 @@ from typing import Protocol
 from node.errors import NodeError
 from node.ledger import deliveries as store
 from node.ledger.repository import JobRecord, LedgerStateError, Repository, idempotency_key
-from node.ledger.tables import DeliveryState
+from node.ledger.states import DeliveryState
 from node.spool import result_dir, uid_key
 from node.web.errors import ConflictError, NotFoundError, UnavailableError
 

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from node.ledger.repository import JobRecord
-from node.ledger.tables import DeliveryState, StudyState
+from node.ledger.states import DeliveryState, StudyState
 from node.web.context import api_auth, context
 from node.web.errors import NotFoundError, WebError
 

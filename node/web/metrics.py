@@ -25,8 +25,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from node.errors import NodeError
 from node.jobs.broker import BrokerConfig, queue_depth
 from node.ledger.db import Ledger
-from node.ledger.tables import DeliveryState, JobState, StudyState
-from node.web.queries import LedgerCounts, ledger_counts
+from node.ledger.states import DeliveryState, JobState, StudyState
+from node.ledger.views import LedgerCounts, ledger_counts
 from node.web.results import ResultReader
 
 logger = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from node.ledger.tables import DeliveryState, StudyState
+from node.ledger.states import DeliveryState, StudyState
 from node.web.auth import SESSION_COOKIE, Session
 from node.web.context import client_id, context, page_session
 from node.web.errors import ForbiddenError, NotFoundError

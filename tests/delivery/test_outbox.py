@@ -12,14 +12,14 @@ from node.delivery.scu import send_files
 from node.errors import PacsUnavailableError
 from node.ledger import deliveries as store
 from node.ledger.repository import Repository
-from node.ledger.tables import DeliveryState
+from node.ledger.states import DeliveryState
 from node.values import Destination
 from tests.delivery.conftest import StoreSCP, free_port, make_file, make_job, sop_uid
 
 
 def queue(repo: Repository, job_id: int, destination: Destination, path: Path, at: float = 100.0) -> None:
-    """What the job layer does after processing: one pending row, ``detail`` = the file's path."""
-    repo.record_delivery(job_id, str(destination), sop_uid(path), DeliveryState.PENDING, at, detail=str(path))
+    """What the job layer does after processing: one pending row, ``path`` = the file's path."""
+    repo.record_delivery(job_id, str(destination), sop_uid(path), DeliveryState.PENDING, at, path=str(path))
 
 
 def states(repo: Repository) -> list[tuple[str, int]]:

@@ -11,7 +11,7 @@ from node.cli import main
 from node.ledger import deliveries as store
 from node.ledger.db import Ledger
 from node.ledger.repository import Repository
-from node.ledger.tables import DeliveryState
+from node.ledger.states import DeliveryState
 from tests.delivery.conftest import STUDY, make_job
 
 

@@ -44,7 +44,7 @@ from node.cli.demo import ReceivingAE
 from node.delivery.scu import send_files
 from node.ledger.db import Ledger
 from node.ledger.repository import Repository
-from node.ledger.tables import JobState, StudyState
+from node.ledger.states import JobState, StudyState
 from node.sr.validate import FAST_SR_CHECKS, validate_sr
 from node.values import Destination
 from tests.deploy.compose import ROOT, Service, healthcheck_argv, services

@@ -15,7 +15,7 @@ from node.jobs.broker import EMBEDDED_URL, resolve_broker
 from node.jobs.celery_app import production_settings
 from node.jobs.runner import run_process_job
 from node.jobs.tasks import _RETRY_POLICY, process_study_task
-from node.ledger.tables import DeliveryState, JobState, StudyState
+from node.ledger.states import DeliveryState, JobState, StudyState
 from node.spool import result_dir
 from node.values import Destination
 from tests.jobs.conftest import Node

@@ -16,7 +16,7 @@ import pytest
 
 from node.ledger.db import Ledger
 from node.ledger.repository import Repository
-from node.ledger.tables import JobState, StudyState
+from node.ledger.states import JobState, StudyState
 from node.log import study_key
 from tests.jobs.conftest import BrokerUnderTest, FaultProxy, Node, WorkerFactory, wait_for
 

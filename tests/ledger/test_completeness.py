@@ -12,7 +12,7 @@ from pydicom.uid import generate_uid
 from node.config import ForceCompleteAction
 from node.imaging.series_rules import SeriesRules
 from node.jobs.completeness import CompletenessChecker, CompletenessPolicy
-from node.ledger.tables import JobState, StudyState
+from node.ledger.states import JobState, StudyState
 from node.scp.server import ListenerHandle
 from tests.scp.fixtures import FakeClock, ListenerFactory, SynthCase, send
 

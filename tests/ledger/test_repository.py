@@ -10,7 +10,7 @@ from sqlalchemy import text
 from node.config import LateInstancePolicy
 from node.ledger.db import Ledger, normalise_url
 from node.ledger.repository import InstanceHeader, LedgerStateError, Repository, content_digest, idempotency_key
-from node.ledger.tables import DeliveryState, JobState, StudyState
+from node.ledger.states import DeliveryState, JobState, StudyState
 
 STUDY = "1.2.3.4"
 

@@ -16,7 +16,7 @@ from node.imaging.series_rules import SeriesRules
 from node.jobs.completeness import CompletenessChecker, CompletenessPolicy
 from node.ledger.db import Ledger
 from node.ledger.repository import Repository
-from node.ledger.tables import StudyState
+from node.ledger.states import StudyState
 from node.scp.status import StoreStatus
 from tests.scp.fixtures import FakeClock, ListenerFactory, SynthCase, associate, dataset_bytes, send
 

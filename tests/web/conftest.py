@@ -22,7 +22,7 @@ from node.jobs.runner import write_result_json
 from node.ledger import deliveries as store
 from node.ledger.db import Ledger
 from node.ledger.repository import InstanceHeader, Repository, idempotency_key
-from node.ledger.tables import DeliveryState
+from node.ledger.states import DeliveryState
 from node.spool import result_dir
 from node.values import Destination
 from node.web.app import create_app
@@ -114,7 +114,7 @@ def fill(repo: Repository, spool_dir: Path, clock: FakeClock, pacs: Destination)
     write_result_json(out_dir, result)
     for path in result.paths:
         repo.record_delivery(done_job, str(pacs), f"{DONE_UID}.99.{path.stem}", DeliveryState.PENDING, clock(),
-                             detail=str(path))
+                             path=str(path))
     repo.finish_job(done_job, clock.advance(1), ok=True)
     sent, dead = store.deliveries(repo)
     for item, fate in ((sent, store.mark_sent), (dead, store.mark_dead)):

@@ -13,7 +13,7 @@ from node.config import Settings
 from node.errors import TransientError
 from node.jobs.broker import queue_depth, resolve_broker
 from node.jobs.recovery import queued_job_ids
-from node.ledger.tables import DeliveryState, JobState, StudyState
+from node.ledger.states import DeliveryState, JobState, StudyState
 from node.values import Destination
 from node.web.dispatch import CeleryDispatcher
 from node.web.health import broker_probe

@@ -15,7 +15,7 @@ import pytest
 
 from node.jobs.recovery import queued_job_ids
 from node.ledger import deliveries as store
-from node.ledger.tables import DeliveryState
+from node.ledger.states import DeliveryState
 from tests.web.conftest import DONE_UID, FAILED_UID, RECEIVING_UID, TOKEN, WebNode
 
 CHROMIUM = Path("/usr/bin/chromium")

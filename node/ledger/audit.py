@@ -1,0 +1,52 @@
+"""The audit trail: events appended by the node's callers (association rejected, C-ECHO, web actions...) and read
+back in order. The ledger's own operations write their events with :func:`node.ledger.transaction.write_audit`
+inside the transaction of the change they record."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from node.ledger.records import AuditRecord
+from node.ledger.tables import AuditEvent
+from node.ledger.transaction import Operations, write_audit
+
+
+def audit_record_of(row: AuditEvent) -> AuditRecord:
+    return AuditRecord(row.at, row.event, row.calling_ae_title, row.peer, row.study_instance_uid,
+                       row.sop_instance_uid, row.status, row.detail)
+
+
+class AuditOperations(Operations):
+    def audit(
+        self,
+        event: str,
+        at: float,
+        *,
+        calling_ae_title: str | None = None,
+        peer: str | None = None,
+        study_instance_uid: str | None = None,
+        sop_instance_uid: str | None = None,
+        status: int | None = None,
+        detail: str | None = None,
+    ) -> None:
+        """Append one audit event (association rejected, C-ECHO, duplicate kept, ...)."""
+
+        def op(session: Session) -> None:
+            write_audit(
+                session, event, at, calling_ae_title=calling_ae_title, peer=peer,
+                study_instance_uid=study_instance_uid, sop_instance_uid=sop_instance_uid, status=status, detail=detail,
+            )
+
+        self._run(op)
+
+    def audit_trail(self, study_instance_uid: str | None = None) -> list[AuditRecord]:
+        """Audit events in order, for one study or (``None``) all of them."""
+
+        def op(session: Session) -> list[AuditRecord]:
+            query = select(AuditEvent).order_by(AuditEvent.id)
+            if study_instance_uid is not None:
+                query = query.where(AuditEvent.study_instance_uid == study_instance_uid)
+            return [audit_record_of(e) for e in session.scalars(query)]
+
+        return self._run(op)

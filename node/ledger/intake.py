@@ -1,0 +1,211 @@
+"""Intake: received instances looked up, written and recorded, and the study state rules a new instance applies.
+
+This is the listener's hot path (one transaction per C-STORE): the per-instance statements are Core statements
+built once, not the ORM unit of work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlalchemy import bindparam, case, insert, select, update
+from sqlalchemy.orm import Session
+
+from node.config import DuplicatePolicy, LateInstancePolicy
+from node.ledger.records import InstanceHeader, KnownInstance, ReceiveOutcome, RecordedInstance, WrittenFile
+from node.ledger.states import LATE_STATES, StudyState
+from node.ledger.tables import Instance, Series, Study
+from node.ledger.transaction import Operations, write_audit
+
+# The listener's per-instance statements, built once: building a statement and its cache key costs more than
+# running it on SQLite, and this runs inside every C-STORE handler.
+_KNOWN_INSTANCE = (
+    select(Instance.id, Study.study_instance_uid, Instance.path, Instance.sha256)
+    .join(Series, Instance.series_id == Series.id)
+    .join(Study, Series.study_id == Study.id)
+    .where(Instance.sop_instance_uid == bindparam("sop"))
+)
+_STUDY_BY_UID = select(Study.id, Study.state, Study.version).where(Study.study_instance_uid == bindparam("uid"))
+_INSERT_STUDY = insert(Study).returning(Study.id)
+_TOUCH_STUDY = (
+    update(Study).where(Study.id == bindparam("study_id"))
+    .values(last_received_at=case((Study.last_received_at < bindparam("now"), bindparam("now")),
+                                  else_=Study.last_received_at))
+)
+_SERIES_BY_UID = select(Series.id).where(Series.series_instance_uid == bindparam("uid"))
+_INSERT_SERIES = insert(Series).returning(Series.id)
+_TOUCH_SERIES = (
+    update(Series).where(Series.id == bindparam("series_id"), Series.last_received_at < bindparam("now"))
+    .values(last_received_at=bindparam("now"))
+)
+_INSTANCE_ID = select(Instance.id).where(Instance.sop_instance_uid == bindparam("sop"))
+_INSERT_INSTANCE = insert(Instance)
+_UPDATE_INSTANCE = update(Instance).where(Instance.id == bindparam("instance_id"))
+
+
+class IntakeOperations(Operations):
+    """Receiving instances; ``late_policy`` decides what an instance arriving after the hand-over does."""
+
+    late_policy: LateInstancePolicy
+
+    @staticmethod
+    def _known_instance(session: Session, sop_instance_uid: str) -> KnownInstance | None:
+        row = session.connection().execute(_KNOWN_INSTANCE, {"sop": sop_instance_uid}).first()
+        if row is None:
+            return None
+        return KnownInstance(sop_instance_uid, row.study_instance_uid, row.path, row.sha256)
+
+    def find_instance(self, sop_instance_uid: str) -> KnownInstance | None:
+        return self._run(lambda session: self._known_instance(session, sop_instance_uid))
+
+    def receive_instance(
+        self,
+        header: InstanceHeader,
+        *,
+        sha256: str,
+        duplicate_policy: DuplicatePolicy,
+        new_path: str,
+        write: Callable[[str], WrittenFile],
+        calling_ae_title: str,
+        peer: str,
+        at: float,
+    ) -> ReceiveOutcome:
+        """Look up, write and record one received instance in **one** transaction (the listener's hot path).
+
+        An instance already recorded with the same SHA-256, or with different content under policy ``keep``,
+        is acknowledged and audited without writing anything. Otherwise ``write(path)`` makes the file durable
+        (at ``new_path``, or at the known path when policy ``replace`` replaces it) and the instance is recorded
+        before the commit. If the transaction fails after a write, the exception propagates and the caller
+        removes the file it wrote (see :attr:`ReceiveOutcome` / the listener). One transaction instead of a
+        lookup plus a write transaction halves the database round trips and commits per instance.
+        """
+
+        def op(session: Session) -> ReceiveOutcome:
+            known = self._known_instance(session, header.sop_instance_uid)
+            if known is not None and (known.sha256 == sha256 or duplicate_policy is DuplicatePolicy.KEEP):
+                identical = known.sha256 == sha256
+                write_audit(
+                    session, "duplicate-identical" if identical else "duplicate-kept", at,
+                    calling_ae_title=calling_ae_title, peer=peer, study_instance_uid=header.study_instance_uid,
+                    sop_instance_uid=header.sop_instance_uid, status=0,
+                    detail="identical copy acknowledged" if identical else "different content; the first copy is kept",
+                )
+                return ReceiveOutcome(stored=False, identical=identical, recorded=None)
+            stored = write(known.path if known is not None else new_path)
+            recorded = self._record(session, header, path=stored.relative_path, size_bytes=stored.size,
+                                    sha256=stored.sha256, calling_ae_title=calling_ae_title, peer=peer, at=at)
+            return ReceiveOutcome(stored=True, identical=False, recorded=recorded)
+
+        return self._run(op)
+
+    def known_paths(self) -> set[str]:
+        """The spool paths of every recorded instance (for the start-up reconciliation)."""
+
+        def op(session: Session) -> set[str]:
+            return set(session.scalars(select(Instance.path)))
+
+        return self._run(op)
+
+    def record_instance(
+        self,
+        header: InstanceHeader,
+        *,
+        path: str,
+        size_bytes: int,
+        sha256: str,
+        calling_ae_title: str,
+        peer: str,
+        at: float,
+    ) -> RecordedInstance:
+        """Record a spooled instance (new, or replacing the stored copy) and apply the study state rules.
+
+        A new instance re-opens a ``ready`` study (its quiet period restarts). In a study already handed to the
+        job layer it is *late*: policy ``rerun`` reopens the study as version + 1, policy ``ignore`` keeps it
+        stored and audited only.
+        """
+        return self._run(lambda session: self._record(
+            session, header, path=path, size_bytes=size_bytes, sha256=sha256, calling_ae_title=calling_ae_title,
+            peer=peer, at=at,
+        ))
+
+    def _record(
+        self,
+        session: Session,
+        header: InstanceHeader,
+        *,
+        path: str,
+        size_bytes: int,
+        sha256: str,
+        calling_ae_title: str,
+        peer: str,
+        at: float,
+    ) -> RecordedInstance:
+        # Core statements, not the ORM unit of work: this runs once per received instance, inside the C-STORE
+        # handler, and the ORM's flush bookkeeping cost more than the rest of the handler together.
+        uid = header.study_instance_uid
+        row = session.connection().execute(_STUDY_BY_UID, {"uid": uid}).first()
+        if row is None:
+            study_id = session.connection().execute(_INSERT_STUDY, {
+                "study_instance_uid": uid, "state": StudyState.RECEIVING, "version": 1, "opened_at": at,
+                "first_received_at": at, "last_received_at": at, "state_changed_at": at, "forced": False,
+            }).scalar_one()
+            state, version = StudyState.RECEIVING, 1
+            write_audit(session, "study-opened", at, study_instance_uid=uid, calling_ae_title=calling_ae_title,
+                        detail="version 1")
+        else:
+            study_id, state, version = row.id, StudyState(row.state), int(row.version)
+        late = state in LATE_STATES
+        reopened = False
+        changes: dict[str, object] = {}
+        if late and self.late_policy is LateInstancePolicy.RERUN:
+            version += 1
+            state = StudyState.RECEIVING
+            changes = {"version": version, "opened_at": at, "content_digest": None, "forced": False, "reason": None,
+                       "state": state, "state_changed_at": at}
+            reopened = True
+            write_audit(session, "study-reopened", at, study_instance_uid=uid,
+                        sop_instance_uid=header.sop_instance_uid, calling_ae_title=calling_ae_title,
+                        detail=f"late instance: version {version} will be processed and supersede the "
+                        "earlier result")
+        elif late:
+            write_audit(session, "late-instance-ignored", at, study_instance_uid=uid,
+                        sop_instance_uid=header.sop_instance_uid, calling_ae_title=calling_ae_title,
+                        detail=f"study is {state.value}; late-instance policy is ignore")
+        elif state is StudyState.READY:
+            state = StudyState.RECEIVING
+            changes = {"state": state, "state_changed_at": at, "content_digest": None}
+            write_audit(session, "ready-revoked", at, study_instance_uid=uid,
+                        sop_instance_uid=header.sop_instance_uid,
+                        detail="a new instance restarted the quiet period")
+        if changes:  # a state transition (rare): its own statement
+            session.execute(update(Study).where(Study.id == study_id).values(**changes))
+        session.connection().execute(_TOUCH_STUDY, {"study_id": study_id, "now": at})
+
+        series_id = session.connection().execute(_SERIES_BY_UID, {"uid": header.series_instance_uid}).scalar()
+        if series_id is None:
+            series_id = session.connection().execute(_INSERT_SERIES, {
+                "study_id": study_id, "series_instance_uid": header.series_instance_uid, "modality": header.modality,
+                "sop_class_uid": header.sop_class_uid, "series_description": header.series_description,
+                "series_number": header.series_number, "frame_of_reference_uid": header.frame_of_reference_uid,
+                "first_received_at": at, "last_received_at": at,
+            }).scalar_one()
+        else:
+            session.connection().execute(_TOUCH_SERIES, {"series_id": series_id, "now": at})
+
+        values = {
+            "sop_class_uid": header.sop_class_uid, "transfer_syntax_uid": header.transfer_syntax_uid, "path": path,
+            "size_bytes": size_bytes, "sha256": sha256, "received_at": at, "calling_ae_title": calling_ae_title,
+            "study_version": version,
+        }
+        instance_id = session.connection().execute(_INSTANCE_ID, {"sop": header.sop_instance_uid}).scalar()
+        replaced = instance_id is not None
+        if instance_id is None:
+            session.connection().execute(
+                _INSERT_INSTANCE, {"sop_instance_uid": header.sop_instance_uid, "series_id": series_id, **values}
+            )
+        else:
+            session.connection().execute(_UPDATE_INSTANCE, {"instance_id": instance_id, **values})
+        write_audit(session, "replaced" if replaced else "stored", at, calling_ae_title=calling_ae_title,
+                    peer=peer, study_instance_uid=uid, sop_instance_uid=header.sop_instance_uid, status=0,
+                    detail=f"{size_bytes} bytes, {path}")
+        return RecordedInstance(state, version, replaced, late, reopened)
