@@ -46,12 +46,12 @@ from node.sr.content import (
     ModelInfo,
     PonsSummary,
     ReportContent,
-    SourceStudy,
     SubtypeModel,
     lesion_result_from_predictions,
 )
 from node.sr.failure import FailureContent, build_failure_report
 from node.sr.report import write_instance
+from node.sr.source import SourceStudy
 from node.sr.validate import FAST_SR_CHECKS, validate_sr, write_results
 
 logger = logging.getLogger(__name__)

@@ -23,7 +23,8 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from node.sr import codes as C
-from node.sr.content import AlgorithmInfo, HeadResult, LesionResult, ReportContent, SourceStudy, SubtypeModel
+from node.sr.content import AlgorithmInfo, HeadResult, LesionResult, ReportContent, SubtypeModel
+from node.sr.source import SourceStudy
 
 SERIES_DESCRIPTION = "AI BC subtype of brain metastasis (research use)"
 SR_SERIES_NUMBER = 900

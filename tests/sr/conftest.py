@@ -18,11 +18,11 @@ from node.sr.content import (
     ModelInfo,
     PonsSummary,
     ReportContent,
-    SourceStudy,
     SubtypeModel,
     lesion_result_from_predictions,
 )
 from node.sr.report import build_report, write_instance
+from node.sr.source import SourceStudy
 
 SHA = "0123456789abcdef" * 4
 TASKS = ("subtype", "er", "pr", "her2", "her2-3tier")

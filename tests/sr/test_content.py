@@ -18,10 +18,10 @@ from node.sr.content import (
     ReportContent,
     ShapContribution,
     ShapExplanation,
-    SourceStudy,
     SubtypeModel,
     lesion_result_from_predictions,
 )
+from node.sr.source import SourceStudy
 
 from .conftest import FEATURES, algorithm, binary, lesions, subtype_prediction
 

@@ -18,11 +18,11 @@ from node.sr.content import (
     ModelInfo,
     PonsSummary,
     ReportContent,
-    SourceStudy,
     SubtypeModel,
     lesion_result_from_predictions,
 )
 from node.sr.report import build_report, write_instance
+from node.sr.source import SourceStudy
 from node.sr.validate import validate_sr
 from node.training.dataset import load_dataset
 from node.training.export import save_bundle

@@ -14,8 +14,9 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from node.sr import codes as C
-from node.sr.content import HeadResult, LesionResult, PonsSummary, ReportContent, SourceStudy, SubtypeModel
+from node.sr.content import HeadResult, LesionResult, PonsSummary, ReportContent, SubtypeModel
 from node.sr.report import SrSopClass, build_report, write_instance
+from node.sr.source import SourceStudy
 from node.sr.validate import validate_sr
 from node.vocabulary import DISCLAIMER
 
