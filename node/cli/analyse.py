@@ -1,6 +1,8 @@
 """``ainode analyse``: one study folder -> validated SR (+ companions) on disk and a readable summary, offline.
 
-Wiring only: the work is :func:`node.jobs.process.process_study`. On a study that cannot be processed the
+Wiring only: the work is :func:`node.jobs.process.process_study`; the header attributes searched for the
+primary-tumour subtype come from ``AINODE_PRIMARY_SUBTYPE_ATTRIBUTES`` (default: ``AdditionalPatientHistory``,
+``PatientComments``), read here and passed in. On a study that cannot be processed the
 short "not processed" SR is written when possible, then the error propagates to :mod:`node.cli` (one readable
 line, exit status 2).
 """
@@ -9,11 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from node.config import Settings
 from node.errors import InvalidStudyError, ProcessingError
 from node.imaging.pipeline import PipelineConfig
+from node.jobs.lesions import LesionSummary
 from node.jobs.process import ProcessResult, process_study, write_failure_report
 from node.jobs.summary import result_json
 from node.vocabulary import DISCLAIMER
@@ -56,10 +59,11 @@ def _companions(value: str) -> tuple[str, ...]:
 
 def run(args: argparse.Namespace) -> int:
     config = PipelineConfig.load(args.rules, args.pipeline_config, args.radiomics_config)
+    attributes = Settings.load().primary_subtype_attributes
     try:
         result = process_study(
             args.study_dir, args.out, models_dir=args.models, primary_subtype=args.primary_subtype,
-            config=config, companions=_companions(args.companions),
+            config=config, companions=_companions(args.companions), primary_attributes=attributes,
         )
     except (InvalidStudyError, ProcessingError) as exc:
         failure = write_failure_report(args.study_dir, args.out, exc, models_dir=args.models)
@@ -70,24 +74,17 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _lesion_lines(lesion: Mapping[str, object]) -> list[str]:
-    label = lesion.get("label") or "Lesion"
+def _lesion_lines(lesion: LesionSummary) -> list[str]:
     lines = [
-        f"{label} (SEG segment {lesion['segment_number']}, {float(lesion['volume_ml']):.2f} mL)",  # type: ignore[arg-type]
-        f"  subtype          {lesion['subtype']}  (p={float(lesion['probability']):.2f})",  # type: ignore[arg-type]
+        f"{lesion.label or 'Lesion'} (SEG segment {lesion.segment_number}, {lesion.volume_ml:.2f} mL)",
+        f"  subtype          {lesion.subtype}  (p={lesion.probability:.2f})",
     ]
-    heads = lesion.get("heads")
-    if isinstance(heads, Mapping):
-        for task, head in heads.items():
-            if isinstance(head, Mapping):
-                name = HEAD_NAMES.get(task, task)
-                lines.append(f"  {name:<16} {head['label']}  (p={float(head['probability']):.2f})")
-    top = lesion.get("top_features")
-    if isinstance(top, Sequence) and top:
-        lines.append("  top features     " + ", ".join(f"{n} {float(v):+.2f}" for n, v in top[:5]))
-    if lesion.get("out_of_distribution"):
-        reasons = lesion.get("ood_reasons")
-        text = "; ".join(str(r) for r in reasons[:3]) if isinstance(reasons, Sequence) else ""
+    for task, head in lesion.heads.items():
+        lines.append(f"  {HEAD_NAMES.get(task, task):<16} {head.label}  (p={head.probability:.2f})")
+    if lesion.top_features:
+        lines.append("  top features     " + ", ".join(f"{n} {v:+.2f}" for n, v in lesion.top_features[:5]))
+    if lesion.out_of_distribution:
+        text = "; ".join(lesion.ood_reasons[:3])
         lines.append(f"  WARNING: outside the training distribution - review with care ({text})")
     return lines
 

@@ -12,7 +12,7 @@ def result_json(result: ProcessResult) -> dict[str, object]:
         "sr": str(result.sr_path),
         "companions": [str(p) for p in result.companion_paths],
         "subtype_model": result.subtype_model,
-        "lesions": list(result.lesions),
+        "lesions": [lesion.to_json() for lesion in result.lesions],
         "warnings": list(result.warnings),
         "timings_s": {k: round(v, 3) for k, v in result.timings.items()},
         "disclaimer": DISCLAIMER,

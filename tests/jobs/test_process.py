@@ -15,17 +15,22 @@ from pydicom.dataset import Dataset
 from node import cli
 from node.cli import analyse as analyse_command
 from node.config import Settings
-from node.errors import ConfigError, MissingSeriesError
+from node.errors import ConfigError, InvalidStudyError, MissingSeriesError
 from node.imaging.features import FEATURE_NAMES
+from node.imaging.pipeline import FeatureRun
+from node.imaging.types import LesionFeatures, StudyIdentity
+from node.jobs.lesions import HeadSummary, LesionSummary
 from node.jobs.model_set import load_model_set
-from node.jobs.process import (
-    ProcessResult,
+from node.jobs.primary import (
+    DEFAULT_PRIMARY_ATTRIBUTES,
     primary_subtype_from_headers,
-    process_study,
-    write_failure_report,
 )
+from node.jobs.process import ProcessResult, process_study, write_failure_report
+from node.jobs.steps import choose_models, predict_lesions
+from node.jobs.summary import result_json
 from node.labels import normalise_subtype
 from node.model.bundle import BundleError
+from node.model.prediction import Prediction
 from node.model.tasks import Task
 from node.sr.validate import validate_object, validate_sr
 from tests.scp.fixtures import SynthCase, synth_case
@@ -80,7 +85,9 @@ def test_result_objects_are_written_valid_and_complete(processed: ProcessResult,
 @pytest.mark.slow  # the imaging pipeline on a real study: ~12 s each on the shared machine
 def test_lesion_summaries_are_json_and_carry_every_head(processed: ProcessResult) -> None:
     assert processed.subtype_model == "with-primary"
-    lesions = json.loads(json.dumps(processed.lesions))
+    assert all(isinstance(lesion, LesionSummary) for lesion in processed.lesions)
+    lesions = json.loads(json.dumps(result_json(processed)))["lesions"]
+    assert [LesionSummary.from_json(lesion) for lesion in lesions] == list(processed.lesions)
     assert [lesion["segment_number"] for lesion in lesions] == [1, 2]
     for lesion in lesions:
         assert lesion["subtype"] in ("HR+/HER2-", "HR+/HER2+", "HR-/HER2+", "TN")
@@ -162,6 +169,8 @@ def test_configuration_problems_fail_before_the_pipeline(synth_case: SynthCase, 
         process_study(synth_case.root, tmp_path, models_dir=full_models, companions=("movie",))
     with pytest.raises(ConfigError, match="unknown primary subtype"):
         process_study(synth_case.root, tmp_path, models_dir=full_models, primary_subtype="luminal")
+    with pytest.raises(ConfigError, match=r"primary_attributes names unknown DICOM keyword.*: NoSuchKeyword"):
+        process_study(synth_case.root, tmp_path, models_dir=full_models, primary_attributes=("NoSuchKeyword",))
     assert list(tmp_path.iterdir()) == []  # nothing written
 
 
@@ -189,7 +198,7 @@ def test_model_set_choice_and_integrity(full_models: Path, tmp_path: Path) -> No
         load_model_set(receptors_only)
 
 
-def test_primary_subtype_from_headers(synth_case: SynthCase, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_primary_subtype_from_headers(synth_case: SynthCase) -> None:
     ds = pydicom.dcmread(synth_case.t1ce[0], stop_before_pixels=True)
     assert primary_subtype_from_headers([ds]) == (None, [])
     ds.AdditionalPatientHistory = "Breast cancer 2019. Primary subtype: hr- / her2+ (biopsy)"
@@ -198,6 +207,7 @@ def test_primary_subtype_from_headers(synth_case: SynthCase, monkeypatch: pytest
     other.PatientComments = "primary-subtype=triple negative"
     value, warnings = primary_subtype_from_headers([ds, other])
     assert value is None and "conflicting" in warnings[0]
+    assert primary_subtype_from_headers([ds, other], ("PatientComments",)) == ("TN", [])
     attributes = Settings.load(env={"AINODE_PRIMARY_SUBTYPE_ATTRIBUTES": "PatientComments"}).primary_subtype_attributes
     assert primary_subtype_from_headers([ds, other], attributes) == ("TN", [])
     with pytest.raises(ConfigError, match="AINODE_PRIMARY_SUBTYPE_ATTRIBUTES"):
@@ -205,14 +215,102 @@ def test_primary_subtype_from_headers(synth_case: SynthCase, monkeypatch: pytest
     assert normalise_subtype(" HR+/HER2+ ") == "HR+/HER2+"
 
 
+def test_primary_attributes_are_parsed_and_checked() -> None:
+    assert Settings.load(env={}).primary_subtype_attributes == DEFAULT_PRIMARY_ATTRIBUTES
+    parsed = Settings.load(env={"AINODE_PRIMARY_SUBTYPE_ATTRIBUTES": " PatientComments, StudyComments "})
+    assert parsed.primary_subtype_attributes == ("PatientComments", "StudyComments")
+    with pytest.raises(ConfigError, match="AINODE_PRIMARY_SUBTYPE_ATTRIBUTES: unknown DICOM keyword"
+                                          r"\(s\): NoSuchKeyword, Other"):
+        Settings.load(env={"AINODE_PRIMARY_SUBTYPE_ATTRIBUTES": "PatientComments,NoSuchKeyword,Other"})
+
+
+def _feature_run(*lesions: LesionFeatures) -> FeatureRun:
+    return FeatureRun(case="c", identity=StudyIdentity("1.2", "1.2.1", "1.2.2", "1.2.3", "1.2.4", "1.2.5"),
+                      lesions=lesions, pons_method="auto", pons_qc={}, registration_metric=0.0,
+                      registration_method="x", timings={})
+
+
+def _old_lesion_json(lesion: LesionFeatures, volume_ml: float, subtype: Prediction,
+                     heads: dict[str, Prediction]) -> dict[str, object]:
+    """The per-lesion dict process_study built by hand from the predictions before LesionSummary existed."""
+
+    def head(p: Prediction) -> dict[str, object]:
+        return {"label": p.label, "probability": round(p.probability, 4),
+                "probabilities": {k: round(float(v), 4) for k, v in p.probabilities.items()},
+                "out_of_distribution": p.out_of_distribution}
+
+    reasons = list(dict.fromkeys(r for p in (subtype, *heads.values()) for r in p.ood_reasons))
+    return {
+        "segment_number": lesion.segment_number, "label": lesion.label, "volume_ml": round(volume_ml, 3),
+        "subtype": subtype.label, "probability": round(subtype.probability, 4),
+        "probabilities": {k: round(float(v), 4) for k, v in subtype.probabilities.items()},
+        "heads": {task: head(p) for task, p in heads.items()},
+        "top_features": [[name, round(value, 4)] for name, value in subtype.top_features(5)],
+        "shap_units": subtype.shap_units,
+        "out_of_distribution": bool(reasons) or subtype.out_of_distribution
+        or any(p.out_of_distribution for p in heads.values()),
+        "ood_reasons": reasons,
+    }
+
+
+@pytest.mark.parametrize("primary", [None, "TN"])
+def test_lesion_summary_is_derived_from_the_sr_result_with_the_json_shape_of_before(
+    full_models: Path, primary: str | None
+) -> None:
+    models = choose_models(load_model_set(full_models), primary)
+    features = {n: 0.1 * (i % 7) - 0.2 for i, n in enumerate(FEATURE_NAMES)}
+    lesion = LesionFeatures(3, "Metastasis 3", features, {"volume_ml": 2.34567})
+    predictions = predict_lesions(_feature_run(lesion), models, primary)
+    (result,), (summary,) = predictions.results, predictions.summaries
+    assert summary == LesionSummary.from_result(result, "Metastasis 3")  # derived, not built a second time
+    expected = _old_lesion_json(
+        lesion, 2.34567, models.subtype.predict(features, primary),
+        {task.value: bundle.predict(features, primary) for task, bundle in models.receptors.items()},
+    )
+    assert summary.to_json() == expected
+    assert json.dumps(summary.to_json()) == json.dumps(expected)  # key order too
+    assert LesionSummary.from_json(expected) == summary
+    assert list(summary.heads) == ["er", "pr", "her2", "her2-3tier"]
+    assert summary.top_features == tuple((c.feature, round(c.contribution, 4))
+                                         for c in result.explanation.contributions[:5])  # type: ignore[union-attr]
+
+
+def test_console_summary_and_json_of_typed_lesions(tmp_path: Path) -> None:
+    er = HeadSummary("positive", 0.8, {"negative": 0.2, "positive": 0.8})
+    first = LesionSummary(1, "Metastasis 1", 2.5, "HR+/HER2-", 0.7149, {"HR+/HER2-": 0.7149, "TN": 0.2851},
+                          {"er": er}, (("t1ce_firstorder_Mean", 0.4214), ("t2_glcm_Contrast", -0.2)), "log-odds")
+    second = LesionSummary(2, "", 0.125, "TN", 0.55, {"HR+/HER2-": 0.45, "TN": 0.55},
+                           out_of_distribution=True, ood_reasons=("a", "b", "c", "d"))
+    result = ProcessResult("1.2.3", tmp_path / "sr.dcm", (tmp_path / "sc.dcm",), (first, second),
+                           "without-primary", ("one warning",), {"total": 12.34})
+    assert analyse_command.summary(result).splitlines() == [
+        "AI prediction - Research use only, not for diagnosis. Not verified by a physician.",
+        "Study 1.2.3: 2 lesion(s); subtype model without the primary-tumour subtype.",
+        "",
+        "Metastasis 1 (SEG segment 1, 2.50 mL)",
+        "  subtype          HR+/HER2-  (p=0.71)",
+        "  ER               positive  (p=0.80)",
+        "  top features     t1ce_firstorder_Mean +0.42, t2_glcm_Contrast -0.20",
+        "",
+        "Lesion (SEG segment 2, 0.12 mL)",
+        "  subtype          TN  (p=0.55)",
+        "  WARNING: outside the training distribution - review with care (a; b; c)",
+        "",
+        "warning: one warning",
+        f"SR: {tmp_path / 'sr.dcm'}",
+        f"companion: {tmp_path / 'sc.dcm'}",
+        "processed in 12.3 s",
+    ]
+    lesions = json.loads(json.dumps(result_json(result)))["lesions"]
+    assert lesions[0]["heads"] == {"er": {"label": "positive", "probability": 0.8,
+                                          "probabilities": {"negative": 0.2, "positive": 0.8},
+                                          "out_of_distribution": False}}
+    assert lesions[0]["top_features"] == [["t1ce_firstorder_Mean", 0.4214], ["t2_glcm_Contrast", -0.2]]
+    assert [LesionSummary.from_json(lesion) for lesion in lesions] == [first, second]
 
 
 def test_unusable_lesions_are_left_out_with_a_warning(full_models: Path) -> None:
-    from node.imaging.pipeline import FeatureRun
-    from node.imaging.types import LesionFeatures, StudyIdentity
-    from node.jobs.process import predict_lesions
-
-    models = load_model_set(full_models)
+    models = choose_models(load_model_set(full_models), None)
     good = {n: 0.0 for n in FEATURE_NAMES}
     lesions = (
         LesionFeatures(1, "qc failed", {n: float("nan") for n in FEATURE_NAMES}, {"error": "lesion too small"}),
@@ -220,15 +318,15 @@ def test_unusable_lesions_are_left_out_with_a_warning(full_models: Path) -> None
         LesionFeatures(3, "no volume", good, {}),
         LesionFeatures(4, "fine", good, {"volume_ml": 1.5}),
     )
-    run = FeatureRun(case="c", identity=StudyIdentity("1.2", "1.2.1", "1.2.2", "1.2.3", "1.2.4", "1.2.5"),
-                     lesions=lesions, pons_method="auto", pons_qc={}, registration_metric=0.0,
-                     registration_method="x", timings={})
-    subtype, _, _ = models.choose_subtype(None)
-    results, summaries, warnings = predict_lesions(run, subtype, models.receptor_bundles, None)
-    assert [r.segment_number for r in results] == [4] and summaries[0]["segment_number"] == 4
+    predictions = predict_lesions(_feature_run(*lesions), models, None)
+    assert [r.segment_number for r in predictions.results] == [4]
+    assert [(s.segment_number, s.label) for s in predictions.summaries] == [(4, "fine")]
+    warnings = predictions.warnings
     assert len(warnings) == 3
     assert "lesion too small" in warnings[0] and "could not be computed" in warnings[1]
     assert "volume" in warnings[2]
+    with pytest.raises(InvalidStudyError, match=r"no lesion of the study could be analysed: .*lesion too small"):
+        predict_lesions(_feature_run(*lesions[:3]), models, None)
 
 
 @pytest.mark.slow  # the imaging pipeline on a real study

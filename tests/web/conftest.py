@@ -17,6 +17,7 @@ from fastapi import FastAPI
 
 from node.config import Settings
 from node.jobs.broker import BrokerConfig, embedded_broker
+from node.jobs.lesions import LesionSummary
 from node.jobs.process import ProcessResult
 from node.jobs.runner import write_result_json
 from node.ledger import deliveries as store
@@ -99,7 +100,8 @@ def _result(uid: str, out_dir: Path) -> ProcessResult:
               "out_of_distribution": True, "ood_reasons": ["volume below the training range"]}
     timings = {"models": 0.5, "pipeline.load": 1.25, "pipeline.preprocess": 20.0, "pipeline.features": 12.0,
                "predict": 0.75, "sr": 2.0, "total": 36.5}
-    return ProcessResult(uid, out_dir / "sr.dcm", (out_dir / "sc-1.dcm",), (lesion, second), "without-primary",
+    lesions = (LesionSummary.from_json(lesion), LesionSummary.from_json(second))
+    return ProcessResult(uid, out_dir / "sr.dcm", (out_dir / "sc-1.dcm",), lesions, "without-primary",
                          ("pons from the automatic method",), timings)
 
 
