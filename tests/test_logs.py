@@ -296,7 +296,7 @@ def test_serve_logs_are_json_correlated_and_free_of_patient_identifiers(
     assert stdout.startswith("ainode serve: AINODE listening") and len(stdout.splitlines()) == 1, stdout[:2000]
     records = _json_lines(stderr) + [r for text in logs.values() for r in _json_lines(text)]
     loggers = {str(r["logger"]) for r in records}
-    assert {"node.scp.server", "celery.apps.worker", "node.jobs.tasks", "pynetdicom.association"} <= loggers, loggers
+    assert {"node.scp.server", "celery.apps.worker", "node.jobs.runner", "pynetdicom.association"} <= loggers, loggers
     assert any(r["level"] == "DEBUG" for r in records)  # -vv reached both processes
     key = log.study_key(str(source.StudyInstanceUID))
     done = [r for r in records if str(r["message"]).startswith("job 1 done")]

@@ -43,10 +43,10 @@ def test_status_opens_the_ledger_with_the_password(monkeypatch: pytest.MonkeyPat
     assert len(opened) == 1 and "s3cret-pw" in opened[0], opened
 
 
-def test_services_log_at_info_without_v(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``ainode web`` wrote no log line at all: services default to info, AINODE_LOG_VERBOSITY and -v win."""
+def test_services_honour_the_log_verbosity_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ainode web`` ignored AINODE_LOG_VERBOSITY and wrote no log line at all; -v still wins."""
     monkeypatch.delenv("AINODE_LOG_VERBOSITY", raising=False)
-    assert verbosity("web", 0) == 1 and verbosity("serve", 0) == 1 and verbosity("status", 0) == 0
-    monkeypatch.setenv("AINODE_LOG_VERBOSITY", "2")
-    assert verbosity("web", 0) == 2
-    assert verbosity("web", 1) == 1
+    assert verbosity("web", 0) == 0 and verbosity("status", 0) == 0
+    monkeypatch.setenv("AINODE_LOG_VERBOSITY", "1")
+    assert verbosity("web", 0) == 1 and verbosity("serve", 0) == 1
+    assert verbosity("web", 2) == 2

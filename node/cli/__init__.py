@@ -50,10 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def verbosity(command: str, cli_verbose: int) -> int:
-    """``-v`` wins; else ``AINODE_LOG_VERBOSITY``; else info for services (serve, worker, web), warnings otherwise."""
-    if cli_verbose:
-        return cli_verbose
-    return log.env_verbosity(1 if command in log.SERVICE_COMMANDS else 0)
+    """``-v`` wins; else ``AINODE_LOG_VERBOSITY`` (``ainode web`` ignored it and wrote no line at all); else
+    warnings (the worker, started by its own ``main``, defaults to info)."""
+    return cli_verbose or log.env_verbosity(0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

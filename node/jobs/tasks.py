@@ -18,6 +18,7 @@ reads the environment.
 from __future__ import annotations
 
 import logging
+import random
 import time
 from pathlib import Path
 from typing import Any
@@ -53,11 +54,24 @@ def _recover_orphans(sender: Any = None, **_kwargs: Any) -> None:
         redispatch_orphans(ctx.repo, ctx.options.spool_dir, queued_job_ids(Path(folder)), _send_process)
 
 
+class NodeTask(Task):  # type: ignore[type-arg]
+    """Retries with the deployment's policy: Celery's autoretry captures ``retry_backoff`` when the task is
+    declared (before any settings exist), so the delay and the retry count are recomputed here, per call, from
+    the worker's settings: exponential backoff from ``retry_backoff`` with full jitter, at most
+    :data:`RETRY_BACKOFF_MAX_S`, ``task_max_retries`` retries."""
+
+    def retry(self, args: Any = None, kwargs: Any = None, exc: Any = None, throw: bool = True, eta: Any = None,
+              countdown: Any = None, max_retries: Any = None, **options: Any) -> Any:
+        settings = bound_settings()
+        ceiling = min(RETRY_BACKOFF_MAX_S, settings.retry_backoff * 2 ** self.request.retries)
+        return super().retry(args, kwargs, exc, throw, eta, countdown=random.uniform(0, max(1.0, ceiling)),
+                             max_retries=settings.task_max_retries, **options)
+
+
 _RETRY_POLICY: dict[str, Any] = {
+    "base": NodeTask,
     "autoretry_for": (TransientError,),
-    "retry_backoff": max(1, round(Settings.retry_backoff)),  # per deployment: bind_settings
-    "retry_backoff_max": RETRY_BACKOFF_MAX_S,
-    "retry_jitter": True,
+    "retry_backoff": True,  # the delay itself is NodeTask.retry's
     "max_retries": Settings.task_max_retries,
     "acks_late": True,
     "reject_on_worker_lost": True,
@@ -122,11 +136,8 @@ def _send_process(job_id: int, study_instance_uid: str, study_dir: str, out_dir:
     process_study_task.delay(job_id, study_instance_uid, study_dir, out_dir)
 
 
-
-
 def apply_settings(settings: Settings) -> None:
     """Bind the worker's settings and apply their retry policy (Celery reads these attributes at each call)."""
     bind_settings(settings)
     for task in (process_study_task, deliver_task, poll_ready_task):
-        task.max_retries = settings.task_max_retries
-        task.retry_backoff = max(1, round(settings.retry_backoff))
+        task.max_retries = settings.task_max_retries  # read by _give_up_if_last; the delay is NodeTask's

@@ -14,7 +14,7 @@ from node.errors import ConfigError
 from node.jobs.broker import EMBEDDED_URL, resolve_broker
 from node.jobs.celery_app import production_settings
 from node.jobs.runner import run_process_job
-from node.jobs.tasks import _RETRY_POLICY, process_study_task
+from node.jobs.tasks import _RETRY_POLICY, NodeTask, process_study_task
 from node.ledger.states import DeliveryState, JobState, StudyState
 from node.spool import result_dir
 from node.values import Destination
@@ -69,7 +69,7 @@ def test_production_settings(tmp_path: Path) -> None:
 def test_tasks_retry_only_transient_errors() -> None:
     from node.errors import TransientError
 
-    assert _RETRY_POLICY["autoretry_for"] == (TransientError,)
+    assert _RETRY_POLICY["autoretry_for"] == (TransientError,) and _RETRY_POLICY["base"] is NodeTask
     assert process_study_task.acks_late and process_study_task.reject_on_worker_lost
     assert process_study_task.max_retries == _RETRY_POLICY["max_retries"]
     assert process_study_task.name == "ainode.process_study"
