@@ -27,7 +27,7 @@ from node.labels import normalise_subtype
 from node.model.bundle import BundleError
 from node.model.tasks import Task
 from node.sr.validate import validate_object, validate_sr
-from tests.scp.fixtures import SynthCase, synth_case
+from tests.support.studies import SynthCase, synth_case
 
 __all__ = ["synth_case"]
 

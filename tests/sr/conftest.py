@@ -3,8 +3,6 @@ and the SR + companions built from them, written to disk once per session."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +21,9 @@ from node.sr.content import (
     lesion_result_from_predictions,
 )
 from node.sr.report import build_report, write_instance
+from tests.support.studies import SynthCase, synth_case
+
+__all__ = ["synth_case"]
 
 SHA = "0123456789abcdef" * 4
 TASKS = ("subtype", "er", "pr", "her2", "her2-3tier")
@@ -75,12 +76,10 @@ def algorithm(tasks: tuple[str, ...] = TASKS) -> AlgorithmInfo:
 
 
 @pytest.fixture(scope="session")
-def study_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``ainode synth --cases 1 --seed 1 --size small``: T1CE, T2 and a 2-segment SEG."""
-    out = tmp_path_factory.mktemp("synth")
-    subprocess.run([sys.executable, "-m", "node.cli", "synth", "--out", str(out), "--cases", "1", "--seed", "1",
-                    "--size", "small"], check=True, capture_output=True)
-    return out / "case0000"
+def study_dir(synth_case: SynthCase) -> Path:
+    """``ainode synth --cases 1 --seed 1 --size small``: T1CE, T2 and a 2-segment SEG (the shared, read-only
+    :func:`tests.support.studies.synth_case`)."""
+    return synth_case.root
 
 
 @pytest.fixture(scope="session")
