@@ -1,6 +1,6 @@
 """The one labelling function shared by training import, synthetic cohorts and evaluation.
 
-Rules (method.md §1.1): ER or PR is positive at **> 1 %** stained nuclei; HR+ = ER+ or PR+.
+Rules (docs/method.md §1.1): ER or PR is positive at **> 1 %** stained nuclei; HR+ = ER+ or PR+.
 HER2+ = IHC 3+, or IHC 2+ with in-situ hybridisation (FISH/ISH/NGS) amplification; IHC 2+ without an ISH
 result is *equivocal* and cannot be labelled. The four classes are HR+/HER2−, HR+/HER2+, HR−/HER2+ and TN
 (HR−/HER2−). The HER2 three-tier grouping (study S3) is positive / low (IHC 1+, or 2+ not amplified) /

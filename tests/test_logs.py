@@ -12,9 +12,8 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -29,12 +28,14 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # g
 
 from node import log
 from node.cli.conformance import SCU_SOP_CLASSES
-from node.cli.demo import ReceivingAE
 from node.delivery.scu import send_files
 from node.errors import ConfigError
 from node.spool import uid_key
 from node.values import Destination
 from tests.phi import Identifier, assert_no_phi, find_phi, patient_identifiers
+from tests.support.net import free_port
+from tests.support.scp import StoreSCP
+from tests.support.waiting import wait_for
 
 REQUIRED = {"time", "level", "logger", "message", "process", "thread"}
 ROOT = Path(__file__).resolve().parents[1]
@@ -215,14 +216,13 @@ def synthetic_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder / "case0000"
 
 
-def _wait(predicate: object, timeout: float, what: str, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
+def _wait(predicate: Callable[[], bool], timeout: float, what: str, proc: subprocess.Popen[bytes]) -> None:
+    def ready() -> bool:
         if proc.poll() is not None:
             pytest.fail(f"ainode serve exited ({proc.returncode}) while waiting for {what}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.3)
+        return predicate()
+
+    wait_for(ready, timeout, what, interval=0.3)
 
 
 def _echo(port: int) -> bool:
@@ -233,14 +233,6 @@ def _echo(port: int) -> bool:
         return False
     assoc.release()
     return True
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_serve_logs_are_json_correlated_and_free_of_patient_identifiers(
@@ -260,8 +252,8 @@ def test_serve_logs_are_json_correlated_and_free_of_patient_identifiers(
     identifiers += [Identifier("Planted^Leakname", "PatientName"), Identifier("PLANT-4711"),
                     Identifier("1938-10-27", "PatientBirthDate")]
 
-    receiver = ReceivingAE(tmp_path / "pacs")
-    port = _free_port()
+    receiver = StoreSCP(tmp_path / "pacs", ae_title="DEMOPACS").start()
+    port = free_port()
     spool = tmp_path / "spool"
     env = {k: v for k, v in os.environ.items() if not k.startswith("AINODE_")}
     env.update({"AINODE_POLL_INTERVAL": "2", "PYTHONWARNINGS": "default"})
@@ -275,8 +267,8 @@ def test_serve_logs_are_json_correlated_and_free_of_patient_identifiers(
         _wait(lambda: _echo(port), 60, "the listener", proc)
         files = [planted_dir / "planted.dcm", *sorted(synthetic_study.rglob("*.dcm"))]
         send_files(files, Destination("AINODE", "127.0.0.1", port), calling_ae="PACS")
-        _wait(lambda: len(receiver.received) >= 3, 240, "the SR and its companions at the PACS", proc)
-        received = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPClassUID) for p in receiver.received}
+        _wait(lambda: len(receiver.files) >= 3, 240, "the SR and its companions at the PACS", proc)
+        received = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPClassUID) for p in receiver.files}
         assert received <= set(SCU_SOP_CLASSES.values()), "sent a SOP class the conformance statement omits"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0

@@ -4,23 +4,18 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from pynetdicom import AE
+from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # generated at import
 
 from node.cli import main
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.support.net import free_port
+from tests.support.waiting import wait_for
 
 
 def test_bad_option_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -29,7 +24,7 @@ def test_bad_option_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str])
 
 
 def test_serve_listens_and_stops_on_sigterm(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("AINODE_")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "node.cli", "serve", "--port", str(port), "--spool-dir", str(tmp_path / "spool"),
@@ -42,13 +37,12 @@ def test_serve_listens_and_stops_on_sigterm(tmp_path: Path) -> None:
         assert f"TESTNODE listening on 0.0.0.0:{port}" in banner, banner
         ae = AE(ae_title="PACS")
         ae.add_requested_context(Verification)
-        deadline = time.monotonic() + 30
-        while True:
+
+        def established() -> Association | None:
             assoc = ae.associate("127.0.0.1", port, ae_title="TESTNODE")
-            if assoc.is_established or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
-        assert assoc.is_established
+            return assoc if assoc.is_established else None
+
+        assoc = wait_for(established, 30, "an association with ainode serve", interval=0.2)
         assert assoc.send_c_echo().Status == 0x0000
         assoc.release()
         proc.send_signal(signal.SIGTERM)

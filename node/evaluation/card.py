@@ -1,8 +1,8 @@
-"""The model card (method.md §7): one document model rendered to Markdown and HTML, plus ``model_card.json``.
+"""The model card (docs/method.md §7): one document model rendered to Markdown and HTML, plus ``model_card.json``.
 
-Sections follow the §7 checklist (identity and intended use, data, model, performance, baseline, explainability,
-fairness subgroups, deployment guards); each JSON entry is tagged with the TRIPOD+AI / CLAIM / METRICS items it
-serves. Numbers come from the bundle manifest (training) and the evaluation metrics.
+Sections follow the checklist of docs/method.md §7 (identity and intended use, data, model, performance,
+baseline, explainability, fairness subgroups, deployment guards); each JSON entry is tagged with the TRIPOD+AI /
+CLAIM / METRICS items it serves. Numbers come from the bundle manifest (training) and the evaluation metrics.
 """
 
 from __future__ import annotations

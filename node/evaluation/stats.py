@@ -1,4 +1,4 @@
-"""Evaluation statistics (method.md §4), each small enough to check against a hand calculation.
+"""Evaluation statistics (docs/method.md §4), each small enough to check against a hand calculation.
 
 * Patient-level bootstrap: resample *patients* with replacement and keep all their lesions; percentile 95 % CI.
 * Paired bootstrap of a metric difference (same resamples for both methods); two-sided p =
@@ -144,7 +144,7 @@ def gee_paired_accuracy(correct_a: npt.ArrayLike, correct_b: npt.ArrayLike, grou
 
 def mcnemar_exact(correct_a: npt.ArrayLike, correct_b: npt.ArrayLike) -> float:
     """Exact McNemar p-value on the discordant pairs (valid for one lesion per patient): the GEE cross-check of
-    method §4, and the fallback when GEE is not estimable."""
+    docs/method.md §4, and the fallback when GEE is not estimable."""
     from statsmodels.stats.contingency_tables import mcnemar
 
     a = np.asarray(correct_a, dtype=bool)

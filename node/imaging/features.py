@@ -1,9 +1,9 @@
 # mypy: allow-untyped-calls
-"""The 200 radiomic features of the reference method (method.md §1.4), extracted with PyRadiomics 3.0.1.
+"""The 200 radiomic features of the reference method (docs/method.md §1.4), extracted with PyRadiomics 3.0.1.
 
 Per lesion: first-order (18) + GLCM (24) + GLSZM (16) + GLRLM (16) + NGTDM (5) + GLDM (14) on T1CE and on T2,
 plus the 14 shape features once = 200, named ``<sequence>_<class>_<Feature>`` (``t1ce_glszm_...``,
-``t2_firstorder_Energy``, ``shape_Sphericity``). Optional peritumoral shells (method.md §2, S4) add features
+``t2_firstorder_Energy``, ``shape_Sphericity``). Optional peritumoral shells (docs/method.md §2, S4) add features
 named ``<sequence>_shell<d>mm_<class>_<Feature>`` beyond the 200.
 
 Parameters live in the versioned ``config/radiomics.yaml``; :func:`load_radiomics_params` validates it with

@@ -1,5 +1,5 @@
 # mypy: allow-untyped-calls
-"""The pons intensity reference (method.md §1.3, §6): from the SEG, automatic from MNI, or whole brain.
+"""The pons intensity reference (docs/method.md §1.3, §6): from the SEG, automatic from MNI, or whole brain.
 
 Order of preference:
 
@@ -8,7 +8,7 @@ Order of preference:
    T1CE (similarity, then affine; 6 then 3 mm), and the method's ROI (an MNI cylinder x = 0, y = -25,
    z = -36...-30 mm, radius 7.5 mm: 1,239 voxels) is mapped nearest-neighbour onto the T1CE grid. MNI
    coordinates are RAS; ITK reads the NIfTI into LPS, so the ROI is built in LPS as x = 0, y = +25.
-   QC gates (method.md §6.3 step 5): volume within tolerance of 1,239 mm³, no voxel within a margin of any
+   QC gates (docs/method.md §6.3 step 5): volume within tolerance of 1,239 mm³, no voxel within a margin of any
    lesion, coefficient of variation of both sequences below a limit, centroid near the brain's left-right
    midline, ROI inside the T2 field of view; the registration metric is recorded.
 3. ``"whole-brain"``: when a gate fails, the brain mask minus the (dilated) lesions, with a warning naming
@@ -36,7 +36,7 @@ from node.imaging.types import PonsMethod, PonsReference
 logger = logging.getLogger(__name__)
 
 TEMPLATE_RESOURCE = "datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
-# method.md §6.2, MNI (RAS) millimetres
+# docs/method.md §6.2, MNI (RAS) millimetres
 PONS_CENTRE_RAS: tuple[float, float] = (0.0, -25.0)
 PONS_Z_RANGE_MM: tuple[float, float] = (-36.0, -30.0)
 PONS_RADIUS_MM = 7.5

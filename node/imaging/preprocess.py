@@ -1,5 +1,5 @@
 # mypy: allow-untyped-calls
-"""The method's preprocessing recipe (method.md §1.2-1.3) from a LoadedStudy to a PreprocessedStudy.
+"""The method's preprocessing recipe (docs/method.md §1.2-1.3) from a LoadedStudy to a PreprocessedStudy.
 
 Steps, each timed in ``PreprocessedStudy.timings``:
 

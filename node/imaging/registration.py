@@ -1,5 +1,5 @@
 # mypy: allow-untyped-calls
-"""Resampling, N4 and registration primitives (method.md §1.2) on SimpleITK images, with an ANTs backend.
+"""Resampling, N4 and registration primitives (docs/method.md §1.2) on SimpleITK images, with an ANTs backend.
 
 * :func:`resample_to_spacing` puts an image on an isotropic grid with the same orientation and field of view.
 * :func:`n4_correct` fits the N4 bias field on a shrunk copy and applies its log field at full resolution.

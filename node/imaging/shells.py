@@ -1,5 +1,5 @@
 # mypy: allow-untyped-calls
-"""Peritumoral shells (method.md §2, S4): the lesion dilated by d mm, minus the lesion, inside the brain.
+"""Peritumoral shells (docs/method.md §2, S4): the lesion dilated by d mm, minus the lesion, inside the brain.
 
 Distances come from SimpleITK's signed Maurer distance map in physical units, so a shell is the same thickness
 in mm on any grid. Work is done on the lesion's bounding box grown by the largest distance, for speed; the

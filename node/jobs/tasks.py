@@ -1,4 +1,5 @@
-"""The node's Celery tasks: thin wiring around :mod:`node.jobs.runner`, taking ids and paths (engineering.md §3.5).
+"""The node's Celery tasks: thin wiring around :mod:`node.jobs.runner`, taking ids and paths
+(docs/engineering.md §3.5).
 
 Each task sets the correlation id (``node.log.correlated``), opens the process's :class:`JobContext` and calls a
 plain function that can be unit-tested without Celery:

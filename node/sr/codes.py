@@ -1,8 +1,9 @@
-"""Named coded concepts of the result SR (dicom-results.md §2): standard codes and the private ``99BCMETS`` scheme.
+"""Named coded concepts of the result SR (docs/sr-design.md §2): standard codes and the private ``99BCMETS`` scheme.
 
-Rules for the private scheme (§2.3): one code value means exactly one thing; code values are SH (≤ 16 chars),
-meanings LO (≤ 64 chars). Per-feature codes are derived by fixed, documented rules (:func:`feature_code`,
-:func:`shap_code`) so that the same input always gets the same code. The table is published in ``docs/sr.md``.
+Rules for the private scheme (docs/sr-design.md §2.3): one code value means exactly one thing; code values are
+SH (≤ 16 chars), meanings LO (≤ 64 chars). Per-feature codes are derived by fixed, documented rules
+(:func:`feature_code`, :func:`shap_code`) so that the same input always gets the same code. The table is published
+in ``docs/sr.md``.
 Verify SNOMED CT codes against the release a site uses before shipping (HER2-low needs SNOMED CT ≥ 2025-12).
 """
 
@@ -255,7 +256,7 @@ def feature_code(name: str) -> FeatureCode:
 
 
 def shap_code(feature: str, explained_class: str) -> CodedConcept:
-    """The private NUM name of one SHAP value: ``SH`` + 14 hex of sha1(``feature|class``) (§2.2)."""
+    """The private NUM name of one SHAP value: ``SH`` + 14 hex of sha1(``feature|class``) (docs/sr-design.md §2.2)."""
     code = feature_code(feature)
     return private("SH" + _sha_hex(f"{feature}|{explained_class}", 14), f"SHAP {code.label}"[:64])
 

@@ -1,4 +1,4 @@
-"""Human-readable companions of the SR (dicom-results.md §4): a Secondary Capture image per lesion and/or one
+"""Human-readable companions of the SR (docs/sr-design.md §4): a Secondary Capture image per lesion and/or one
 Encapsulated PDF, each in its own series, with the result text and a SHAP waterfall plot.
 
 They duplicate the SR for people and viewers that cannot render TID 1500; the SR stays the source of truth.
@@ -190,7 +190,7 @@ def build_companion_sc(
             series_description=SC_SERIES_DESCRIPTION,
             transfer_syntax_uid=transfer_syntax_uid,
         )
-        sc.Laterality = ""  # Type 2C in General Series; dciodvfy 2022 requires it (dicom-results.md §4)
+        sc.Laterality = ""  # Type 2C in General Series; dciodvfy 2022 requires it (docs/sr-design.md §4)
         sc.BurnedInAnnotation = "YES"
         sc.ConversionType = "SYN"  # a synthetic image (chart), not a digitised film
         sc.ImageComments = f"{content.disclaimer}. The DICOM SR of this analysis is the machine-readable result."

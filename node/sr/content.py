@@ -6,7 +6,7 @@
   probabilities, out-of-distribution flag.
 * :class:`ShapExplanation` — the top SHAP contributions (feature, raw value, contribution) and base value.
 * :class:`LesionResult` — everything reported for one SEG segment.
-* :class:`ModelInfo` / :class:`AlgorithmInfo` — provenance (engineering.md §3.8), from :mod:`node.model.bundle`.
+* :class:`ModelInfo` / :class:`AlgorithmInfo` — provenance (docs/engineering.md §3.8), from :mod:`node.model.bundle`.
 * :class:`ReportContent` — the whole report: source, lesions, algorithm, subtype-model variant, pons summary,
   disclaimer.
 

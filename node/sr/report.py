@@ -1,11 +1,11 @@
 """The TID 1500 "Imaging Measurement Report" of one analysed study, built through highdicom templates.
 
-Content tree (dicom-results.md §1.2; the full tree and code table are in ``docs/sr.md``): per lesion three
+Content tree (docs/sr-design.md §1.2; the full tree and code table are in ``docs/sr.md``): per lesion three
 TID 1411 Volumetric ROI groups sharing the SEG segment's tracking identifiers and the same segment reference:
 (1) classification — CODE decisions and NUM probabilities, (2) SHAP — top-k contributions and the base value,
 (3) raw values — lesion volume and the raw values of the explained features. A report-level TID 1500 row-12
 "Qualitative Evaluations" container holds the human-readable TEXT summary. Every CONTAINER is SEPARATE so text
-renderers (dsr2html, Weasis, OHIF's text view) print concept names (§5.3).
+renderers (dsr2html, Weasis, OHIF's text view) print concept names (docs/sr-design.md §5.3).
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def algorithm_identification(a: AlgorithmInfo) -> Any:
 
 def referenced_segment(source: SourceStudy, segment_number: int) -> Any:
     """Segment reference; highdicom's ``from_segmentation`` fails when the Segment Identification is in the
-    Shared Functional Groups (one-segment highdicom SEGs, dicom-results.md §1.4), so build it explicitly."""
+    Shared Functional Groups (one-segment highdicom SEGs, docs/sr-design.md §1.4), so build it explicitly."""
     seg = source.seg
     return hd.sr.ReferencedSegment(
         sop_class_uid=seg.SOPClassUID,

@@ -1,4 +1,4 @@
-"""Re-read and validate written result objects (dicom-results.md §6). Each check returns a list of problems.
+"""Re-read and validate written result objects (docs/sr-design.md §6). Each check returns a list of problems.
 
 =================  ===========================================================================================
 check              what it catches

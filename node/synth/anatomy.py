@@ -2,9 +2,9 @@
 """Synthetic head anatomy from the MNI152 2009a template that nilearn's wheel bundles (no download).
 
 * The template and its GM/WM probability maps are read with SimpleITK (which converts NIfTI RAS to ITK/DICOM
-  LPS); CSF = brain mask − GM − WM. Inside an ellipsoid (11 × 11 × 12 mm) around the MNI pons ROI (method.md §6: x = 0,
-  y = −25, z = −36…−30 RAS, radius 7.5 mm) the tissue is forced to pure white matter, so the pons is
-  homogeneous and WM-like on both contrasts.
+  LPS); CSF = brain mask − GM − WM. Inside an ellipsoid (11 × 11 × 12 mm) around the MNI pons ROI
+  (docs/method.md §6: x = 0, y = −25, z = −36…−30 RAS, radius 7.5 mm) the tissue is forced to pure white
+  matter, so the pons is homogeneous and WM-like on both contrasts.
 * A *subject* is the template under a random affine (rotation ≤ 8°, per-axis scale 0.92–1.08, translation
   ≤ 10 mm). :class:`Affine` maps subject LPS points to template LPS points; the T1CE scan frame *is* subject
   space, and a rigid motion (:func:`random_rigid_motion`) maps it to T2 scan space.
@@ -35,7 +35,7 @@ F32Array = npt.NDArray[np.float32]
 TEMPLATE_DIR = "datasets/data"
 TEMPLATE_NAME = "mni_icbm152_{}_tal_nlin_sym_09a_converted.nii.gz"
 
-# method.md §6.2, MNI RAS -> LPS: (x, y, z) -> (-x, -y, z)
+# docs/method.md §6.2, MNI RAS -> LPS: (x, y, z) -> (-x, -y, z)
 PONS_CENTER_LPS = np.array([0.0, 25.0, -33.0])
 PONS_RADIUS_MM = 7.5
 PONS_Z_RANGE_MM = (-36.0, -30.0)
@@ -162,7 +162,7 @@ class Template:
 
     fractions: sitk.Image  # float32 vector image, components ``COMPONENTS[:n]`` (gm, wm, csf[, bone, fat])
     parenchyma_distance: sitk.Image  # mm to the nearest non-parenchyma voxel (float32)
-    pons_roi: sitk.Image  # uint8, the method.md §6 cylinder
+    pons_roi: sitk.Image  # uint8, the docs/method.md §6 cylinder
 
 
 def _template_path(kind: str) -> str:

@@ -4,7 +4,7 @@ Sampling model (per patient, from one ``numpy.random.Generator``):
 
 * **Primary subtype** from :data:`PRIMARY_PREVALENCE`
   (HR+/HER2− 0.35, HR+/HER2+ 0.20, HR−/HER2+ 0.20, TN 0.25).
-* **Conversion:** with probability ``conversion_rate`` (default 0.25, method.md §1.1) the metastasis
+* **Conversion:** with probability ``conversion_rate`` (default 0.25, docs/method.md §1.1) the metastasis
   subtype is drawn among the *other* three subtypes, weighted by prevalence; otherwise it equals the
   primary subtype.
 * **Receptor assays of the metastasis**, always consistent with its subtype under :mod:`node.labels`:

@@ -1,4 +1,4 @@
-"""Patient-grouped, stratified cross-validation: the grid search and nested CV (method.md §1.5, §8).
+"""Patient-grouped, stratified cross-validation: the grid search and nested CV (docs/method.md §1.5, §8).
 
 Folds come from ``StratifiedGroupKFold`` on the patient id, so no patient contributes lesions to both sides of
 a split. Inside each fold the scaler and selector are fitted on the training part only (once per selector,

@@ -4,7 +4,7 @@ Join: ``features.case == labels.patient`` and ``features.segment_number == label
 column of the feature table is a feature. Rows with a ``qc_error`` or a missing label are dropped (and logged);
 features that are constant or all-missing in the training table are dropped before training.
 
-Tasks (method.md §1.1, §2): ``subtype`` (4 classes, the primary-tumour subtype as a one-hot input),
+Tasks (docs/method.md §1.1, §2): ``subtype`` (4 classes, the primary-tumour subtype as a one-hot input),
 ``subtype-noprimary`` (the same target without it), ``er``/``pr``/``her2`` (binary) and ``her2-3tier``
 (zero / low / positive). The primary subtype is one-hot encoded over all four classes (no reference level) in
 columns named ``primary_subtype=<class>``; an unknown primary is all zeros and is refused at prediction time.

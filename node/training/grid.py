@@ -1,4 +1,4 @@
-"""The search space of method.md §1.5: RobustScaler → feature reduction → tree-ensemble classifier.
+"""The search space of docs/method.md §1.5: RobustScaler → feature reduction → tree-ensemble classifier.
 
 Reduction: ``SelectKBest(f_classif)``, ``SelectKBest(mutual_info_classif)``, or ``SelectFromModel`` over an L1
 model — ``LassoCV`` (regression on the 0/1 target, as in the Yonsei TAIL Auto-ML template) for binary tasks and

@@ -2,7 +2,7 @@
 
 The chosen candidate is the one with the best mean CV score (accuracy unless configured); it is refitted on
 every training lesion with balanced sample weights. The CV score of the chosen candidate carries selection
-optimism (it also served to choose); ``nested=True`` adds the honest estimate (method.md §8).
+optimism (it also served to choose); ``nested=True`` adds the honest estimate (docs/method.md §8).
 """
 
 from __future__ import annotations

@@ -1,14 +1,12 @@
-"""Real receiving peers for the delivery tests: a pynetdicom Storage SCP in this process and dcmtk's storescp."""
+"""Real receiving peers for the delivery tests: the stub Storage SCP of :mod:`tests.support.scp` in this process
+(``scp_factory``) and dcmtk's storescp as a subprocess; the small instances and the job they belong to."""
 
 from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,21 +14,15 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, SecondaryCaptureImageStorage, generate_uid
-from pynetdicom import AE, StoragePresentationContexts, evt
 
 from node.ledger.db import Ledger
 from node.ledger.repository import InstanceHeader, Repository, idempotency_key
 from node.values import Destination
+from tests.support.net import accepts_connections, free_port
+from tests.support.scp import scp_factory
+from tests.support.waiting import wait_for
 
 STUDY = "1.2.826.0.1.3680043.8.498.1"
-VERIFICATION = "1.2.840.10008.1.1"
-
-
-def free_port() -> int:
-    """A port nothing listens on right now (bound and released: the OS will not hand it out again soon)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def make_file(directory: Path, sop_class: str = MRImageStorage, name: str | None = None) -> Path:
@@ -51,64 +43,6 @@ def make_file(directory: Path, sop_class: str = MRImageStorage, name: str | None
     path = directory / (name or f"{ds.SOPInstanceUID}.dcm")
     ds.save_as(path, enforce_file_format=True)
     return path
-
-
-@dataclass
-class StoreSCP:
-    """A pynetdicom Storage SCP on a free port that writes what it receives and answers ``status``."""
-
-    directory: Path
-    port: int
-    ae_title: str = "PACS"
-    status: int = 0x0000
-    received: list[str] = field(default_factory=list)
-    server: object = None
-
-    @property
-    def destination(self) -> Destination:
-        return Destination(self.ae_title, "127.0.0.1", self.port)
-
-    def _on_store(self, event: evt.Event) -> int:
-        if self.status in (0x0000, 0xB000):
-            ds = event.dataset
-            ds.file_meta = event.file_meta
-            self.directory.mkdir(parents=True, exist_ok=True)
-            ds.save_as(self.directory / f"{ds.SOPInstanceUID}.dcm", enforce_file_format=True)
-            self.received.append(str(ds.SOPInstanceUID))
-        return self.status
-
-    def start(self, sop_classes: list[str] | None = None) -> StoreSCP:
-        ae = AE(ae_title=self.ae_title)
-        if sop_classes is None:
-            ae.supported_contexts = StoragePresentationContexts
-        else:
-            for uid in sop_classes:
-                ae.add_supported_context(uid)
-        ae.add_supported_context(VERIFICATION)
-        self.server = ae.start_server(("127.0.0.1", self.port), block=False,
-                                      evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
-        return self
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()  # type: ignore[attr-defined]
-            self.server = None
-
-
-@pytest.fixture
-def scp_factory(tmp_path: Path) -> Iterator[Callable[..., StoreSCP]]:
-    """``scp_factory(port=None, status=0, sop_classes=None, start=True)``; all stopped at teardown."""
-    made: list[StoreSCP] = []
-
-    def factory(port: int | None = None, status: int = 0, sop_classes: list[str] | None = None,
-                start: bool = True) -> StoreSCP:
-        scp = StoreSCP(tmp_path / f"received-{len(made)}", port or free_port(), status=status)
-        made.append(scp)
-        return scp.start(sop_classes) if start else scp
-
-    yield factory
-    for scp in made:
-        scp.stop()
 
 
 def dcmtk_storescp() -> str | None:
@@ -133,16 +67,17 @@ def storescp(tmp_path: Path) -> Iterator[tuple[Destination, Path]]:
     port = free_port()
     proc = subprocess.Popen([exe, "--aetitle", "DCMTK", "--output-directory", str(out), str(port)],
                             env={**os.environ, "TCP_NODELAY": "1"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 15
-    while True:  # wait until it accepts connections (bounded)
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail(f"storescp did not start: {proc.communicate()[0]!r}")
-            time.sleep(0.05)
+
+    def up() -> bool:  # accepting connections, or exited
+        return proc.poll() is not None or accepts_connections(port)
+
+    try:
+        wait_for(up, 15, "storescp accepts connections", interval=0.05)
+    except pytest.fail.Exception:
+        proc.kill()
+        pytest.fail(f"storescp did not start within 15 s: {proc.communicate()[0]!r}")
+    if proc.poll() is not None:
+        pytest.fail(f"storescp did not start: {proc.communicate()[0]!r}")
     yield Destination("DCMTK", "127.0.0.1", port), out
     proc.terminate()
     proc.wait(timeout=10)
@@ -175,4 +110,4 @@ def sop_uid(path: Path) -> str:
     return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
 
 
-__all__ = ["SecondaryCaptureImageStorage", "make_file", "make_job", "sop_uid"]
+__all__ = ["SecondaryCaptureImageStorage", "make_file", "make_job", "scp_factory", "sop_uid"]

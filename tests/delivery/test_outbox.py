@@ -14,7 +14,9 @@ from node.ledger import deliveries as store
 from node.ledger.repository import Repository
 from node.ledger.states import DeliveryState
 from node.values import Destination
-from tests.delivery.conftest import StoreSCP, free_port, make_file, make_job, sop_uid
+from tests.delivery.conftest import make_file, make_job, sop_uid
+from tests.support.net import free_port
+from tests.support.scp import StoreSCP
 
 
 def queue(repo: Repository, job_id: int, destination: Destination, path: Path, at: float = 100.0) -> None:

@@ -12,7 +12,9 @@ from pydicom.uid import MRImageStorage, SecondaryCaptureImageStorage
 from node.delivery.scu import send_files
 from node.errors import DeliveryRefusedError, PacsUnavailableError, TransientError
 from node.values import Destination
-from tests.delivery.conftest import StoreSCP, free_port, make_file, sop_uid
+from tests.delivery.conftest import make_file, sop_uid
+from tests.support.net import free_port
+from tests.support.scp import StoreSCP
 
 
 def test_send_stores_every_file_unchanged(tmp_path: Path, scp_factory: Callable[..., StoreSCP]) -> None:
@@ -43,7 +45,7 @@ def test_peer_down_is_transient(tmp_path: Path) -> None:
 
 def test_wrong_called_ae_title_rejected_is_transient(tmp_path: Path, scp_factory: Callable[..., StoreSCP]) -> None:
     scp = scp_factory()
-    scp.server.ae.require_called_aet = True  # type: ignore[attr-defined]
+    scp.server.ae.require_called_aet = True
     with pytest.raises(PacsUnavailableError, match="rejected"):
         send_files([make_file(tmp_path)], Destination("NOTPACS", "127.0.0.1", scp.port), timeout_s=5)
 

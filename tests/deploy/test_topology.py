@@ -27,7 +27,6 @@ import contextlib
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import uuid
@@ -40,7 +39,6 @@ import pydicom
 import pytest
 from sqlalchemy.engine import make_url
 
-from node.cli.demo import ReceivingAE
 from node.delivery.scu import send_files
 from node.ledger.db import Ledger
 from node.ledger.repository import Repository
@@ -48,8 +46,10 @@ from node.ledger.states import JobState, StudyState
 from node.sr.validate import FAST_SR_CHECKS, validate_sr
 from node.values import Destination
 from tests.deploy.compose import ROOT, Service, healthcheck_argv, services
-from tests.jobs.conftest import wait_for
 from tests.phi import assert_no_phi, patient_identifiers
+from tests.support.net import free_port
+from tests.support.scp import StoreSCP
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -64,12 +64,6 @@ TEST_SETTINGS = {  # see the module docstring: site values and the test's time s
 # two small studies on a shared 2-core machine, one run twice; Redis hands the killed worker's message on after the
 # visibility timeout plus up to ~100 s (kombu's restore sweep: unacked_restore_interval x unacked_restore_throttle)
 JOB_TIMEOUT = 300.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Process:
@@ -133,7 +127,7 @@ class Stack:
     spec: dict[str, Service]
     redis_port: int
     database_url: str
-    receiver: ReceivingAE
+    receiver: StoreSCP
     ports: dict[int, int]  # container port -> host port
     processes: dict[str, Process]
     web_token: str
@@ -224,10 +218,10 @@ def stack(tmp_path: Path, require_tool: Callable[[str], str]) -> Iterator[Stack]
     spec = services()
     (tmp_path / "logs").mkdir()
     admin, database = _create_database()
-    receiver = ReceivingAE(tmp_path / "pacs")
-    redis_port = _free_port()
+    receiver = StoreSCP(tmp_path / "pacs", ae_title="DEMOPACS").start()
+    redis_port = free_port()
     stack = Stack(tmp_path, spec, redis_port, f"postgresql+psycopg://postgres@127.0.0.1:5432/{database}", receiver,
-                  {11112: _free_port(), 8080: _free_port()}, {}, secrets.token_hex(16))
+                  {11112: free_port(), 8080: free_port()}, {}, secrets.token_hex(16))
     try:
         redis = spec["redis"]
         argv = [stack.rewrite(redis, arg) for arg in redis.command] + ["--port", str(redis_port),

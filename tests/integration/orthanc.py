@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 import urllib.error
@@ -18,6 +17,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from tests.support.net import free_port
 
 ORTHANC_BINARY = "Orthanc"
 ORTHANC_AE = "ORTHANC"
@@ -27,12 +28,6 @@ def orthanc_binary() -> str | None:
     """The path of the ``Orthanc`` executable, or None when it is not installed."""
     return shutil.which(ORTHANC_BINARY) or (
         "/usr/sbin/Orthanc" if Path("/usr/sbin/Orthanc").is_file() else None)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

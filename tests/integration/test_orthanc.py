@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,7 +14,9 @@ import pytest
 from node.cli.serve import settings_from_args, start_node
 from node.sr.validate import validate_sr
 from node.synth.generate import generate_cohort
-from tests.integration.orthanc import ORTHANC_AE, Orthanc, free_port, orthanc_binary, start_orthanc
+from tests.integration.orthanc import ORTHANC_AE, Orthanc, orthanc_binary, start_orthanc
+from tests.support.net import free_port
+from tests.support.waiting import wait_for
 
 pytestmark = [
     pytest.mark.slow,
@@ -63,15 +64,18 @@ def test_orthanc_sends_study_and_receives_sr(tmp_path: Path) -> None:
         assert int(answer.get("FailedInstancesCount", 0)) == 0, answer
         assert int(answer["InstancesCount"]) == len(files), answer
 
-        deadline = time.monotonic() + SR_TIMEOUT_S
-        while not (reports := _sr_instances(orthanc, study_id)):
-            assert node.worker is not None and node.worker.poll() is None, (
-                (node.settings.spool_dir / "worker.log").read_text(errors="replace")[-4000:])
-            if time.monotonic() > deadline:
-                pytest.fail(f"no SR stored in Orthanc within {SR_TIMEOUT_S:g} s; worker log:\n"
-                            + (node.settings.spool_dir / "worker.log").read_text(errors="replace")[-4000:]
-                            + "\nOrthanc log:\n" + orthanc.log[-4000:])
-            time.sleep(0.5)
+        worker_log = node.settings.spool_dir / "worker.log"
+
+        def stored_reports() -> list[str]:
+            reports = _sr_instances(orthanc, study_id)
+            if not reports:
+                assert node is not None and node.worker is not None and node.worker.poll() is None, (
+                    worker_log.read_text(errors="replace")[-4000:])
+            return reports
+
+        reports = wait_for(stored_reports, SR_TIMEOUT_S, lambda: (
+            "no SR stored in Orthanc; worker log:\n" + worker_log.read_text(errors="replace")[-4000:]
+            + "\nOrthanc log:\n" + orthanc.log[-4000:]), interval=0.5)
 
         assert len(reports) == 1
         sr_path = tmp_path / "sr.dcm"

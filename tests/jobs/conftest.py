@@ -1,6 +1,6 @@
 """Fixtures of the job-layer tests: a received study in a real ledger, tiny real model bundles, Celery worker
-subprocesses on a real broker (embedded filesystem broker, or Redis at 127.0.0.1:6379), a TCP fault proxy, and
-the one polling helper :func:`wait_for`."""
+subprocesses on a real broker (embedded filesystem broker, or Redis at 127.0.0.1:6379) and a TCP fault proxy.
+Polling is :func:`tests.support.waiting.wait_for`."""
 
 from __future__ import annotations
 
@@ -32,7 +32,9 @@ from node.ledger.db import Ledger
 from node.ledger.repository import JobRecord, Repository
 from node.spool import result_dir
 from node.values import Destination
-from tests.scp.fixtures import FakeClock, send, start, synth_case
+from tests.scp.fixtures import FakeClock, send, start
+from tests.support.studies import synth_case
+from tests.support.waiting import wait_for
 
 
 def spool_settings(spool_dir: Path, env: dict[str, str] | None = None) -> Settings:
@@ -44,18 +46,6 @@ __all__ = ["start", "synth_case"]
 
 ROOT = Path(__file__).resolve().parents[2]
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, message: str, interval: float = 0.1) -> Any:
-    """Poll ``predicate`` until it returns something truthy (returned) or ``timeout`` seconds pass (fail)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g} s: {message}")
-        time.sleep(interval)
 
 
 # -- models ------------------------------------------------------------------------------------------------
@@ -328,4 +318,4 @@ class FaultProxy:
         self._thread.join(timeout=5)
 
 
-__all__ += ["BrokerUnderTest", "FaultProxy", "Node", "Worker", "result_dir", "wait_for"]
+__all__ += ["BrokerUnderTest", "FaultProxy", "Node", "Worker", "result_dir"]

@@ -33,7 +33,7 @@ from node.model.bundle import BundleError
 from node.model.prediction import Prediction
 from node.model.tasks import Task
 from node.sr.validate import validate_object, validate_sr
-from tests.scp.fixtures import SynthCase, synth_case
+from tests.support.studies import SynthCase, synth_case
 
 __all__ = ["synth_case"]
 

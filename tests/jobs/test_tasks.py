@@ -1,4 +1,4 @@
-"""The job layer's functions as plain calls (engineering.md §3.13): broker resolution, the production settings,
+"""The job layer's functions as plain calls (docs/engineering.md §3.13): broker resolution, the production settings,
 dispatching ready studies exactly once, and one real job (the real process_study on a real received study)."""
 
 from __future__ import annotations

@@ -18,7 +18,10 @@ from node.ledger.db import Ledger
 from node.ledger.repository import Repository
 from node.ledger.states import JobState, StudyState
 from node.log import study_key
-from tests.jobs.conftest import BrokerUnderTest, FaultProxy, Node, WorkerFactory, wait_for
+from tests.jobs.conftest import BrokerUnderTest, FaultProxy, Node, WorkerFactory
+from tests.support.net import free_port
+from tests.support.scp import StoreSCP
+from tests.support.waiting import wait_for
 
 PROCESS = "ainode.process_study"
 JOB_TIMEOUT = 180.0  # the small study takes ~10 s alone; the 2-core test machine is shared
@@ -209,8 +212,6 @@ def test_permanent_error_is_not_retried(
 def test_beat_dispatches_processes_and_delivers_to_a_pacs(node: Node, workers: WorkerFactory, tmp_path: Path) -> None:
     """The whole job layer in one worker with the embedded broker and ``--beat``: the periodic poll finds the
     received study ready, the job runs, and the SR (+ companions) reach a real Storage SCP."""
-    from tests.delivery.conftest import StoreSCP, free_port
-
     pacs = StoreSCP(tmp_path / "pacs", free_port()).start()
     try:
         env = {**node.worker_env(), "AINODE_QUEUE": f"ainode-test-{uuid.uuid4().hex[:8]}",

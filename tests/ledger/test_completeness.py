@@ -14,7 +14,8 @@ from node.imaging.series_rules import SeriesRules
 from node.jobs.completeness import CompletenessChecker, CompletenessPolicy
 from node.ledger.states import JobState, StudyState
 from node.scp.server import ListenerHandle
-from tests.scp.fixtures import FakeClock, ListenerFactory, SynthCase, send
+from tests.scp.fixtures import FakeClock, ListenerFactory, send
+from tests.support.studies import SynthCase
 
 QUIET = 60.0
 FORCE = 600.0

@@ -19,7 +19,7 @@ from node.imaging.types import LoadedStudy, Segment, StudyIdentity
 
 _DATA = "datasets/data/mni_icbm152_{}_tal_nlin_sym_09a_converted.nii.gz"
 MNI_CENTRE_LPS = (0.0, 18.0, 22.0)  # roughly the centre of the template's brain
-PONS_CENTRE_LPS = (0.0, 25.0, -33.0)  # method.md §6.2, RAS (0, -25, -33) in LPS
+PONS_CENTRE_LPS = (0.0, 25.0, -33.0)  # docs/method.md §6.2, RAS (0, -25, -33) in LPS
 
 
 @functools.lru_cache(maxsize=4)

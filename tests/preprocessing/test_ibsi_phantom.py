@@ -1,5 +1,5 @@
 # mypy: allow-untyped-calls
-"""IBSI-1 digital phantom: the product's extraction path reproduces the IBSI consensus values (method.md §5.3).
+"""IBSI-1 digital phantom: the product's extraction path reproduces the IBSI consensus values (docs/method.md §5.3).
 
 The phantom (CC BY 4.0, design Alex Zwanenburg, DICOM format courtesy David Clunie) is vendored in
 tests/data/ibsi/. Settings: the node's radiomics.yaml with binWidth 1 instead of binCount 32, which preserves

@@ -21,7 +21,7 @@ def _centroid(mask: sitk.Image) -> np.ndarray:
 def test_template_roi_is_the_method_cylinder_in_lps() -> None:
     roi = pons_roi_on(mni_template())
     arr = sitk.GetArrayViewFromImage(roi) > 0
-    assert int(arr.sum()) == 1239  # method.md §6.2
+    assert int(arr.sum()) == 1239  # docs/method.md §6.2
     # MNI RAS (0, -25, -33) is LPS (0, +25, -33)
     assert _centroid(roi) == pytest.approx([0.0, 25.0, -33.0], abs=0.05)
     values = sitk.GetArrayViewFromImage(mni_template())[arr]

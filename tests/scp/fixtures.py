@@ -1,14 +1,13 @@
-"""Fixtures and helpers shared by tests/scp and tests/ledger: a synthetic study, ledgers on SQLite and
-PostgreSQL, in-process listeners on free ports, a fake clock and a pynetdicom SCU sender."""
+"""Fixtures and helpers shared by tests/scp and tests/ledger: ledgers on SQLite and PostgreSQL, in-process
+listeners on free ports, a fake clock and a pynetdicom SCU sender (the synthetic study is
+:func:`tests.support.studies.synth_case`)."""
 
 from __future__ import annotations
 
-import argparse
 import io
 import socket
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
@@ -16,7 +15,6 @@ import pytest
 from pynetdicom import AE, _config, transport
 from pynetdicom.association import Association
 
-from node.cli import synth as synth_command
 from node.config import Settings
 from node.ledger.db import Ledger
 from node.scp.contexts import STORAGE_SOP_CLASSES, VERIFICATION
@@ -30,18 +28,6 @@ SCU_TRANSFER_SYNTAXES = (
     "1.2.840.10008.1.2.5",  # RLE Lossless
     "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
 )
-
-
-@dataclass(frozen=True)
-class SynthCase:
-    root: Path
-    t1ce: tuple[Path, ...]
-    t2: tuple[Path, ...]
-    seg: tuple[Path, ...]
-
-    @property
-    def all(self) -> tuple[Path, ...]:
-        return self.t1ce + self.t2 + self.seg
 
 
 class FakeClock:
@@ -65,24 +51,6 @@ def dataset_bytes(path: Path) -> bytes:
     pydicom.filereader.read_preamble(stream, False)
     pydicom.filereader._read_file_meta_info(stream)
     return raw[stream.tell():]
-
-
-@pytest.fixture(scope="session")
-def synth_case(tmp_path_factory: pytest.TempPathFactory) -> SynthCase:
-    """One small synthetic study (T1CE, T2, SEG), generated once per session (shared by scp and ledger tests)."""
-    out = tmp_path_factory.getbasetemp() / "scp-synth"
-    case = out / "case0000"
-    if not (case / "seg").is_dir():  # `ainode synth --out OUT --cases 1 --seed 1 --size small`
-        parser = argparse.ArgumentParser()
-        synth_command.register(parser.add_subparsers())
-        args = parser.parse_args(["synth", "--out", str(out), "--cases", "1", "--seed", "1", "--size", "small"])
-        assert args.handler(args) == 0
-    return SynthCase(
-        root=case,
-        t1ce=tuple(sorted((case / "t1ce").iterdir())),
-        t2=tuple(sorted((case / "t2").iterdir())),
-        seg=tuple(sorted((case / "seg").iterdir())),
-    )
 
 
 def _postgres_url() -> Iterator[str]:

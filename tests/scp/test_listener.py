@@ -18,7 +18,8 @@ from node.ledger.db import Ledger
 from node.ledger.repository import Repository
 from node.ledger.states import StudyState
 from node.scp.status import StoreStatus
-from tests.scp.fixtures import FakeClock, ListenerFactory, SynthCase, associate, dataset_bytes, send
+from tests.scp.fixtures import FakeClock, ListenerFactory, associate, dataset_bytes, send
+from tests.support.studies import SynthCase
 
 
 def spooled_files(spool: Path) -> list[Path]:

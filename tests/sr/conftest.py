@@ -21,7 +21,7 @@ from node.sr.content import (
 )
 from node.sr.report import build_report, write_instance
 from node.sr.source import SourceStudy
-from tests.scp.fixtures import SynthCase, synth_case
+from tests.support.studies import SynthCase, synth_case
 
 __all__ = ["synth_case"]
 
@@ -77,8 +77,8 @@ def algorithm(tasks: tuple[str, ...] = TASKS) -> AlgorithmInfo:
 
 @pytest.fixture(scope="session")
 def study_dir(synth_case: SynthCase) -> Path:
-    """``ainode synth --cases 1 --seed 1 --size small``: T1CE, T2 and a 2-segment SEG (generated in-process once
-    per session, shared with the listener and job tests)."""
+    """``ainode synth --cases 1 --seed 1 --size small``: T1CE, T2 and a 2-segment SEG (the shared, read-only
+    :func:`tests.support.studies.synth_case`)."""
     return synth_case.root
 
 

@@ -21,7 +21,7 @@ def test_ibsi_keywords_resolve_and_name_real_features():
         assert key in produced, f"{key} is not a feature the pipeline produces"
         code = getattr(codes.IBSI, keyword)
         assert code.scheme_designator == "IBSI"
-    # the IBSI trap of dicom-results.md §3.3: GLSZM low grey level zone emphasis is XMSY, not GLDZM's S1RA
+    # the IBSI trap of docs/sr-design.md §3.3: GLSZM low grey level zone emphasis is XMSY, not GLDZM's S1RA
     assert C.feature_code("t1ce_glszm_LowGrayLevelZoneEmphasis").concept.value == "XMSY"
     assert C.feature_code("t2_glcm_JointEntropy").concept.value == "TU9B"
 

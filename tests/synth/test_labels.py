@@ -1,4 +1,4 @@
-"""The shared labelling rules (method.md §1.1) on hand-made cases."""
+"""The shared labelling rules (docs/method.md §1.1) on hand-made cases."""
 
 from __future__ import annotations
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -29,6 +28,7 @@ from node.values import Destination
 from node.web.app import create_app
 from node.web.dispatch import CeleryDispatcher
 from tests.scp.fixtures import FakeClock, ledger_url
+from tests.support.waiting import wait_for
 
 __all__ = ["ledger_url"]
 
@@ -39,17 +39,6 @@ DONE_UID, FAILED_UID, RECEIVING_UID = f"{ROOT}.1", f"{ROOT}.2", f"{ROOT}.3"
 MR, SEG = "1.2.840.10008.5.1.4.1.1.4", "1.2.840.10008.5.1.4.1.1.66.4"
 EVLE = "1.2.840.10008.1.2.1"
 T0 = 1_795_000_000.0  # 2026-11-18 (readable dates on the screenshots)
-
-
-def wait_for(predicate: Callable[[], object], timeout: float, message: str) -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g} s: {message}")
-        time.sleep(0.02)
 
 
 @dataclass
@@ -182,7 +171,7 @@ class Served:
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
-        wait_for(lambda: self.server.started, 20, "uvicorn started")
+        wait_for(lambda: self.server.started, 20, "uvicorn started", interval=0.02)
         port = self.server.servers[0].sockets[0].getsockname()[1]
         self.url = f"http://127.0.0.1:{port}"
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +15,9 @@ from node.config import Settings
 from node.errors import ConfigError
 from node.web.auth import MAX_FAILURES, SESSION_COOKIE, Authenticator, FailedLogins, load_token
 from tests.scp.fixtures import FakeClock
-from tests.web.conftest import DONE_UID, TOKEN, WebNode, wait_for
+from tests.support.net import free_port
+from tests.support.waiting import wait_for
+from tests.web.conftest import DONE_UID, TOKEN, WebNode
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -139,9 +140,7 @@ def test_pages_need_a_login_and_actions_a_csrf_token(web: WebNode) -> None:
 
 def test_ainode_web_serves_until_stopped(tmp_path: Path) -> None:
     """The real command in a subprocess: it opens the ledger, serves /health and the API with the token."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("AINODE_")}
     env.update({"AINODE_WEB_TOKEN": TOKEN, "AINODE_SPOOL_DIR": str(tmp_path / "spool"),
                 "AINODE_MIN_FREE_DISK_BYTES": "0"})
@@ -159,7 +158,7 @@ def test_ainode_web_serves_until_stopped(tmp_path: Path) -> None:
             return None
 
     try:
-        response = wait_for(health, 60, "ainode web answers /health")
+        response = wait_for(health, 60, "ainode web answers /health", interval=0.02)
         assert isinstance(response, httpx.Response) and response.status_code == 200, response
         assert httpx.get(f"{url}/api/studies", timeout=5).status_code == 401
         listed = httpx.get(f"{url}/api/studies", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5)

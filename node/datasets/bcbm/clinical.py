@@ -1,6 +1,6 @@
 """The BCBM-RadioGenomics clinical workbook: receptor status per scan, turned into per-lesion label rows.
 
-Sheet ``Clinical+Genetics`` has one row per scan and exactly these columns (method.md §3.1): ``ID`` (written
+Sheet ``Clinical+Genetics`` has one row per scan and exactly these columns (docs/method.md §3.1): ``ID`` (written
 ``"ID      "``, trailing spaces), ``Age``, ``Year``, ``Pixel Spacing``, ``Manufacturer``, ``Magnetic Field
 Strength ID``, ``Sex``, ``ER``, ``PR``, ``HER2``. Headers are matched after stripping spaces. Receptor values
 are ``'+'`` -> 1, ``'-'`` -> 0, blank -> missing; any other value is treated as missing and counted.
@@ -187,7 +187,8 @@ def label_row(labels: PatientLabels, lesion: int, site: str) -> dict[str, str]:
 
 
 def site_of(scan: ScanClinical | None) -> str:
-    """The batch a scan belongs to: one institution, split by field strength (a known batch variable, §3.1)."""
+    """The batch a scan belongs to: one institution, split by field strength (a known batch variable,
+    docs/method.md §3.1)."""
     return f"bcbm-{scan.field_strength if scan is not None else 'unknown'}"
 
 

@@ -1,5 +1,5 @@
 # mypy: allow-untyped-calls
-"""T1CE-only radiomic features of one BCBM-RadioGenomics scan, with the node's settings (method.md §1.2-1.4).
+"""T1CE-only radiomic features of one BCBM-RadioGenomics scan, with the node's settings (docs/method.md §1.2-1.4).
 
 Per scan: read the NIfTI T1CE (SimpleITK reads it into LPS) and its lesion masks; check that each mask has
 the image's geometry and is not empty; resample the image to 1 mm (``config/pipeline.yaml`` interpolator) and

@@ -1,4 +1,4 @@
-"""The TCIA BCBM-RadioGenomics folder layout (method.md §3.1): scans, their image and their masks.
+"""The TCIA BCBM-RadioGenomics folder layout (docs/method.md §3.1): scans, their image and their masks.
 
 ::
 

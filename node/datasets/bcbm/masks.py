@@ -1,4 +1,4 @@
-"""Which BCBM-RadioGenomics masks are metastases: a rule table over the free-text mask names (method.md §3.1).
+"""Which BCBM-RadioGenomics masks are metastases: a rule table over the free-text mask names (docs/method.md §3.1).
 
 The collection's masks are Gamma Knife plan structures named by hand (``Plan1_TgtA_220Gy80``, ``tumor``,
 ``met2``, ``Lt_frontal``, ``bs``, ``right_motor_strip``, ``cavity``...). Only metastases may become training

@@ -1,7 +1,7 @@
 """ER, PR and HER2 models on an imported BCBM-RadioGenomics table: patient-grouped nested CV, one bundle per task.
 
 Each task runs :func:`node.training.train.train` with ``nested=True`` (the grid search repeated inside every outer
-fold: the honest estimate, method.md §8) on the 107 T1CE features; folds are ``StratifiedGroupKFold`` on the
+fold: the honest estimate, docs/method.md §8) on the 107 T1CE features; folds are ``StratifiedGroupKFold`` on the
 ``case`` column, which the importer sets to the patient, so no patient is on both sides of a split. The bundle
 is written by :func:`node.model.bundle.save_bundle` under ``models/<task>``; its manifest is then marked as a
 T1CE-only BCBM-RadioGenomics model (:data:`MODEL_NOTE`), with its own name and intended use, because a model
