@@ -19,13 +19,13 @@ reads the environment.
 from __future__ import annotations
 
 import logging
-import random
 import time
 from pathlib import Path
 from typing import Any
 
 from celery import Task, shared_task
 from celery.signals import worker_ready
+from celery.utils.time import get_exponential_backoff_interval
 
 from node.config import Settings
 from node.errors import TransientError
@@ -64,8 +64,10 @@ class NodeTask(Task):  # type: ignore[type-arg]
     def retry(self, args: Any = None, kwargs: Any = None, exc: Any = None, throw: bool = True, eta: Any = None,
               countdown: Any = None, max_retries: Any = None, **options: Any) -> Any:
         settings = bound_settings()
-        ceiling = min(RETRY_BACKOFF_MAX_S, settings.retry_backoff * 2 ** self.request.retries)
-        return super().retry(args, kwargs, exc, throw, eta, countdown=random.uniform(0, max(1.0, ceiling)),
+        delay = get_exponential_backoff_interval(factor=max(1, round(settings.retry_backoff)),
+                                                 retries=self.request.retries, maximum=RETRY_BACKOFF_MAX_S,
+                                                 full_jitter=True)
+        return super().retry(args, kwargs, exc, throw, eta, countdown=delay,
                              max_retries=settings.task_max_retries, **options)
 
 
