@@ -24,6 +24,7 @@ from pydicom.uid import generate_uid
 
 from node.sr import codes as C
 from node.sr.content import AlgorithmInfo, HeadResult, LesionResult, ReportContent, SubtypeModel
+from node.sr.identity import PriorDocument, ResultIdentity
 from node.sr.source import SourceStudy
 
 SERIES_DESCRIPTION = "AI BC subtype of brain metastasis (research use)"
@@ -46,6 +47,40 @@ _SR_CLASSES: dict[SrSopClass, Any] = {
     SrSopClass.COMPREHENSIVE: hd.sr.ComprehensiveSR,
     SrSopClass.ENHANCED: hd.sr.EnhancedSR,
 }
+
+
+def fingerprint(algorithm: AlgorithmInfo, primary_subtype: str | None = None) -> tuple[str, ...]:
+    """What decides a result's content besides the study version: every model's manifest SHA-256, the node's
+    software version and the primary-tumour subtype given to the model (part of every result UID)."""
+    models = sorted(f"{m.task}={m.sha256}" for m in algorithm.models)
+    return (*models, f"software={algorithm.version}", f"primary={primary_subtype or ''}")
+
+
+def result_identity(content: ReportContent) -> ResultIdentity:
+    """The content's identity, or (no ledger, e.g. ``ainode analyse``) one derived from its evidence instances."""
+    source = content.source
+    if content.identity is not None:
+        if content.identity.study_instance_uid != source.study_instance_uid:
+            raise ValueError("the result identity names another study than the report's evidence")
+        return content.identity
+    return ResultIdentity.of_evidence(source.study_instance_uid, (str(d.SOPInstanceUID) for d in source.evidence))
+
+
+def report_uids(content: ReportContent) -> tuple[str, str]:
+    """(Series Instance UID, SOP Instance UID) of the content's SR: the same for the same study version, models,
+    software and primary subtype (:mod:`node.sr.identity`)."""
+    identity, fp = result_identity(content), fingerprint(content.algorithm, content.primary_subtype)
+    return identity.uid(fp, "sr", "series"), identity.uid(fp, "sr", "instance")
+
+
+def superseded(content: ReportContent) -> PriorDocument | None:
+    """The earlier SR the content's SR replaces (``None`` when there is none, or it is this very document)."""
+    return result_identity(content).supersedes(report_uids(content)[1])
+
+
+def supersession_text(content: ReportContent) -> str | None:
+    """The sentence saying which earlier result this one replaces (SR text, PDF and SC pages)."""
+    return result_identity(content).supersession_text(report_uids(content)[1])
 
 
 def coding_scheme() -> CodingSchemeIdentificationItem:
@@ -261,6 +296,8 @@ def report_summary(content: ReportContent) -> str:
     )
     if content.warnings:
         text += " Warnings: " + "; ".join(content.warnings) + "."
+    if (replaces := supersession_text(content)) is not None:
+        text += " " + replaces
     return text
 
 
@@ -286,8 +323,12 @@ def build_report(
     series_description: str = SERIES_DESCRIPTION,
     content_datetime: dt.datetime | None = None,
 ) -> Any:
-    """The SR document (``hd.sr.Comprehensive3DSR`` by default): new series and SOP instance UIDs, patient
-    and study identity inherited from the evidence, UNVERIFIED / PRELIMINARY / COMPLETE."""
+    """The SR document (``hd.sr.Comprehensive3DSR`` by default): patient and study identity inherited from the
+    evidence, UNVERIFIED / PRELIMINARY / COMPLETE; Series and SOP Instance UIDs derived from the content's
+    identity (:func:`report_uids`) unless given; a superseding result references the SR it replaces in
+    ``PredecessorDocumentsSequence`` and says so in its summary text."""
+    derived_series, derived_sop = report_uids(content)
+    prior = superseded(content)
     groups: list[Any] = []
     for lesion in content.lesions:
         groups.append(classification_group(content, lesion))
@@ -312,12 +353,13 @@ def build_report(
         report,
         content.algorithm,
         sop_class=sop_class,
-        series_instance_uid=series_instance_uid,
+        series_instance_uid=series_instance_uid or derived_series,
         series_number=series_number,
-        sop_instance_uid=sop_instance_uid,
+        sop_instance_uid=sop_instance_uid or derived_sop,
         instance_number=instance_number,
         series_description=series_description,
         content_datetime=content_datetime,
+        predecessor=prior,
     )
 
 
@@ -333,8 +375,10 @@ def build_document(
     instance_number: int,
     series_description: str,
     content_datetime: dt.datetime | None,
+    predecessor: PriorDocument | None = None,
 ) -> Any:
-    """The SR document around a TID 1500 ``report``: header flags, evidence, equipment, private scheme, SEPARATE."""
+    """The SR document around a TID 1500 ``report``: header flags, evidence, equipment, private scheme, SEPARATE;
+    ``predecessor`` (the SR this one replaces) goes into ``PredecessorDocumentsSequence``."""
     equipment = hd.ContributingEquipment(
         manufacturer=algorithm.manufacturer,
         purpose_of_reference=C.PROCESSING_EQUIPMENT,
@@ -346,6 +390,8 @@ def build_document(
     if content_datetime is not None:
         extra["content_date"] = content_datetime.date()
         extra["content_time"] = content_datetime.time()
+    if predecessor is not None:
+        extra["previous_versions"] = [predecessor.reference()]
     sr = _SR_CLASSES[sop_class](
         evidence=evidence,
         content=report,
