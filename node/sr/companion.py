@@ -30,15 +30,8 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from node.sr import codes as C
 from node.sr.content import LesionResult, ReportContent, SubtypeModel
-from node.sr.report import (
-    PROCESSING_EQUIPMENT_DESCRIPTION,
-    fingerprint,
-    lesion_summary,
-    report_summary,
-    result_identity,
-    superseded,
-    write_instance,
-)
+from node.sr.identity import fingerprint, result_identity, superseded
+from node.sr.report import PROCESSING_EQUIPMENT_DESCRIPTION, lesion_summary, report_summary, write_instance
 
 ENCAPSULATED_PDF_STORAGE = "1.2.840.10008.5.1.4.1.1.104.1"
 SC_SERIES_NUMBER = 901

@@ -25,13 +25,12 @@ from pydicom.uid import generate_uid
 from node.errors import InvalidStudyError, NodeError
 from node.sr import codes as C
 from node.sr.content import AlgorithmInfo
-from node.sr.identity import ResultIdentity
+from node.sr.identity import ResultIdentity, fingerprint
 from node.sr.report import (
     SR_SERIES_NUMBER,
     SrSopClass,
     algorithm_identification,
     build_document,
-    fingerprint,
     observation_context,
     qualitative_container,
 )

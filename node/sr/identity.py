@@ -12,7 +12,7 @@ The inputs of a UID (:meth:`ResultIdentity.uid`):
   over every received instance's SOP Instance UID and file SHA-256, :func:`node.ledger.records.content_digest`);
   without a ledger (``ainode analyse``), a digest of the evidence instances' SOP Instance UIDs;
 * ``fingerprint``: what else decides the content: the SHA-256 of every model manifest used, the node's software
-  version and the primary-tumour subtype given to the model (:func:`node.sr.report.fingerprint`);
+  version and the primary-tumour subtype given to the model (:func:`fingerprint`);
 * the document's role (``sr``, ``sc``, ``pdf``, ``failure``), ``series`` or ``instance``, and the instance's
   number within its series.
 
@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
@@ -102,3 +103,73 @@ class ResultIdentity:
         if self.predecessor is None or self.predecessor.sop_instance_uid == sop_instance_uid:
             return None
         return self.predecessor
+
+
+# -- the SR of a report's content ---------------------------------------------------------------------------
+# Structural types of node.sr.content's value objects (content.py imports this module, not the reverse).
+
+
+class _Model(Protocol):
+    @property
+    def task(self) -> str: ...
+    @property
+    def sha256(self) -> str: ...
+
+
+class _Algorithm(Protocol):
+    @property
+    def models(self) -> Sequence[_Model]: ...
+    @property
+    def version(self) -> str: ...
+
+
+class _Source(Protocol):
+    @property
+    def study_instance_uid(self) -> str: ...
+    @property
+    def evidence(self) -> list[Dataset]: ...
+
+
+class _Content(Protocol):
+    @property
+    def source(self) -> _Source: ...
+    @property
+    def algorithm(self) -> _Algorithm: ...
+    @property
+    def primary_subtype(self) -> str | None: ...
+    @property
+    def identity(self) -> ResultIdentity | None: ...
+
+
+def fingerprint(algorithm: _Algorithm, primary_subtype: str | None = None) -> tuple[str, ...]:
+    """What decides a result's content besides the study version: every model's manifest SHA-256, the node's
+    software version and the primary-tumour subtype given to the model (part of every result UID)."""
+    models = sorted(f"{m.task}={m.sha256}" for m in algorithm.models)
+    return (*models, f"software={algorithm.version}", f"primary={primary_subtype or ''}")
+
+
+def result_identity(content: _Content) -> ResultIdentity:
+    """The content's identity, or (no ledger, e.g. ``ainode analyse``) one derived from its evidence instances."""
+    source = content.source
+    if content.identity is not None:
+        if content.identity.study_instance_uid != source.study_instance_uid:
+            raise ValueError("the result identity names another study than the report's evidence")
+        return content.identity
+    return ResultIdentity.of_evidence(source.study_instance_uid, (str(d.SOPInstanceUID) for d in source.evidence))
+
+
+def report_uids(content: _Content) -> tuple[str, str]:
+    """(Series Instance UID, SOP Instance UID) of the content's SR: the same for the same study version, models,
+    software and primary subtype (:mod:`node.sr.identity`)."""
+    identity, fp = result_identity(content), fingerprint(content.algorithm, content.primary_subtype)
+    return identity.uid(fp, "sr", "series"), identity.uid(fp, "sr", "instance")
+
+
+def superseded(content: _Content) -> PriorDocument | None:
+    """The earlier SR the content's SR replaces (``None`` when there is none, or it is this very document)."""
+    return result_identity(content).supersedes(report_uids(content)[1])
+
+
+def supersession_text(content: _Content) -> str | None:
+    """The sentence saying which earlier result this one replaces (SR text, PDF and SC pages)."""
+    return result_identity(content).supersession_text(report_uids(content)[1])

@@ -24,7 +24,7 @@ from pydicom.uid import generate_uid
 
 from node.sr import codes as C
 from node.sr.content import AlgorithmInfo, HeadResult, LesionResult, ReportContent, SubtypeModel
-from node.sr.identity import PriorDocument, ResultIdentity
+from node.sr.identity import PriorDocument, report_uids, superseded, supersession_text
 from node.sr.source import SourceStudy
 
 SERIES_DESCRIPTION = "AI BC subtype of brain metastasis (research use)"
@@ -47,40 +47,6 @@ _SR_CLASSES: dict[SrSopClass, Any] = {
     SrSopClass.COMPREHENSIVE: hd.sr.ComprehensiveSR,
     SrSopClass.ENHANCED: hd.sr.EnhancedSR,
 }
-
-
-def fingerprint(algorithm: AlgorithmInfo, primary_subtype: str | None = None) -> tuple[str, ...]:
-    """What decides a result's content besides the study version: every model's manifest SHA-256, the node's
-    software version and the primary-tumour subtype given to the model (part of every result UID)."""
-    models = sorted(f"{m.task}={m.sha256}" for m in algorithm.models)
-    return (*models, f"software={algorithm.version}", f"primary={primary_subtype or ''}")
-
-
-def result_identity(content: ReportContent) -> ResultIdentity:
-    """The content's identity, or (no ledger, e.g. ``ainode analyse``) one derived from its evidence instances."""
-    source = content.source
-    if content.identity is not None:
-        if content.identity.study_instance_uid != source.study_instance_uid:
-            raise ValueError("the result identity names another study than the report's evidence")
-        return content.identity
-    return ResultIdentity.of_evidence(source.study_instance_uid, (str(d.SOPInstanceUID) for d in source.evidence))
-
-
-def report_uids(content: ReportContent) -> tuple[str, str]:
-    """(Series Instance UID, SOP Instance UID) of the content's SR: the same for the same study version, models,
-    software and primary subtype (:mod:`node.sr.identity`)."""
-    identity, fp = result_identity(content), fingerprint(content.algorithm, content.primary_subtype)
-    return identity.uid(fp, "sr", "series"), identity.uid(fp, "sr", "instance")
-
-
-def superseded(content: ReportContent) -> PriorDocument | None:
-    """The earlier SR the content's SR replaces (``None`` when there is none, or it is this very document)."""
-    return result_identity(content).supersedes(report_uids(content)[1])
-
-
-def supersession_text(content: ReportContent) -> str | None:
-    """The sentence saying which earlier result this one replaces (SR text, PDF and SC pages)."""
-    return result_identity(content).supersession_text(report_uids(content)[1])
 
 
 def coding_scheme() -> CodingSchemeIdentificationItem:
