@@ -50,6 +50,9 @@ def _configure_sqlite(engine: Engine) -> None:
 #: before it get NULL and the code reading it says what NULL means.
 ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("deliveries", "path", "TEXT"),  # the result file; older rows keep it in ``detail``
+    ("jobs", "result_sop_class_uid", "VARCHAR(64)"),  # the finished job's SR (NULL: none recorded)
+    ("jobs", "result_series_instance_uid", "VARCHAR(64)"),
+    ("jobs", "result_sop_instance_uid", "VARCHAR(64)"),
 )
 
 

@@ -14,14 +14,14 @@ retried once its backoff has passed (at-least-once delivery; a PACS stores a res
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from sqlalchemy import Select, select, update
 from sqlalchemy.orm import Session
 
-from node.ledger.jobs import get_job
+from node.ledger.jobs import finish_in, get_job
 from node.ledger.records import DeliveryRecord
 from node.ledger.states import DeliveryState
 from node.ledger.tables import Delivery, Job, Study
@@ -63,7 +63,91 @@ def with_study_uid() -> Select[Delivery, str]:
     return select(Delivery, Study.study_instance_uid).join(Job, Delivery.job_id == Job.id).join(Study)
 
 
+@dataclass(frozen=True)
+class ResultObject:
+    """One validated result file of a finished job, to send to every destination."""
+
+    path: str
+    sop_instance_uid: str
+
+
+@dataclass(frozen=True)
+class ResultDocument:
+    """The SR (result or failure SR) a job produced: what a later, superseding SR references."""
+
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    job_id: int = 0
+    study_version: int = 0
+
+
 class DeliveryOperations(Operations):
+    def complete_job(
+        self,
+        job_id: int,
+        at: float,
+        *,
+        ok: bool,
+        reason: str | None = None,
+        objects: Sequence[ResultObject] = (),
+        destinations: Sequence[str] = (),
+        document: ResultDocument | None = None,
+        detail: str | None = None,
+    ) -> int:
+        """Finish the job (processing -> done | failed) **and** record its pending deliveries, one per
+        (destination, object), in one transaction; returns how many deliveries were recorded.
+
+        Only the run that finishes the job records anything: a second run of the same job (a redelivery, an
+        overlapping run) gets :class:`LedgerStateError` and its transaction changes nothing, so it can never
+        add deliveries of its own; a run killed before the commit leaves the job ``processing`` with no
+        delivery (its redelivery runs again). ``document`` (the job's SR) is kept on the job for a superseding
+        SR to reference; ``detail`` becomes the ``job-result`` audit event.
+        """
+
+        def op(session: Session) -> int:
+            job = finish_in(session, job_id, at, ok=ok, reason=reason)
+            uid = job.study.study_instance_uid
+            if document is not None:
+                job.result_sop_class_uid = document.sop_class_uid
+                job.result_series_instance_uid = document.series_instance_uid
+                job.result_sop_instance_uid = document.sop_instance_uid
+            if detail is not None:
+                write_audit(session, "job-result", at, study_instance_uid=uid, detail=f"job {job_id}: {detail}")
+            count = 0
+            for obj in objects:
+                for destination in destinations:
+                    session.add(Delivery(job_id=job_id, destination=destination, sop_instance_uid=obj.sop_instance_uid,
+                                         state=DeliveryState.PENDING, attempts=0, path=obj.path, updated_at=at))
+                    write_audit(session, "delivery-pending", at, study_instance_uid=uid,
+                                sop_instance_uid=obj.sop_instance_uid, detail=f"job {job_id} -> {destination}")
+                    count += 1
+            return count
+
+        return self._run(op)
+
+    def superseded_document(self, job_id: int) -> ResultDocument | None:
+        """The SR a new result of job ``job_id`` replaces: the latest SR recorded by the jobs it supersedes
+        (following ``supersedes_job_id`` back past jobs that recorded none); ``None`` for a first result."""
+
+        def op(session: Session) -> ResultDocument | None:
+            job = get_job(session, job_id)
+            seen = {job.id}
+            previous = job.supersedes_job_id
+            while previous is not None and previous not in seen:
+                seen.add(previous)
+                earlier = get_job(session, previous)
+                if earlier.result_sop_instance_uid and earlier.result_series_instance_uid \
+                        and earlier.result_sop_class_uid:
+                    return ResultDocument(earlier.study.study_instance_uid, earlier.result_series_instance_uid,
+                                          earlier.result_sop_instance_uid, earlier.result_sop_class_uid,
+                                          earlier.id, earlier.study_version)
+                previous = earlier.supersedes_job_id
+            return None
+
+        return self._run(op)
+
     def record_delivery(
         self,
         job_id: int,

@@ -23,8 +23,10 @@ _STUDY_STATE_OF_JOB = {
 }
 
 
-def get_job(session: Session, job_id: int) -> Job:
-    job = session.get(Job, job_id)
+def get_job(session: Session, job_id: int, *, lock: bool = False) -> Job:
+    """The job row; ``lock`` takes its row lock (``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite's ``BEGIN
+    IMMEDIATE`` already serialises writers) so two transactions never both see it ``processing``."""
+    job = session.get(Job, job_id, with_for_update=lock)
     if job is None:
         raise LedgerStateError(f"job {job_id} does not exist")
     return job
@@ -45,6 +47,24 @@ def _new_job(session: Session, study: Study, key: str, digest: str, at: float, *
     write_audit(session, "job-queued", at, study_instance_uid=study.study_instance_uid,
                 detail=f"job {job.id}, version {study.version}"
                 + (f", supersedes job {previous.id}" if previous is not None else "") + note)
+    return job
+
+
+def finish_in(session: Session, job_id: int, at: float, *, ok: bool, reason: str | None) -> Job:
+    """processing -> done | failed inside the caller's transaction (row locked); :class:`LedgerStateError` when
+    the job is not processing (another run finished it: the caller's transaction must then change nothing)."""
+    job = get_job(session, job_id, lock=True)
+    if job.state is not JobState.PROCESSING:
+        raise LedgerStateError(f"job {job_id} is {job.state.value}, not processing")
+    job.state = JobState.DONE if ok else JobState.FAILED
+    job.reason = reason
+    job.updated_at = at
+    study = job.study
+    if study.version == job.study_version and study.state is StudyState.PROCESSING:
+        set_state(study, StudyState.DONE if ok else StudyState.FAILED, at)
+        study.reason = reason
+    write_audit(session, "job-done" if ok else "job-failed", at, study_instance_uid=study.study_instance_uid,
+                detail=f"job {job_id}" + (f": {reason}" if reason else ""))
     return job
 
 
@@ -114,23 +134,7 @@ class JobOperations(Operations):
 
     def finish_job(self, job_id: int, at: float, *, ok: bool, reason: str | None = None) -> JobRecord:
         """processing -> done | failed."""
-
-        def op(session: Session) -> JobRecord:
-            job = get_job(session, job_id)
-            if job.state is not JobState.PROCESSING:
-                raise LedgerStateError(f"job {job_id} is {job.state.value}, not processing")
-            job.state = JobState.DONE if ok else JobState.FAILED
-            job.reason = reason
-            job.updated_at = at
-            study = job.study
-            if study.version == job.study_version and study.state is StudyState.PROCESSING:
-                set_state(study, StudyState.DONE if ok else StudyState.FAILED, at)
-                study.reason = reason
-            write_audit(session, "job-done" if ok else "job-failed", at, study_instance_uid=study.study_instance_uid,
-                        detail=f"job {job_id}" + (f": {reason}" if reason else ""))
-            return job_record_of(job)
-
-        return self._run(op)
+        return self._run(lambda session: job_record_of(finish_in(session, job_id, at, ok=ok, reason=reason)))
 
     def jobs(self, study_instance_uid: str) -> list[JobRecord]:
         def op(session: Session) -> list[JobRecord]:

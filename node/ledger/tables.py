@@ -99,6 +99,11 @@ class Job(Base):
     supersedes_job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"))
     created_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)
+    #: The SR (result or failure SR) of the run that finished the job, recorded with its deliveries in one
+    #: transaction; a later, superseding SR references it (added after the first release: NULL = none recorded).
+    result_sop_class_uid: Mapped[str | None] = mapped_column(String(64))
+    result_series_instance_uid: Mapped[str | None] = mapped_column(String(64))
+    result_sop_instance_uid: Mapped[str | None] = mapped_column(String(64))
 
     study: Mapped[Study] = relationship(back_populates="jobs")
     deliveries: Mapped[list[Delivery]] = relationship(back_populates="job", order_by="Delivery.id")

@@ -103,7 +103,9 @@ def test_failure_sr_is_deterministic_and_supersedes(study_dir: Path, content: Re
 
     def failure(prior: PriorDocument | None = None) -> pydicom.Dataset:
         identity = ResultIdentity(study_uid, DIGEST_2, prior, 2)
-        return build_failure_report(FailureContent.from_error(error, files, algorithm(("subtype",)), identity))
+        document: pydicom.Dataset = build_failure_report(
+            FailureContent.from_error(error, files, algorithm(("subtype",)), identity))
+        return document
 
     assert uids(failure()) == uids(failure())
     earlier = build_report(with_identity(content))
