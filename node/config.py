@@ -111,6 +111,7 @@ class Settings:
     retry_backoff: float = 30.0
     models_dir: Path | None = None  # None = the shipped models/demo
     failure_sr: bool = True
+    deadline_failure_sr: bool = True  # a study failed at the force-complete deadline gets a failure SR too
     primary_subtype_attributes: tuple[str, ...] = ("AdditionalPatientHistory", "PatientComments")
     recover_orphans: bool = False
     # dashboard access (never logged: repr=False)
@@ -256,6 +257,7 @@ _PARSERS: dict[str, Callable[[object, str], Any]] = {
     "retry_backoff": parse_seconds,
     "models_dir": parse_optional_path,
     "failure_sr": parse_bool,
+    "deadline_failure_sr": parse_bool,
     "primary_subtype_attributes": parse_keywords,
     "recover_orphans": parse_bool,
     "web_token": parse_optional_text,

@@ -62,6 +62,8 @@ SETTING_HELP: dict[str, str] = {
     "retry_backoff": "first retry delay in seconds (exponential backoff with jitter, at most 900 s)",
     "models_dir": "model bundles folder (`ainode serve --models`); none = the shipped `models/demo`",
     "failure_sr": "send a short failure SR when a study cannot be processed (`0`/`false`/`no`/`off` to turn off)",
+    "deadline_failure_sr": "send the failure SR also for a study failed at the force-complete deadline "
+    "(`force_complete_action: fail`) without being processed; `0` to turn off",
     "primary_subtype_attributes": "DICOM keywords searched for \"primary subtype: <class>\"; comma-separated or a "
     "YAML list",
     "recover_orphans": "embedded broker, one worker: at start, re-send jobs a killed worker took with it (`ainode "

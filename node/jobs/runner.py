@@ -8,7 +8,9 @@ destination (:meth:`~node.ledger.deliveries.DeliveryOperations.complete_job`), a
 second run of the same job that loses the race records nothing. An :class:`InvalidStudyError` writes the failure
 SR and fails the job (and study) with its message, its deliveries recorded the same way; it is never retried.
 :func:`dispatch_ready`: studies the completeness check finds ready are enqueued in the ledger once (the
-idempotency key) and handed to the process task. :mod:`node.jobs.tasks` wraps both as Celery tasks.
+idempotency key) and handed to the process task; a study that failed without being processed (force-complete
+deadline, action ``fail``) gets one job of purpose ``failure-sr`` that only writes and sends its failure SR
+(setting ``deadline_failure_sr``). :mod:`node.jobs.tasks` wraps both as Celery tasks.
 """
 
 from __future__ import annotations
@@ -29,9 +31,9 @@ from node.jobs.summary import result_json
 from node.ledger.deliveries import ResultDocument, ResultObject
 from node.ledger.primary import lookup_primary
 from node.ledger.repository import JobRecord, LedgerStateError, Repository
-from node.ledger.states import JobState
+from node.ledger.states import FAILURE_SR_PURPOSE, JobState
 from node.log import correlated, study_key
-from node.spool import result_dir, result_json_path
+from node.spool import result_dir, result_json_path, uid_key
 from node.sr.identity import PriorDocument, ResultIdentity
 
 logger = logging.getLogger(__name__)
@@ -129,6 +131,8 @@ def run_process_job(
                        detail=f"job {job_id}" + (f" on {worker}" if worker else ""))
     out_dir.mkdir(parents=True, exist_ok=True)
     identity = job_identity(ctx, job)
+    if job.purpose == FAILURE_SR_PURPOSE:
+        return report_failure(ctx, job, study_dir, out_dir, identity, queue_delivery)
     try:
         result = process_study(study_dir, out_dir, models_dir=ctx.options.models_dir,
                                primary_lookup=primary_lookup(ctx.repo),
@@ -168,6 +172,28 @@ def run_process_job(
     return "done"
 
 
+def report_failure(ctx: JobContext, job: JobRecord, study_dir: Path, out_dir: Path, identity: ResultIdentity,
+                   queue_delivery: Callable[[int], object] | None) -> str:
+    """A ``failure-sr`` job: the study failed without being processed (its reason is the job's); write its failure
+    SR (unless ``deadline_failure_sr`` is off) and record it for delivery as the job fails, in one transaction."""
+    reason = job.reason or "the study could not be processed"
+    report = None
+    if ctx.settings.deadline_failure_sr:
+        report = write_failure_report(study_dir, out_dir, InvalidStudyError(reason),
+                                      models_dir=ctx.options.models_dir, identity=identity)
+    files = () if report is None else (report,)
+    pending = complete(ctx, job, ok=False, reason=reason, sr_path=report, files=files,
+                       detail=None if report is None else f"failure SR {report}")
+    if pending and queue_delivery is not None:
+        queue_delivery(job.id)
+    return "failed" if pending is not None else "skipped"
+
+
+#: How far back :func:`dispatch_ready` looks for studies failed without processing that are owed a failure SR
+#: (a node upgraded from a release without it does not send one for every study that ever failed).
+FAILURE_REPORT_WINDOW_S = 86400.0
+
+
 def dispatch_ready(
     repo: Repository,
     checker: CompletenessChecker,
@@ -186,6 +212,14 @@ def dispatch_ready(
         with correlated(job=job.id, study=study_key(study.study_instance_uid)):
             logger.info("job %d queued", job.id)
         created.append(job)
+    for uid in repo.unreported_failures(now - FAILURE_REPORT_WINDOW_S):
+        failure_job = repo.enqueue_failure_report(uid, now)
+        if failure_job is None:
+            continue
+        send_task(failure_job.id, uid, str(spool_dir / uid_key(uid)), str(result_dir(spool_dir, uid, failure_job.id)))
+        with correlated(job=failure_job.id, study=study_key(uid)):
+            logger.info("job %d queued: failure SR of a study that failed without processing", failure_job.id)
+        created.append(failure_job)
     return created
 
 

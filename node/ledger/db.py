@@ -53,6 +53,7 @@ ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("jobs", "result_sop_class_uid", "VARCHAR(64)"),  # the finished job's SR (NULL: none recorded)
     ("jobs", "result_series_instance_uid", "VARCHAR(64)"),
     ("jobs", "result_sop_instance_uid", "VARCHAR(64)"),
+    ("jobs", "purpose", "VARCHAR(16)"),  # NULL = process the study; "failure-sr" = only its failure SR
 )
 
 

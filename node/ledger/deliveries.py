@@ -18,12 +18,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from sqlalchemy import Select, select, update
+from sqlalchemy import Select, exists, select, update
 from sqlalchemy.orm import Session
 
 from node.ledger.jobs import finish_in, get_job
-from node.ledger.records import DeliveryRecord
-from node.ledger.states import DeliveryState
+from node.ledger.records import DeliveryRecord, JobRecord, content_digest, idempotency_key, job_record_of
+from node.ledger.states import FAILURE_SR_PURPOSE, DeliveryState, JobState, StudyState
+from node.ledger.studies import load_study
 from node.ledger.tables import Delivery, Job, Study
 from node.ledger.transaction import Operations, run, write_audit
 
@@ -124,6 +125,46 @@ class DeliveryOperations(Operations):
                                 sop_instance_uid=obj.sop_instance_uid, detail=f"job {job_id} -> {destination}")
                     count += 1
             return count
+
+        return self._run(op)
+
+    def unreported_failures(self, since: float) -> list[str]:
+        """Studies that failed since ``since`` without a job of their current version (the completeness check's
+        force-complete deadline with action ``fail``): they are owed a failure SR (``failure_report_key``)."""
+
+        def op(session: Session) -> list[str]:
+            has_job = exists().where(Job.study_id == Study.id, Job.study_version == Study.version)
+            query = (select(Study.study_instance_uid).where(Study.state == StudyState.FAILED,
+                                                            Study.state_changed_at >= since, ~has_job)
+                     .order_by(Study.id))
+            return list(session.scalars(query))
+
+        return self._run(op)
+
+    def enqueue_failure_report(self, study_instance_uid: str, at: float) -> JobRecord | None:
+        """A queued job (purpose ``failure-sr``) that only writes and sends the failure SR of a study that failed
+        without being processed; the study stays ``failed`` with its reason. ``None`` when the study has a job of
+        its current version already, or is not failed (nothing owed, or asked twice)."""
+
+        def op(session: Session) -> JobRecord | None:
+            study = load_study(session, study_instance_uid)
+            if study is None or study.state is not StudyState.FAILED:
+                return None
+            if session.scalar(select(Job.id).where(Job.study_id == study.id,
+                                                   Job.study_version == study.version)) is not None:
+                return None
+            digest = content_digest((i.sop_instance_uid, i.sha256) for s in study.series for i in s.instances)
+            key = idempotency_key(study_instance_uid, f"{digest}\n{FAILURE_SR_PURPOSE}-v{study.version}")
+            previous = session.scalar(select(Job).where(Job.study_id == study.id).order_by(Job.id.desc()).limit(1))
+            job = Job(study_id=study.id, study_version=study.version, idempotency_key=key, content_digest=digest,
+                      state=JobState.QUEUED, forced=True, reason=study.reason, purpose=FAILURE_SR_PURPOSE,
+                      supersedes_job_id=None if previous is None else previous.id, created_at=at, updated_at=at)
+            session.add(job)
+            session.flush()
+            write_audit(session, "job-queued", at, study_instance_uid=study_instance_uid,
+                        detail=f"job {job.id}, version {study.version}: failure SR of a study failed without "
+                        f"processing ({study.reason})")
+            return job_record_of(job)
 
         return self._run(op)
 

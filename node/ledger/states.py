@@ -32,6 +32,10 @@ class JobState(enum.StrEnum):
     FAILED = "failed"
 
 
+#: ``jobs.purpose`` of a job that only writes and sends the failure SR of a study failed without processing.
+FAILURE_SR_PURPOSE = "failure-sr"
+
+
 class DeliveryState(enum.StrEnum):
     PENDING = "pending"
     SENT = "sent"

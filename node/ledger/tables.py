@@ -104,6 +104,9 @@ class Job(Base):
     result_sop_class_uid: Mapped[str | None] = mapped_column(String(64))
     result_series_instance_uid: Mapped[str | None] = mapped_column(String(64))
     result_sop_instance_uid: Mapped[str | None] = mapped_column(String(64))
+    #: NULL: process the study; ``failure-sr``: only write and send the failure SR of a study that failed without
+    #: being processed (force-complete deadline). Added after the first release.
+    purpose: Mapped[str | None] = mapped_column(String(16))
 
     study: Mapped[Study] = relationship(back_populates="jobs")
     deliveries: Mapped[list[Delivery]] = relationship(back_populates="job", order_by="Delivery.id")

@@ -214,6 +214,54 @@ def test_late_series_sr_supersedes_the_first(listening: tuple[Node, int, Path], 
     assert validate_sr(sr2_path, checks=("roundtrip", "dsrdump", "dciodvfy")) == []
 
 
+@pytest.mark.parametrize("enabled", [True, False])
+def test_study_failed_at_the_deadline_gets_a_failure_sr(
+    tmp_path: Path, start: Any, synth_case: Any, models_dir: Path, enabled: bool
+) -> None:
+    """Issue 10 item 8: a study failed at the force-complete deadline (its SEG never came) gets the failure SR
+    at the PACS, through one ``failure-sr`` job; ``deadline_failure_sr: false`` turns it off."""
+    from node.jobs.context import JobContext, JobOptions
+    from node.ledger.db import Ledger
+    from node.ledger.repository import Repository
+    from tests.scp.fixtures import FakeClock, send
+
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+    clock = FakeClock()
+    listener = start(url, clock, quiet_period_s=0)
+    assert set(send(listener.port, synth_case.t1ce + synth_case.t2)) == {0}  # no SEG
+    ledger = Ledger.open(url)
+    try:
+        node = Node(tmp_path, tmp_path / "spool", url, Repository(ledger), clock, models_dir)
+        assert node.dispatch() == []  # still waiting for the SEG
+        clock.advance(601)  # past force_complete_s (600 s in Node.dispatch)
+        (job,) = node.dispatch()
+        assert job.purpose == "failure-sr" and job.reason and "deadline" in job.reason
+        assert node.dispatch() == []  # owed once
+        job_id, uid, study_dir, out_dir = node.sent[-1]
+        pacs = Destination("PACS", "127.0.0.1", 104)
+        ctx = JobContext(node.repo, JobOptions((pacs,), models_dir, True, node.spool_dir), clock,
+                         Settings(deadline_failure_sr=enabled))
+        queued: list[int] = []
+        assert run_process_job(ctx, job_id, uid, Path(study_dir), Path(out_dir), queue_delivery=queued.append) \
+            == "failed"
+        finished = node.job(job_id)
+        assert finished.state is JobState.FAILED and finished.reason == job.reason
+        study = node.repo.study(uid)
+        assert study is not None and study.state is StudyState.FAILED and study.reason == job.reason
+        rows = store.deliveries(node.repo, job_id=job_id)
+        if not enabled:
+            assert rows == [] and queued == [] and not any(Path(out_dir).glob("*.dcm"))
+            return
+        (sr_path,) = Path(out_dir).glob("*.dcm")
+        sr = pydicom.dcmread(sr_path)
+        assert sr.Modality == "SR" and sr.StudyInstanceUID == uid and "not processed" in sr.SeriesDescription
+        assert "deadline" in sr.ContentSequence[-1].ContentSequence[0].TextValue
+        assert [(r.sop_instance_uid, r.destination) for r in rows] == [(sr.SOPInstanceUID, str(pacs))]
+        assert queued == [job_id]
+    finally:
+        ledger.dispose()
+
+
 def test_invalid_study_fails_the_job_with_its_message(dispatched: tuple[Node, tuple[int, str, str, str]]):
     node, (job_id, uid, study_dir, out_dir) = dispatched
     broken = node.root / "broken"
