@@ -22,6 +22,7 @@ from node.errors import ConfigError
 from node.ledger import deliveries as store
 from node.ledger.db import Ledger, normalise_url
 from node.ledger.repository import Repository
+from node.ledger.states import DeliveryState
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -89,14 +90,40 @@ def collect(repo: Repository) -> list[dict[str, Any]]:
                 "reason": study.reason,
                 "jobs": [{"id": j.id, "state": str(j.state), "version": j.study_version, "reason": j.reason}
                          for j in jobs],
-                "deliveries": [
-                    {"id": d.id, "job": d.job_id, "destination": d.destination, "state": str(d.state),
-                     "attempts": d.attempts, "last_status": d.last_status}
-                    for d in all_deliveries if d.job_id in job_ids
-                ],
+                "deliveries": [_delivery(d) for d in all_deliveries if d.job_id in job_ids],
             }
         )
     return out
+
+
+def _delivery(d: store.OutboxItem) -> dict[str, Any]:
+    """One delivery as plain data: the next retry time and last error of a pending one, the commitment state."""
+    return {
+        "id": d.id, "job": d.job_id, "destination": d.destination, "state": str(d.state), "attempts": d.attempts,
+        "last_status": d.last_status, "last_error": d.last_error,
+        "next_attempt": _when(d.next_attempt_at) if d.state is DeliveryState.PENDING and d.next_attempt_at else None,
+        "storage_commitment": _commitment(d),
+    }
+
+
+def _commitment(d: store.OutboxItem) -> str | None:
+    if d.state is DeliveryState.COMMITTED and d.committed_at is not None:
+        return f"committed {_when(d.committed_at)}"
+    if d.awaiting_commitment and d.commit_requested_at is not None:
+        return f"awaiting since {_when(d.commit_requested_at)}"
+    return "not committed" if d.state is DeliveryState.COMMIT_FAILED else None
+
+
+def _delivery_line(d: dict[str, Any]) -> str:
+    status = "" if d["last_status"] is None else f"  last status 0x{d['last_status']:04X}"
+    line = f"    delivery {d['id']} -> {d['destination']}  {d['state']}  attempts {d['attempts']}{status}"
+    if d["next_attempt"]:
+        line += f"  next retry {d['next_attempt']}"
+    if d["storage_commitment"]:
+        line += f"  storage commitment: {d['storage_commitment']}"
+    if d["last_error"] and d["state"] not in ("sent", "committed"):
+        line += f"\n        last error: {d['last_error']}"
+    return line
 
 
 def run_status(args: argparse.Namespace) -> int:
@@ -120,8 +147,7 @@ def run_status(args: argparse.Namespace) -> int:
         for j in s["jobs"]:
             print(f"    job {j['id']}  {j['state']}" + (f"  ({j['reason']})" if j["reason"] else ""))
         for d in s["deliveries"]:
-            status = "" if d["last_status"] is None else f"  last status 0x{d['last_status']:04X}"
-            print(f"    delivery {d['id']} -> {d['destination']}  {d['state']}  attempts {d['attempts']}{status}")
+            print(_delivery_line(d))
     return 0
 
 
@@ -132,5 +158,5 @@ def run_resend(args: argparse.Namespace) -> int:
                              destination=args.destination)
     finally:
         repo.ledger.dispose()
-    print(f"{count} failed deliver{'y' if count == 1 else 'ies'} re-queued")
+    print(f"{count} failed deliver{'y' if count == 1 else 'ies'} re-queued (failed and commit-failed)")
     return 0

@@ -28,9 +28,9 @@ from node.jobs.completeness import CompletenessChecker
 from node.jobs.context import JobContext, fail_job, find_job, ledger_errors_are_transient
 from node.jobs.process import ProcessResult, process_study, write_failure_report
 from node.jobs.summary import result_json
-from node.ledger.deliveries import ResultDocument, ResultObject
 from node.ledger.primary import lookup_primary
 from node.ledger.repository import JobRecord, LedgerStateError, Repository
+from node.ledger.results import ResultDocument, ResultObject
 from node.ledger.states import FAILURE_SR_PURPOSE, JobState
 from node.log import correlated, study_key
 from node.spool import result_dir, result_json_path, uid_key

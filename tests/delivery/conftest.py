@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -77,7 +78,9 @@ class StoreSCP:
             self.received.append(str(ds.SOPInstanceUID))
         return self.status
 
-    def start(self, sop_classes: list[str] | None = None) -> StoreSCP:
+    def start(self, sop_classes: list[str] | None = None, *, ssl_context: ssl.SSLContext | None = None,
+              calling_aets: list[str] | None = None) -> StoreSCP:
+        """Listen; ``ssl_context``: TLS only; ``calling_aets``: reject other calling AE titles (a filtering PACS)."""
         ae = AE(ae_title=self.ae_title)
         if sop_classes is None:
             ae.supported_contexts = StoragePresentationContexts
@@ -85,7 +88,8 @@ class StoreSCP:
             for uid in sop_classes:
                 ae.add_supported_context(uid)
         ae.add_supported_context(VERIFICATION)
-        self.server = ae.start_server(("127.0.0.1", self.port), block=False,
+        ae.require_calling_aet = calling_aets or []
+        self.server = ae.start_server(("127.0.0.1", self.port), block=False, ssl_context=ssl_context,
                                       evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
         return self
 
@@ -97,14 +101,16 @@ class StoreSCP:
 
 @pytest.fixture
 def scp_factory(tmp_path: Path) -> Iterator[Callable[..., StoreSCP]]:
-    """``scp_factory(port=None, status=0, sop_classes=None, start=True)``; all stopped at teardown."""
+    """``scp_factory(port=None, status=0, sop_classes=None, start=True, ssl_context=None, calling_aets=None)``;
+    all stopped at teardown."""
     made: list[StoreSCP] = []
 
     def factory(port: int | None = None, status: int = 0, sop_classes: list[str] | None = None,
-                start: bool = True) -> StoreSCP:
+                start: bool = True, ssl_context: ssl.SSLContext | None = None,
+                calling_aets: list[str] | None = None) -> StoreSCP:
         scp = StoreSCP(tmp_path / f"received-{len(made)}", port or free_port(), status=status)
         made.append(scp)
-        return scp.start(sop_classes) if start else scp
+        return scp.start(sop_classes, ssl_context=ssl_context, calling_aets=calling_aets) if start else scp
 
     yield factory
     for scp in made:
@@ -146,6 +152,20 @@ def storescp(tmp_path: Path) -> Iterator[tuple[Destination, Path]]:
     yield Destination("DCMTK", "127.0.0.1", port), out
     proc.terminate()
     proc.wait(timeout=10)
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 / localhost and its key (openssl; skipped without it)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+         "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+        check=True, capture_output=True, timeout=60,
+    )
+    return cert, key
 
 
 @pytest.fixture

@@ -9,9 +9,9 @@ import pytest
 from sqlalchemy.orm import Session
 
 from node.ledger import deliveries as store
-from node.ledger import transaction
-from node.ledger.deliveries import ResultDocument, ResultObject
+from node.ledger import results, transaction
 from node.ledger.repository import LedgerStateError, Repository
+from node.ledger.results import ResultDocument, ResultObject
 from node.ledger.states import JobState
 from tests.delivery.conftest import STUDY, make_job
 
@@ -58,7 +58,7 @@ def test_a_crash_inside_the_transaction_leaves_the_job_processing_and_no_deliver
             pending.append(event)
         real(session, event, at, **kwargs)
 
-    monkeypatch.setattr(store, "write_audit", dies_on_second_delivery)
+    monkeypatch.setattr(results, "write_audit", dies_on_second_delivery)
     with pytest.raises(KeyboardInterrupt):
         repo.complete_job(job, 5.0, ok=True, objects=OBJECTS, destinations=DESTINATIONS[:1], document=SR)
     assert _job_state(repo, job) is JobState.PROCESSING  # the redelivery runs it again

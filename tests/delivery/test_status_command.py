@@ -41,8 +41,34 @@ def test_status_lists_study_job_and_delivery(
     assert data[0]["study_instance_uid"] == STUDY
     assert data[0]["deliveries"][0] | {"id": 0} == {
         "id": 0, "job": job, "destination": "PACS@127.0.0.1:11112", "state": "failed", "attempts": 3,
-        "last_status": 0xA700,
+        "last_status": 0xA700, "last_error": None, "next_attempt": None, "storage_commitment": None,
     }
+
+
+def test_status_shows_last_error_and_next_retry_of_a_pending_delivery(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 10 item 12: not only "pending attempts N"."""
+    from node.delivery.outbox import deliver_pending
+    from tests.delivery.conftest import free_port, make_file, sop_uid
+
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+    ledger = Ledger.open(url)
+    repo = Repository(ledger)
+    job = make_job(repo)
+    path = make_file(tmp_path / "r")
+    down = f"PACS@127.0.0.1:{free_port()}"
+    repo.record_delivery(job, down, sop_uid(path), DeliveryState.PENDING, 1.0, path=str(path))
+    (outcome,) = deliver_pending(repo, 1_700_000_000.0)
+    ledger.dispose()
+    assert outcome.next_attempt_at == 1_700_000_010.0
+    assert main(["status", "--database", url]) == 0
+    text = capsys.readouterr().out
+    assert f"-> {down}  pending  attempts 1  next retry 2023-11-14 22:13:30Z" in text
+    assert f"last error: association with {down}" in text
+    assert main(["status", "--database", url, "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)[0]["deliveries"]
+    assert row["next_attempt"] == "2023-11-14 22:13:30Z" and row["last_error"].startswith("association with")
 
 
 def test_resend_requeues_the_dead_letter(

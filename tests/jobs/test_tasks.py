@@ -151,7 +151,7 @@ def test_overlapping_runs_make_one_sr_and_one_set_of_deliveries(
     outcomes: list[str] = []
     calls: list[int] = []
 
-    def overlapping(*args: object, **kwargs: object) -> object:
+    def overlapping(*args: Any, **kwargs: Any) -> Any:
         calls.append(1)
         if len(calls) == 1:  # inside run A, before its own work: run B starts and finishes
             outcomes.append(run_process_job(ctx, job_id, uid, Path(study_dir), Path(out_dir)))
