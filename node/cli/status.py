@@ -1,4 +1,5 @@
-"""``ainode status`` and ``ainode resend``: what happened to each study, and retrying failed deliveries.
+"""``ainode status``, ``ainode resend`` and ``ainode requeue``: what happened to each study, retrying failed
+deliveries, and handing a stuck job to the workers again.
 
 Both read the ledger named by the node's settings (``--config``, ``AINODE_*`` environment, ``--database``), so
 they work against a running node's database without touching the node itself. No patient data is printed:
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import getpass
 import json
 import sys
 import time
@@ -18,10 +20,10 @@ from typing import Any
 from sqlalchemy.engine import make_url
 
 from node.config import Settings
-from node.errors import ConfigError
+from node.errors import ConfigError, NodeError
 from node.ledger import deliveries as store
 from node.ledger.db import Ledger, normalise_url
-from node.ledger.repository import Repository
+from node.ledger.repository import LedgerStateError, Repository
 from node.ledger.states import DeliveryState
 
 
@@ -53,11 +55,31 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     resend.add_argument("--destination", help="every failed delivery to one destination (AET@HOST:PORT)")
     resend.set_defaults(handler=run_resend)
 
+    requeue = sub.add_parser(
+        "requeue",
+        help="hand a stuck job (queued / processing with no live worker) to the workers again",
+        description="Re-queue a job that stays queued (its message never reached the broker) or processing (its "
+        "worker was killed, e.g. by the hard time limit): the ledger job goes back to queued (audited "
+        "job-requeued) and ainode.process_study is sent to the broker of the settings. A job counts as stuck when "
+        "unchanged for 300 s (queued) or for the hard task time limit (processing); --force skips that check. A "
+        "duplicate run is harmless: only the run that finishes the job records a result.",
+    )
+    _add_common(requeue)
+    which = requeue.add_mutually_exclusive_group(required=True)
+    which.add_argument("--job", type=int, action="append", help="the job id (repeatable)")
+    which.add_argument("--stuck", action="store_true", help="every job that counts as stuck now")
+    requeue.add_argument("--force", action="store_true", help="re-queue even if a worker may still hold it")
+    requeue.add_argument("--broker", help="broker URL (default: the settings' broker_url or the embedded broker)")
+    requeue.set_defaults(handler=run_requeue)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return Settings.load(args.config, overrides={"database_url": args.database, "spool_dir": args.spool_dir})
+
 
 def _repository(args: argparse.Namespace, *, create: bool = False) -> Repository:
     """The ledger the settings name; a missing SQLite file is an error unless ``create`` (it is made then)."""
-    overrides = {"database_url": args.database, "spool_dir": args.spool_dir}
-    settings = Settings.load(args.config, overrides=overrides)
+    settings = _settings(args)
     url = make_url(normalise_url(settings.effective_database_url))
     if not create and url.get_backend_name() == "sqlite" and url.database and not Path(url.database).is_file():
         raise ConfigError(
@@ -160,3 +182,46 @@ def run_resend(args: argparse.Namespace) -> int:
         repo.ledger.dispose()
     print(f"{count} failed deliver{'y' if count == 1 else 'ies'} re-queued (failed and commit-failed)")
     return 0
+
+
+def run_requeue(args: argparse.Namespace) -> int:
+    from node.jobs.broker import resolve_broker
+    from node.web.actions import requeue_and_dispatch, stuck_after
+    from node.web.dispatch import CeleryDispatcher
+
+    settings = _settings(args)
+    repo = _repository(args)
+    dispatcher = CeleryDispatcher(resolve_broker(settings, args.broker), settings)
+    try:
+        who = f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):  # no user name (a container without an /etc/passwd entry)
+        who = "cli"
+    failures = 0
+    try:
+        now = time.time()
+        if args.stuck:
+            queued_after, processing_after = stuck_after(settings)
+            ids = [j.id for j in repo.stuck_jobs(now, queued_after_s=queued_after, processing_after_s=processing_after)]
+        else:
+            ids = list(args.job)
+        for job_id in ids:
+            try:
+                job = requeue_and_dispatch(repo, dispatcher, settings.spool_dir, job_id, who, now, settings=settings,
+                                           force=args.force)
+            except LedgerStateError as exc:
+                print(f"job {job_id}: not re-queued: {exc.message}", file=sys.stderr)
+                failures += 1
+                continue
+            except (OSError, NodeError) as exc:
+                print(f"job {job_id}: re-queued in the ledger but the broker cannot be reached: {exc}; run this "
+                      "again with --force once it is back", file=sys.stderr)
+                failures += 1
+                continue
+            print(f"job {job.id} ({job.study_instance_uid}) re-queued and sent to the workers")
+        if args.stuck and not ids:
+            print("no stuck job")
+    finally:
+        dispatcher.close()
+        repo.ledger.dispose()
+    return 1 if failures else 0
+
