@@ -29,6 +29,7 @@ the wait for a commitment result takes wall-clock time.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -56,7 +57,10 @@ from node.values import Destination, parse_destination
 logger = logging.getLogger(__name__)
 
 SendFn = Callable[..., None]  # (paths, destination, *, calling_ae, timeout_s) like send_files
-WAIT_STEP_S = 0.05
+#: While waiting for a commitment result: woken at once by a result taken in this process, and the ledger is read
+#: at least this often (a result another worker's listener took is only seen there).
+WAIT_STEP_S = 0.5
+_results_arrived = threading.Condition()
 
 
 @dataclass(frozen=True)
@@ -196,6 +200,8 @@ def record_commitment(repo: Repository, result: CommitmentResult, now: float, po
         changed += 1
     if not changed:
         logger.info("storage commitment result %s matches no delivery waiting for one", result.transaction_uid)
+    with _results_arrived:
+        _results_arrived.notify_all()
     return changed
 
 
@@ -258,7 +264,8 @@ def _attempt_with_commitment(
                                   dead_state=DeliveryState.COMMIT_FAILED, only_if=DeliveryState.SENT)
         deadline = started + policy.commitment_timeout_s
         while time.monotonic() < deadline and store.awaiting_commitment(repo, transaction_uid=transaction):
-            time.sleep(WAIT_STEP_S)
+            with _results_arrived:
+                _results_arrived.wait(timeout=min(WAIT_STEP_S, max(0.0, deadline - time.monotonic())))
     finally:
         if assoc.is_established:
             assoc.release()

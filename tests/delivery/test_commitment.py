@@ -47,7 +47,8 @@ def policy(destination: Destination, commitment_port: int = 0, **kwargs: object)
 
 @pytest.mark.parametrize("reply", ["new", "same"])
 def test_committed_on_a_new_or_the_same_association(
-    tmp_path: Path, repo: Repository, stubs: Callable[..., CommitStub], reply: str
+    tmp_path: Path, repo: Repository, stubs: Callable[..., CommitStub], reply: str,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     node_port = free_port()
     stub = stubs(reply=reply, node_port=node_port)
@@ -67,6 +68,12 @@ def test_committed_on_a_new_or_the_same_association(
     events = [e.event for e in repo.audit_trail() if e.event.startswith("delivery")]
     assert events == ["delivery-pending", "delivery-sent", "delivery-committed"]
     assert deliver_pending(repo, 10_000.0, policy=policy(stub.destination)) == []  # done: never sent again
+    if reply == "new":  # ainode status says which results the PACS committed
+        from node.cli import main
+
+        assert main(["status", "--database", repo.ledger.url]) == 0
+        assert "committed  attempts 1  last status 0x0000  storage commitment: committed 1970-01-01" in \
+            capsys.readouterr().out
 
 
 def test_refused_commitment_is_retried_then_commit_failed(
