@@ -95,6 +95,9 @@ class DeliveryOperations(Operations):
     ) -> DeliveryRecord:
         """Create or update the delivery of one result object to one destination (attempts counted).
 
+        For tests and tools only: the node creates delivery rows solely in the transaction that finishes the job
+        (:meth:`node.ledger.results.ResultOperations.complete_job`).
+
         ``path`` is the result file the outbox sends; an update without one keeps the path recorded before.
         """
 
