@@ -99,6 +99,13 @@ class Settings:
     force_complete_action: ForceCompleteAction = ForceCompleteAction.FAIL
     late_instance_policy: LateInstancePolicy = LateInstancePolicy.RERUN
     destinations: tuple[Destination, ...] = ()
+    # the outbox: retry schedule, dead letter, timeouts, storage commitment
+    delivery_retry_initial_s: float = 10.0
+    delivery_retry_max_s: float = 600.0
+    delivery_dead_letter_after_s: float = 86400.0
+    delivery_timeout_s: float = 30.0
+    commitment_port: int = 0  # 0 = N-EVENT-REPORTs only on the N-ACTION's association
+    commitment_timeout_s: float = 60.0
     # job layer: broker, queue, scheduling, limits and retries
     broker_url: str | None = field(default=None, repr=False)  # None = embedded broker in <spool_dir>/broker
     broker_visibility_timeout: float = 7200.0
@@ -111,6 +118,7 @@ class Settings:
     retry_backoff: float = 30.0
     models_dir: Path | None = None  # None = the shipped models/demo
     failure_sr: bool = True
+    deadline_failure_sr: bool = True  # a study failed at the force-complete deadline gets a failure SR too
     primary_subtype_attributes: tuple[str, ...] = ("AdditionalPatientHistory", "PatientComments")
     recover_orphans: bool = False
     # dashboard access (never logged: repr=False)
@@ -170,7 +178,7 @@ class Settings:
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, tuple):
-                value = [str(v) for v in value]
+                value = [v.spec if isinstance(v, Destination) else str(v) for v in value]
             elif isinstance(value, Path | enum.Enum):
                 value = str(value)
             out[f.name] = value
@@ -219,6 +227,17 @@ class Settings:
                 f"task_time_limit ({self.task_time_limit:g}) must be longer than task_soft_time_limit "
                 f"({self.task_soft_time_limit:g})"
             )
+        for destination in self.destinations:
+            for path in (destination.tls_ca, destination.tls_cert, destination.tls_key):
+                if path is not None and not path.is_file():
+                    raise ConfigError(f"destination {destination}: TLS file {path} does not exist")
+        if not 0 < self.delivery_retry_initial_s <= self.delivery_retry_max_s:
+            raise ConfigError(
+                f"delivery_retry_initial_s ({self.delivery_retry_initial_s:g}) must be > 0 and not longer than "
+                f"delivery_retry_max_s ({self.delivery_retry_max_s:g})"
+            )
+        if self.delivery_timeout_s <= 0 or self.commitment_timeout_s <= 0:
+            raise ConfigError("delivery_timeout_s and commitment_timeout_s must be longer than 0 s")
         if self.force_complete_s < self.quiet_period_s:
             raise ConfigError(
                 f"force_complete_s ({self.force_complete_s:g}) must not be shorter than "
@@ -245,6 +264,12 @@ _PARSERS: dict[str, Callable[[object, str], Any]] = {
     "force_complete_action": choice(ForceCompleteAction),
     "late_instance_policy": choice(LateInstancePolicy),
     "destinations": parse_destinations,
+    "delivery_retry_initial_s": parse_seconds,
+    "delivery_retry_max_s": parse_seconds,
+    "delivery_dead_letter_after_s": parse_seconds,
+    "delivery_timeout_s": parse_seconds,
+    "commitment_port": parse_port,
+    "commitment_timeout_s": parse_seconds,
     "broker_url": parse_optional_text,
     "broker_visibility_timeout": parse_seconds,
     "broker_key_prefix": parse_text,
@@ -256,6 +281,7 @@ _PARSERS: dict[str, Callable[[object, str], Any]] = {
     "retry_backoff": parse_seconds,
     "models_dir": parse_optional_path,
     "failure_sr": parse_bool,
+    "deadline_failure_sr": parse_bool,
     "primary_subtype_attributes": parse_keywords,
     "recover_orphans": parse_bool,
     "web_token": parse_optional_text,

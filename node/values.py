@@ -18,14 +18,41 @@ from node.errors import ConfigError
 
 @dataclass(frozen=True)
 class Destination:
-    """A DICOM peer results are sent to, written ``AET@HOST:PORT``."""
+    """A DICOM peer results are sent to, written ``AET@HOST:PORT`` with optional ``?option=value&...``
+    (:data:`DESTINATION_OPTIONS`), or as a YAML mapping with the same keys plus ``ae_title``, ``host``, ``port``.
+
+    ``str()`` is ``AET@HOST:PORT`` only: the key the ledger's delivery rows keep; :attr:`spec` is the full text.
+    """
 
     ae_title: str
     host: str
     port: int
+    calling_ae: str | None = None  # our calling AE title towards this peer; None = the node's ae_title
+    tls: bool = False
+    tls_ca: Path | None = None  # CA bundle the peer's certificate is checked against; None = the system's CAs
+    tls_cert: Path | None = None  # our client certificate (mutual TLS), with tls_key
+    tls_key: Path | None = None
+    tls_check_hostname: bool = True  # the peer's certificate must name ``host``
+    commitment: bool = False  # ask for Storage Commitment; a delivery is done only when the peer commits it
 
     def __str__(self) -> str:
-        return f"{self.ae_title}@{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.ae_title}@{host}:{self.port}"
+
+    @property
+    def spec(self) -> str:
+        """The full text form, options included (parsed back by :func:`parse_destination`)."""
+        options = []
+        for name in DESTINATION_OPTIONS:
+            value = getattr(self, name)
+            if value == getattr(_DEFAULT_OPTIONS, name):
+                continue
+            options.append(f"{name}={('yes' if value else 'no') if isinstance(value, bool) else value}")
+        return str(self) + ("?" + "&".join(options) if options else "")
+
+    def __post_init__(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError(f"destination {self}: tls_cert and tls_key go together (or neither)")
 
 
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable ASCII without backslash
@@ -117,20 +144,65 @@ def parse_optional_path(value: object, where: str) -> Path | None:
     return Path(text).expanduser() if text else None
 
 
+#: The per-destination options and their parsers (``AET@HOST:PORT?calling_ae=NODE1&tls=yes&commitment=yes``).
+DESTINATION_OPTIONS: dict[str, Callable[[object, str], Any]] = {}  # filled below, once the parsers exist
+
+
+def _destination_options(options: dict[str, object], where: str, text: str) -> dict[str, Any]:
+    unknown = sorted(set(options) - set(DESTINATION_OPTIONS))
+    if unknown:
+        raise ConfigError(f"{where}: destination {text!r}: unknown option(s) {', '.join(unknown)}; known: "
+                          + ", ".join(DESTINATION_OPTIONS))
+    values = {name: DESTINATION_OPTIONS[name](raw, f"{where}: destination {text!r}, option {name}")
+              for name, raw in options.items()}
+    if any(values.get(k) is not None for k in ("tls_ca", "tls_cert", "tls_key")) and "tls" not in options:
+        values["tls"] = True  # a TLS file implies TLS
+    return values
+
+
 def parse_destination(value: object, where: str) -> Destination:
-    text = str(value).strip()
+    """``AET@HOST:PORT[?option=value&...]`` or a mapping (YAML) with ``ae_title``, ``host``, ``port`` and options."""
+    if isinstance(value, Destination):
+        return value
+    if isinstance(value, dict):
+        fields = {str(k): v for k, v in value.items()}
+        missing = [k for k in ("ae_title", "host", "port") if k not in fields]
+        if missing:
+            raise ConfigError(f"{where}: a destination mapping needs {', '.join(missing)}")
+        address = f"{fields.pop('ae_title')}@{fields.pop('host')}:{fields.pop('port')}"
+        text, options = address, {k: v for k, v in fields.items()}
+    else:
+        text, _, query = str(value).strip().partition("?")
+        options = {}
+        for part in filter(None, query.split("&")):
+            name, sep, raw = part.partition("=")
+            if not sep:
+                raise ConfigError(f"{where}: destination option {part!r} is not written name=value")
+            options[name.strip()] = raw.strip()
+    host_text = text.rpartition("@")[2].rpartition(":")[0] if "@" in text else ""
+    if ":" in host_text and not host_text.startswith("["):  # a bare IPv6 address from a YAML mapping
+        text = text.replace(f"@{host_text}:", f"@[{host_text}]:")
     match = _DESTINATION.match(text)
     if not match:
         raise ConfigError(f"{where}: {text!r} is not a destination written AET@HOST:PORT")
     host = match["host"].strip("[]")
-    return Destination(parse_ae_title(match["aet"], where), host, _parse_int(match["port"], where, 1, 65535))
+    return Destination(parse_ae_title(match["aet"], where), host, _parse_int(match["port"], where, 1, 65535),
+                       **_destination_options(options, where, text))
 
 
 def parse_destinations(value: object, where: str) -> tuple[Destination, ...]:
+    """A list (YAML: strings and/or mappings) or comma-separated text of destinations, each address once."""
     if value is None:
         return ()
     items = value if isinstance(value, list | tuple) else str(value).split(",")
-    return tuple(parse_destination(item, where) for item in items if str(item).strip())
+    destinations = tuple(parse_destination(item, where) for item in items
+                         if isinstance(item, dict | Destination) or str(item).strip())
+    seen: set[str] = set()
+    for d in destinations:
+        if str(d) in seen:
+            raise ConfigError(f"{where}: destination {d} is listed twice")
+        seen.add(str(d))
+    return destinations
 
 
 def parse_bool(value: object, where: str) -> bool:
@@ -179,3 +251,13 @@ def choice(kind: type[enum.StrEnum]) -> Callable[[object, str], Any]:
     return parse
 
 
+DESTINATION_OPTIONS.update({
+    "calling_ae": parse_ae_title,
+    "tls": parse_bool,
+    "tls_ca": parse_optional_path,
+    "tls_cert": parse_optional_path,
+    "tls_key": parse_optional_path,
+    "tls_check_hostname": parse_bool,
+    "commitment": parse_bool,
+})
+_DEFAULT_OPTIONS = Destination("DEFAULT", "localhost", 104)

@@ -25,7 +25,8 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 
 #: What each setting means (one entry per :class:`Settings` field).
 SETTING_HELP: dict[str, str] = {
-    "ae_title": "our AE title (1-16 printable ASCII characters, no backslash); also the calling AE title of results",
+    "ae_title": "our AE title (1-16 printable ASCII characters, no backslash); also the calling AE title of results "
+    "unless a destination sets `calling_ae`",
     "port": "DICOM TCP port; `0` = any free port (tests)",
     "bind_address": "address the listener binds (IPv4 or IPv6)",
     "accepted_calling_aets": "calling AE titles allowed to associate; empty = any. Comma-separated (env, CLI) or a "
@@ -46,8 +47,21 @@ SETTING_HELP: dict[str, str] = {
     "force_complete_action": "at the deadline without the required series: `process` what is there or `fail`",
     "late_instance_policy": "an instance arriving after processing: `rerun` (new version, superseding SR) or "
     "`ignore` (stored and audited)",
-    "destinations": "where results are sent, `AET@HOST:PORT` (IPv6 `AET@[::1]:104`); comma-separated (env, CLI) or "
-    "a YAML list; none = results stay in the spool",
+    "destinations": "where results are sent, `AET@HOST:PORT` (IPv6 `AET@[::1]:104`), optionally with per-destination "
+    "options `?calling_ae=AET&tls=yes&tls_ca=PATH&tls_cert=PATH&tls_key=PATH&tls_check_hostname=no&commitment=yes` "
+    "(or a YAML mapping with `ae_title`, `host`, `port` and those keys; see conformance.md 3.4); comma-separated "
+    "(env, CLI) or a YAML list; none = results stay in the spool",
+    "delivery_retry_initial_s": "first retry delay of a delivery whose destination is down or answered a "
+    "temporary failure; doubles at each attempt",
+    "delivery_retry_max_s": "longest delay between two attempts of a delivery",
+    "delivery_dead_letter_after_s": "a delivery still failing this long after its first failed attempt is "
+    "dead-lettered (`failed`, or `commit-failed` when the PACS did not commit it); `ainode resend` re-queues it",
+    "delivery_timeout_s": "connection, association and DIMSE timeout when sending results",
+    "commitment_port": "TCP port on which the worker accepts the Storage Commitment N-EVENT-REPORT a PACS sends on a "
+    "new association (register the calling AE title there, e.g. in Orthanc's DicomModalities); `0` = only on the "
+    "N-ACTION's own association",
+    "commitment_timeout_s": "how long to wait for the Storage Commitment result (N-EVENT-REPORT) before the "
+    "attempt counts as failed and the object is sent again",
     "broker_url": "Celery broker, `redis://HOST:PORT/DB` (or `rediss://`); none = the embedded filesystem broker in "
     "`<spool_dir>/broker`; `--broker` wins",
     "broker_visibility_timeout": "Redis only: seconds an unacknowledged message stays invisible before another "
@@ -62,6 +76,8 @@ SETTING_HELP: dict[str, str] = {
     "retry_backoff": "first retry delay in seconds (exponential backoff with jitter, at most 900 s)",
     "models_dir": "model bundles folder (`ainode serve --models`); none = the shipped `models/demo`",
     "failure_sr": "send a short failure SR when a study cannot be processed (`0`/`false`/`no`/`off` to turn off)",
+    "deadline_failure_sr": "send the failure SR also for a study failed at the force-complete deadline "
+    "(`force_complete_action: fail`) without being processed; `0` to turn off",
     "primary_subtype_attributes": "DICOM keywords searched for \"primary subtype: <class>\"; comma-separated or a "
     "YAML list",
     "recover_orphans": "embedded broker, one worker: at start, re-send jobs a killed worker took with it (`ainode "

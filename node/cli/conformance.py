@@ -110,9 +110,14 @@ def _check_meanings() -> None:
         raise AssertionError(f"StoreStatus member(s) without a conformance meaning: {sorted(missing)}")
 
 
+#: Storage Commitment Push Model: the SCU role, for destinations configured with ``commitment=yes``.
+COMMITMENT_NAME = "Storage Commitment Push Model"
+
+
 def overview_table() -> str:
     rows = [[name, "No", "Yes"] for name, _, _, _ in scp_contexts()]
     rows += [[name, "Yes", "No"] for name in SCU_SOP_CLASSES]
+    rows.append([COMMITMENT_NAME, "Yes (destinations with `commitment=yes`)", "No"])
     return markdown_table(["SOP class", "User of service (SCU)", "Provider of service (SCP)"], rows)
 
 
@@ -186,6 +191,48 @@ def ae_table() -> str:
     return markdown_table(["Parameter", "Default", "Configured by"], rows)
 
 
+def commitment_table() -> str:
+    """The Storage Commitment Push Model context proposed to destinations with ``commitment=yes``."""
+    from node.delivery.commitment import commitment_context
+
+    commitment = commitment_context()
+    syntaxes = ", ".join(f"{_ts_name(str(ts))} `{ts}`" for ts in commitment.transfer_syntax)
+    rows = [[COMMITMENT_NAME, f"`{commitment.abstract_syntax}`", "with the C-STORE of each result object to a "
+             "destination with `commitment=yes` (N-ACTION; the N-EVENT-REPORT is accepted on the same or a new "
+             "association)", syntaxes, "SCU", "none"]]
+    return markdown_table(["Abstract syntax", "SOP class UID", "Proposed", "Transfer syntaxes proposed", "Role",
+                           "Extended negotiation"], rows)
+
+
+def scu_parameter_table() -> str:
+    """The outbound (SCU) association parameters and the outbox's schedule, with their defaults."""
+    settings = Settings()
+
+    def env(name: str) -> str:
+        return f"`{ENV_PREFIX}{name.upper()}`"
+
+    rows = [
+        ["Calling AE title", f"our AE title (`{settings.ae_title}`)", f"{env('ae_title')}; per destination "
+         "`calling_ae`"],
+        ["Called AE title, address", "the destination's", f"{env('destinations')} (`AET@HOST:PORT`)"],
+        ["TLS (1.2+), CA bundle, client certificate", "off", "per destination `tls`, `tls_ca`, `tls_cert`, "
+         "`tls_key`, `tls_check_hostname`"],
+        ["Storage Commitment", "off", "per destination `commitment`"],
+        ["Connection / ACSE / DIMSE / network timeout (s)", f"`{settings.delivery_timeout_s:g}`",
+         env("delivery_timeout_s")],
+        ["First retry delay (s), doubling", f"`{settings.delivery_retry_initial_s:g}`",
+         env("delivery_retry_initial_s")],
+        ["Longest retry delay (s)", f"`{settings.delivery_retry_max_s:g}`", env("delivery_retry_max_s")],
+        ["Dead letter after (s, from the first failed attempt)", f"`{settings.delivery_dead_letter_after_s:g}`",
+         env("delivery_dead_letter_after_s")],
+        ["Port for N-EVENT-REPORTs on a new association", "none (`0`): same association only",
+         env("commitment_port")],
+        ["Wait for the commitment result (s)", f"`{settings.commitment_timeout_s:g}`", env("commitment_timeout_s")],
+        ["Maximum PDU size received", "`0` (unlimited)", "(fixed)"],
+    ]
+    return markdown_table(["Parameter", "Default", "Configured by"], rows)
+
+
 def blocks() -> dict[str, str]:
     """Every generated block of ``docs/conformance.md``, by name."""
     return {
@@ -194,6 +241,8 @@ def blocks() -> dict[str, str]:
         "scp-contexts": scp_sop_class_table(),
         "scp-transfer-syntaxes": scp_transfer_syntax_table(),
         "scu-contexts": scu_table(),
+        "scu-parameters": scu_parameter_table(),
+        "scu-commitment": commitment_table(),
         "other-objects": other_objects_table(),
         "store-statuses": store_status_table(),
     }

@@ -1,4 +1,5 @@
-"""``ainode status`` and ``ainode resend``: what happened to each study, and retrying failed deliveries.
+"""``ainode status``, ``ainode resend`` and ``ainode requeue``: what happened to each study, retrying failed
+deliveries, and handing a stuck job to the workers again.
 
 Both read the ledger named by the node's settings (``--config``, ``AINODE_*`` environment, ``--database``), so
 they work against a running node's database without touching the node itself. No patient data is printed:
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import getpass
 import json
 import sys
 import time
@@ -18,10 +20,11 @@ from typing import Any
 from sqlalchemy.engine import make_url
 
 from node.config import Settings
-from node.errors import ConfigError
+from node.errors import ConfigError, NodeError
 from node.ledger import deliveries as store
 from node.ledger.db import Ledger, normalise_url
-from node.ledger.repository import Repository
+from node.ledger.repository import LedgerStateError, Repository
+from node.ledger.states import DeliveryState
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -52,11 +55,31 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     resend.add_argument("--destination", help="every failed delivery to one destination (AET@HOST:PORT)")
     resend.set_defaults(handler=run_resend)
 
+    requeue = sub.add_parser(
+        "requeue",
+        help="hand a stuck job (queued / processing with no live worker) to the workers again",
+        description="Re-queue a job that stays queued (its message never reached the broker) or processing (its "
+        "worker was killed, e.g. by the hard time limit): the ledger job goes back to queued (audited "
+        "job-requeued) and ainode.process_study is sent to the broker of the settings. A job counts as stuck when "
+        "unchanged for 300 s (queued) or for the hard task time limit (processing); --force skips that check. A "
+        "duplicate run is harmless: only the run that finishes the job records a result.",
+    )
+    _add_common(requeue)
+    which = requeue.add_mutually_exclusive_group(required=True)
+    which.add_argument("--job", type=int, action="append", help="the job id (repeatable)")
+    which.add_argument("--stuck", action="store_true", help="every job that counts as stuck now")
+    requeue.add_argument("--force", action="store_true", help="re-queue even if a worker may still hold it")
+    requeue.add_argument("--broker", help="broker URL (default: the settings' broker_url or the embedded broker)")
+    requeue.set_defaults(handler=run_requeue)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return Settings.load(args.config, overrides={"database_url": args.database, "spool_dir": args.spool_dir})
+
 
 def _repository(args: argparse.Namespace, *, create: bool = False) -> Repository:
     """The ledger the settings name; a missing SQLite file is an error unless ``create`` (it is made then)."""
-    overrides = {"database_url": args.database, "spool_dir": args.spool_dir}
-    settings = Settings.load(args.config, overrides=overrides)
+    settings = _settings(args)
     url = make_url(normalise_url(settings.effective_database_url))
     if not create and url.get_backend_name() == "sqlite" and url.database and not Path(url.database).is_file():
         raise ConfigError(
@@ -89,14 +112,40 @@ def collect(repo: Repository) -> list[dict[str, Any]]:
                 "reason": study.reason,
                 "jobs": [{"id": j.id, "state": str(j.state), "version": j.study_version, "reason": j.reason}
                          for j in jobs],
-                "deliveries": [
-                    {"id": d.id, "job": d.job_id, "destination": d.destination, "state": str(d.state),
-                     "attempts": d.attempts, "last_status": d.last_status}
-                    for d in all_deliveries if d.job_id in job_ids
-                ],
+                "deliveries": [_delivery(d) for d in all_deliveries if d.job_id in job_ids],
             }
         )
     return out
+
+
+def _delivery(d: store.OutboxItem) -> dict[str, Any]:
+    """One delivery as plain data: the next retry time and last error of a pending one, the commitment state."""
+    return {
+        "id": d.id, "job": d.job_id, "destination": d.destination, "state": str(d.state), "attempts": d.attempts,
+        "last_status": d.last_status, "last_error": d.last_error,
+        "next_attempt": _when(d.next_attempt_at) if d.state is DeliveryState.PENDING and d.next_attempt_at else None,
+        "storage_commitment": _commitment(d),
+    }
+
+
+def _commitment(d: store.OutboxItem) -> str | None:
+    if d.state is DeliveryState.COMMITTED and d.committed_at is not None:
+        return f"committed {_when(d.committed_at)}"
+    if d.awaiting_commitment and d.commit_requested_at is not None:
+        return f"awaiting since {_when(d.commit_requested_at)}"
+    return "not committed" if d.state is DeliveryState.COMMIT_FAILED else None
+
+
+def _delivery_line(d: dict[str, Any]) -> str:
+    status = "" if d["last_status"] is None else f"  last status 0x{d['last_status']:04X}"
+    line = f"    delivery {d['id']} -> {d['destination']}  {d['state']}  attempts {d['attempts']}{status}"
+    if d["next_attempt"]:
+        line += f"  next retry {d['next_attempt']}"
+    if d["storage_commitment"]:
+        line += f"  storage commitment: {d['storage_commitment']}"
+    if d["last_error"] and d["state"] not in ("sent", "committed"):
+        line += f"\n        last error: {d['last_error']}"
+    return line
 
 
 def run_status(args: argparse.Namespace) -> int:
@@ -120,8 +169,7 @@ def run_status(args: argparse.Namespace) -> int:
         for j in s["jobs"]:
             print(f"    job {j['id']}  {j['state']}" + (f"  ({j['reason']})" if j["reason"] else ""))
         for d in s["deliveries"]:
-            status = "" if d["last_status"] is None else f"  last status 0x{d['last_status']:04X}"
-            print(f"    delivery {d['id']} -> {d['destination']}  {d['state']}  attempts {d['attempts']}{status}")
+            print(_delivery_line(d))
     return 0
 
 
@@ -132,5 +180,48 @@ def run_resend(args: argparse.Namespace) -> int:
                              destination=args.destination)
     finally:
         repo.ledger.dispose()
-    print(f"{count} failed deliver{'y' if count == 1 else 'ies'} re-queued")
+    print(f"{count} failed deliver{'y' if count == 1 else 'ies'} re-queued (failed and commit-failed)")
     return 0
+
+
+def run_requeue(args: argparse.Namespace) -> int:
+    from node.jobs.broker import resolve_broker
+    from node.web.actions import requeue_and_dispatch, stuck_after
+    from node.web.dispatch import CeleryDispatcher
+
+    settings = _settings(args)
+    repo = _repository(args)
+    dispatcher = CeleryDispatcher(resolve_broker(settings, args.broker), settings)
+    try:
+        who = f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):  # no user name (a container without an /etc/passwd entry)
+        who = "cli"
+    failures = 0
+    try:
+        now = time.time()
+        if args.stuck:
+            queued_after, processing_after = stuck_after(settings)
+            ids = [j.id for j in repo.stuck_jobs(now, queued_after_s=queued_after, processing_after_s=processing_after)]
+        else:
+            ids = list(args.job)
+        for job_id in ids:
+            try:
+                job = requeue_and_dispatch(repo, dispatcher, settings.spool_dir, job_id, who, now, settings=settings,
+                                           force=args.force)
+            except LedgerStateError as exc:
+                print(f"job {job_id}: not re-queued: {exc.message}", file=sys.stderr)
+                failures += 1
+                continue
+            except (OSError, NodeError) as exc:
+                print(f"job {job_id}: re-queued in the ledger but the broker cannot be reached: {exc}; run this "
+                      "again with --force once it is back", file=sys.stderr)
+                failures += 1
+                continue
+            print(f"job {job.id} ({job.study_instance_uid}) re-queued and sent to the workers")
+        if args.stuck and not ids:
+            print("no stuck job")
+    finally:
+        dispatcher.close()
+        repo.ledger.dispose()
+    return 1 if failures else 0
+

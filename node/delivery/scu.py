@@ -1,5 +1,5 @@
 """C-STORE SCU: send DICOM files to one destination ``AET@HOST:PORT`` over one association, checking the
-status of every response.
+status of every response; TLS when the destination asks for it (its CA bundle, client certificate and key).
 
 What can go wrong, and what the caller gets:
 
@@ -8,9 +8,12 @@ peer down, connection refused, association rejected     :class:`PacsUnavailableE
 or aborted, no response in time (ACSE/DIMSE/network)
 failure status other than the ones below (0xA7xx out   :class:`PacsUnavailableError` with ``status``
 of resources, 0x0110 processing failure, 0xCxxx ...)
-SOP class not accepted at negotiation, 0x0122 SOP      :class:`DeliveryRefusedError` with ``status`` (permanent:
-class not supported, 0x0124 not authorised, 0xA9xx     the same object will be refused again)
-dataset does not match the SOP class
+SOP class not accepted at negotiation (also when the   :class:`DeliveryRefusedError` with ``status`` (permanent:
+peer accepts none of the offered contexts, which       the same object will be refused again)
+pynetdicom answers with an A-ABORT), 0x0122 SOP class
+not supported, 0x0124 not authorised, 0xA9xx dataset
+does not match the SOP class
+TLS certificate or handshake problem                    :class:`PacsUnavailableError` (logged with the reason)
 warning statuses 0x0001, 0xB000, 0xB006, 0xB007        success, logged as a warning
 =====================================================  ========================================================
 
@@ -22,8 +25,10 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -33,7 +38,7 @@ from pynetdicom import AE, build_context
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
 
-from node.errors import DeliveryRefusedError, PacsUnavailableError
+from node.errors import ConfigError, DeliveryRefusedError, PacsUnavailableError
 from node.values import Destination
 
 logger = logging.getLogger(__name__)
@@ -87,7 +92,7 @@ def _nodelay(assoc: Association) -> None:
             logger.debug("could not set TCP_NODELAY", exc_info=True)
 
 
-def _send_all(assoc: Association, items: Sequence[tuple[Path, Dataset]], destination: Destination) -> None:
+def send_all(assoc: Association, items: Sequence[tuple[Path, Dataset]], destination: Destination) -> None:
     accepted = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}
     for path, ds in items:
         if str(ds.SOPClassUID) not in accepted:
@@ -107,6 +112,55 @@ def _send_all(assoc: Association, items: Sequence[tuple[Path, Dataset]], destina
         logger.info("sent %s to %s", path.name, destination)
 
 
+def tls_context(destination: Destination) -> ssl.SSLContext | None:
+    """Client-side TLS (1.2+) for ``destination``: the peer's certificate checked against ``tls_ca`` (or the
+    system's CAs) and, unless ``tls_check_hostname=no``, against its host; our certificate with ``tls_cert``."""
+    if not destination.tls:
+        return None
+    try:
+        context = ssl.create_default_context(
+            ssl.Purpose.SERVER_AUTH, cafile=str(destination.tls_ca) if destination.tls_ca else None)
+        if destination.tls_cert is not None and destination.tls_key is not None:
+            context.load_cert_chain(str(destination.tls_cert), str(destination.tls_key))
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(f"destination {destination}: TLS files cannot be loaded: {exc}") from exc
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.check_hostname = destination.tls_check_hostname
+    return context
+
+
+def associate(
+    destination: Destination, contexts: Sequence[PresentationContext], *, calling_ae: str, timeout_s: float,
+    evt_handlers: list[Any] | None = None,
+) -> Association:
+    """An established association with ``destination`` (TLS when it asks for it), or the reason as an error:
+    :class:`DeliveryRefusedError` when the peer accepts none of ``contexts``, :class:`PacsUnavailableError` when
+    it is down, rejects us, aborts or times out."""
+    ae = AE(ae_title=calling_ae)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = timeout_s
+    ae.maximum_pdu_size = MAX_PDU
+    ae.requested_contexts = list(contexts)
+    context = tls_context(destination)
+    tls_args = None if context is None else (context, destination.host)  # SNI; checked only if check_hostname
+    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls_args,
+                         evt_handlers=evt_handlers or [])
+    if assoc.is_established:
+        _nodelay(assoc)
+        return assoc
+    if assoc.is_aborted and not assoc.accepted_contexts and assoc.rejected_contexts:
+        refused = ", ".join(sorted({str(cx.abstract_syntax) for cx in assoc.rejected_contexts}))
+        raise DeliveryRefusedError(f"{destination} accepts none of the offered SOP classes ({refused}); the "
+                                   "presentation contexts were rejected", status=0x0122)
+    state = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "not established"
+    raise PacsUnavailableError(f"association with {destination} {state} (peer down or refusing us?)"
+                               + (" over TLS" if context is not None else ""))
+
+
+def read_files(paths: Sequence[Path]) -> list[tuple[Path, Dataset]]:
+    """Every file read completely (an unreadable one is a :class:`DeliveryRefusedError`)."""
+    return [(Path(p), _read(Path(p))) for p in paths]
+
+
 def send_files(
     paths: Sequence[Path], destination: Destination, *, calling_ae: str = "AINODE", timeout_s: float = 30
 ) -> None:
@@ -114,18 +168,11 @@ def send_files(
     was a success (or warning) status. Raises :class:`PacsUnavailableError` / :class:`DeliveryRefusedError`."""
     if not paths:
         return
-    items = [(Path(p), _read(Path(p))) for p in paths]
-    ae = AE(ae_title=calling_ae)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = timeout_s
-    ae.maximum_pdu_size = MAX_PDU
-    ae.requested_contexts = proposed_contexts([ds for _, ds in items])
-    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
-    if not assoc.is_established:
-        state = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "not established"
-        raise PacsUnavailableError(f"association with {destination} {state} (peer down or refusing us?)")
-    _nodelay(assoc)
+    items = read_files(paths)
+    assoc = associate(destination, proposed_contexts([ds for _, ds in items]), calling_ae=calling_ae,
+                      timeout_s=timeout_s)
     try:
-        _send_all(assoc, items, destination)
+        send_all(assoc, items, destination)
     except BaseException:
         assoc.abort()
         raise

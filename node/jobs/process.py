@@ -50,6 +50,7 @@ from node.jobs.steps import (
 )
 from node.sr.content import AlgorithmInfo, ModelInfo, SubtypeModel
 from node.sr.failure import FailureContent, build_failure_report
+from node.sr.identity import ResultIdentity
 from node.sr.report import write_instance
 from node.sr.validate import FAST_SR_CHECKS, validate_sr
 
@@ -102,6 +103,7 @@ def process_study(
     config: PipelineConfig | None = None,
     companions: Sequence[str] = ("sc",),
     primary_attributes: tuple[str, ...] = DEFAULT_PRIMARY_ATTRIBUTES,
+    identity: ResultIdentity | None = None,
 ) -> ProcessResult:
     """Analyse the study in ``study_dir`` and write the validated SR and companions into ``out_dir``.
 
@@ -109,7 +111,8 @@ def process_study(
     number, patient ID)`` returns (the node passes the entries set with ``ainode primary``), as ``(subtype,
     source)``; the subtype stated in the study's headers, in the DICOM attributes ``primary_attributes``
     (the setting ``primary_subtype_attributes``). ``ProcessResult.primary_source``
-    says which.
+    says which. ``identity`` (the job's study version and the SR it supersedes, :mod:`node.sr.identity`) fixes the
+    result's UIDs; without it they are derived from the evidence instances.
 
     Timings (seconds): ``models``, ``pipeline.*`` (the imaging pipeline's own), ``predict`` (headers, primary
     subtype, model choice, predictions), ``sr`` (write, validate, publish), ``total``.
@@ -132,7 +135,7 @@ def process_study(
                                      attributes=options.primary_attributes)
             models = choose_models(model_set, primary.subtype)
             predictions = predict_lesions(run, models, primary.subtype)
-        content = build_content(source, run, primary, models, predictions)
+        content = build_content(source, run, primary, models, predictions, identity)
         with _timed(timings, "sr"):
             written = write_outputs(content, out_dir, options.companions)
         timings["total"] = time.perf_counter() - start
@@ -170,9 +173,10 @@ def _evidence_files(study_dir: Path) -> list[Path]:
 
 
 def write_failure_report(study_dir: Path, out_dir: Path, error: NodeError, *,
-                         models_dir: Path | None = None) -> Path | None:
+                         models_dir: Path | None = None, identity: ResultIdentity | None = None) -> Path | None:
     """The short "not processed" SR for ``study_dir`` in ``out_dir``; ``None`` when none can be made (no
-    readable instance to take the patient/study identity from, no model to name, or it failed validation)."""
+    readable instance to take the patient/study identity from, no model to name, or it failed validation).
+    ``identity`` fixes its UIDs and names the SR it supersedes, as for the result SR."""
     evidence = _evidence_files(study_dir)
     if not evidence:
         logger.warning("no failure SR: %s holds no readable DICOM instance", study_dir)
@@ -180,7 +184,7 @@ def write_failure_report(study_dir: Path, out_dir: Path, error: NodeError, *,
     try:
         model_set = load_model_set(models_dir)
         algorithm = AlgorithmInfo(models=tuple(ModelInfo.from_bundle(b) for b in model_set.bundles.values()))
-        failure = FailureContent.from_error(error, evidence, algorithm)
+        failure = FailureContent.from_error(error, evidence, algorithm, identity)
         out_dir.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_dir))
         path = write_instance(build_failure_report(failure), staging)

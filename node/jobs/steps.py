@@ -52,6 +52,7 @@ from node.sr.content import (
     SubtypeModel,
     lesion_result_from_predictions,
 )
+from node.sr.identity import ResultIdentity
 from node.sr.source import SourceStudy
 from node.sr.validate import write_results
 
@@ -193,14 +194,14 @@ def _pons(run: FeatureRun) -> PonsSummary:
 
 
 def build_content(source: SourceStudy, run: FeatureRun, primary: PrimaryChoice, models: ModelChoice,
-                  predictions: LesionPredictions) -> ReportContent:
+                  predictions: LesionPredictions, identity: ResultIdentity | None = None) -> ReportContent:
     """The report: the primary subtype is named only when the model that used it ran; warnings of every step, in
-    step order, each once."""
+    step order, each once; ``identity`` (study version, the SR it supersedes) fixes the result's UIDs."""
     warnings = (*run.warnings, *primary.warnings, *models.warnings, *predictions.warnings)
     return ReportContent(
         source=source, lesions=predictions.results, algorithm=models.algorithm, subtype_model=models.variant,
         pons=_pons(run), primary_subtype=primary.subtype if models.variant is SubtypeModel.WITH_PRIMARY else None,
-        warnings=tuple(dict.fromkeys(warnings)),
+        warnings=tuple(dict.fromkeys(warnings)), identity=identity,
     )
 
 

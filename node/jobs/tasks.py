@@ -110,11 +110,12 @@ def process_study_task(self: Task[Any, Any], job_id: int, study_instance_uid: st
 @shared_task(name=DELIVER_TASK, **_RETRY_POLICY)
 def deliver_task(job_id: int | None = None) -> int:
     """Send the due deliveries (all of them: the outbox orders and backs off); ``job_id`` only tags the logs."""
-    from node.delivery.outbox import deliver_pending
+    from node.delivery.outbox import OutboxPolicy, deliver_pending
 
     with correlated("deliver", job=job_id), ledger_errors_are_transient():
         now = time.time()
-        outcomes = deliver_pending(job_context().repo, now)
+        ctx = job_context()  # the settings give each destination's calling AE, TLS, commitment and the schedule
+        outcomes = deliver_pending(ctx.repo, now, policy=OutboxPolicy.from_settings(ctx.settings))
         retry_at = [o.next_attempt_at for o in outcomes if o.next_attempt_at is not None]
         if retry_at:  # a peer is down: come back when its backoff ends (the periodic beat task also does)
             deliver_task.apply_async((job_id,), countdown=max(1.0, min(retry_at) - now))

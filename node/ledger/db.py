@@ -50,6 +50,16 @@ def _configure_sqlite(engine: Engine) -> None:
 #: before it get NULL and the code reading it says what NULL means.
 ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("deliveries", "path", "TEXT"),  # the result file; older rows keep it in ``detail``
+    ("jobs", "result_sop_class_uid", "VARCHAR(64)"),  # the finished job's SR (NULL: none recorded)
+    ("jobs", "result_series_instance_uid", "VARCHAR(64)"),
+    ("jobs", "result_sop_instance_uid", "VARCHAR(64)"),
+    ("jobs", "purpose", "VARCHAR(16)"),  # NULL = process the study; "failure-sr" = only its failure SR
+    ("deliveries", "first_attempt_at", "FLOAT"),  # NULL: not tried yet in this series (older rows: unknown)
+    ("deliveries", "next_attempt_at", "FLOAT"),  # NULL: due now, or computed from attempts (older rows)
+    ("deliveries", "last_error", "TEXT"),
+    ("deliveries", "commit_transaction_uid", "VARCHAR(64)"),  # Storage Commitment (NULL: none asked)
+    ("deliveries", "commit_requested_at", "FLOAT"),
+    ("deliveries", "committed_at", "FLOAT"),
 )
 
 

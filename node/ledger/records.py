@@ -107,6 +107,7 @@ class JobRecord:
     forced: bool
     reason: str | None
     supersedes_job_id: int | None
+    purpose: str | None = None  # None: process the study; "failure-sr": only send its failure SR
 
 
 @dataclass(frozen=True)
@@ -186,4 +187,5 @@ def job_record_of(job: Job) -> JobRecord:
         forced=job.forced,
         reason=job.reason,
         supersedes_job_id=job.supersedes_job_id,
+        purpose=job.purpose,
     )

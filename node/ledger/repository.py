@@ -7,8 +7,8 @@ so calling an operation twice, or from two processes, never produces two jobs fo
 
 :class:`Repository` is composed of one part per kind of record, each in its module: ``intake.py`` (received
 instances), ``studies.py`` (snapshots, ready / failed), ``jobs.py``, ``deliveries.py`` (with the outbox's
-functions) and ``audit.py``; all of them, and ``primary.py``, run in ``transaction.py``'s one transaction
-runner and write the audit trail with its one writer.
+functions), ``results.py`` (finishing a job with its deliveries) and ``audit.py``; all of them, and
+``primary.py``, run in ``transaction.py``'s one transaction runner and write the audit trail with its one writer.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from node.ledger.records import (
     content_digest,
     idempotency_key,
 )
+from node.ledger.results import ResultOperations
 from node.ledger.states import LedgerStateError
 from node.ledger.studies import StudyOperations
 
@@ -43,7 +44,8 @@ __all__ = [  # the records are re-exported: callers import everything ledger-rel
 ]
 
 
-class Repository(IntakeOperations, StudyOperations, JobOperations, DeliveryOperations, AuditOperations):
+class Repository(IntakeOperations, StudyOperations, JobOperations, DeliveryOperations, ResultOperations,
+                 AuditOperations):
     """The ledger operations of the listener, the completeness check and the job layer."""
 
     def __init__(self, ledger: Ledger, late_policy: LateInstancePolicy = LateInstancePolicy.RERUN) -> None:

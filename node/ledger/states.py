@@ -32,10 +32,23 @@ class JobState(enum.StrEnum):
     FAILED = "failed"
 
 
+#: ``jobs.purpose`` of a job that only writes and sends the failure SR of a study failed without processing.
+FAILURE_SR_PURPOSE = "failure-sr"
+
+
 class DeliveryState(enum.StrEnum):
-    PENDING = "pending"
-    SENT = "sent"
-    FAILED = "failed"
+    """pending -> sent (-> committed, with Storage Commitment) | failed | commit-failed (dead letters)."""
+
+    PENDING = "pending"  # to send, or to retry once its backoff has passed
+    SENT = "sent"  # stored by the PACS (C-STORE success); with Storage Commitment: awaiting its commitment
+    FAILED = "failed"  # dead letter: refused, or still failing at the dead-letter delay
+    COMMITTED = "committed"  # the PACS committed to keep it (Storage Commitment N-EVENT-REPORT)
+    COMMIT_FAILED = "commit-failed"  # dead letter: the PACS did not commit it by the dead-letter delay
+
+
+#: Delivery states after which nothing more happens (until ``ainode resend`` for the two dead-letter states).
+FINAL_DELIVERY_STATES = frozenset({DeliveryState.COMMITTED, DeliveryState.FAILED, DeliveryState.COMMIT_FAILED})
+DEAD_LETTER_STATES = frozenset({DeliveryState.FAILED, DeliveryState.COMMIT_FAILED})
 
 
 class LedgerStateError(NodeError):

@@ -99,6 +99,14 @@ class Job(Base):
     supersedes_job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"))
     created_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)
+    #: The SR (result or failure SR) of the run that finished the job, recorded with its deliveries in one
+    #: transaction; a later, superseding SR references it (added after the first release: NULL = none recorded).
+    result_sop_class_uid: Mapped[str | None] = mapped_column(String(64))
+    result_series_instance_uid: Mapped[str | None] = mapped_column(String(64))
+    result_sop_instance_uid: Mapped[str | None] = mapped_column(String(64))
+    #: NULL: process the study; ``failure-sr``: only write and send the failure SR of a study that failed without
+    #: being processed (force-complete deadline). Added after the first release.
+    purpose: Mapped[str | None] = mapped_column(String(16))
 
     study: Mapped[Study] = relationship(back_populates="jobs")
     deliveries: Mapped[list[Delivery]] = relationship(back_populates="job", order_by="Delivery.id")
@@ -122,6 +130,15 @@ class Delivery(Base):
     #: The result file to send. Added after the first release (``db.py`` adds the column to older databases);
     #: the rows written before it keep the path in ``detail`` (:func:`node.ledger.deliveries.file_of`).
     path: Mapped[str | None] = mapped_column(Text)
+    #: Added after the first release (NULL in older rows): when the current series of attempts began (the
+    #: dead-letter delay counts from it), when the next attempt is due, and the last error in words.
+    first_attempt_at: Mapped[float | None] = mapped_column(Float)
+    next_attempt_at: Mapped[float | None] = mapped_column(Float)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    #: Storage Commitment: the N-ACTION's Transaction UID, when it was asked, when the PACS committed.
+    commit_transaction_uid: Mapped[str | None] = mapped_column(String(64))
+    commit_requested_at: Mapped[float | None] = mapped_column(Float)
+    committed_at: Mapped[float | None] = mapped_column(Float)
 
     job: Mapped[Job] = relationship(back_populates="deliveries")
 

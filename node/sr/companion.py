@@ -30,6 +30,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from node.sr import codes as C
 from node.sr.content import LesionResult, ReportContent, SubtypeModel
+from node.sr.identity import fingerprint, result_identity, superseded
 from node.sr.report import PROCESSING_EQUIPMENT_DESCRIPTION, lesion_summary, report_summary, write_instance
 
 ENCAPSULATED_PDF_STORAGE = "1.2.840.10008.5.1.4.1.1.104.1"
@@ -110,7 +111,15 @@ def _result_lines(content: ReportContent, lesion: LesionResult) -> list[str]:
     lines.append(f"Subtype model: {model}.   Intensity reference: {content.pons.describe()}")
     if lesion.out_of_distribution:
         lines.append("WARNING - out of training distribution: " + "; ".join(lesion.ood_reasons))
+    if (prior := superseded(content)) is not None:
+        lines.append(f"NOTE - supersedes the earlier AI result of this study (SR {prior.sop_instance_uid}).")
     return lines
+
+
+def companion_uid(content: ReportContent, role: Companion, level: str, number: int = 1) -> str:
+    """Series / SOP Instance UIDs of the companions, derived like the SR's (:mod:`node.sr.identity`)."""
+    fp = fingerprint(content.algorithm, content.primary_subtype)
+    return result_identity(content).uid(fp, role.value, level, number)
 
 
 def render_page(content: ReportContent, lesion: LesionResult) -> Figure:
@@ -171,7 +180,7 @@ def build_companion_sc(
 
     Uncompressed by default (3.7 MB per page, accepted by every PACS); ``RLELossless`` gives ~0.4 MB where the
     receiving PACS accepts it."""
-    series_uid = series_instance_uid or hd.UID()
+    series_uid = series_instance_uid or companion_uid(content, Companion.SECONDARY_CAPTURE, "series")
     images = []
     for i, lesion in enumerate(content.lesions, start=1):
         sc = hd.sc.SCImage.from_ref_dataset(
@@ -182,7 +191,7 @@ def build_companion_sc(
             coordinate_system="PATIENT",
             series_instance_uid=series_uid,
             series_number=series_number,
-            sop_instance_uid=hd.UID(),
+            sop_instance_uid=companion_uid(content, Companion.SECONDARY_CAPTURE, "instance", i),
             instance_number=i,
             manufacturer=content.algorithm.manufacturer,
             patient_orientation=("L", "P"),
@@ -235,9 +244,9 @@ def build_companion_pdf(
     for keyword in _PATIENT_STUDY:
         ds.__setattr__(keyword, ref.get(keyword, ""))
     ds.SOPClassUID = ENCAPSULATED_PDF_STORAGE
-    ds.SOPInstanceUID = hd.UID()
+    ds.SOPInstanceUID = companion_uid(content, Companion.PDF, "instance")
     ds.Modality = "DOC"
-    ds.SeriesInstanceUID = series_instance_uid or hd.UID()
+    ds.SeriesInstanceUID = series_instance_uid or companion_uid(content, Companion.PDF, "series")
     ds.SeriesNumber = series_number
     ds.SeriesDescription = PDF_SERIES_DESCRIPTION
     ds.Manufacturer = content.algorithm.manufacturer

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 from pydicom.uid import generate_uid
 
 from node import __version__
+from node.sr.identity import ResultIdentity
 from node.sr.source import SourceStudy
 from node.vocabulary import BINARY_CLASSES, DISCLAIMER, HER2_TIER_CLASSES, SUBTYPE_CLASSES
 
@@ -282,6 +283,8 @@ class ReportContent:
     primary_subtype: str | None = None
     disclaimer: str = DISCLAIMER
     warnings: tuple[str, ...] = field(default=())
+    #: which document this is (deterministic UIDs, the SR it supersedes); None = derived from the evidence
+    identity: ResultIdentity | None = None
 
     def __post_init__(self) -> None:
         if not self.lesions:

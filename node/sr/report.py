@@ -24,6 +24,7 @@ from pydicom.uid import generate_uid
 
 from node.sr import codes as C
 from node.sr.content import AlgorithmInfo, HeadResult, LesionResult, ReportContent, SubtypeModel
+from node.sr.identity import PriorDocument, report_uids, superseded, supersession_text
 from node.sr.source import SourceStudy
 
 SERIES_DESCRIPTION = "AI BC subtype of brain metastasis (research use)"
@@ -261,6 +262,8 @@ def report_summary(content: ReportContent) -> str:
     )
     if content.warnings:
         text += " Warnings: " + "; ".join(content.warnings) + "."
+    if (replaces := supersession_text(content)) is not None:
+        text += " " + replaces
     return text
 
 
@@ -286,8 +289,12 @@ def build_report(
     series_description: str = SERIES_DESCRIPTION,
     content_datetime: dt.datetime | None = None,
 ) -> Any:
-    """The SR document (``hd.sr.Comprehensive3DSR`` by default): new series and SOP instance UIDs, patient
-    and study identity inherited from the evidence, UNVERIFIED / PRELIMINARY / COMPLETE."""
+    """The SR document (``hd.sr.Comprehensive3DSR`` by default): patient and study identity inherited from the
+    evidence, UNVERIFIED / PRELIMINARY / COMPLETE; Series and SOP Instance UIDs derived from the content's
+    identity (:func:`report_uids`) unless given; a superseding result references the SR it replaces in
+    ``PredecessorDocumentsSequence`` and says so in its summary text."""
+    derived_series, derived_sop = report_uids(content)
+    prior = superseded(content)
     groups: list[Any] = []
     for lesion in content.lesions:
         groups.append(classification_group(content, lesion))
@@ -312,12 +319,13 @@ def build_report(
         report,
         content.algorithm,
         sop_class=sop_class,
-        series_instance_uid=series_instance_uid,
+        series_instance_uid=series_instance_uid or derived_series,
         series_number=series_number,
-        sop_instance_uid=sop_instance_uid,
+        sop_instance_uid=sop_instance_uid or derived_sop,
         instance_number=instance_number,
         series_description=series_description,
         content_datetime=content_datetime,
+        predecessor=prior,
     )
 
 
@@ -333,8 +341,10 @@ def build_document(
     instance_number: int,
     series_description: str,
     content_datetime: dt.datetime | None,
+    predecessor: PriorDocument | None = None,
 ) -> Any:
-    """The SR document around a TID 1500 ``report``: header flags, evidence, equipment, private scheme, SEPARATE."""
+    """The SR document around a TID 1500 ``report``: header flags, evidence, equipment, private scheme, SEPARATE;
+    ``predecessor`` (the SR this one replaces) goes into ``PredecessorDocumentsSequence``."""
     equipment = hd.ContributingEquipment(
         manufacturer=algorithm.manufacturer,
         purpose_of_reference=C.PROCESSING_EQUIPMENT,
@@ -346,6 +356,8 @@ def build_document(
     if content_datetime is not None:
         extra["content_date"] = content_datetime.date()
         extra["content_time"] = content_datetime.time()
+    if predecessor is not None:
+        extra["previous_versions"] = [predecessor.reference()]
     sr = _SR_CLASSES[sop_class](
         evidence=evidence,
         content=report,

@@ -18,6 +18,11 @@ router = APIRouter(prefix="/api", dependencies=[Depends(api_auth)])
 Who = Annotated[str, Depends(api_auth)]
 
 
+class RequeueRequest(BaseModel):
+    #: re-queue even when the job does not look stuck yet (a duplicate run records nothing)
+    force: bool = False
+
+
 class RerunRequest(BaseModel):
     #: the job being re-run (default: the study's latest); the same value twice makes one new job
     after_job: int | None = None
@@ -83,5 +88,15 @@ def failures(request: Request) -> dict[str, Any]:
     return {
         "studies": [row.as_json() for row in queries.studies(states=(StudyState.FAILED,))],
         "jobs": [{"study_instance_uid": uid, **job.as_json()} for uid, job in queries.failed_jobs()],
-        "deliveries": [asdict(d) for d in queries.deliveries(state=DeliveryState.FAILED)],
+        "deliveries": [asdict(d) for state in (DeliveryState.FAILED, DeliveryState.COMMIT_FAILED)
+                       for d in queries.deliveries(state=state)],
     }
+
+
+@router.post("/jobs/{job_id}/requeue")
+def requeue_job(request: Request, job_id: int, who: Who, body: RequeueRequest | None = None) -> dict[str, Any]:
+    """A stuck job (queued, or processing with no live worker) handed to the workers again."""
+    ctx = context(request)
+    job = ctx.actions.requeue(job_id, who, ctx.settings, force=body.force if body else False)
+    return {"requeued": True, "job": _job_json(job)}
+

@@ -28,6 +28,7 @@ NOTICES = {
     "rerun-created": "Re-run queued as job #{job}.",
     "rerun-existing": "This re-run was already requested: job #{job}.",
     "resent": "Delivery {delivery} put back in the outbox; it is sent on the next pass.",
+    "requeued": "Job #{job} re-queued and handed to the workers again.",
 }
 
 
@@ -157,7 +158,8 @@ def failures_page(request: Request, session: PageSession) -> HTMLResponse:
     return render(
         "failures.html", session=session, page="failures", notice=_notice(request),
         studies=queries.studies(states=(StudyState.FAILED,)), jobs=queries.failed_jobs(),
-        deliveries=queries.deliveries(state=DeliveryState.FAILED),
+        deliveries=[*queries.deliveries(state=DeliveryState.FAILED),
+                    *queries.deliveries(state=DeliveryState.COMMIT_FAILED)],
     )
 
 
@@ -182,3 +184,16 @@ async def resend_form(request: Request, delivery_id: int, session: PageSession) 
                             study_instance_uid=study)
     page = f"/studies/{quote(study)}" if study else "/failures"
     return RedirectResponse(f"{page}?notice=resent&delivery={delivery_id}", status_code=303)
+
+
+@router.post("/jobs/{job_id}/requeue", include_in_schema=False)
+async def requeue_form(request: Request, job_id: int, session: PageSession) -> Response:
+    form = await _form(request)
+    _check_csrf(request, session, form)
+    study = form.get("study") or None
+    ctx = context(request)
+    job = await run_in_threadpool(ctx.actions.requeue, job_id, client_id(request), ctx.settings,
+                                  force=form.get("force") == "1", study_instance_uid=study)
+    return RedirectResponse(f"/studies/{quote(job.study_instance_uid)}?notice=requeued&job={job.id}",
+                            status_code=303)
+

@@ -53,6 +53,10 @@ class DeliveryView:
     last_status: int | None
     updated_at: float
     file: str | None  # the result file's name (the ledger holds its path)
+    last_error: str | None = None
+    next_attempt_at: float | None = None  # a pending delivery's next try
+    commitment: str | None = None  # Storage Commitment: "awaiting", "committed", "not committed"; None: not asked
+    committed_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -140,7 +144,18 @@ def _delivery_view(item: OutboxItem) -> DeliveryView:
         id=item.id, job_id=item.job_id, study_instance_uid=item.study_instance_uid, destination=item.destination,
         sop_instance_uid=item.sop_instance_uid, state=item.state.value, attempts=item.attempts,
         last_status=item.last_status, updated_at=item.updated_at, file=item.path.name if item.path else None,
+        last_error=item.last_error,
+        next_attempt_at=item.next_attempt_at if item.state is DeliveryState.PENDING else None,
+        commitment=_commitment(item), committed_at=item.committed_at,
     )
+
+
+def _commitment(item: OutboxItem) -> str | None:
+    if item.state is DeliveryState.COMMITTED:
+        return "committed"
+    if item.state is DeliveryState.COMMIT_FAILED:
+        return "not committed"
+    return "awaiting" if item.awaiting_commitment else None
 
 
 def _audit_view(event: AuditRecord) -> AuditView:

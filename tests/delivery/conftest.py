@@ -83,6 +83,20 @@ def storescp(tmp_path: Path) -> Iterator[tuple[Destination, Path]]:
     proc.wait(timeout=10)
 
 
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 / localhost and its key (openssl; skipped without it)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+         "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+        check=True, capture_output=True, timeout=60,
+    )
+    return cert, key
+
+
 @pytest.fixture
 def repo(tmp_path: Path) -> Iterator[Repository]:
     ledger = Ledger.open(f"sqlite:///{tmp_path / 'ledger.sqlite3'}")

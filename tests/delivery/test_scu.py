@@ -84,6 +84,16 @@ def test_sop_class_not_accepted_is_permanent(tmp_path: Path, scp_factory: Callab
     assert scp.received == [sop_uid(mr)]  # sent in order until the refused one
 
 
+def test_peer_accepting_no_offered_context_is_permanent(
+    tmp_path: Path, scp_factory: Callable[..., StoreSCP]
+) -> None:
+    """pynetdicom answers "no presentation context accepted" with an A-ABORT: a refusal, not a peer down."""
+    scp = scp_factory(sop_classes=[MRImageStorage])
+    with pytest.raises(DeliveryRefusedError, match="accepts none of the offered SOP classes") as caught:
+        send_files([make_file(tmp_path, SecondaryCaptureImageStorage)], scp.destination, timeout_s=5)
+    assert caught.value.status == 0x0122 and not isinstance(caught.value, TransientError)
+
+
 def test_unreadable_file_is_refused_before_connecting(tmp_path: Path) -> None:
     bad = tmp_path / "bad.dcm"
     bad.write_bytes(b"not dicom")

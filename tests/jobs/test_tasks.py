@@ -4,7 +4,9 @@ dispatching ready studies exactly once, and one real job (the real process_study
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
@@ -15,6 +17,7 @@ from node.jobs.broker import EMBEDDED_URL, resolve_broker
 from node.jobs.celery_app import production_settings
 from node.jobs.runner import run_process_job
 from node.jobs.tasks import _RETRY_POLICY, NodeTask, process_study_task
+from node.ledger import deliveries as store
 from node.ledger.states import DeliveryState, JobState, StudyState
 from node.spool import result_dir
 from node.values import Destination
@@ -89,6 +92,23 @@ def test_dispatch_ready_hands_each_study_over_once(node: Node) -> None:
     assert node.repo.study(uid).state is StudyState.QUEUED  # type: ignore[union-attr]
 
 
+@pytest.fixture
+def listening(tmp_path: Path, start: Any, synth_case: Any, models_dir: Path) -> Iterator[tuple[Node, int, Path]]:
+    """Like ``node``, with the listener kept (its port) for a late instance, and a T2 file to copy."""
+    from node.ledger.db import Ledger
+    from node.ledger.repository import Repository
+    from tests.scp.fixtures import FakeClock, send
+
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+    clock = FakeClock()
+    listener = start(url, clock, quiet_period_s=0)
+    assert set(send(listener.port, synth_case.all)) == {0}
+    ledger = Ledger.open(url)
+    yield Node(tmp_path, tmp_path / "spool", url, Repository(ledger), clock, models_dir), listener.port, \
+        synth_case.t2[0]
+    ledger.dispose()
+
+
 # -- one real job, as a plain call ---------------------------------------------------------------------------
 
 
@@ -112,6 +132,134 @@ def test_real_job_done_deliveries_recorded_and_rerun_skipped(dispatched: tuple[N
     events = [e.event for e in node.repo.audit_trail(uid)]
     assert events.count("job-started") == 1 and events.count("job-done") == 1
     assert DeliveryState.PENDING.value in "".join(events)
+
+
+def _srs(out_dir: Path) -> list[Path]:
+    return [p for p in Path(out_dir).iterdir() if p.is_file() and pydicom.dcmread(p).Modality == "SR"]
+
+
+def test_overlapping_runs_make_one_sr_and_one_set_of_deliveries(
+    dispatched: tuple[Node, tuple[int, str, str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 10 item 5: run A is processing when run B (a redelivery: visibility timeout, re-queue) runs the same
+    job to the end; A then finishes too. One SR document, one set of deliveries, recorded by B alone."""
+    from node.jobs import runner
+
+    node, (job_id, uid, study_dir, out_dir) = dispatched
+    ctx = node.context((Destination("PACS", "127.0.0.1", 104),))
+    real_process_study = runner.process_study  # type: ignore[attr-defined]
+    outcomes: list[str] = []
+    calls: list[int] = []
+
+    def overlapping(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:  # inside run A, before its own work: run B starts and finishes
+            outcomes.append(run_process_job(ctx, job_id, uid, Path(study_dir), Path(out_dir)))
+        return real_process_study(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "process_study", overlapping)
+    outcomes.append(run_process_job(ctx, job_id, uid, Path(study_dir), Path(out_dir)))
+    assert outcomes == ["done", "skipped"]  # B finished the job; A lost the race and recorded nothing
+    srs = _srs(Path(out_dir))
+    assert len(srs) == 1  # both runs wrote the same document (same UIDs, same file name)
+    rows = store.deliveries(node.repo, job_id=job_id)
+    objects = [p for p in Path(out_dir).iterdir() if p.is_file() and p.suffix == ".dcm"]
+    assert len(rows) == len(objects) and {r.sop_instance_uid for r in rows} == {
+        str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in objects}
+    events = [e.event for e in node.repo.audit_trail(uid)]
+    assert events.count("job-done") == 1 and events.count("job-result") == 1
+    assert events.count("delivery-pending") == len(objects)
+
+
+def test_late_series_sr_supersedes_the_first(listening: tuple[Node, int, Path], tmp_path: Path) -> None:
+    """Issue 10 item 6: a late series reopens the study as version 2; its SR references the version-1 SR in
+    PredecessorDocumentsSequence, says so in words, and passes dsrdump and dciodvfy."""
+    from node.sr.validate import validate_sr
+    from tests.scp.fixtures import send
+
+    node, port, t2_file = listening
+    pacs = Destination("PACS", "127.0.0.1", 104)
+    (first,) = node.dispatch()
+    job1, uid, study_dir, out1 = node.sent[-1]
+    assert run_process_job(node.context((pacs,)), job1, uid, Path(study_dir), Path(out1)) == "done"
+    (sr1,) = (pydicom.dcmread(p) for p in _srs(Path(out1)))
+    assert "PredecessorDocumentsSequence" not in sr1  # a first result replaces nothing
+
+    late = pydicom.dcmread(t2_file)  # a copy of a T2 slice as a new series the rules ignore
+    late.SeriesInstanceUID, late.SOPInstanceUID = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
+    late.file_meta.MediaStorageSOPInstanceUID = late.SOPInstanceUID
+    late.SeriesDescription, late.SeriesNumber = "FLAIR late", 99
+    late_path = tmp_path / "late.dcm"
+    late.save_as(late_path, enforce_file_format=True)
+    node.clock.advance(5)
+    assert send(port, [late_path]) == [0]
+    study = node.repo.study(uid)
+    assert study is not None and study.version == 2
+    node.clock.advance(5)
+    (second,) = node.dispatch()
+    assert second.supersedes_job_id == first.id
+    job2, _, _, out2 = node.sent[-1]
+    assert run_process_job(node.context((pacs,)), job2, uid, Path(study_dir), Path(out2)) == "done"
+    (sr2_path,) = _srs(Path(out2))
+    sr2 = pydicom.dcmread(sr2_path)
+    assert sr2.SOPInstanceUID != sr1.SOPInstanceUID and sr2.SeriesInstanceUID != sr1.SeriesInstanceUID
+    ref = sr2.PredecessorDocumentsSequence[0]
+    assert ref.StudyInstanceUID == sr1.StudyInstanceUID == uid
+    assert ref.ReferencedSeriesSequence[0].SeriesInstanceUID == sr1.SeriesInstanceUID
+    sop = ref.ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
+    assert (sop.ReferencedSOPInstanceUID, sop.ReferencedSOPClassUID) == (sr1.SOPInstanceUID, sr1.SOPClassUID)
+    summary = sr2.ContentSequence[-1].ContentSequence[0].TextValue
+    assert f"supersedes the earlier AI result of this study (job {job1})" in summary
+    assert "study version 1 -> 2" in summary and sr1.SOPInstanceUID in summary
+    assert validate_sr(sr2_path, checks=("roundtrip", "dsrdump", "dciodvfy")) == []
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_study_failed_at_the_deadline_gets_a_failure_sr(
+    tmp_path: Path, start: Any, synth_case: Any, models_dir: Path, enabled: bool
+) -> None:
+    """Issue 10 item 8: a study failed at the force-complete deadline (its SEG never came) gets the failure SR
+    at the PACS, through one ``failure-sr`` job; ``deadline_failure_sr: false`` turns it off."""
+    from node.jobs.context import JobContext, JobOptions
+    from node.ledger.db import Ledger
+    from node.ledger.repository import Repository
+    from tests.scp.fixtures import FakeClock, send
+
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+    clock = FakeClock()
+    listener = start(url, clock, quiet_period_s=0)
+    assert set(send(listener.port, synth_case.t1ce + synth_case.t2)) == {0}  # no SEG
+    ledger = Ledger.open(url)
+    try:
+        node = Node(tmp_path, tmp_path / "spool", url, Repository(ledger), clock, models_dir)
+        assert node.dispatch() == []  # still waiting for the SEG
+        clock.advance(601)  # past force_complete_s (600 s in Node.dispatch)
+        (job,) = node.dispatch()
+        assert job.purpose == "failure-sr" and job.reason and "deadline" in job.reason
+        assert node.dispatch() == []  # owed once
+        job_id, uid, study_dir, out_dir = node.sent[-1]
+        pacs = Destination("PACS", "127.0.0.1", 104)
+        ctx = JobContext(node.repo, JobOptions((pacs,), models_dir, True, node.spool_dir), clock,
+                         Settings(deadline_failure_sr=enabled))
+        queued: list[int] = []
+        assert run_process_job(ctx, job_id, uid, Path(study_dir), Path(out_dir), queue_delivery=queued.append) \
+            == "failed"
+        finished = node.job(job_id)
+        assert finished.state is JobState.FAILED and finished.reason == job.reason
+        study = node.repo.study(uid)
+        assert study is not None and study.state is StudyState.FAILED and study.reason == job.reason
+        rows = store.deliveries(node.repo, job_id=job_id)
+        if not enabled:
+            assert rows == [] and queued == [] and not any(Path(out_dir).glob("*.dcm"))
+            return
+        (sr_path,) = Path(out_dir).glob("*.dcm")
+        sr = pydicom.dcmread(sr_path)
+        assert sr.Modality == "SR" and sr.StudyInstanceUID == uid and "not processed" in sr.SeriesDescription
+        assert "deadline" in sr.ContentSequence[-1].ContentSequence[0].TextValue
+        assert [(r.sop_instance_uid, r.destination) for r in rows] == [(sr.SOPInstanceUID, str(pacs))]
+        assert queued == [job_id]
+    finally:
+        ledger.dispose()
 
 
 def test_invalid_study_fails_the_job_with_its_message(dispatched: tuple[Node, tuple[int, str, str, str]]):

@@ -8,6 +8,7 @@ It also answers C-ECHO.
 
 from __future__ import annotations
 
+import ssl
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -61,8 +62,10 @@ class StoreSCP:
                 self.received.append(str(ds.SOPInstanceUID))
         return self.status
 
-    def start(self, sop_classes: Sequence[str] | None = None) -> StoreSCP:
-        """Listen (not blocking); ``sop_classes`` overrides the field of the same name."""
+    def start(self, sop_classes: Sequence[str] | None = None, *, ssl_context: ssl.SSLContext | None = None,
+              calling_aets: list[str] | None = None) -> StoreSCP:
+        """Listen (not blocking); ``sop_classes`` overrides the field of the same name; ``ssl_context``: TLS only;
+        ``calling_aets``: reject other calling AE titles (a filtering PACS)."""
         if sop_classes is not None:
             self.sop_classes = sop_classes
         ae = AE(ae_title=self.ae_title)
@@ -72,7 +75,8 @@ class StoreSCP:
             for uid in self.sop_classes:
                 ae.add_supported_context(uid)
         ae.add_supported_context(VERIFICATION)
-        self.server = ae.start_server((LOOPBACK, self.port), block=False,
+        ae.require_calling_aet = calling_aets or []
+        self.server = ae.start_server((LOOPBACK, self.port), block=False, ssl_context=ssl_context,
                                       evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
         self.port = int(self.server.server_address[1])
         return self
@@ -90,15 +94,17 @@ class StoreSCP:
 
 @pytest.fixture
 def scp_factory(tmp_path: Path) -> Iterator[Callable[..., StoreSCP]]:
-    """``scp_factory(port=None, status=0, sop_classes=None, start=True)``: a :class:`StoreSCP` on ``port`` (a
-    free port by default) writing under ``tmp_path/received-<n>``; all stopped at teardown."""
+    """``scp_factory(port=None, status=0, sop_classes=None, start=True, ssl_context=None, calling_aets=None)``: a
+    :class:`StoreSCP` on ``port`` (a free port by default) writing under ``tmp_path/received-<n>``; all stopped at
+    teardown."""
     made: list[StoreSCP] = []
 
     def factory(port: int | None = None, status: int = 0, sop_classes: list[str] | None = None,
-                start: bool = True) -> StoreSCP:
+                start: bool = True, ssl_context: ssl.SSLContext | None = None,
+                calling_aets: list[str] | None = None) -> StoreSCP:
         scp = StoreSCP(tmp_path / f"received-{len(made)}", port or free_port(), status=status, sop_classes=sop_classes)
         made.append(scp)
-        return scp.start() if start else scp
+        return scp.start(ssl_context=ssl_context, calling_aets=calling_aets) if start else scp
 
     yield factory
     for scp in made:
