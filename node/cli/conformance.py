@@ -56,6 +56,9 @@ STORE_STATUS_MEANINGS: dict[StoreStatus, str] = {
     "deeper than 32 levels, a Study / Series / SOP Instance UID is missing or invalid, SOP Class / Instance UID "
     "differ from the request, or Pixel Data is missing or shorter than Rows x Columns x Samples per Pixel x Bits "
     "Allocated / 8 x Number of Frames (compressed: fewer fragments than frames)",
+    StoreStatus.UID_CONFLICT: "the SOP Instance UID, or the Series Instance UID, is already stored under another "
+    "Study Instance UID; the stored copy is kept and this one refused (once the other study's files were purged, "
+    "the instance is stored under its new study)",
     StoreStatus.PROCESSING_FAILURE: "the spool or the ledger could not make the instance durable (I/O or database "
     "error); nothing is acknowledged, resend it",
 }

@@ -22,6 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from node.config import DuplicatePolicy
 from node.errors import CorruptInstanceError
+from node.ledger.intake import InstanceConflictError
 from node.ledger.repository import InstanceHeader, Repository
 from node.scp.header import Limits, read_header
 from node.scp.receive import DISK_FULL, Received, Refusal, SpillBuffer
@@ -131,6 +132,9 @@ def _handle(
                       f"free disk in the spool ({free} bytes) is below min_free_disk_bytes ({ctx.min_free_disk_bytes})")
     try:
         return _store(ctx, header, received, calling, peer, now)
+    except InstanceConflictError as exc:
+        return refuse(StoreStatus.UID_CONFLICT, f"{exc.message}; stored in study {exc.study_instance_uid}",
+                      "store-rejected", study=header.study_instance_uid)
     except OSError as exc:
         status = StoreStatus.OUT_OF_RESOURCES if exc.errno in DISK_FULL else StoreStatus.PROCESSING_FAILURE
         return refuse(status, f"spool write failed: {exc.strerror or exc}")
@@ -159,7 +163,7 @@ def _store(ctx: ListenerContext, header: InstanceHeader, received: Received, cal
     try:
         ctx.repository.receive_instance(
             header, sha256=received.sha256, duplicate_policy=ctx.duplicate_policy, new_path=new_path, write=write,
-            calling_ae_title=calling, peer=peer, at=now,
+            calling_ae_title=calling, peer=peer, at=now, present=lambda relative: ctx.spool.path(relative).is_file(),
         )
     except BaseException:
         for relative, was_there in existed.items():

@@ -17,6 +17,8 @@ class StoreStatus(enum.IntEnum):
     #: The dataset does not parse, an element's value does not convert, its UIDs are invalid or contradict the
     #: C-STORE request, or its pixel data is missing or shorter than its image.
     CANNOT_UNDERSTAND = 0xC000
+    #: The SOP Instance UID is already stored under another Study Instance UID.
+    UID_CONFLICT = 0xC001
     #: The instance was received but could not be made durable (spool or ledger I/O error); resend it.
     PROCESSING_FAILURE = 0x0110
 
