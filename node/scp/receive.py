@@ -24,11 +24,12 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from pydicom.uid import UID
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import C_STORE_RQ, DIMSEMessage
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import create_file_meta, encode_file_meta
 
 from node.scp.status import StoreStatus
@@ -170,11 +171,36 @@ def _request_prefix(message: DIMSEMessage, assoc: Association) -> bytes | Refusa
 
 
 class BoundedDIMSE(DIMSEServiceProvider):
-    """pynetdicom's DIMSE provider with every incoming message's dataset in a :class:`SpillBuffer`."""
+    """pynetdicom's DIMSE provider with every incoming message's dataset in a :class:`SpillBuffer`.
 
-    def __init__(self, assoc: Association, limits: ReceiveLimits) -> None:
+    A C-STORE request whose command set pynetdicom finds invalid (an empty Affected SOP Instance UID...) would be
+    dropped without an answer, leaving the sender waiting for its DIMSE timeout: it is answered 0xC000 here (or,
+    without a Message ID to answer, the association is aborted) and reported through ``report``.
+    """
+
+    def __init__(self, assoc: Association, limits: ReceiveLimits, report: Callable[[str], None]) -> None:
         super().__init__(assoc)
         self._limits = limits
+        self._report = report
+
+    def get_msg(self, block: bool = False) -> Any:
+        context_id, message = super().get_msg(block)
+        if (isinstance(message, C_STORE) and message.MessageIDBeingRespondedTo is None
+                and not message.is_valid_request and context_id is not None):
+            if isinstance(message.DataSet, SpillBuffer):
+                message.DataSet.discard()
+            if message.MessageID is None:
+                self._report("a C-STORE request without a Message ID: association aborted")
+                self.assoc.abort()
+                return None, None
+            self._report("a C-STORE request whose command set is invalid (Affected SOP Class / Instance UID, "
+                         "Priority or data set missing): answered 0xC000")
+            response = C_STORE()
+            response.MessageIDBeingRespondedTo = message.MessageID
+            response.Status = int(StoreStatus.CANNOT_UNDERSTAND)
+            self.send_msg(response, context_id)
+            return None, None
+        return context_id, message
 
     def receive_primitive(self, primitive: P_DATA) -> None:
         if self.message is None:

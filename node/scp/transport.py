@@ -72,7 +72,8 @@ class ConnectionPolicy:
 
 
 class ConnectionAudit:
-    """Audit rows for connections closed before they associated, written by a background thread.
+    """Audit rows for what the transport refuses on its own (connections closed before they associated, invalid
+    C-STORE requests), written by a background thread.
 
     At most one row per peer address per :data:`AUDIT_WINDOW_S` (the next one counts those left out), and at
     most 1000 waiting: a flood of connections never floods the ledger or blocks the accept loop.
@@ -322,7 +323,9 @@ class NodeRequestHandler(RequestHandler):
         assoc._server = server
         assoc.name = f"AcceptorThread@{datetime.now():%Y%m%d%H%M%S}"
         assoc.acse = LimitedACSE(assoc, server.policy)
-        assoc.dimse = BoundedDIMSE(assoc, server.policy.receive)
+        address, peer = str(self.client_address[0]), f"{self.client_address[0]}:{self.client_address[1]}"
+        assoc.dimse = BoundedDIMSE(assoc, server.policy.receive,
+                                   lambda why: server.connection_audit.record("store-rejected", address, peer, why))
         assoc.set_socket(BoundedSocket(assoc, cast(socket.socket, self.request), server.policy, self._deadline))
         assoc.acceptor.maximum_length = self.ae.maximum_pdu_size
         assoc.acceptor.ae_title = server.ae_title
