@@ -31,7 +31,14 @@ from node.scp import handlers
 from node.scp.contexts import VERIFICATION, VERIFICATION_TRANSFER_SYNTAXES, storage_contexts
 from node.scp.header import Limits
 from node.scp.receive import ReceiveLimits
-from node.scp.transport import MIN_PDU_LIMIT, ConnectionAudit, ConnectionPolicy, NodeRequestHandler, NodeServer
+from node.scp.transport import (
+    MIN_PDU_LIMIT,
+    ConnectionAudit,
+    ConnectionPolicy,
+    NodeAE,
+    NodeRequestHandler,
+    NodeServer,
+)
 from node.spool import INCOMING, ORPHANS, Spool
 
 logger = logging.getLogger(__name__)
@@ -140,7 +147,7 @@ def connection_policy(settings: Settings, spool: Spool) -> ConnectionPolicy:
 
 def build_ae(settings: Settings) -> AE:
     """The AE with the accepted contexts, limits and association policy of ``settings``."""
-    ae = AE(ae_title=settings.ae_title)
+    ae = NodeAE(ae_title=settings.ae_title)
     for abstract_syntax, transfer_syntaxes in storage_contexts():
         ae.add_supported_context(abstract_syntax, transfer_syntaxes)
     ae.add_supported_context(VERIFICATION, list(VERIFICATION_TRANSFER_SYNTAXES))

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, cast
 
-from pynetdicom import evt
+from pynetdicom import AE, evt
 from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.acse import ACSE
 from pynetdicom.association import Association
@@ -182,6 +182,16 @@ def _wake(sock: socket.socket) -> None:
         sock.shutdown(socket.SHUT_RDWR)
 
 
+class NodeAE(AE):
+    """pynetdicom's AE whose ``active_associations`` leave out those already released, aborted or rejected whose
+    threads are still winding down, so pynetdicom's own ``maximum_associations`` check counts what
+    :class:`LimitedACSE` counts."""
+
+    @property
+    def active_associations(self) -> list[Association]:
+        return [a for a in super().active_associations if not (a.is_released or a.is_aborted or a.is_rejected)]
+
+
 class BoundedSocket(AssociationSocket):
     """pynetdicom's socket wrapper with a length limit and a deadline on every PDU it reads."""
 
@@ -236,6 +246,7 @@ class LimitedACSE(ACSE):
             return
         self.rejection_reason, (result, source, diagnostic) = refusal
         self.requestor.ae_title = cast(A_ASSOCIATE, self.requestor.primitive).calling_ae_title
+        self.assoc.is_rejected = True
         self.send_reject(result, source, diagnostic)
         evt.trigger(self.assoc, evt.EVT_REJECTED, {})
         self.assoc.kill()
@@ -249,7 +260,8 @@ class LimitedACSE(ACSE):
         if ae.require_called_aet and called != str(self.acceptor.ae_title).strip():
             return f"called AE title {called!r} is not this node's ({self.acceptor.ae_title})", (0x01, 0x01, 0x07)
         server = self.assoc._server
-        others = [a for a in (server.active_associations if server else []) if a is not self.assoc]
+        others = [a for a in self.assoc.ae.active_associations  # NodeAE: threads winding down do not count
+                  if a is not self.assoc and a.is_acceptor and a._server is server]
         if len(others) >= ae.maximum_associations:
             return f"max_associations ({ae.maximum_associations}) associations are open", (0x02, 0x03, 0x02)
         address = self.requestor.address
