@@ -54,9 +54,9 @@ def _purge(spool: Path, study: str) -> None:
 
 
 def test_identical_resend_after_the_purge_is_stored_again(
-    start: ListenerFactory, sqlite_url: str, synth_case: SynthCase
+    start: ListenerFactory, ledger_url: str, synth_case: SynthCase
 ) -> None:
-    listener = start(sqlite_url, FakeClock())
+    listener = start(ledger_url, FakeClock())
     files = list(synth_case.t2[:3])
     assert send(listener.port, files) == [0, 0, 0]
     study, _ = uids(files[0])
@@ -71,10 +71,10 @@ def test_identical_resend_after_the_purge_is_stored_again(
 
 
 def test_a_series_uid_under_another_study_is_refused(
-    start: ListenerFactory, sqlite_url: str, synth_case: SynthCase, tmp_path: Path
+    start: ListenerFactory, ledger_url: str, synth_case: SynthCase, tmp_path: Path
 ) -> None:
     """A new instance of a series that is stored under another study: refused, the series stays where it is."""
-    listener = start(sqlite_url, FakeClock())
+    listener = start(ledger_url, FakeClock())
     assert send(listener.port, [synth_case.t2[0]]) == [0]
     ds = pydicom.dcmread(synth_case.t2[1])
     ds.StudyInstanceUID = OTHER_STUDY
@@ -87,10 +87,10 @@ def test_a_series_uid_under_another_study_is_refused(
 
 
 def test_after_the_purge_the_uid_may_arrive_under_another_study(
-    start: ListenerFactory, sqlite_url: str, synth_case: SynthCase, tmp_path: Path
+    start: ListenerFactory, ledger_url: str, synth_case: SynthCase, tmp_path: Path
 ) -> None:
     """A PACS that merged studies re-sends an instance under the new study: once the old copy is gone, it is kept."""
-    listener = start(sqlite_url, FakeClock())
+    listener = start(ledger_url, FakeClock())
     original = synth_case.t2[0]
     study, sop = uids(original)
     assert send(listener.port, [original]) == [0]

@@ -113,3 +113,17 @@ def test_harmless_variations_are_accepted(
     files = [variant(synth_case.t2[i], tmp_path / f"ok{i}.dcm", edit) for i, edit in enumerate(cases)]
     listener = start(sqlite_url, FakeClock())
     assert send(listener.port, files) == [StoreStatus.SUCCESS] * len(files)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_series_numbers_the_ledger_cannot_hold_are_refused_on_every_ledger(
+    start: ListenerFactory, ledger_url: str, synth_case: SynthCase, tmp_path: Path
+) -> None:
+    """PostgreSQL's integer column answered 0x0110 forever for SeriesNumber > 2^31; SQLite overflowed at 2^63."""
+    files = [variant(synth_case.t2[0], tmp_path / "a.dcm", put(0x00200011, "IS", b"2147483648")),
+             variant(synth_case.t2[1], tmp_path / "b.dcm", put(0x00200011, "IS", b"-2147483649 ")),
+             variant(synth_case.t2[2], tmp_path / "c.dcm", put(0x00200011, "IS", b"2147483647"))]
+    listener = start(ledger_url, FakeClock())
+    assert send(listener.port, files) == [StoreStatus.CANNOT_UNDERSTAND, StoreStatus.CANNOT_UNDERSTAND, 0]
+    (series,) = listener.repository.studies()[0].series
+    assert series.series_number == 2147483647
