@@ -35,6 +35,7 @@ from node.values import (
     parse_count,
     parse_destinations,
     parse_keywords,
+    parse_limit_bytes,
     parse_optional_path,
     parse_optional_seconds,
     parse_optional_text,
@@ -44,6 +45,7 @@ from node.values import (
     parse_retries,
     parse_seconds,
     parse_text,
+    parse_timeout,
 )
 
 ENV_PREFIX = "AINODE_"
@@ -86,7 +88,12 @@ class Settings:
     bind_address: str = "0.0.0.0"
     accepted_calling_aets: tuple[str, ...] = ()  # empty = any calling AE title is accepted
     max_associations: int = 10
+    max_associations_per_peer: int = 8  # one router / PACS address sends over several associations
+    handshake_timeout_s: float = 10.0  # TCP accept -> TLS handshake done and A-ASSOCIATE-RQ received
     max_pdu: int = 16382  # bytes; 0 = unlimited
+    max_instance_bytes: int = 1 << 30  # one C-STORE dataset as received
+    max_inflated_bytes: int = 256 << 20  # a Deflated Explicit VR Little Endian dataset once inflated
+    max_element_bytes: int = 16 << 20  # any element but Pixel Data
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_ca: Path | None = None  # set = client certificates are required and checked against it
@@ -251,7 +258,12 @@ _PARSERS: dict[str, Callable[[object, str], Any]] = {
     "bind_address": parse_text,
     "accepted_calling_aets": parse_ae_titles,
     "max_associations": parse_count,
+    "max_associations_per_peer": parse_count,
+    "handshake_timeout_s": parse_timeout,
     "max_pdu": parse_pdu,
+    "max_instance_bytes": parse_limit_bytes,
+    "max_inflated_bytes": parse_limit_bytes,
+    "max_element_bytes": parse_limit_bytes,
     "tls_cert": parse_optional_path,
     "tls_key": parse_optional_path,
     "tls_ca": parse_optional_path,

@@ -11,10 +11,12 @@ to ``.orphans/`` at start-up by :func:`node.scp.server.reconcile_spool`.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
 import re
+import secrets
 import shutil
 import tempfile
 from collections.abc import Iterable
@@ -26,6 +28,7 @@ from node.errors import CorruptInstanceError
 logger = logging.getLogger(__name__)
 
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+_NO_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK}
 INCOMING = ".incoming"
 ORPHANS = ".orphans"
 
@@ -126,6 +129,32 @@ class Spool:
             raise
         _fsync_dir(target.parent)
         return StoredFile(relative_path=relative_path, size=size, sha256=digest.hexdigest())
+
+    def place(self, relative_path: str, source: Path, size: int, sha256: str) -> StoredFile:
+        """Put a received file (already fsynced, on the spool's file system) at ``relative_path`` durably.
+
+        The file is hard-linked under ``.incoming/`` and renamed into place (replacing any file there), so
+        ``source`` stays for a retry; where hard links are not supported it is copied and fsynced instead.
+        Raises ``OSError`` (e.g. ENOSPC) with nothing left behind at the target path.
+        """
+        target = self.path(relative_path)
+        _make_dirs(target.parent)
+        tmp = self.root / INCOMING / f"rx-{secrets.token_hex(12)}.part"
+        try:
+            try:
+                os.link(source, tmp)
+            except OSError as exc:
+                if exc.errno not in _NO_LINKS:
+                    raise
+                shutil.copyfile(source, tmp)
+                with tmp.open("rb+") as handle:
+                    os.fsync(handle.fileno())
+            tmp.replace(target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        _fsync_dir(target.parent)
+        return StoredFile(relative_path=relative_path, size=size, sha256=sha256)
 
     def remove(self, relative_path: str) -> None:
         """Remove a spooled file (one the ledger could not record), durably."""

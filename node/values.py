@@ -111,6 +111,14 @@ def parse_bytes(value: object, where: str) -> int:
     return int(float(match["number"]) * _UNITS[unit])
 
 
+def parse_limit_bytes(value: object, where: str) -> int:
+    """A size limit (``parse_bytes`` units) of at least 1 KiB and at most 1 TiB."""
+    number = parse_bytes(value, where)
+    if not 1 << 10 <= number <= 1 << 40:
+        raise ConfigError(f"{where}: {number} bytes is outside 1K..1T")
+    return number
+
+
 def parse_seconds(value: object, where: str) -> float:
     if isinstance(value, bool):
         raise ConfigError(f"{where}: {value!r} is not a number of seconds")
@@ -120,6 +128,14 @@ def parse_seconds(value: object, where: str) -> float:
         raise ConfigError(f"{where}: {value!r} is not a number of seconds") from exc
     if not 0.0 <= number <= 30 * 86400:
         raise ConfigError(f"{where}: {number:g} s is outside 0..2592000")
+    return number
+
+
+def parse_timeout(value: object, where: str) -> float:
+    """A timeout in seconds: more than 0, at most one hour."""
+    number = parse_seconds(value, where)
+    if not 0.0 < number <= 3600.0:
+        raise ConfigError(f"{where}: {number:g} s is outside (0, 3600]")
     return number
 
 

@@ -32,7 +32,19 @@ SETTING_HELP: dict[str, str] = {
     "accepted_calling_aets": "calling AE titles allowed to associate; empty = any. Comma-separated (env, CLI) or a "
     "YAML list; others are rejected at association and audited",
     "max_associations": "concurrent associations accepted (1-10000); more are rejected",
-    "max_pdu": "maximum PDU size we receive, in bytes; `0` = unlimited, else at least 4096",
+    "max_associations_per_peer": "concurrent associations from one IP address (1-10000); more are rejected "
+    "(A-ASSOCIATE-RJ, transient, local limit exceeded). Also the most connections one address may hold before "
+    "sending its A-ASSOCIATE-RQ: the oldest of them is closed when a new one arrives",
+    "handshake_timeout_s": "seconds from TCP accept until the TLS handshake is done and the A-ASSOCIATE-RQ has "
+    "arrived; a connection that stays silent longer is closed and audited",
+    "max_pdu": "maximum PDU size we receive, in bytes; `0` = unlimited, else at least 4096. A peer's PDU larger "
+    "than max(this, 1 MiB) closes the connection",
+    "max_instance_bytes": "largest dataset one C-STORE may carry, as received (`512M`, `1G`...); a larger one is "
+    "refused `0xA701` without being kept (the data after the limit is read and discarded)",
+    "max_inflated_bytes": "largest Deflated Explicit VR Little Endian dataset once inflated; inflation stops at "
+    "the limit and the instance is refused `0xA701`",
+    "max_element_bytes": "largest value of any element other than Pixel Data / Float Pixel Data / Double Float "
+    "Pixel Data (private elements included); a larger one is refused `0xA701`",
     "tls_cert": "PEM certificate of the listener; with `tls_key` turns TLS (1.2+) on",
     "tls_key": "PEM private key of `tls_cert`",
     "tls_ca": "CA bundle: when set, clients must present a certificate it signed (mutual TLS)",

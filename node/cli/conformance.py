@@ -27,6 +27,7 @@ from node.scp.contexts import (
     VERIFICATION_TRANSFER_SYNTAXES,
     storage_contexts,
 )
+from node.scp.dataset import MAX_DEPTH
 from node.scp.server import ACSE_TIMEOUT_S, DIMSE_TIMEOUT_S, NETWORK_TIMEOUT_S, build_ae
 from node.scp.status import EchoStatus, StoreStatus
 
@@ -42,11 +43,22 @@ HANDLER_EXCEPTION_STATUS = 0xC211
 #: What each C-STORE status means when this node returns it (every :class:`StoreStatus` member needs one).
 STORE_STATUS_MEANINGS: dict[StoreStatus, str] = {
     StoreStatus.SUCCESS: "the instance is on disk (fsync, atomic rename) and recorded in the ledger; also answered "
-    "to an identical re-send and, with `duplicate_policy: keep`, to a different copy of a known SOP Instance UID",
-    StoreStatus.OUT_OF_RESOURCES: "free disk in the spool would drop below `min_free_disk_bytes`, or the write hit "
-    "ENOSPC / EDQUOT; nothing is kept, resend later",
-    StoreStatus.CANNOT_UNDERSTAND: "the dataset does not parse completely in the negotiated transfer syntax, a "
-    "Study / Series / SOP Instance UID is missing or invalid, or SOP Class / Instance UID differ from the request",
+    "to an identical re-send and, with `duplicate_policy: keep`, to a different copy of a known SOP Instance UID "
+    "of the same study",
+    StoreStatus.OUT_OF_RESOURCES: "free disk in the spool is below `min_free_disk_bytes` (checked while receiving "
+    "and before storing), or a write or the ledger hit a full disk (ENOSPC / EDQUOT, SQLITE_FULL, PostgreSQL "
+    "53100); nothing is kept, resend later. Answered even when the refusal's own audit row cannot be written",
+    StoreStatus.LIMIT_EXCEEDED: "the dataset is larger than `max_instance_bytes` (the rest is received and "
+    "discarded), a Deflated dataset inflates to more than `max_inflated_bytes`, or an element other than Pixel Data "
+    "is longer than `max_element_bytes`; nothing is kept, and the same instance is refused again",
+    StoreStatus.CANNOT_UNDERSTAND: "the dataset does not parse completely in the negotiated transfer syntax, an "
+    "element's value does not convert under its VR (or its VR contradicts the data dictionary), sequences nest "
+    "deeper than 32 levels, a Study / Series / SOP Instance UID is missing or invalid, SOP Class / Instance UID "
+    "differ from the request, or Pixel Data is missing or shorter than Rows x Columns x Samples per Pixel x Bits "
+    "Allocated / 8 x Number of Frames (compressed: fewer fragments than frames)",
+    StoreStatus.UID_CONFLICT: "the SOP Instance UID, or the Series Instance UID, is already stored under another "
+    "Study Instance UID; the stored copy is kept and this one refused (once the other study's files were purged, "
+    "the instance is stored under its new study)",
     StoreStatus.PROCESSING_FAILURE: "the spool or the ledger could not make the instance durable (I/O or database "
     "error); nothing is acknowledged, resend it",
 }
@@ -177,7 +189,17 @@ def ae_table() -> str:
         ["TCP port", f"`{settings.port}`", env("port")],
         ["Listen address", f"`{settings.bind_address}`", env("bind_address")],
         ["Maximum concurrent associations", f"`{ae.maximum_associations}`", env("max_associations")],
+        ["Maximum concurrent associations per peer address", f"`{settings.max_associations_per_peer}`",
+         env("max_associations_per_peer")],
+        ["Handshake timeout: TLS + A-ASSOCIATE-RQ after TCP accept (s)", f"`{settings.handshake_timeout_s:g}`",
+         env("handshake_timeout_s")],
         ["Maximum PDU size received (bytes)", f"`{ae.maximum_pdu_size}`", env("max_pdu")],
+        ["Maximum dataset size per C-STORE (bytes)", f"`{settings.max_instance_bytes}`", env("max_instance_bytes")],
+        ["Maximum inflated size of a Deflated dataset (bytes)", f"`{settings.max_inflated_bytes}`",
+         env("max_inflated_bytes")],
+        ["Maximum element length, Pixel Data excepted (bytes)", f"`{settings.max_element_bytes}`",
+         env("max_element_bytes")],
+        ["Maximum sequence nesting depth", f"`{MAX_DEPTH}`", "(fixed)"],
         ["Accepted calling AE titles", "any" if not ae.require_calling_aet else ", ".join(ae.require_calling_aet),
          env("accepted_calling_aets")],
         ["Called AE title must equal ours", "yes" if ae.require_called_aet else "no", "(fixed)"],

@@ -12,6 +12,7 @@ from sqlalchemy import bindparam, case, insert, select, update
 from sqlalchemy.orm import Session
 
 from node.config import DuplicatePolicy, LateInstancePolicy
+from node.errors import CorruptInstanceError
 from node.ledger.records import InstanceHeader, KnownInstance, ReceiveOutcome, RecordedInstance, WrittenFile
 from node.ledger.states import LATE_STATES, StudyState
 from node.ledger.tables import Instance, Series, Study
@@ -32,7 +33,7 @@ _TOUCH_STUDY = (
     .values(last_received_at=case((Study.last_received_at < bindparam("now"), bindparam("now")),
                                   else_=Study.last_received_at))
 )
-_SERIES_BY_UID = select(Series.id).where(Series.series_instance_uid == bindparam("uid"))
+_SERIES_BY_UID = select(Series.id, Series.study_id).where(Series.series_instance_uid == bindparam("uid"))
 _INSERT_SERIES = insert(Series).returning(Series.id)
 _TOUCH_SERIES = (
     update(Series).where(Series.id == bindparam("series_id"), Series.last_received_at < bindparam("now"))
@@ -41,6 +42,14 @@ _TOUCH_SERIES = (
 _INSTANCE_ID = select(Instance.id).where(Instance.sop_instance_uid == bindparam("sop"))
 _INSERT_INSTANCE = insert(Instance)
 _UPDATE_INSTANCE = update(Instance).where(Instance.id == bindparam("instance_id"))
+
+
+class InstanceConflictError(CorruptInstanceError):
+    """The SOP Instance UID is already stored under another Study Instance UID (nothing was written)."""
+
+    def __init__(self, message: str, *, study_instance_uid: str) -> None:
+        super().__init__(message)
+        self.study_instance_uid = study_instance_uid  # the study that holds the stored copy
 
 
 class IntakeOperations(Operations):
@@ -69,19 +78,38 @@ class IntakeOperations(Operations):
         calling_ae_title: str,
         peer: str,
         at: float,
+        present: Callable[[str], bool] = lambda _path: True,
     ) -> ReceiveOutcome:
         """Look up, write and record one received instance in **one** transaction (the listener's hot path).
 
-        An instance already recorded with the same SHA-256, or with different content under policy ``keep``,
-        is acknowledged and audited without writing anything. Otherwise ``write(path)`` makes the file durable
-        (at ``new_path``, or at the known path when policy ``replace`` replaces it) and the instance is recorded
-        before the commit. If the transaction fails after a write, the exception propagates and the caller
-        removes the file it wrote (see :attr:`ReceiveOutcome` / the listener). One transaction instead of a
-        lookup plus a write transaction halves the database round trips and commits per instance.
+        A SOP Instance UID whose stored copy (``present(path)``) belongs to **another study** raises
+        :class:`InstanceConflictError`: nothing is written, and the first study's file is never touched. An
+        instance already recorded with the same SHA-256, or with different content under policy ``keep``, is
+        acknowledged and audited without writing anything. A recorded instance whose file is no longer in the
+        spool (purged, see docs/operations.md) is stored again, under the study it now arrives with. Otherwise
+        ``write(path)`` makes the file durable (at ``new_path``, or at the known path when policy ``replace``
+        replaces it) and the instance is recorded before the commit. If the transaction fails after a write, the
+        exception propagates and the caller removes the file it wrote. One transaction instead of a lookup plus
+        a write transaction halves the database round trips and commits per instance.
         """
 
         def op(session: Session) -> ReceiveOutcome:
             known = self._known_instance(session, header.sop_instance_uid)
+            if known is not None and not present(known.path):
+                write_audit(session, "instance-missing", at, study_instance_uid=known.study_instance_uid,
+                            sop_instance_uid=header.sop_instance_uid, calling_ae_title=calling_ae_title, peer=peer,
+                            detail=f"{known.path} is no longer in the spool; the instance received now is stored")
+                stored = write(new_path)
+                recorded = self._record(session, header, path=stored.relative_path, size_bytes=stored.size,
+                                        sha256=stored.sha256, calling_ae_title=calling_ae_title, peer=peer, at=at,
+                                        present=present)
+                return ReceiveOutcome(stored=True, identical=False, recorded=recorded)
+            if known is not None and known.study_instance_uid != header.study_instance_uid:
+                raise InstanceConflictError(
+                    "this SOP Instance UID is already stored in another study; a SOP Instance UID names one "
+                    "instance of one study (the stored copy is kept, this one is refused)",
+                    study_instance_uid=known.study_instance_uid,
+                )
             if known is not None and (known.sha256 == sha256 or duplicate_policy is DuplicatePolicy.KEEP):
                 identical = known.sha256 == sha256
                 write_audit(
@@ -93,7 +121,8 @@ class IntakeOperations(Operations):
                 return ReceiveOutcome(stored=False, identical=identical, recorded=None)
             stored = write(known.path if known is not None else new_path)
             recorded = self._record(session, header, path=stored.relative_path, size_bytes=stored.size,
-                                    sha256=stored.sha256, calling_ae_title=calling_ae_title, peer=peer, at=at)
+                                    sha256=stored.sha256, calling_ae_title=calling_ae_title, peer=peer, at=at,
+                                    present=present)
             return ReceiveOutcome(stored=True, identical=False, recorded=recorded)
 
         return self._run(op)
@@ -128,6 +157,27 @@ class IntakeOperations(Operations):
             peer=peer, at=at,
         ))
 
+    @staticmethod
+    def _claim_series(
+        session: Session, series_id: int, owner_id: int, study_id: int, header: InstanceHeader,
+        present: Callable[[str], bool] | None, at: float,
+    ) -> None:
+        """A series UID recorded under another study: moved to this one if none of its files is left in the spool
+        (the other study was purged), else :class:`InstanceConflictError`."""
+        owner = session.connection().execute(select(Study.study_instance_uid).where(Study.id == owner_id)).scalar_one()
+        paths = session.connection().execute(select(Instance.path).where(Instance.series_id == series_id)).scalars()
+        if present is None or any(present(path) for path in paths):
+            raise InstanceConflictError(
+                "this SeriesInstanceUID already belongs to another study; a series belongs to one study (the "
+                "stored series is kept, this instance is refused)",
+                study_instance_uid=owner,
+            )
+        session.execute(update(Series).where(Series.id == series_id).values(study_id=study_id))
+        write_audit(session, "series-moved", at, study_instance_uid=header.study_instance_uid,
+                    sop_instance_uid=header.sop_instance_uid,
+                    detail=f"series {header.series_instance_uid} moved here from study {owner}, whose files of it "
+                    "are no longer in the spool")
+
     def _record(
         self,
         session: Session,
@@ -139,6 +189,7 @@ class IntakeOperations(Operations):
         calling_ae_title: str,
         peer: str,
         at: float,
+        present: Callable[[str], bool] | None = None,
     ) -> RecordedInstance:
         # Core statements, not the ORM unit of work: this runs once per received instance, inside the C-STORE
         # handler, and the ORM's flush bookkeeping cost more than the rest of the handler together.
@@ -181,7 +232,10 @@ class IntakeOperations(Operations):
             session.execute(update(Study).where(Study.id == study_id).values(**changes))
         session.connection().execute(_TOUCH_STUDY, {"study_id": study_id, "now": at})
 
-        series_id = session.connection().execute(_SERIES_BY_UID, {"uid": header.series_instance_uid}).scalar()
+        series = session.connection().execute(_SERIES_BY_UID, {"uid": header.series_instance_uid}).first()
+        series_id = None if series is None else series.id
+        if series is not None and series.study_id != study_id:
+            self._claim_series(session, series.id, series.study_id, study_id, header, present, at)
         if series_id is None:
             series_id = session.connection().execute(_INSERT_SERIES, {
                 "study_id": study_id, "series_instance_uid": header.series_instance_uid, "modality": header.modality,
@@ -204,7 +258,9 @@ class IntakeOperations(Operations):
                 _INSERT_INSTANCE, {"sop_instance_uid": header.sop_instance_uid, "series_id": series_id, **values}
             )
         else:
-            session.connection().execute(_UPDATE_INSTANCE, {"instance_id": instance_id, **values})
+            session.connection().execute(
+                _UPDATE_INSTANCE, {"instance_id": instance_id, "series_id": series_id, **values}
+            )
         write_audit(session, "replaced" if replaced else "stored", at, calling_ae_title=calling_ae_title,
                     peer=peer, study_instance_uid=uid, sop_instance_uid=header.sop_instance_uid, status=0,
                     detail=f"{size_bytes} bytes, {path}")

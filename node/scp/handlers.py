@@ -1,14 +1,15 @@
 """One ``handle_<event>`` per pynetdicom event; collaborators arrive as the :class:`ListenerContext` argument.
 
-``handle_store`` does only what must happen before the answer: check the dataset, refuse what cannot be kept,
-write the raw bytes durably, record them in the ledger, answer. Completeness and processing happen elsewhere
-(:mod:`node.jobs.completeness`, the job layer). An unexpected exception in a handler is answered by
-pynetdicom with 0xC211 and affects only that one request.
+``handle_store`` does only what must happen before the answer: take the refusal noted while receiving (size,
+disk), check the dataset and every value (:func:`node.scp.header.read_header`), refuse what cannot be kept, link
+the received file durably into place, record it in the ledger, answer. Completeness and processing happen
+elsewhere (:mod:`node.jobs.completeness`, the job layer). Every refusal is audited with its reason; when the
+audit row itself cannot be written (a full disk), the refusal is logged and answered all the same. An
+unexpected exception in a handler is answered by pynetdicom with 0xC211 and affects only that one request.
 """
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import logging
 from collections.abc import Callable
@@ -16,20 +17,20 @@ from dataclasses import dataclass
 from typing import cast
 
 from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.events import Event
 from sqlalchemy.exc import SQLAlchemyError
 
 from node.config import DuplicatePolicy
 from node.errors import CorruptInstanceError
+from node.ledger.intake import InstanceConflictError
 from node.ledger.repository import InstanceHeader, Repository
-from node.scp.header import read_header
+from node.scp.header import Limits, read_header
+from node.scp.receive import DISK_FULL, Received, Refusal, SpillBuffer
+from node.scp.source import LimitExceededError
 from node.scp.status import EchoStatus, StoreStatus
 from node.spool import Spool, StoredFile
 
 logger = logging.getLogger(__name__)
-
-_DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,12 @@ class ListenerContext:
     min_free_disk_bytes: int
     duplicate_policy: DuplicatePolicy
     clock: Callable[[], float]
+    limits: Limits
+
+
+def _key(uid: str) -> str:
+    """A UID as logs show it: the start of its SHA-256 (raw UIDs stay out of logs; the audit trail has them)."""
+    return hashlib.sha256(uid.encode("utf-8", "replace")).hexdigest()[:12]
 
 
 def _requestor(event: Event) -> tuple[str, str]:
@@ -48,9 +55,31 @@ def _requestor(event: Event) -> tuple[str, str]:
     return str(requestor.ae_title).strip(), f"{requestor.address}:{requestor.port}"
 
 
+def audit_quietly(
+    repository: Repository, event: str, at: float, *, calling_ae_title: str | None = None, peer: str | None = None,
+    study_instance_uid: str | None = None, sop_instance_uid: str | None = None, status: int | None = None,
+    detail: str | None = None,
+) -> None:
+    """Append an audit event; a ledger that cannot take it (full disk, database down) is logged, not raised."""
+    try:
+        repository.audit(event, at, calling_ae_title=calling_ae_title, peer=peer,
+                         study_instance_uid=study_instance_uid, sop_instance_uid=sop_instance_uid, status=status,
+                         detail=detail)
+    except SQLAlchemyError as exc:
+        logger.error("audit event %s could not be written: %s", event, exc.__class__.__name__)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether a database error says the disk is full (SQLite SQLITE_FULL, PostgreSQL 53100 disk_full)."""
+    original = getattr(exc, "orig", exc)
+    if getattr(original, "sqlite_errorname", None) == "SQLITE_FULL" or getattr(original, "sqlstate", None) == "53100":
+        return True
+    return "database or disk is full" in str(original) or "No space left on device" in str(original)
+
+
 def handle_echo(event: Event, ctx: ListenerContext) -> int:
     calling, peer = _requestor(event)
-    ctx.repository.audit("echo", ctx.clock(), calling_ae_title=calling, peer=peer, status=EchoStatus.SUCCESS)
+    audit_quietly(ctx.repository, "echo", ctx.clock(), calling_ae_title=calling, peer=peer, status=EchoStatus.SUCCESS)
     return EchoStatus.SUCCESS
 
 
@@ -61,40 +90,67 @@ def handle_store(event: Event, ctx: ListenerContext) -> int:
     request = cast(C_STORE, event.request)
     sop_uid = str(request.AffectedSOPInstanceUID)
 
-    def refuse(status: StoreStatus, why: str, event_name: str = "store-refused") -> int:
-        logger.warning("C-STORE %s from %s (%s): %s (0x%04X)", sop_uid, calling, peer, why, status)
-        ctx.repository.audit(event_name, now, calling_ae_title=calling, peer=peer, sop_instance_uid=sop_uid,
-                             status=status, detail=why)
+    def refuse(status: StoreStatus, why: str, event_name: str = "store-refused", study: str | None = None) -> int:
+        logger.warning("C-STORE of instance %s from %s (%s) refused 0x%04X: %s", _key(sop_uid), calling, peer,
+                       status, why)
+        audit_quietly(ctx.repository, event_name, now, calling_ae_title=calling, peer=peer,
+                      sop_instance_uid=sop_uid, study_instance_uid=study, status=status, detail=why)
         return status
 
-    data = event.encoded_dataset(include_meta=False)
-    meta = event.file_meta
+    spill = request.DataSet
+    if not isinstance(spill, SpillBuffer):  # the association was not built by node.scp.transport
+        return refuse(StoreStatus.PROCESSING_FAILURE, "the dataset was not received into the spool")
     try:
-        header = read_header(data, str(meta.TransferSyntaxUID), str(request.AffectedSOPClassUID), sop_uid)
+        return _handle(event, ctx, spill, refuse, calling, peer, now)
+    finally:
+        spill.discard()
+
+
+def _handle(
+    event: Event, ctx: ListenerContext, spill: SpillBuffer, refuse: Callable[..., int], calling: str, peer: str,
+    now: float,
+) -> int:
+    request = cast(C_STORE, event.request)
+    try:
+        received = spill.finish()
+    except OSError as exc:
+        status = StoreStatus.OUT_OF_RESOURCES if exc.errno in DISK_FULL else StoreStatus.PROCESSING_FAILURE
+        return refuse(status, f"receiving into the spool failed: {exc.strerror or exc}")
+    if isinstance(received, Refusal):
+        name = "store-rejected" if received.status == StoreStatus.CANNOT_UNDERSTAND else "store-refused"
+        return refuse(received.status, received.reason, name)
+    try:
+        header = read_header(received.path, received.offset, str(event.context.transfer_syntax),
+                             str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID), ctx.limits)
+    except LimitExceededError as exc:
+        return refuse(StoreStatus.LIMIT_EXCEEDED, exc.message)
     except CorruptInstanceError as exc:
         return refuse(StoreStatus.CANNOT_UNDERSTAND, exc.message, "store-rejected")
-    prefix = b"\x00" * 128 + b"DICM" + encode_file_meta(meta)
-    if ctx.spool.free_bytes() - len(prefix) - len(data) < ctx.min_free_disk_bytes:
-        return refuse(StoreStatus.OUT_OF_RESOURCES, f"free disk below {ctx.min_free_disk_bytes} bytes")
-    digest = hashlib.sha256(prefix)
-    digest.update(data)
+    free = ctx.spool.free_bytes()
+    if free < ctx.min_free_disk_bytes:
+        return refuse(StoreStatus.OUT_OF_RESOURCES,
+                      f"free disk in the spool ({free} bytes) is below min_free_disk_bytes ({ctx.min_free_disk_bytes})")
     try:
-        return _store(ctx, header, (prefix, data), digest.hexdigest(), calling, peer, now)
+        return _store(ctx, header, received, calling, peer, now)
+    except InstanceConflictError as exc:
+        return refuse(StoreStatus.UID_CONFLICT, f"{exc.message}; stored in study {exc.study_instance_uid}",
+                      "store-rejected", study=header.study_instance_uid)
     except OSError as exc:
-        status = StoreStatus.OUT_OF_RESOURCES if exc.errno in _DISK_FULL else StoreStatus.PROCESSING_FAILURE
-        return refuse(status, f"spool write failed: {exc.strerror}")
+        status = StoreStatus.OUT_OF_RESOURCES if exc.errno in DISK_FULL else StoreStatus.PROCESSING_FAILURE
+        return refuse(status, f"spool write failed: {exc.strerror or exc}")
     except SQLAlchemyError as exc:  # not recorded = not acknowledged: the sender keeps it and resends
-        logger.error("ledger unavailable for %s from %s: %s", sop_uid, calling, exc)
+        if is_disk_full(exc):
+            return refuse(StoreStatus.OUT_OF_RESOURCES, "the ledger cannot grow: the disk is full")
+        logger.error("ledger unavailable for an instance from %s: %s", calling, exc.__class__.__name__)
         return StoreStatus.PROCESSING_FAILURE
 
 
-def _store(
-    ctx: ListenerContext, header: InstanceHeader, chunks: tuple[bytes, bytes], sha256: str, calling: str, peer: str,
-    now: float,
-) -> int:
-    """Apply the duplicate policy, write the file and record it in one ledger transaction.
+def _store(ctx: ListenerContext, header: InstanceHeader, received: Received, calling: str, peer: str,
+           now: float) -> int:
+    """Apply the duplicate policy, link the file into place and record it in one ledger transaction.
 
-    A new file whose transaction then fails is removed again (the sender gets no Success and resends it).
+    A file placed by this request whose transaction then fails (for whatever reason) is removed again: the
+    sender gets no Success and resends it, and no unrecorded file stays in a study folder.
     """
     new_path = ctx.spool.relative_path(header.study_instance_uid, header.series_instance_uid,
                                        header.sop_instance_uid)
@@ -102,14 +158,14 @@ def _store(
 
     def write(relative: str) -> StoredFile:
         existed.setdefault(relative, ctx.spool.path(relative).exists())
-        return ctx.spool.write(relative, chunks)
+        return ctx.spool.place(relative, received.path, received.size, received.sha256)
 
     try:
         ctx.repository.receive_instance(
-            header, sha256=sha256, duplicate_policy=ctx.duplicate_policy, new_path=new_path, write=write,
-            calling_ae_title=calling, peer=peer, at=now,
+            header, sha256=received.sha256, duplicate_policy=ctx.duplicate_policy, new_path=new_path, write=write,
+            calling_ae_title=calling, peer=peer, at=now, present=lambda relative: ctx.spool.path(relative).is_file(),
         )
-    except SQLAlchemyError:
+    except BaseException:
         for relative, was_there in existed.items():
             if not was_there:
                 ctx.spool.remove(relative)
@@ -118,13 +174,17 @@ def _store(
 
 
 def handle_rejected(event: Event, ctx: ListenerContext) -> None:
-    """Audit an association the node refused (unknown calling AE title, wrong called AE title...)."""
+    """Audit an association the node refused, with the reason (:mod:`node.scp.transport` notes it)."""
     calling, peer = _requestor(event)
-    logger.warning("association from %s (%s) rejected", calling, peer)
-    ctx.repository.audit("association-rejected", ctx.clock(), calling_ae_title=calling, peer=peer)
+    reason = getattr(event.assoc.acse, "rejection_reason", None)
+    logger.warning("association from %s (%s) rejected: %s", calling, peer, reason)
+    audit_quietly(ctx.repository, "association-rejected", ctx.clock(), calling_ae_title=calling, peer=peer,
+                  detail=reason)
 
 
 def handle_aborted(event: Event, ctx: ListenerContext) -> None:
-    """Audit an aborted association (instances already answered Success stay stored)."""
+    """Audit an aborted association (instances already answered Success stay stored), with the reason if known."""
     calling, peer = _requestor(event)
-    ctx.repository.audit("association-aborted", ctx.clock(), calling_ae_title=calling, peer=peer)
+    reason = getattr(event.assoc.dul.socket, "violation", None)
+    audit_quietly(ctx.repository, "association-aborted", ctx.clock(), calling_ae_title=calling, peer=peer,
+                  detail=reason)

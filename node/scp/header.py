@@ -1,118 +1,131 @@
-"""Check a received dataset and read the header values the ledger records, from the raw bytes as sent.
+"""Check a received dataset and read the header values the ledger records, from the spill file as received.
 
-The dataset must parse completely in the negotiated transfer syntax (no element shorter than its declared
-length, no trailing bytes), carry plausible Study/Series/SOP Instance UIDs, and agree with the C-STORE request
-(SOP Class and SOP Instance UID); otherwise :class:`CorruptInstanceError` explains why.
+:func:`read_header` walks the whole dataset once (:mod:`node.scp.dataset`: structure and every value, in the
+negotiated transfer syntax; a Deflated dataset is inflated on the fly up to ``max_inflated_bytes``), then checks
+what the node relies on: plausible Study / Series / SOP Instance UIDs agreeing with the C-STORE request, Pixel
+Data present and, uncompressed, at least Rows x Columns x Samples per Pixel x Bits Allocated / 8 x Number of
+Frames bytes long (compressed: at least one fragment per frame). Otherwise it raises
+:class:`CorruptInstanceError`, or :class:`LimitExceededError` for a configured size limit.
 """
 
 from __future__ import annotations
 
 import struct
-import zlib
-from io import BytesIO
+from dataclasses import dataclass
+from pathlib import Path
 
-from pydicom.datadict import dictionary_VR
-from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
-from pydicom.filereader import read_dataset
-from pydicom.tag import BaseTag
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 from node.errors import CorruptInstanceError
 from node.ledger.repository import InstanceHeader
-from node.log import redact
+from node.scp.dataset import Walked, Walker
+from node.scp.source import FileReader, InflateReader, Reader
 from node.spool import check_uid
 
-_UNDEFINED = 0xFFFFFFFF
+STUDY_UID, SERIES_UID, SOP_UID, SOP_CLASS = 0x0020000D, 0x0020000E, 0x00080018, 0x00080016
+MODALITY, SERIES_DESCRIPTION, SERIES_NUMBER, FRAME_OF_REFERENCE = 0x00080060, 0x0008103E, 0x00200011, 0x00200052
+SAMPLES, FRAMES, ROWS, COLUMNS, BITS_ALLOCATED = 0x00280002, 0x00280008, 0x00280010, 0x00280011, 0x00280100
 
 
-def _decode(data: bytes, transfer_syntax: UID) -> Dataset:
-    if transfer_syntax == DeflatedExplicitVRLittleEndian:
-        try:
-            data = zlib.decompress(data, -zlib.MAX_WBITS)
-        except zlib.error as exc:
-            raise CorruptInstanceError(f"the deflated dataset does not inflate: {exc}") from exc
-    stream = BytesIO(data)
-    try:
-        ds = read_dataset(stream, transfer_syntax.is_implicit_VR, transfer_syntax.is_little_endian)
-    except (ValueError, TypeError, KeyError, EOFError, OSError, struct.error, InvalidDicomError) as exc:
-        raise CorruptInstanceError(f"the dataset does not parse: {redact(str(exc))}") from exc
-    if stream.tell() != len(data):
-        raise CorruptInstanceError(f"the dataset has {len(data) - stream.tell()} unparsed trailing byte(s)")
-    try:
-        _check_structure(ds)
-    except (ValueError, TypeError, KeyError, EOFError, OSError, struct.error, InvalidDicomError) as exc:
-        raise CorruptInstanceError(f"the dataset does not parse: {exc}") from exc
-    return ds
+@dataclass(frozen=True)
+class Limits:
+    """The configured limits the dataset check applies (see :class:`node.config.Settings`)."""
+
+    max_inflated_bytes: int
+    max_element_bytes: int
 
 
-def _is_sequence(tag: BaseTag, vr: str | None) -> bool:
-    if vr is not None:
-        return vr == "SQ"
-    try:  # implicit VR: the data dictionary says
-        return bool(dictionary_VR(tag) == "SQ")
-    except KeyError:  # private or unknown element: left raw
-        return False
-
-
-def _check_structure(ds: Dataset) -> None:
-    """Every element complete and every sequence's items parse, recursively, without decoding the values.
-
-    Decoding every value (pydicom's validation of each string) costs more than the rest of the C-STORE
-    handler; a malformed *value* is reported by the loader when the study is processed, while a truncated or
-    mis-framed *dataset* is refused here, before Success is answered.
-    """
-    for raw in ds.elements():
-        length = getattr(raw, "length", _UNDEFINED)
-        value = getattr(raw, "value", None)
-        if length != _UNDEFINED and isinstance(value, bytes) and len(value) != length:
-            raise CorruptInstanceError(
-                f"element {raw.tag} is truncated ({len(value)} of {length} bytes): the dataset is incomplete"
-            )
-        if length == _UNDEFINED or _is_sequence(raw.tag, getattr(raw, "VR", None)):
-            element = ds[raw.tag]  # parses the sequence's items (their own elements stay raw)
-            if element.VR == "SQ":
-                for item in element.value:
-                    _check_structure(item)
-
-
-def _text(ds: Dataset, keyword: str) -> str:
-    value = ds.get(keyword)
-    return "" if value is None else str(value).strip()
-
-
-def read_header(data: bytes, transfer_syntax: str, sop_class_uid: str, sop_instance_uid: str) -> InstanceHeader:
-    """Parse ``data`` (the dataset bytes, without file meta) and return the values the ledger needs."""
+def read_header(
+    path: Path, offset: int, transfer_syntax: str, sop_class_uid: str, sop_instance_uid: str, limits: Limits
+) -> InstanceHeader:
+    """Check the dataset stored in ``path`` from ``offset`` and return the values the ledger needs."""
     syntax = UID(transfer_syntax)
-    ds = _decode(data, syntax)
-    study = check_uid(_text(ds, "StudyInstanceUID"), "StudyInstanceUID")
-    series = check_uid(_text(ds, "SeriesInstanceUID"), "SeriesInstanceUID")
-    sop = check_uid(_text(ds, "SOPInstanceUID"), "SOPInstanceUID")
-    sop_class = _text(ds, "SOPClassUID")
-    if sop != sop_instance_uid:
-        raise CorruptInstanceError(
-            f"SOPInstanceUID {sop} in the dataset differs from the request's Affected SOP Instance UID "
-            f"{sop_instance_uid}"
-        )
-    if sop_class != sop_class_uid:
-        raise CorruptInstanceError(
-            f"SOPClassUID {sop_class!r} in the dataset differs from the request's Affected SOP Class UID "
-            f"{sop_class_uid}"
-        )
-    number = ds.get("SeriesNumber")
+    with path.open("rb") as handle:
+        size = handle.seek(0, 2)
+        handle.seek(offset)
+        reader: Reader
+        if syntax == DeflatedExplicitVRLittleEndian:
+            reader = InflateReader(handle, limits.max_inflated_bytes)
+        else:
+            reader = FileReader(handle, size)
+        walked = Walker(reader, explicit=not syntax.is_implicit_VR, little=syntax.is_little_endian,
+                        encapsulated=syntax.is_encapsulated, max_element_bytes=limits.max_element_bytes).walk()
+    return _header(walked, syntax, sop_class_uid, sop_instance_uid)
+
+
+def _text(walked: Walked, tag: int) -> str:
+    found = walked.values.get(tag)
+    if found is None:
+        return ""
+    vr, value = found
+    if vr in ("LO", "SH", "LT", "ST", "UT", "UC", "PN") and walked.charset.codecs:
+        return value.decode(walked.charset.codecs[0], "replace").strip(" \x00")
+    return value.decode("latin-1").strip(" \x00")
+
+
+def _number(walked: Walked, tag: int, little: bool, name: str) -> int | None:
+    """An integer element (US/SS/UL/SL binary or an IS string), its first value; ``None`` when absent/empty."""
+    found = walked.values.get(tag)
+    if found is None or not found[1]:
+        return None
+    vr, value = found
+    formats = {"US": "H", "SS": "h", "UL": "L", "SL": "l"}
+    if vr in formats:
+        return int(struct.unpack_from(("<" if little else ">") + formats[vr], value)[0])
+    first = value.split(b"\\")[0].strip(b" \x00")  # IS, or a text VR the walk checked as IS
     try:
-        series_number = int(number) if number not in (None, "") else None
-    except (TypeError, ValueError):
-        series_number = None
-    frame_of_reference = _text(ds, "FrameOfReferenceUID")
+        return int(first) if first else None
+    except ValueError as exc:
+        raise CorruptInstanceError(f"{name} ({vr}) is not an integer") from exc
+
+
+def _check_pixels(walked: Walked, little: bool) -> None:
+    if walked.pixel_tag is None:
+        raise CorruptInstanceError("the dataset has no Pixel Data (7FE0,0010): it is not an image")
+    rows = _number(walked, ROWS, little, "Rows")
+    columns = _number(walked, COLUMNS, little, "Columns")
+    bits = _number(walked, BITS_ALLOCATED, little, "Bits Allocated")
+    samples = _number(walked, SAMPLES, little, "Samples per Pixel") or 1
+    frames = _number(walked, FRAMES, little, "Number of Frames")
+    frames = 1 if frames is None else frames
+    if not rows or not columns or not bits or samples < 1 or frames < 1:
+        raise CorruptInstanceError(
+            "Pixel Data is present but Rows, Columns, Bits Allocated, Samples per Pixel or Number of Frames is "
+            "missing or not positive"
+        )
+    if walked.pixel_length is None:
+        if walked.fragments < frames:
+            raise CorruptInstanceError(
+                f"compressed Pixel Data has {walked.fragments} fragment(s) for {frames} frame(s)"
+            )
+        return
+    needed = (rows * columns * samples * bits * frames + 7) // 8
+    if walked.pixel_length < needed:
+        raise CorruptInstanceError(
+            f"Pixel Data has {walked.pixel_length} bytes; Rows x Columns x Samples per Pixel x Bits Allocated / 8 "
+            f"x Number of Frames ({rows} x {columns} x {samples} x {bits} / 8 x {frames}) need {needed}"
+        )
+
+
+def _header(walked: Walked, syntax: UID, sop_class_uid: str, sop_instance_uid: str) -> InstanceHeader:
+    study = check_uid(_text(walked, STUDY_UID), "StudyInstanceUID")
+    series = check_uid(_text(walked, SERIES_UID), "SeriesInstanceUID")
+    sop = check_uid(_text(walked, SOP_UID), "SOPInstanceUID")
+    sop_class = _text(walked, SOP_CLASS)
+    if sop != sop_instance_uid:
+        raise CorruptInstanceError("SOPInstanceUID in the dataset differs from the request's Affected SOP Instance UID")
+    if sop_class != sop_class_uid:
+        raise CorruptInstanceError("SOPClassUID in the dataset differs from the request's Affected SOP Class UID")
+    _check_pixels(walked, syntax.is_little_endian)
+    frame_of_reference = _text(walked, FRAME_OF_REFERENCE)
     return InstanceHeader(
         study_instance_uid=study,
         series_instance_uid=series,
         sop_instance_uid=sop,
         sop_class_uid=sop_class,
         transfer_syntax_uid=str(syntax),
-        modality=_text(ds, "Modality")[:16],
-        series_description=_text(ds, "SeriesDescription"),
-        series_number=series_number,
+        modality=_text(walked, MODALITY)[:16],
+        series_description=_text(walked, SERIES_DESCRIPTION),
+        series_number=_number(walked, SERIES_NUMBER, syntax.is_little_endian, "SeriesNumber"),
         frame_of_reference_uid=frame_of_reference[:64] or None,
     )

@@ -19,8 +19,8 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
 
-from pynetdicom import AE, evt
-from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom import AE, _config, evt
+from pynetdicom.utils import make_target
 
 from node import log
 from node.config import Settings
@@ -29,7 +29,17 @@ from node.ledger.db import Ledger
 from node.ledger.repository import Repository
 from node.scp import handlers
 from node.scp.contexts import VERIFICATION, VERIFICATION_TRANSFER_SYNTAXES, storage_contexts
-from node.spool import ORPHANS, Spool
+from node.scp.header import Limits
+from node.scp.receive import ReceiveLimits
+from node.scp.transport import (
+    MIN_PDU_LIMIT,
+    ConnectionAudit,
+    ConnectionPolicy,
+    NodeAE,
+    NodeRequestHandler,
+    NodeServer,
+)
+from node.spool import INCOMING, ORPHANS, Spool
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +52,7 @@ class ListenerHandle:
     """A running listener: its bound port, the spool and repository it writes to, and ``stop()``."""
 
     def __init__(
-        self, ae: AE, server: ThreadedAssociationServer, spool: Spool, repository: Repository, owns_ledger: bool
+        self, ae: AE, server: NodeServer, spool: Spool, repository: Repository, owns_ledger: bool
     ) -> None:
         self.ae = ae
         self.server = server
@@ -61,7 +71,8 @@ class ListenerHandle:
         return str(self.server.server_address[0])
 
     def stop(self) -> None:
-        """Stop accepting, end the running associations, and release the ledger if this handle opened it.
+        """Stop accepting, close pending connections, abort the running associations, and release the ledger if
+        this handle opened it.
 
         Calling it again does nothing.
         """
@@ -90,8 +101,13 @@ def reconcile_spool(spool: Spool, repository: Repository, at: float) -> list[str
     known = repository.known_paths()
     orphans = [path for path in spool.stored_paths() if path not in known]
     for path in orphans:
-        moved = spool.quarantine(path)
-        repository.audit("orphan-quarantined", at, detail=f"{path} -> {moved.relative_to(spool.root).as_posix()}")
+        try:
+            moved = spool.quarantine(path)
+        except OSError as exc:  # e.g. a full disk: start anyway, try again at the next start
+            logger.error("cannot quarantine %s, unknown to the ledger: %s", path, exc.strerror)
+            continue
+        handlers.audit_quietly(repository, "orphan-quarantined", at,
+                               detail=f"{path} -> {moved.relative_to(spool.root).as_posix()}")
     if orphans:
         logger.warning("moved %d spooled file(s) unknown to the ledger to %s", len(orphans), ORPHANS)
     return orphans
@@ -115,9 +131,23 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
+def connection_policy(settings: Settings, spool: Spool) -> ConnectionPolicy:
+    """The transport limits of ``settings`` (see :mod:`node.scp.transport`)."""
+    max_pdu_read = max(settings.max_pdu, MIN_PDU_LIMIT) if settings.max_pdu else settings.max_instance_bytes
+    return ConnectionPolicy(
+        handshake_timeout_s=settings.handshake_timeout_s,
+        network_timeout_s=NETWORK_TIMEOUT_S,
+        max_associations_per_peer=settings.max_associations_per_peer,
+        max_pending=2 * settings.max_associations,
+        max_pdu_bytes=max_pdu_read,
+        receive=ReceiveLimits(incoming=spool.root / INCOMING, max_instance_bytes=settings.max_instance_bytes,
+                              min_free_disk_bytes=settings.min_free_disk_bytes),
+    )
+
+
 def build_ae(settings: Settings) -> AE:
     """The AE with the accepted contexts, limits and association policy of ``settings``."""
-    ae = AE(ae_title=settings.ae_title)
+    ae = NodeAE(ae_title=settings.ae_title)
     for abstract_syntax, transfer_syntaxes in storage_contexts():
         ae.add_supported_context(abstract_syntax, transfer_syntaxes)
     ae.add_supported_context(VERIFICATION, list(VERIFICATION_TRANSFER_SYNTAXES))
@@ -139,6 +169,9 @@ def start_listener(
     ``ledger`` defaults to one opened from ``settings.effective_database_url`` (closed again by ``stop()``);
     ``clock`` gives the receive times recorded in the ledger (tests pass a fake one).
     """
+    if _config.STORE_RECV_CHUNKED_DATASET:
+        raise ConfigError("pynetdicom's STORE_RECV_CHUNKED_DATASET must stay off: the listener receives datasets "
+                          "into the spool itself (node.scp.receive)")
     owns_ledger = ledger is None
     if ledger is None:
         ledger = Ledger.open(settings.effective_database_url)
@@ -152,6 +185,7 @@ def start_listener(
         min_free_disk_bytes=settings.min_free_disk_bytes,
         duplicate_policy=settings.duplicate_policy,
         clock=clock,
+        limits=Limits(max_inflated_bytes=settings.max_inflated_bytes, max_element_bytes=settings.max_element_bytes),
     )
     evt_handlers: list[Any] = [
         (evt.EVT_C_ECHO, handlers.handle_echo, [context]),
@@ -160,18 +194,28 @@ def start_listener(
         (evt.EVT_ABORTED, handlers.handle_aborted, [context]),
     ]
     ae = build_ae(settings)
+    tls = tls_context(settings)
+    audit = ConnectionAudit(repository, clock)
     try:
-        server = ae.start_server(
+        server = ae.make_server(
             (settings.bind_address, settings.port),
-            block=False,
             evt_handlers=evt_handlers,
-            ssl_context=tls_context(settings),
+            server_class=NodeServer,
+            request_handler=NodeRequestHandler,
+            policy=connection_policy(settings, spool),
+            tls=tls,
+            connection_audit=audit,
         )
+        assert isinstance(server, NodeServer)
     except OSError as exc:
+        audit.close()
         if owns_ledger:
             ledger.dispose()
         raise ConfigError(f"cannot listen on {settings.bind_address}:{settings.port}: {exc.strerror}") from exc
-    assert server is not None  # block=False always returns the server
+    thread = threading.Thread(target=make_target(server.serve_forever), name=f"AcceptorServer@{settings.port}",
+                              daemon=True)
+    thread.start()
+    ae._servers.append(server)
     handle = ListenerHandle(ae, server, spool, repository, owns_ledger)
     logger.info(
         "listening as %s on %s:%d%s, spool %s, ledger %s",

@@ -83,3 +83,19 @@ def test_bad_config_file(tmp_path: Path) -> None:
         Settings.load(config, env={})
     with pytest.raises(ConfigError, match="cannot be read"):
         Settings.load(tmp_path / "missing.yaml", env={})
+
+
+def test_listener_limits(tmp_path: Path) -> None:
+    settings = Settings.load(env={"AINODE_MAX_INSTANCE_BYTES": "512M", "AINODE_MAX_INFLATED_BYTES": "64MiB",
+                                  "AINODE_MAX_ELEMENT_BYTES": "1048576", "AINODE_HANDSHAKE_TIMEOUT_S": "2.5",
+                                  "AINODE_MAX_ASSOCIATIONS_PER_PEER": "3"})
+    assert (settings.max_instance_bytes, settings.max_inflated_bytes, settings.max_element_bytes) == (
+        512 << 20, 64 << 20, 1 << 20)
+    assert settings.handshake_timeout_s == 2.5 and settings.max_associations_per_peer == 3
+    defaults = Settings.load(env={})
+    assert defaults.max_instance_bytes == 1 << 30 and defaults.max_inflated_bytes == 256 << 20
+    assert defaults.max_element_bytes == 16 << 20 and defaults.handshake_timeout_s == 10.0
+    for name, bad in (("AINODE_MAX_INSTANCE_BYTES", "10"), ("AINODE_MAX_ELEMENT_BYTES", "2T"),
+                      ("AINODE_HANDSHAKE_TIMEOUT_S", "0"), ("AINODE_MAX_ASSOCIATIONS_PER_PEER", "0")):
+        with pytest.raises(ConfigError, match=name):
+            Settings.load(env={name: bad})

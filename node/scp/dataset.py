@@ -1,0 +1,209 @@
+"""Walk a received dataset element by element, checking its structure and every value, within bounded cost.
+
+One pass over the bytes as received (or as inflated), recursing into sequences and items: every tag in
+ascending order and outside groups 0000/0002, every explicit VR a real VR and one the data dictionary allows
+for a public element (:func:`node.scp.vr.vr_conflict`), every defined length inside its parent, every value
+converting under its VR (:func:`node.scp.vr.check_value`), sequences nested at most :data:`MAX_DEPTH` deep,
+no element but Pixel Data longer than ``max_element_bytes``, encapsulated Pixel Data only in an encapsulated
+transfer syntax. Bulk values (OB, OW, OD, OF, OL, OV, UN and the pixel data) are skipped, not read. The values of
+a few top-level elements the listener needs afterwards are kept in :class:`Walked`.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+from node.errors import CorruptInstanceError
+from node.scp.source import LimitExceededError, Reader
+from node.scp.vr import (
+    BINARY_SIZE,
+    LONG_VRS,
+    STRING_VRS,
+    VRS,
+    Charset,
+    check_string,
+    check_value,
+    dictionary_vrs,
+    implicit_vr,
+    tag_text,
+    vr_conflict,
+)
+
+MAX_DEPTH = 32
+UNDEFINED = 0xFFFFFFFF
+ITEM, ITEM_END, SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+SPECIFIC_CHARACTER_SET = 0x00080005
+PIXEL_DATA = 0x7FE00010
+PIXEL_TAGS = frozenset({PIXEL_DATA, 0x7FE00008, 0x7FE00009})  # Pixel Data, Float and Double Float Pixel Data
+
+#: Top-level elements whose raw values the listener reads after the walk (header, pixel-data check).
+KEPT = frozenset({
+    0x00080016, 0x00080018, 0x00080060, 0x0008103E, 0x0020000D, 0x0020000E, 0x00200011, 0x00200052,
+    0x00280002, 0x00280008, 0x00280010, 0x00280011, 0x00280100,
+})
+
+
+@dataclass
+class Walked:
+    """What the walk found at the top level."""
+
+    values: dict[int, tuple[str, bytes]] = field(default_factory=dict)  # tag -> (VR, raw value) of KEPT tags
+    charset: Charset = field(default_factory=Charset)
+    pixel_tag: int | None = None
+    pixel_length: int | None = None  # None: encapsulated
+    fragments: int = 0  # encapsulated pixel data: fragments after the basic offset table
+
+
+class Walker:
+    """Check one dataset from ``reader``; ``explicit`` / ``little`` as the negotiated transfer syntax says."""
+
+    def __init__(self, reader: Reader, *, explicit: bool, little: bool, encapsulated: bool,
+                 max_element_bytes: int) -> None:
+        self._read = reader.read
+        self._skip = reader.skip
+        self._reader = reader
+        self._explicit = explicit
+        self._encapsulated = encapsulated
+        self._max_element = max_element_bytes
+        order = "<" if little else ">"
+        self._tag = struct.Struct(order + "HH").unpack
+        self._u16 = struct.Struct(order + "H").unpack
+        self._u32 = struct.Struct(order + "L").unpack
+        self._item = struct.Struct(order + "HHL").unpack
+        self.walked = Walked()
+
+    def walk(self) -> Walked:
+        self._dataset(None, False, 0, self._explicit, Charset(), top=True)
+        return self.walked
+
+    # -- datasets and sequences ------------------------------------------------------------------------------
+
+    def _dataset(self, end: int | None, delimited: bool, depth: int, explicit: bool, charset: Charset,
+                 top: bool = False) -> None:
+        """Elements until ``end`` (defined-length item), an item delimiter (``delimited``) or the end (top)."""
+        reader = self._reader
+        last = -1
+        while True:
+            if end is not None:
+                if reader.pos == end:
+                    return
+                if reader.pos > end:
+                    raise CorruptInstanceError(f"an element runs {reader.pos - end} byte(s) past its item")
+            elif top and reader.at_end():
+                return
+            group, element = self._tag(self._read(4))
+            tag = group << 16 | element
+            if group == 0xFFFE:
+                if tag == ITEM_END and delimited:
+                    self._read(4)
+                    return
+                raise CorruptInstanceError(f"unexpected item tag {tag_text(tag)} inside a dataset")
+            if tag <= last:
+                raise CorruptInstanceError(
+                    f"element {tag_text(tag)} follows {tag_text(last)}: tags must ascend, each once"
+                )
+            last = tag
+            if group in (0x0000, 0x0002):
+                raise CorruptInstanceError(f"command or file meta element {tag_text(tag)} inside the dataset")
+            if explicit:
+                head = self._read(4)
+                vr = head[:2].decode("ascii", "replace")
+                if vr not in VRS:
+                    raise CorruptInstanceError(f"element {tag_text(tag)} has no valid VR ({vr!r})")
+                length = self._u32(self._read(4))[0] if vr in LONG_VRS else self._u16(head[2:])[0]
+            else:
+                vr = implicit_vr(tag)
+                length = self._u32(self._read(4))[0]
+            charset = self._element(tag, vr, length, depth, explicit, charset, top)
+
+    def _items(self, tag: int, length: int, depth: int, explicit: bool, charset: Charset) -> None:
+        """The items of a sequence (defined or undefined ``length``)."""
+        if depth >= MAX_DEPTH:
+            raise CorruptInstanceError(f"sequence {tag_text(tag)} is nested deeper than {MAX_DEPTH} levels")
+        reader = self._reader
+        end = None if length == UNDEFINED else reader.pos + length
+        while end is None or reader.pos < end:
+            group, element, item_length = self._item(self._read(8))
+            item_tag = group << 16 | element
+            if item_tag == SEQUENCE_END and end is None:
+                return
+            if item_tag != ITEM:
+                raise CorruptInstanceError(f"sequence {tag_text(tag)} holds {tag_text(item_tag)} instead of an item")
+            if item_length == UNDEFINED:
+                self._dataset(None, True, depth + 1, explicit, charset)
+            else:
+                self._dataset(reader.pos + item_length, False, depth + 1, explicit, charset)
+        if reader.pos != end:
+            raise CorruptInstanceError(f"the items of sequence {tag_text(tag)} overrun its length")
+
+    def _fragments(self, tag: int) -> int:
+        """Encapsulated pixel data: items of defined length until the sequence delimiter; the fragment count."""
+        items = 0
+        while True:
+            group, element, length = self._item(self._read(8))
+            item_tag = group << 16 | element
+            if item_tag == SEQUENCE_END:
+                return max(items - 1, 0)  # the first item is the basic offset table
+            if item_tag != ITEM or length == UNDEFINED:
+                raise CorruptInstanceError(f"encapsulated {tag_text(tag)} holds {tag_text(item_tag)}, not a fragment")
+            self._skip(length)
+            items += 1
+
+    # -- one element -----------------------------------------------------------------------------------------
+
+    def _element(self, tag: int, vr: str, length: int, depth: int, explicit: bool, charset: Charset,
+                 top: bool) -> Charset:
+        """Check one element whose header was read; returns the dataset's (possibly new) character set."""
+        allowed = dictionary_vrs(tag) if explicit and tag & 0xFFFF and not tag >> 16 & 1 else ()
+        if allowed:
+            conflict = vr_conflict(tag, vr, allowed)
+            if conflict:
+                raise CorruptInstanceError(f"element {tag_text(tag)} {conflict}")
+        as_vr = allowed[0] if vr == "UN" and allowed else vr  # UN of a known element: checked as its own VR
+        if length == UNDEFINED:
+            if as_vr == "SQ" or vr == "UN":  # UN of undefined length is an implicit VR LE sequence (PS3.5 6.2.2)
+                self._items(tag, length, depth, explicit and vr == "SQ", charset)
+            elif tag == PIXEL_DATA and vr in ("OB", "OW") and self._encapsulated:
+                fragments = self._fragments(tag)
+                if depth == 0:
+                    self.walked.pixel_tag, self.walked.pixel_length, self.walked.fragments = tag, None, fragments
+            else:
+                raise CorruptInstanceError(f"element {tag_text(tag)} ({vr}) has an undefined length")
+            return charset
+        if as_vr == "SQ":
+            self._items(tag, length, depth, explicit and vr == "SQ", charset)
+            return charset
+        if tag in PIXEL_TAGS:
+            if depth == 0:
+                if tag == PIXEL_DATA and self._encapsulated:
+                    raise CorruptInstanceError("Pixel Data is not encapsulated, yet the transfer syntax compresses")
+                self.walked.pixel_tag, self.walked.pixel_length = tag, length
+            self._skip(length)
+            return charset
+        if length > self._max_element:
+            raise LimitExceededError(
+                f"element {tag_text(tag)} has {length} bytes, more than max_element_bytes ({self._max_element})"
+            )
+        keep = top and tag in KEPT
+        if as_vr not in STRING_VRS and not keep:  # binary and bulk values: their length is all there is to check
+            size = BINARY_SIZE.get(as_vr)
+            if size and length % size:
+                raise CorruptInstanceError(
+                    f"element {tag_text(tag)}: {length} bytes is not a whole number of {as_vr} values"
+                )
+            self._skip(length)
+            return charset
+        value = self._read(length)
+        if tag == SPECIFIC_CHARACTER_SET:
+            charset = Charset.from_value(value)
+            if top:
+                self.walked.charset = charset
+        reason = check_value(as_vr, value, charset)
+        if reason is None and allowed and as_vr not in allowed and allowed[0] in STRING_VRS:
+            reason = check_string(allowed[0], value, charset)  # another text VR: must also be a valid dictionary VR
+        if reason is not None:
+            raise CorruptInstanceError(f"element {tag_text(tag)}: {reason}")
+        if keep:
+            self.walked.values[tag] = (as_vr, value)
+        return charset

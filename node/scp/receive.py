@@ -1,0 +1,216 @@
+"""Receiving a C-STORE's dataset straight into a file of the spool, with bounded memory and a size cap.
+
+pynetdicom accumulates the P-DATA fragments of a message in ``DIMSEMessage.data_set`` (a ``BytesIO``, so the
+whole dataset in memory). :class:`BoundedDIMSE` (installed on each association by
+:mod:`node.scp.transport`) gives every message a :class:`SpillBuffer` instead: a ``BytesIO`` that stays empty and
+writes each fragment to ``<spool>/.incoming/rx-*.part`` behind the Part-10 preamble and file meta built from the
+request, hashing as it goes. Past ``max_instance_bytes``, or when free disk drops below ``min_free_disk_bytes``,
+or when a write fails, the file is removed and later fragments are only counted: the refusal is noted on the
+buffer, and the C-STORE handler answers it once the message is complete. Memory per association is one PDU
+plus a little, whatever the instance's size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import io
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from pydicom.uid import UID
+from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_messages import C_STORE_RQ, DIMSEMessage
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dsutils import create_file_meta, encode_file_meta
+
+from node.scp.status import StoreStatus
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
+    from pynetdicom.association import Association
+    from pynetdicom.pdu_primitives import P_DATA
+
+logger = logging.getLogger(__name__)
+
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+SPACE_CHECK_BYTES = 64 << 20  # free disk is checked at the first fragment and then every 64 MiB
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+@dataclass(frozen=True)
+class ReceiveLimits:
+    """Where spill files go and when receiving stops keeping the data."""
+
+    incoming: Path
+    max_instance_bytes: int
+    min_free_disk_bytes: int
+
+
+@dataclass(frozen=True)
+class Refusal:
+    status: StoreStatus
+    reason: str
+
+
+@dataclass(frozen=True)
+class Received:
+    """A complete dataset on disk: the Part-10 file at ``path`` (dataset from ``offset``), its size and digest."""
+
+    path: Path
+    offset: int
+    size: int  # the whole file
+    sha256: str
+
+
+class SpillBuffer(io.BytesIO):
+    """The ``data_set`` pynetdicom writes a message's dataset fragments to; see the module docstring."""
+
+    def __init__(self, limits: ReceiveLimits, prefix: Callable[[], bytes | Refusal]) -> None:
+        super().__init__()
+        self._limits = limits
+        self._prefix = prefix
+        self._file: BinaryIO | None = None
+        self._digest = hashlib.sha256()
+        self._next_space_check = 0
+        self.path: Path | None = None
+        self.offset = 0
+        self.received = 0  # dataset bytes received, kept or not
+        self.refusal: Refusal | None = None
+
+    def write(self, data: ReadableBuffer) -> int:
+        chunk = memoryview(data)
+        self.received += len(chunk)
+        if self.refusal is not None:
+            return len(chunk)
+        try:
+            if self._file is None:
+                self._open()
+            if self.received > self._limits.max_instance_bytes:
+                self._refuse(StoreStatus.LIMIT_EXCEEDED,
+                             f"the dataset is larger than max_instance_bytes ({self._limits.max_instance_bytes} bytes)")
+            elif self.received >= self._next_space_check:
+                self._check_space()
+            if self._file is not None and self.refusal is None:
+                self._file.write(chunk)
+                self._digest.update(chunk)
+        except OSError as exc:
+            status = StoreStatus.OUT_OF_RESOURCES if exc.errno in DISK_FULL else StoreStatus.PROCESSING_FAILURE
+            self._refuse(status, f"receiving into the spool failed: {exc.strerror or exc}")
+        return len(chunk)
+
+    def _open(self) -> None:
+        prefix = self._prefix()
+        if isinstance(prefix, Refusal):
+            self.refusal = prefix
+            return
+        fd, name = tempfile.mkstemp(prefix="rx-", suffix=".part", dir=self._limits.incoming)
+        self.path = Path(name)
+        self._file = os.fdopen(fd, "wb", buffering=1 << 20)
+        self._file.write(prefix)
+        self._digest.update(prefix)
+        self.offset = len(prefix)
+
+    def _check_space(self) -> None:
+        self._next_space_check = self.received + SPACE_CHECK_BYTES
+        free = shutil.disk_usage(self._limits.incoming).free
+        if free < self._limits.min_free_disk_bytes:
+            self._refuse(StoreStatus.OUT_OF_RESOURCES,
+                         f"free disk in the spool ({free} bytes) is below min_free_disk_bytes")
+
+    def _refuse(self, status: StoreStatus, reason: str) -> None:
+        self.refusal = Refusal(status, reason)
+        self.discard()
+
+    def finish(self) -> Received | Refusal:
+        """The refusal noted while receiving, or the file flushed and fsynced; raises ``OSError``."""
+        if self.refusal is None and self._file is None:  # an empty dataset never opened a file
+            self._open()
+        if self.refusal is not None or self._file is None or self.path is None:
+            return self.refusal or Refusal(StoreStatus.CANNOT_UNDERSTAND, "no dataset was received")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        return Received(self.path, self.offset, self.offset + self.received, self._digest.hexdigest())
+
+    def discard(self) -> None:
+        """Close and remove the spill file (idempotent; nothing raises)."""
+        handle, self._file = self._file, None
+        path, self.path = self.path, None
+        if handle is not None:
+            with contextlib.suppress(OSError):  # a full disk fails the final flush: the file goes anyway
+                handle.close()
+        if path is not None:
+            path.unlink(missing_ok=True)
+
+
+def _request_prefix(message: DIMSEMessage, assoc: Association) -> bytes | Refusal:
+    """Preamble, ``DICM`` and the file meta of a C-STORE request, as pynetdicom's ``Event.file_meta`` makes it."""
+    if not isinstance(message, C_STORE_RQ) or message.context_id is None:
+        return Refusal(StoreStatus.CANNOT_UNDERSTAND, "a dataset arrived that belongs to no C-STORE request")
+    command = message.command_set
+    sop_class = str(command.get("AffectedSOPClassUID", ""))
+    sop_instance = str(command.get("AffectedSOPInstanceUID", ""))
+    for value, name in ((sop_class, "Affected SOP Class UID"), (sop_instance, "Affected SOP Instance UID")):
+        if not value or len(value) > 64 or not _UID.match(value):
+            return Refusal(StoreStatus.CANNOT_UNDERSTAND, f"the request's {name} is not a valid UID")
+    context = assoc._accepted_cx.get(message.context_id)
+    if context is None or not context.transfer_syntax:
+        return Refusal(StoreStatus.CANNOT_UNDERSTAND, "the dataset's presentation context was not accepted")
+    meta = create_file_meta(sop_class_uid=UID(sop_class), sop_instance_uid=UID(sop_instance),
+                            transfer_syntax=UID(context.transfer_syntax[0]))
+    return b"\x00" * 128 + b"DICM" + encode_file_meta(meta)
+
+
+class BoundedDIMSE(DIMSEServiceProvider):
+    """pynetdicom's DIMSE provider with every incoming message's dataset in a :class:`SpillBuffer`.
+
+    A C-STORE request whose command set pynetdicom finds invalid (an empty Affected SOP Instance UID...) would be
+    dropped without an answer, leaving the sender waiting for its DIMSE timeout: it is answered 0xC000 here (or,
+    without a Message ID to answer, the association is aborted) and reported through ``report``.
+    """
+
+    def __init__(self, assoc: Association, limits: ReceiveLimits, report: Callable[[str], None]) -> None:
+        super().__init__(assoc)
+        self._limits = limits
+        self._report = report
+
+    def get_msg(self, block: bool = False) -> Any:
+        context_id, message = super().get_msg(block)
+        if (isinstance(message, C_STORE) and message.MessageIDBeingRespondedTo is None
+                and not message.is_valid_request and context_id is not None):
+            if isinstance(message.DataSet, SpillBuffer):
+                message.DataSet.discard()
+            if message.MessageID is None:
+                self._report("a C-STORE request without a Message ID: association aborted")
+                self.assoc.abort()
+                return None, None
+            self._report("a C-STORE request whose command set is invalid (Affected SOP Class / Instance UID, "
+                         "Priority or data set missing): answered 0xC000")
+            response = C_STORE()
+            response.MessageIDBeingRespondedTo = message.MessageID
+            response.Status = int(StoreStatus.CANNOT_UNDERSTAND)
+            self.send_msg(response, context_id)
+            return None, None
+        return context_id, message
+
+    def receive_primitive(self, primitive: P_DATA) -> None:
+        if self.message is None:
+            message = DIMSEMessage()
+            message.data_set = SpillBuffer(self._limits, lambda: _request_prefix(message, self.assoc))
+            self.message = message
+        super().receive_primitive(primitive)
+
+    def discard_partial(self) -> None:
+        """Remove the spill file of a message the association ended in the middle of."""
+        message = self.message
+        if message is not None and isinstance(message.data_set, SpillBuffer):
+            message.data_set.discard()
