@@ -19,7 +19,8 @@ from pynetdicom.association import Association
 
 from node.scp.contexts import VERIFICATION
 from node.scp.server import ListenerHandle
-from tests.scp.fixtures import FakeClock, ListenerFactory, SynthCase, associate, send
+from tests.scp.fixtures import FakeClock, ListenerFactory, associate, send
+from tests.support.studies import SynthCase
 
 ATTACKER = "127.0.0.2"
 

@@ -20,7 +20,8 @@ import pytest
 from sqlalchemy import text
 
 from node.scp.status import StoreStatus
-from tests.scp.fixtures import FakeClock, ListenerFactory, SynthCase, associate, send
+from tests.scp.fixtures import FakeClock, ListenerFactory, associate, send
+from tests.support.studies import SynthCase
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -10,7 +10,8 @@ import pytest
 
 from node.scp.status import StoreStatus
 from node.spool import uid_key
-from tests.scp.fixtures import FakeClock, ListenerFactory, SynthCase, dataset_bytes, send
+from tests.scp.fixtures import FakeClock, ListenerFactory, dataset_bytes, send
+from tests.support.studies import SynthCase
 
 OTHER_STUDY = "1.2.826.0.1.3680043.8.498.999999"
 

@@ -33,7 +33,8 @@ from pydicom.tag import Tag
 from node.imaging.volume import read_instance
 from node.scp.contexts import STORAGE_SOP_CLASSES
 from node.scp.status import StoreStatus
-from tests.scp.fixtures import FakeClock, ListenerFactory, SynthCase, associate, dataset_bytes
+from tests.scp.fixtures import FakeClock, ListenerFactory, associate, dataset_bytes
+from tests.support.studies import SynthCase
 
 SEED = 20240610
 EXPLICIT, IMPLICIT, DEFLATED = "1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.1.99"

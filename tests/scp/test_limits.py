@@ -23,7 +23,8 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 
 from node.scp.status import StoreStatus
-from tests.scp.fixtures import FakeClock, ListenerFactory, SynthCase, associate, send
+from tests.scp.fixtures import FakeClock, ListenerFactory, associate, send
+from tests.support.studies import SynthCase
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MiB = 1 << 20

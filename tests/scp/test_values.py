@@ -18,7 +18,8 @@ from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
 from node.scp.status import StoreStatus
-from tests.scp.fixtures import FakeClock, ListenerFactory, SynthCase, send
+from tests.scp.fixtures import FakeClock, ListenerFactory, send
+from tests.support.studies import SynthCase
 
 Edit = Callable[[Dataset], None]
 
