@@ -1,5 +1,7 @@
 """The DICOM listener: a pynetdicom C-ECHO / C-STORE SCP writing every instance to a durable spool.
 
-``server.py`` wires the AE (contexts, limits, TLS, handlers); ``handlers.py`` holds one ``handle_<event>``
-per event; ``spool.py`` does the fsync + atomic-rename writes; ``status.py`` names the statuses returned.
+``server.py`` wires the AE (contexts, limits, TLS, handlers); ``transport.py`` runs the connections (handshake
+deadline, limits per peer, bounded reads); ``receive.py`` puts each dataset into the spool as it arrives;
+``handlers.py`` holds one ``handle_<event>`` per event; ``header.py`` checks a dataset (``dataset.py`` walks it,
+``vr.py`` has the value rules, ``source.py`` reads or inflates it); ``status.py`` names the statuses returned.
 """

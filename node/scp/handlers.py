@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
@@ -31,6 +32,8 @@ from node.scp.status import EchoStatus, StoreStatus
 from node.spool import Spool, StoredFile
 
 logger = logging.getLogger(__name__)
+
+_UIDS = re.compile(r"\b[0-9]+(?:\.[0-9]+){3,}\b")  # UIDs in a refusal's reason: kept in the audit row, not logged
 
 
 @dataclass(frozen=True)
@@ -92,7 +95,7 @@ def handle_store(event: Event, ctx: ListenerContext) -> int:
 
     def refuse(status: StoreStatus, why: str, event_name: str = "store-refused", study: str | None = None) -> int:
         logger.warning("C-STORE of instance %s from %s (%s) refused 0x%04X: %s", _key(sop_uid), calling, peer,
-                       status, why)
+                       status, _UIDS.sub("<uid>", why))
         audit_quietly(ctx.repository, event_name, now, calling_ae_title=calling, peer=peer,
                       sop_instance_uid=sop_uid, study_instance_uid=study, status=status, detail=why)
         return status
