@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,21 @@ def _nodelay(assoc: Association) -> None:
             logger.debug("could not set TCP_NODELAY", exc_info=True)
 
 
+def wait_reactor_resumed(assoc: Association, timeout_s: float = 1.0) -> None:
+    """Let the association's reactor thread wake up after a request before the next one is sent.
+
+    pynetdicom pauses its reactor around each ``send_*`` (clear the checkpoint, wait until ``_is_paused``) and
+    resumes it afterwards (set the checkpoint). On a starved CPU the reactor may not have run since that
+    ``set()``, so ``_is_paused`` is still True from the last pause: the next ``send_c_store`` does not wait,
+    the reactor then wakes, takes the new C-STORE response off the queue ("Received unexpected C-STORE service
+    message") and the sender waits for it until the DIMSE timeout. Seen under load in the tests and the demo.
+    Waiting here until the reactor has left its pause closes the window.
+    """
+    deadline = time.monotonic() + timeout_s
+    while getattr(assoc, "_is_paused", False) and assoc.is_established and time.monotonic() < deadline:
+        time.sleep(0.0002)
+
+
 def send_all(assoc: Association, items: Sequence[tuple[Path, Dataset]], destination: Destination) -> None:
     accepted = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}
     for path, ds in items:
@@ -100,6 +116,7 @@ def send_all(assoc: Association, items: Sequence[tuple[Path, Dataset]], destinat
                 f"{destination} does not accept SOP class {ds.SOPClassUID} ({path.name}) in any offered transfer "
                 "syntax"
             )
+        wait_reactor_resumed(assoc)
         try:
             response = assoc.send_c_store(ds)
         except ValueError as exc:  # no context fits the dataset's transfer syntax

@@ -103,3 +103,28 @@ def test_unreadable_file_is_refused_before_connecting(tmp_path: Path) -> None:
 
 def test_nothing_to_send_opens_no_association() -> None:
     send_files([], Destination("PACS", "127.0.0.1", free_port()))
+
+
+def test_next_request_waits_for_the_reactor_to_resume() -> None:
+    """pynetdicom's reactor may still look paused right after a request (starved CPU): sending then lets the
+    reactor steal the next C-STORE response ("Received unexpected C-STORE service message", then a DIMSE
+    timeout). ``wait_reactor_resumed`` holds the next request until the reactor has left its pause."""
+    import threading
+    import time
+
+    from node.delivery.scu import wait_reactor_resumed
+
+    class FakeAssociation:
+        is_established = True
+        _is_paused = True
+
+    assoc = FakeAssociation()
+
+    def resume() -> None:
+        time.sleep(0.05)
+        assoc._is_paused = False
+
+    started = time.monotonic()
+    threading.Thread(target=resume).start()
+    wait_reactor_resumed(assoc)  # type: ignore[arg-type]
+    assert assoc._is_paused is False and time.monotonic() - started >= 0.04

@@ -16,6 +16,7 @@ from pynetdicom import AE, _config, transport
 from pynetdicom.association import Association
 
 from node.config import Settings
+from node.delivery.scu import wait_reactor_resumed
 from node.ledger.db import Ledger
 from node.scp.contexts import STORAGE_SOP_CLASSES, VERIFICATION
 from node.scp.server import ListenerHandle, start_listener
@@ -141,6 +142,7 @@ def send(port: int, files: Sequence[Path], calling: str = "PACS") -> list[int]:
     try:
         statuses = []
         for path in files:
+            wait_reactor_resumed(assoc)  # pynetdicom's pause/resume race under load (node.delivery.scu)
             response = assoc.send_c_store(path)
             statuses.append(int(response.Status) if "Status" in response else -1)
         return statuses
