@@ -50,6 +50,12 @@ def _configure_sqlite(engine: Engine) -> None:
 #: before it get NULL and the code reading it says what NULL means.
 ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("deliveries", "path", "TEXT"),  # the result file; older rows keep it in ``detail``
+    # a job's lease (``node.ledger.jobs``, "Leases"): NULL = never leased (counts 0)
+    ("jobs", "lease", "VARCHAR(64)"),
+    ("jobs", "heartbeat_at", "FLOAT"),
+    ("jobs", "running_since", "FLOAT"),
+    ("jobs", "attempts", "INTEGER"),
+    ("jobs", "worker_deaths", "INTEGER"),
 )
 
 

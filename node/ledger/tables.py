@@ -99,6 +99,18 @@ class Job(Base):
     supersedes_job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"))
     created_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)
+    # The lease of the run holding the job (``node.ledger.jobs``, "Leases"). Added after the first release
+    # (``db.py`` adds the columns to older databases); NULL counts means 0, a NULL heartbeat "never leased".
+    #: The Celery task id of the run that holds the job.
+    lease: Mapped[str | None] = mapped_column(String(64))
+    #: The holder's worker was alive at this time (renewed every ``job_heartbeat_s``); in the future while a
+    #: retry or a re-sent message is due.
+    heartbeat_at: Mapped[float | None] = mapped_column(Float)
+    #: When the current run started; NULL between runs. Still set when a run begins: the previous one died.
+    running_since: Mapped[float | None] = mapped_column(Float)
+    #: Runs started, and runs that ended because their process died (the redelivery cap counts these).
+    attempts: Mapped[int | None] = mapped_column(Integer)
+    worker_deaths: Mapped[int | None] = mapped_column(Integer)
 
     study: Mapped[Study] = relationship(back_populates="jobs")
     deliveries: Mapped[list[Delivery]] = relationship(back_populates="job", order_by="Delivery.id")
