@@ -219,6 +219,8 @@ def process_study_task(self: Task[Any, Any], job_id: int, study_instance_uid: st
                 if claim.worker_deaths:
                     logger.warning("job %d: run %d, after %d death(s) of the process running it (at most %d)",
                                    job_id, claim.attempts, claim.worker_deaths, settings.job_max_redeliveries)
+                else:
+                    logger.info("job %d: run %d", job_id, claim.attempts)
                 alive_until: float | None = None
                 try:
                     return run_process_job(ctx, job_id, study_instance_uid, Path(study_dir), Path(out_dir),
