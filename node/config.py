@@ -27,6 +27,7 @@ import yaml
 from node.errors import ConfigError
 from node.values import (
     Destination,
+    Network,
     choice,
     parse_ae_title,
     parse_ae_titles,
@@ -36,6 +37,7 @@ from node.values import (
     parse_destinations,
     parse_keywords,
     parse_limit_bytes,
+    parse_networks,
     parse_optional_path,
     parse_optional_seconds,
     parse_optional_text,
@@ -128,9 +130,16 @@ class Settings:
     deadline_failure_sr: bool = True  # a study failed at the force-complete deadline gets a failure SR too
     primary_subtype_attributes: tuple[str, ...] = ("AdditionalPatientHistory", "PatientComments")
     recover_orphans: bool = False
+    # recovery of a killed worker's job (leases, node.jobs.recovery) and the worker that ainode serve runs
+    job_heartbeat_s: float = 5.0
+    job_stale_after_s: float = 15.0
+    job_max_redeliveries: int = 3
+    worker_stop_timeout_s: float = 5.0
     # dashboard access (never logged: repr=False)
     web_token: str | None = field(default=None, repr=False)
     web_token_file: Path | None = None
+    web_trusted_proxies: tuple[Network, ...] = ()
+    web_secure_cookies: bool = False
 
     @property
     def hard_time_limit(self) -> float:
@@ -245,6 +254,11 @@ class Settings:
             )
         if self.delivery_timeout_s <= 0 or self.commitment_timeout_s <= 0:
             raise ConfigError("delivery_timeout_s and commitment_timeout_s must be longer than 0 s")
+        if not 0 < 2 * self.job_heartbeat_s <= self.job_stale_after_s:
+            raise ConfigError(
+                f"job_stale_after_s ({self.job_stale_after_s:g}) must be at least twice job_heartbeat_s "
+                f"({self.job_heartbeat_s:g}, more than 0): a lease renewed on time must never look stale"
+            )
         if self.force_complete_s < self.quiet_period_s:
             raise ConfigError(
                 f"force_complete_s ({self.force_complete_s:g}) must not be shorter than "
@@ -296,8 +310,14 @@ _PARSERS: dict[str, Callable[[object, str], Any]] = {
     "deadline_failure_sr": parse_bool,
     "primary_subtype_attributes": parse_keywords,
     "recover_orphans": parse_bool,
+    "job_heartbeat_s": parse_seconds,
+    "job_stale_after_s": parse_seconds,
+    "job_max_redeliveries": parse_retries,
+    "worker_stop_timeout_s": parse_seconds,
     "web_token": parse_optional_text,
     "web_token_file": parse_optional_path,
+    "web_trusted_proxies": parse_networks,
+    "web_secure_cookies": parse_bool,
 }
 assert set(_PARSERS) == {f.name for f in fields(Settings)}, "every setting needs a parser"
 

@@ -15,6 +15,8 @@
   the handler's filter redacts the values that pydicom echoes into its validation warnings and conversion errors
   (``Invalid value for VR PN: '...'``), which would otherwise carry header values such as a malformed
   PatientName into the logs; Python warnings are routed through the same handler (``logging.captureWarnings``).
+  Study, series and SOP Instance UIDs are replaced by their hashed key (:func:`hide_uids`) in every record and
+  traceback, whichever module logged them (the DICOM standard's own UIDs are kept).
 """
 
 from __future__ import annotations
@@ -64,6 +66,22 @@ def redact(text: str) -> str:
     for pattern in _VALUE_ECHOES:
         text = pattern.sub(lambda m: m.group(1) + REDACTED, text)
     return text
+
+
+#: A DICOM UID as it may appear in a message (also inside a file name such as ``SR_<uid>.dcm``): at least five
+#: numeric components, the first 0, 1 or 2 (an IPv4 address has four, a version number three), or a UUID-derived
+#: ``2.25.<integer>``.
+_UID = re.compile(r"(?<![0-9.])(?:[0-2](?:\.(?:0|[1-9][0-9]*)){4,}|2\.25\.[1-9][0-9]{5,})(?![0-9])")
+#: The UIDs of the DICOM standard itself (SOP classes, transfer syntaxes): not about a patient, kept as written.
+STANDARD_UID_ROOT = "1.2.840.10008."
+
+
+def hide_uids(text: str) -> str:
+    """``text`` with every Study/Series/SOP Instance UID (any UID but the standard's own) replaced by
+    ``uid:<key>``, the key being :func:`study_key` of the UID: for a study, the name of its spool folder and the
+    ``study`` field of its log records. The UIDs stay in the ledger (``ainode status``), out of the logs."""
+    return _UID.sub(lambda m: m.group(0) if m.group(0).startswith(STANDARD_UID_ROOT)
+                    else f"uid:{study_key(m.group(0))}", text)
 
 
 def study_key(study_instance_uid: str) -> str:
@@ -117,7 +135,7 @@ class CorrelationFilter(logging.Filter):
         record.correlation_id = correlation_id()
         record.log_context = fields
         message = record.getMessage()
-        cleaned = redact(message)
+        cleaned = hide_uids(redact(message))
         if cleaned != message:
             record.msg, record.args = cleaned, None
         return True
@@ -144,9 +162,9 @@ class JsonFormatter(logging.Formatter):
             entry["correlation_id"] = str(getattr(record, "correlation_id", None) or correlation_id())
             entry.update(fields)
         if record.exc_info:
-            entry["exception"] = redact(self.formatException(record.exc_info))
+            entry["exception"] = hide_uids(redact(self.formatException(record.exc_info)))
         elif record.exc_text:
-            entry["exception"] = redact(record.exc_text)
+            entry["exception"] = hide_uids(redact(record.exc_text))
         if record.stack_info:
             entry["stack"] = self.formatStack(record.stack_info)
         return json.dumps(entry, ensure_ascii=False, default=str)
@@ -159,7 +177,7 @@ class TextFormatter(logging.Formatter):
         super().__init__("%(asctime)s %(levelname)s [%(correlation_id)s] %(name)s: %(message)s")
 
     def formatException(self, ei: Any) -> str:
-        return redact(super().formatException(ei))
+        return hide_uids(redact(super().formatException(ei)))
 
 
 def parse_format(value: str, where: str) -> LogFormat:

@@ -7,6 +7,7 @@ Each parser takes the raw value (a string from the environment or the command li
 from __future__ import annotations
 
 import enum
+import ipaddress
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -253,6 +254,27 @@ def parse_keywords(value: object, where: str) -> tuple[str, ...]:
     if unknown:
         raise ConfigError(f"{where}: unknown DICOM keyword(s): {', '.join(unknown)}")
     return names
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(value: object, where: str) -> tuple[Network, ...]:
+    """Comma-separated (or YAML list of) IP addresses or CIDR networks: ``10.0.0.5, 172.16.0.0/12, ::1``."""
+    if value is None:
+        return ()
+    items = value if isinstance(value, list | tuple) else str(value).split(",")
+    networks = []
+    for item in items:
+        text = str(item).strip()
+        if not text:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(text, strict=False))
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {text!r} is not an IP address or network (e.g. 10.0.0.5, 172.16.0.0/12)") \
+                from exc
+    return tuple(networks)
 
 
 def choice(kind: type[enum.StrEnum]) -> Callable[[object, str], Any]:

@@ -147,10 +147,10 @@ def test_celery_banner_is_off_in_json_mode(restore_logging: None, tmp_path: Path
 
     args = argparse.Namespace(concurrency=1, beat=True, hostname=None)
     log.configure(0, log_format=log.LogFormat.JSON, stream=io.StringIO())
-    assert worker_command.worker_argv(args, tmp_path)[0] == "--quiet"
-    assert worker_command.beat_argv(tmp_path)[0] == "--quiet"
+    assert worker_command.worker_argv(args)[0] == "--quiet"
+    assert worker_command.beat_argv()[0] == "--quiet"
     log.configure(0, log_format=log.LogFormat.TEXT, stream=io.StringIO())
-    assert worker_command.worker_argv(args, tmp_path)[0] == "worker"
+    assert worker_command.worker_argv(args)[0] == "worker"
 
 
 def test_study_key_is_the_spool_folder_name() -> None:
@@ -189,6 +189,28 @@ def test_redact_patterns() -> None:
     assert "42kg" not in log.redact('Value "42kg" is not valid for elements with a VR of DS')
     assert "abc" not in log.redact("invalid literal for int() with base 10: 'abc'")
     assert log.redact("job 3 done") == "job 3 done"
+
+
+def test_uids_are_hashed_in_every_record_and_traceback(restore_logging: None) -> None:
+    study = "1.2.826.0.1.3680043.8.498.12996356107752966330786546161163038780"
+    sop = "2.25.329800735698586629295641978511506172918"
+    stream = io.StringIO()
+    log.configure(1, log_format=log.LogFormat.JSON, stream=stream)
+    logger = logging.getLogger("node.test")
+    logger.info("loaded study %s: T1CE (series UID %s), SR SR_%s.dcm", study, "1.2.3.4.5.6", sop)
+    try:
+        raise ValueError(f"instance {sop} of study {study} is broken")
+    except ValueError:
+        logger.exception("failed")
+    logger.info("transfer syntax 1.2.840.10008.1.2.1 from 127.0.0.1:104, pydicom 3.0.1")
+    output = stream.getvalue()
+    for uid in (study, sop, "1.2.3.4.5.6"):
+        assert uid not in output
+    first, failed, kept = _json_lines(output)
+    assert first["message"] == (f"loaded study uid:{log.study_key(study)}: T1CE (series UID "
+                                f"uid:{log.study_key('1.2.3.4.5.6')}), SR SR_uid:{log.study_key(sop)}.dcm")
+    assert f"uid:{log.study_key(sop)}" in str(failed["exception"])
+    assert kept["message"] == "transfer syntax 1.2.840.10008.1.2.1 from 127.0.0.1:104, pydicom 3.0.1"
 
 
 def test_assert_no_phi_catches_planted_identifiers() -> None:
@@ -294,4 +316,21 @@ def test_serve_logs_are_json_correlated_and_free_of_patient_identifiers(
     done = [r for r in records if str(r["message"]).startswith("job 1 done")]
     assert done and done[0]["job"] == "1" and done[0]["study"] != key and len(str(done[0]["study"])) == 32
     assert any(r.get("correlation") == "deliver" and r["logger"] == "node.delivery.scu" for r in records)
-    assert_no_phi("\n".join([stdout, stderr, *logs.values()]), identifiers)
+    everything = "\n".join([stdout, stderr, *logs.values()])
+    assert_no_phi(everything, identifiers)
+    # no study, series, SOP instance or frame of reference UID either: sent, or made by the node (the SR's)
+    uids = _instance_uids([*files, *receiver.files])
+    assert len(uids) > 100
+    leaked = sorted(uid for uid in uids if uid in everything)
+    assert not leaked, f"{len(leaked)} UID(s) in the logs, e.g. {leaked[:3]}"
+
+
+def _instance_uids(paths: list[Path]) -> set[str]:
+    """The study, series, SOP instance and frame of reference UIDs of ``paths`` (standard UIDs excluded)."""
+    uids = set()
+    for path in paths:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID"):
+            if keyword in ds:
+                uids.add(str(ds.data_element(keyword).value))  # type: ignore[union-attr]
+    return uids

@@ -1,4 +1,6 @@
-"""``ainode serve`` as an operator runs it: a process that listens, answers C-ECHO and stops cleanly."""
+"""``ainode serve`` as an operator runs it: it listens, supervises its worker (restarted when it dies, nothing it
+started left behind), dies with nothing left when killed, keeps a second node off its spool, and stops within
+seconds of a SIGTERM to its process group (a container stop waits 10 s)."""
 
 from __future__ import annotations
 
@@ -6,16 +8,26 @@ import os
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pynetdicom import AE
-from pynetdicom.association import Association
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # generated at import
 
 from node.cli import main
-from tests.support.net import free_port
-from tests.support.waiting import wait_for
+from node.cli.serve import SpoolLock
+from node.errors import ConfigError
+from tests.chaos.harness import ServeProcess, alive, echo, free_port, group, node_env, wait_for
+
+#: a container stop sends SIGTERM and kills 10 s later
+STOP_BUDGET_S = 10.0
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[ServeProcess]:
+    node = ServeProcess(tmp_path, tmp_path / "spool", free_port(), node_env(), ("--ae-title", "AINODE"))
+    yield node
+    node.cleanup()
 
 
 def test_bad_option_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -23,33 +35,73 @@ def test_bad_option_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert "option --port: 99999 is outside" in capsys.readouterr().err
 
 
-def test_serve_listens_and_stops_on_sigterm(tmp_path: Path) -> None:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AINODE_")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "node.cli", "serve", "--port", str(port), "--spool-dir", str(tmp_path / "spool"),
-         "--ae-title", "TESTNODE"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
+def test_serve_listens_and_stops_on_sigterm(serve: ServeProcess) -> None:
+    serve.start().wait_listening()
+    banner = (serve.root / "serve-1.out").read_text()
+    assert f"AINODE listening on 0.0.0.0:{serve.port}" in banner, banner
+    serve.wait_worker_ready()
+    elapsed = serve.stop()
+    assert serve.proc is not None and serve.proc.returncode == 0
+    assert elapsed < STOP_BUDGET_S, f"ainode serve took {elapsed:.1f} s to stop"
+    assert (serve.spool / "ledger.sqlite3").is_file() and (serve.spool / "worker.log").is_file()
+    assert serve.node_processes() == []
+
+
+def test_a_dead_worker_is_restarted_and_leaves_nothing_behind(serve: ServeProcess) -> None:
+    serve.start().wait_listening()
+    first = serve.wait_worker_ready()
+    wait_for(lambda: len(group(first)) >= 3, 60, "the worker's pool and beat processes")  # main, beat, pool
+    started = group(first)
+    os.kill(first, signal.SIGKILL)
+    assert echo(serve.port), "the listener went down with the worker"
+    second = serve.wait_worker_ready(after=1)
+    assert second != first
+    assert not any(alive(pid) for pid in started), "a process of the dead worker survived it"
+    assert echo(serve.port)
+    assert "exited with status -9" in serve.output() and "restarting it in" in serve.output()
+    assert serve.stop() < STOP_BUDGET_S
+    assert serve.node_processes() == []
+
+
+def test_sigkill_of_serve_takes_its_worker_down_and_the_spool_is_free_again(serve: ServeProcess) -> None:
+    serve.start().wait_listening()
+    worker = serve.wait_worker_ready()
+    wait_for(lambda: len(group(worker)) >= 3, 60, "the worker's pool and beat processes")
+    os.kill(serve.pid, signal.SIGKILL)  # serve alone: its worker runs in a process group of its own
+    serve.proc.wait(10)  # type: ignore[union-attr]
+    wait_for(lambda: serve.node_processes() == [], 15, "the worker, its pool and beat gone with serve")
+    serve.start().wait_listening()  # the same spool: the lock went with them
+    serve.wait_worker_ready(after=1)
+
+
+def test_a_second_node_on_the_same_spool_refuses_to_start(serve: ServeProcess, tmp_path: Path) -> None:
+    serve.start().wait_listening()
+    second = subprocess.run(
+        [sys.executable, "-m", "node.cli", "serve", "--port", str(free_port()), "--spool-dir", str(serve.spool)],
+        env=serve.env, capture_output=True, text=True, timeout=120,
     )
+    assert second.returncode == 2
+    assert "another node (ainode serve pid" in second.stderr and str(serve.spool) in second.stderr
+    assert echo(serve.port)
+
+
+def test_the_spool_lock_is_held_by_every_process_that_inherited_it(tmp_path: Path) -> None:
+    lock = SpoolLock(tmp_path)
+    with pytest.raises(ConfigError, match="another node"):
+        SpoolLock(tmp_path)
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], pass_fds=(lock.fd,))
     try:
-        assert proc.stdout is not None
-        banner = proc.stdout.readline()
-        assert f"TESTNODE listening on 0.0.0.0:{port}" in banner, banner
-        ae = AE(ae_title="PACS")
-        ae.add_requested_context(Verification)
-
-        def established() -> Association | None:
-            assoc = ae.associate("127.0.0.1", port, ae_title="TESTNODE")
-            return assoc if assoc.is_established else None
-
-        assoc = wait_for(established, 30, "an association with ainode serve", interval=0.2)
-        assert assoc.send_c_echo().Status == 0x0000
-        assoc.release()
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0
-        assert (tmp_path / "spool" / "ledger.sqlite3").is_file()
-        assert (tmp_path / "spool" / "worker.log").is_file()
+        lock.release()  # serve died, its worker (which inherited the descriptor) did not
+        with pytest.raises(ConfigError, match="another node"):
+            SpoolLock(tmp_path)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        child.kill()
+        child.wait()
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            SpoolLock(tmp_path).release()
+            break
+        except ConfigError:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)

@@ -1,13 +1,15 @@
 """``ainode``: the node's command line. Each sub-command group is one module of this package, named for it.
 
 Errors the node raises on purpose (:class:`node.errors.NodeError`) are printed as one readable line and give
-exit status 2; anything unexpected gives status 70 with the traceback available under ``-v``.
+exit status 2; anything unexpected gives status 70 with the traceback available under ``-v``. A reader that
+closes the pipe early (``ainode status | head``) ends the command quietly with status 0.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -60,7 +62,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     log.configure(verbosity(args.command, args.verbose), default=log.default_format(args.command))
     try:
-        return int(args.handler(args) or EXIT_OK)
+        code = int(args.handler(args) or EXIT_OK)
+        sys.stdout.flush()  # here, not at interpreter exit: a closed pipe is handled below
+        return code
+    except BrokenPipeError:
+        return _reader_went_away()
     except NodeError as exc:
         print(f"ainode {args.command}: error: {exc.message}", file=sys.stderr)
         return EXIT_INVALID
@@ -75,6 +81,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_INTERNAL
+
+
+def _reader_went_away() -> int:
+    """``ainode status | head``: the reader closed the pipe. Stop quietly, as ``cat`` would (the Python docs'
+    recipe: point stdout at /dev/null so the interpreter's own flush at exit does not fail again)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -94,9 +94,20 @@ SETTING_HELP: dict[str, str] = {
     "YAML list",
     "recover_orphans": "embedded broker, one worker: at start, re-send jobs a killed worker took with it (`ainode "
     "worker --recover` sets it; `ainode serve` uses it for its own worker)",
+    "job_heartbeat_s": "seconds between renewals of the leases of the jobs a worker runs (by its main process)",
+    "job_stale_after_s": "a processing job whose lease was not renewed for this long is sent again by the periodic "
+    "poll (its worker was killed); at least twice `job_heartbeat_s`",
+    "job_max_redeliveries": "times a job is sent again after the process running it died (out of memory, crash, "
+    "kill); one more death fails the job with the reason",
+    "worker_stop_timeout_s": "`ainode serve`: seconds its worker gets to stop after SIGTERM before its whole process "
+    "group is killed (its job is re-sent at the next start)",
     "web_token": "the dashboard's access token (at least 16 characters; no default: `ainode web` refuses to start "
     "without one); never logged",
     "web_token_file": "file holding the dashboard token (Docker secret); exclusive with `web_token`",
+    "web_trusted_proxies": "addresses or networks of the reverse proxies in front of `ainode web` (comma-separated "
+    "or a YAML list): from these, `X-Forwarded-For` names the client (login limits, audit) and "
+    "`X-Forwarded-Proto: https` makes the session cookie `Secure`; none = the headers are ignored",
+    "web_secure_cookies": "always mark the session cookie `Secure` (the dashboard is only reached over HTTPS)",
 }
 
 

@@ -13,15 +13,20 @@ folder: nothing to install. With Redis, more workers on other hosts can share th
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import logging
+import os
 import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
+from typing import NoReturn
 
 from node.config import Settings, redact_url
 from node.errors import ConfigError
@@ -87,30 +92,207 @@ def settings_from_args(args: argparse.Namespace, env: Mapping[str, str] | None =
     return replace(settings, spool_dir=settings.spool_dir.resolve(), models_dir=models)
 
 
+#: the lock file a running node holds on its spool (``flock``), inside RUN_DIRNAME
+LOCK_NAME = "node.lock"
+#: the worker is restarted after 1, 2, 4 ... s, at most this long after it stopped
+RESTART_BACKOFF_MAX_S = 30.0
+#: a worker that ran this long before it stopped is restarted after the first delay again
+RESTART_BACKOFF_RESET_S = 60.0
+
+
+class SpoolLock:
+    """An exclusive ``flock`` on ``<spool>/.run/node.lock``, held while a node runs on that spool.
+
+    A second ``ainode serve`` on the same spool refuses to start with a clear error: two listeners and two
+    workers on one spool would race for the same studies and the embedded broker's messages. The lock's file
+    descriptor is inherited by the node's worker (the lock is held until the last holder exits), so a worker that
+    outlived its ``serve`` (where the parent-death signal is not available) still keeps a new node out.
+    """
+
+    def __init__(self, spool_dir: Path) -> None:
+        folder = spool_dir / RUN_DIRNAME
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path = folder / LOCK_NAME
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self.fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(self.fd)
+            raise ConfigError(
+                f"another node (ainode serve pid {holder}, or a worker it started) is running on the spool "
+                f"{spool_dir} (lock {self.path}); two nodes on one spool would process studies twice. Stop it "
+                "first, or give this node another --spool-dir"
+            ) from None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        os.set_inheritable(self.fd, True)
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)  # the flock goes with the last descriptor (the worker's copy is closed by now)
+            self.fd = -1
+
+
+class WorkerSupervisor:
+    """Runs the node's worker process, restarts it when it stops, and stops it (and all its children) on demand.
+
+    The worker runs in a session (process group) of its own, so a terminal's Ctrl-C or a SIGTERM to this node's
+    process group reaches only ``serve``, which stops the worker itself: SIGTERM to the worker's whole group
+    (Celery's warm shutdown, its pool and beat), then SIGKILL to the group after ``stop_timeout_s``. When the
+    worker exits on its own, its group is killed (nothing it started survives it) and it is started again after
+    1, 2, 4 ... s (at most :data:`RESTART_BACKOFF_MAX_S`); the listener keeps running meanwhile. The worker arms
+    a parent-death signal (``--exit-with-parent``), so a SIGKILL of ``serve`` takes it down too; its pool
+    processes and beat do the same against it. All starts happen in this object's thread, which lives until
+    the worker has been reaped (the parent-death signal fires when the *thread* that started a process ends).
+    """
+
+    def __init__(self, settings: Settings, log_path: Path, *, concurrency: int = 1, verbosity: int | None = None,
+                 pass_fds: tuple[int, ...] = (), stop_timeout_s: float | None = None) -> None:
+        self.settings = settings
+        self.log_path = log_path
+        self.concurrency = concurrency
+        self.verbosity = verbosity
+        self.pass_fds = pass_fds
+        self.stop_timeout_s = settings.worker_stop_timeout_s if stop_timeout_s is None else stop_timeout_s
+        self.process: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+        self._handover: Path | None = None
+        self._stop = threading.Event()
+        self._started = threading.Event()
+        self._start_error: OSError | None = None
+        self._thread = threading.Thread(target=self._run, name="ainode-worker-supervisor", daemon=True)
+
+    def start(self) -> WorkerSupervisor:
+        """Start the supervising thread and the worker; raises the ``OSError`` of a worker that cannot start."""
+        self._thread.start()
+        self._started.wait()
+        if self._start_error is not None:
+            raise self._start_error
+        return self
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        if self._handover is not None:
+            self._handover.unlink(missing_ok=True)  # a worker that died before reading it leaves it behind
+        self._handover = self.settings.write_handover(self.settings.spool_dir / RUN_DIRNAME)
+        command = worker_command(self.settings, self._handover, concurrency=self.concurrency,
+                                 verbosity=self.verbosity)
+        with self.log_path.open("ab") as log:
+            return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                    pass_fds=self.pass_fds)
+
+    def _run(self) -> None:
+        try:
+            self.process = self._spawn()
+        except OSError as exc:
+            self._start_error = exc
+            self._started.set()
+            return
+        self._started.set()
+        delay = 1.0
+        started_at = time.monotonic()
+        while not self._stop.is_set():
+            process = self.process
+            if process.poll() is None:
+                self._stop.wait(0.5)
+                continue
+            ran_s = time.monotonic() - started_at
+            self._kill_group(process.pid)  # whatever the worker started dies with it
+            if ran_s >= RESTART_BACKOFF_RESET_S:
+                delay = 1.0
+            logger.error("the worker (pid %d) exited with status %s after %.0f s; restarting it in %.0f s (see %s)",
+                         process.pid, process.returncode, ran_s, delay, self.log_path)
+            if self._stop.wait(delay):
+                break
+            try:
+                self.process = self._spawn()
+            except OSError as exc:
+                logger.error("the worker cannot be started: %s; trying again", exc)
+                delay = min(delay * 2, RESTART_BACKOFF_MAX_S)
+                continue
+            self.restarts += 1
+            started_at = time.monotonic()
+            delay = min(delay * 2, RESTART_BACKOFF_MAX_S)
+        self._shutdown()
+
+    @staticmethod
+    def _kill_group(pgid: int, sig: int = signal.SIGKILL) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, sig)
+
+    def _shutdown(self) -> None:
+        process = self.process
+        if process is None:
+            return
+        if process.poll() is None:
+            self._kill_group(process.pid, signal.SIGTERM)  # Celery warm shutdown; the pool and beat stop too
+            try:
+                process.wait(self.stop_timeout_s)
+            except subprocess.TimeoutExpired:
+                logger.warning("the worker did not stop within %.0f s: killed (its job is sent again at the next "
+                               "start)", self.stop_timeout_s)
+        self._kill_group(process.pid)  # SIGKILL: the main process if still there, and anything left in its group
+        process.wait()
+        if self._handover is not None:
+            self._handover.unlink(missing_ok=True)
+
+    def request_stop(self) -> None:
+        """Begin stopping the worker (returns at once); :meth:`wait` until it is gone."""
+        self._stop.set()
+
+    def wait(self, timeout_s: float | None = None) -> bool:
+        """Whether the worker has been stopped and reaped within ``timeout_s``."""
+        self._thread.join(timeout_s)
+        return not self._thread.is_alive()
+
+    def stop(self) -> None:
+        self.request_stop()
+        self.wait()
+
+
 @dataclass
 class RunningNode:
-    """A started node: the in-process listener and the worker process (if any)."""
+    """A started node: the in-process listener, the supervised worker process (if any) and the spool lock."""
 
     settings: Settings
     listener: ListenerHandle
-    worker: subprocess.Popen[bytes] | None
+    supervisor: WorkerSupervisor | None
+    lock: SpoolLock | None = None
 
-    def stop(self, timeout_s: float = 30.0) -> None:
-        self.listener.stop()
-        if self.worker is not None and self.worker.poll() is None:
-            self.worker.send_signal(signal.SIGTERM)  # Celery warm shutdown: finish or requeue the current task
-            try:
-                self.worker.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.worker.kill()
-                self.worker.wait()
+    @property
+    def worker(self) -> subprocess.Popen[bytes] | None:
+        """The worker process running now (a new one after each restart)."""
+        return None if self.supervisor is None else self.supervisor.process
+
+    def stop(self) -> None:
+        """Stop the worker (SIGTERM, then SIGKILL after ``worker_stop_timeout_s``) and the listener; release the
+        spool lock. The listener stops while the worker does."""
+        if self.supervisor is not None:
+            self.supervisor.request_stop()
+        try:
+            self.listener.stop()
+            _abort_associations(self.listener)
+        finally:
+            if self.supervisor is not None:
+                self.supervisor.wait()
+            if self.lock is not None:
+                self.lock.release()
+
+
+def _abort_associations(listener: ListenerHandle) -> None:
+    """End the associations still open (an idle peer keeps its association thread, which is not a daemon, alive
+    until a network timeout, and the process would wait for it at exit)."""
+    for assoc in list(getattr(listener.ae, "active_associations", [])):
+        with contextlib.suppress(Exception):
+            assoc.abort()
 
 
 def worker_command(settings: Settings, handover: Path, *, concurrency: int = 1,
                    verbosity: int | None = None) -> list[str]:
-    """The ``ainode worker --beat`` command line of the node's own worker, reading ``handover``."""
+    """The ``ainode worker --beat`` command line of the node's own worker, reading ``handover``; it dies with
+    this process (``--exit-with-parent``)."""
     argv = [sys.executable, "-m", "node.cli.worker", "--beat", "--concurrency", str(concurrency),
-            "--settings-file", str(handover)]
+            "--settings-file", str(handover), "--exit-with-parent", str(os.getpid())]
     if not settings.broker_url:
         argv.append("--recover")  # embedded broker, one worker: re-send what a killed worker took
     if verbosity:
@@ -120,24 +302,27 @@ def worker_command(settings: Settings, handover: Path, *, concurrency: int = 1,
 
 def start_node(settings: Settings, *, worker: bool = True, concurrency: int = 1,
                worker_log: Path | None = None, verbosity: int | None = None) -> RunningNode:
-    """Start the listener here and ``ainode worker --beat`` as a child process, both on ``settings``."""
+    """Lock the spool, start the listener here and ``ainode worker --beat`` as a supervised child process."""
     settings.spool_dir.mkdir(parents=True, exist_ok=True)
-    listener = start_listener(settings)
-    process: subprocess.Popen[bytes] | None = None
+    lock = SpoolLock(settings.spool_dir)
+    try:
+        listener = start_listener(settings)
+    except BaseException:
+        lock.release()
+        raise
+    supervisor: WorkerSupervisor | None = None
     if worker:
-        handover = settings.write_handover(settings.spool_dir / RUN_DIRNAME)
-        log = (worker_log or settings.spool_dir / "worker.log").open("ab")
+        supervisor = WorkerSupervisor(settings, worker_log or settings.spool_dir / "worker.log",
+                                      concurrency=concurrency, verbosity=verbosity, pass_fds=(lock.fd,))
         try:
-            process = subprocess.Popen(worker_command(settings, handover, concurrency=concurrency,
-                                                      verbosity=verbosity), stdout=log, stderr=subprocess.STDOUT)
+            supervisor.start()
         except OSError:
             listener.stop()
+            lock.release()
             raise
-        finally:
-            log.close()
     logger.info("node %s listening on port %d (worker: %s)", settings.ae_title, listener.port,
-                "started" if process else "none")
-    return RunningNode(settings, listener, process)
+                "started" if supervisor else "none")
+    return RunningNode(settings, listener, supervisor, lock)
 
 
 def startup_line(s: Settings, port: int) -> str:
@@ -161,14 +346,25 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
-    s = node.settings
-    print(startup_line(s, node.listener.port), flush=True)
+    print(startup_line(node.settings, node.listener.port), flush=True)
     try:
         while not stop.wait(1.0):
-            if node.worker is not None and node.worker.poll() is not None:
-                print(f"ainode serve: the worker exited with status {node.worker.returncode}; see "
-                      f"{s.spool_dir / 'worker.log'}", file=sys.stderr)
-                return 1
+            pass
     finally:
+        started = time.monotonic()
         node.stop()
-    return 0
+        logger.info("node stopped in %.1f s", time.monotonic() - started)
+    _exit_now(0)
+
+
+def _exit_now(code: int) -> NoReturn:
+    """End the process as soon as the node has stopped (worker reaped, listener closed, ledger released).
+
+    The interpreter's own teardown is skipped: it joins non-daemon threads (a peer's half-open association keeps
+    one until a network timeout) and finalises the imaging stack's modules, seconds on a loaded host, while a
+    container stop allows 10 s in all.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

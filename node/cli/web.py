@@ -51,7 +51,10 @@ def run(args: argparse.Namespace) -> int:
     token = load_token(settings)  # before anything else: no token, no server
     app = create_app(settings, token)
     logger.info("dashboard on http://%s:%d (ledger %s)", host, port, redact_url(str(app.state.ctx.ledger.url)))
-    uvicorn.run(app, host=host, port=port, log_config=None, access_log=False, server_header=False)
+    # proxy_headers=False: uvicorn would believe X-Forwarded-For from 127.0.0.1 whatever the settings say; the app
+    # reads the forwarded headers itself, from web_trusted_proxies only (node.web.context.client_address)
+    uvicorn.run(app, host=host, port=port, log_config=None, access_log=False, server_header=False,
+                proxy_headers=False)
     return 0
 
 

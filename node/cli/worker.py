@@ -39,6 +39,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="node settings file (YAML); default $AINODE_CONFIG")
     parser.add_argument("--settings-file", type=Path, help=argparse.SUPPRESS)  # ainode serve's handover (JSON)
+    # ainode serve's pid: this worker gets SIGKILL when serve dies (Linux parent-death signal)
+    parser.add_argument("--exit-with-parent", type=int, metavar="PID", help=argparse.SUPPRESS)
     parser.add_argument("--broker", help="broker URL (redis://HOST:PORT/DB); default $AINODE_BROKER_URL, "
                         "else the embedded filesystem broker in <spool_dir>/broker")
     parser.add_argument("--concurrency", type=int, default=1, help="worker processes (default 1)")
@@ -55,24 +57,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "worker of this spool)")
 
 
-def worker_argv(args: argparse.Namespace, spool_dir: Path) -> list[str]:
+def worker_argv(args: argparse.Namespace) -> list[str]:
     """The ``celery worker`` arguments for ``args``."""
+    from node.jobs.celery_app import BEAT_SCHEDULER
+
     # JSON logs: no start-up banner (Celery prints it outside logging, as a dozen non-JSON lines)
     quiet = ["--quiet"] if log.configured_format() is log.LogFormat.JSON else []
     concurrency = str(parse_count(args.concurrency, "--concurrency"))
     argv = [*quiet, "worker", "--loglevel", "INFO", "--concurrency", concurrency,
             "--pool", "prefork", "--without-mingle", "--without-gossip"]
     if args.beat:
-        argv += ["--beat", "--schedule", str(spool_dir / "celerybeat-schedule")]
+        argv += ["--beat", "--scheduler", BEAT_SCHEDULER]
     if args.hostname:
         argv += ["--hostname", args.hostname]
     return argv
 
 
-def beat_argv(spool_dir: Path) -> list[str]:
-    """The ``celery beat`` arguments: the schedule's state file lives in the spool folder."""
+def beat_argv() -> list[str]:
+    """The ``celery beat`` arguments: the in-memory scheduler, no state file (``celery_app.BEAT_SCHEDULER``)."""
+    from node.jobs.celery_app import BEAT_SCHEDULER
+
     quiet = ["--quiet"] if log.configured_format() is log.LogFormat.JSON else []  # no non-JSON banner
-    return [*quiet, "beat", "--loglevel", "INFO", "--schedule", str(spool_dir / "celerybeat-schedule")]
+    return [*quiet, "beat", "--loglevel", "INFO", "--scheduler", BEAT_SCHEDULER]
+
+
+#: The pickle shelve of Celery's default beat scheduler, as earlier releases kept it in the spool.
+LEGACY_SCHEDULE = "celerybeat-schedule"
+
+
+def remove_legacy_schedule(spool_dir: Path) -> list[Path]:
+    """Delete the beat shelve files an earlier release left in the spool: never read again, and a pickle."""
+    removed = []
+    for path in sorted(spool_dir.glob(LEGACY_SCHEDULE + "*")):
+        if path.is_file():
+            path.unlink()
+            logger.info("removed the old beat schedule file %s (a pickle shelve; beat keeps no file now)", path.name)
+            removed.append(path)
+    return removed
 
 
 def load_settings(args: argparse.Namespace) -> Settings:
@@ -91,22 +112,29 @@ def load_settings(args: argparse.Namespace) -> Settings:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Load the settings once, configure the Celery app with them (the forked pool inherits it), start."""
+    """Load the settings once, configure the Celery app with them (the forked pool inherits it), start.
+
+    Returns Celery's exit status: ``app.worker_main`` would drop it (Celery runs its command line with click's
+    ``standalone_mode=False``), so a worker that stopped on an "Unrecoverable error" (e.g. a full disk under the
+    embedded broker) used to exit 0, and ``ainode serve`` took that for a clean stop.
+    """
+    from node.jobs.broker import quarantine_unreadable
     from node.jobs.celery_app import app, configure
 
     settings = load_settings(args)
     broker = configure(settings, concurrency=args.concurrency, verbosity=getattr(args, "verbose", 0) or None)
     spool_dir = settings.spool_dir
     spool_dir.mkdir(parents=True, exist_ok=True)
+    if args.beat_only and args.beat:
+        raise ConfigError("--beat and --beat-only exclude each other")
+    remove_legacy_schedule(spool_dir)
+    quarantine_unreadable(broker)  # a half-written message must not stop every start
+    start: Callable[[list[str]], int | None] = app.start  # typed NoReturn, but returns the exit status
     if args.beat_only:
-        if args.beat:
-            raise ConfigError("--beat and --beat-only exclude each other")
         logger.info("scheduler starting: broker %s, queue %s", broker.describe(), app.conf.task_default_queue)
-        start: Callable[[list[str]], object] = app.start  # typed NoReturn, but returns when beat stops
-        start(beat_argv(spool_dir))  # runs until SIGTERM / SIGINT
-        return 0
+        return start(beat_argv()) or 0  # runs until SIGTERM / SIGINT
     logger.info("worker starting: broker %s, queue %s", broker.describe(), app.conf.task_default_queue)
-    app.worker_main(worker_argv(args, spool_dir))  # does not return: the worker exits the process
+    return start(worker_argv(args)) or 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -115,6 +143,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="more logging (-vv for debug); default $AINODE_LOG_VERBOSITY or 1 (info)")
     args = parser.parse_args(argv)
+    if args.exit_with_parent:
+        from node.jobs.lifetime import exit_with_parent
+
+        exit_with_parent(args.exit_with_parent)  # first: never outlive ainode serve (pool and beat do the same)
     try:
         args.verbose = args.verbose or log.env_verbosity(1)
         log.configure(args.verbose, default=log.LogFormat.JSON)

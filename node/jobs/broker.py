@@ -25,12 +25,17 @@ hard task time limit so a running job is never delivered twice) and ``broker_key
 
 from __future__ import annotations
 
+import fcntl
+import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from node.config import Settings
 from node.errors import ConfigError, TransientError
+
+logger = logging.getLogger(__name__)
 
 EMBEDDED_URL = "filesystem://localhost/"  # a host name only to keep kombu from warning "no hostname"
 _SCHEMES = ("redis://", "rediss://", "redis+socket://", "filesystem://", "memory://")
@@ -65,6 +70,67 @@ def embedded_broker(folder: Path) -> BrokerConfig:
         "store_processed": False,  # taken messages are deleted, not archived
     }
     return BrokerConfig(EMBEDDED_URL, options, embedded=True)
+
+
+QUARANTINE_DIRNAME = "quarantine"
+
+
+def _unreadable(path: Path) -> bool:
+    """Whether ``path`` (a message or exchange table of the filesystem transport) cannot be parsed as JSON.
+
+    A file another process is writing right now holds kombu's exclusive ``flock``: it is left alone (``False``).
+    """
+    try:
+        with path.open("rb") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False  # being written (kombu holds LOCK_EX while it writes)
+            try:
+                json.loads(handle.read().decode("utf-8"))
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+    except FileNotFoundError:
+        return False  # taken by a consumer meanwhile
+    except (OSError, UnicodeDecodeError, ValueError):
+        return True
+    return False
+
+
+def quarantine_unreadable(config: BrokerConfig) -> list[Path]:
+    """Move the embedded broker's files that cannot be parsed out of kombu's way; returns where they went.
+
+    A message (``queue/*.msg``) or exchange table (``control/*.exchange``) left half-written by a full disk or a
+    crash makes kombu's filesystem transport raise ``JSONDecodeError`` in the consumer, and the worker stops at
+    every start ("Unrecoverable error"). Run before the worker starts: each such file is moved to
+    ``<broker>/quarantine/`` with a warning (an exchange table is rebuilt by kombu when the worker binds its
+    queue again; a lost message's job is re-sent by the recovery sweep, ``node.jobs.recovery``). Nothing to do for
+    Redis.
+    """
+    if not config.embedded:
+        return []
+    queue = Path(config.transport_options["data_folder_in"])
+    control = Path(config.transport_options["control_folder"])
+    quarantine = queue.parent / QUARANTINE_DIRNAME
+    moved = []
+    candidates = [*sorted(queue.glob("*.msg")), *sorted(control.glob("*.exchange"))]
+    for path in candidates:
+        if not _unreadable(path):
+            continue
+        quarantine.mkdir(exist_ok=True)
+        target = quarantine / f"{path.parent.name}-{path.name}"
+        try:
+            path.replace(target)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:  # cannot move it (e.g. read-only): remove it, the worker must start
+            logger.warning("embedded broker: unreadable file %s cannot be moved (%s): removed", path, exc.strerror)
+            path.unlink(missing_ok=True)
+            continue
+        logger.warning("embedded broker: unreadable file %s (half-written by a full disk or a crash?) moved to %s",
+                       path.name, target)
+        moved.append(target)
+    return moved
 
 
 def redis_broker(url: str, visibility_timeout_s: float, key_prefix: str) -> BrokerConfig:

@@ -28,6 +28,9 @@ logger = logging.getLogger(__name__)
 
 app = Celery("ainode", include=["node.jobs.tasks"])
 
+#: The in-memory scheduler (no state file); see ``beat_scheduler`` in :func:`production_settings`.
+BEAT_SCHEDULER = "celery.beat:Scheduler"
+
 
 def production_settings(broker: BrokerConfig, settings: Settings, concurrency: int = 1) -> dict[str, Any]:
     """The worker settings; every value cites the Celery documentation's configuration reference."""
@@ -76,6 +79,11 @@ def production_settings(broker: BrokerConfig, settings: Settings, concurrency: i
         "worker_hijack_root_logger": False,
         # no task events on the broker unless someone monitors them (celery -E turns them on)
         "worker_send_task_events": False,
+        # beat keeps its schedule in memory (celery.beat.Scheduler), never in a file: the default
+        # PersistentScheduler is a pickle shelve ("celerybeat-schedule") that whoever can write its folder (the
+        # spool, on NFS in multi-host set-ups) could use to run code in the scheduler. Our entries are fixed
+        # intervals whose messages expire, so nothing is lost by forgetting the last run times at a restart.
+        "beat_scheduler": BEAT_SCHEDULER,
         # each periodic message expires when the next one is due: while every worker is busy with a study, the
         # polls that pile up in the queue are discarded unrun instead of delaying the next job or delivery
         "beat_schedule": {

@@ -1,9 +1,23 @@
-"""Recovery of jobs a killed worker took with it (embedded broker): find them and send them again.
+"""Recovery of the jobs a killed worker held: leases renewed by a heartbeat, and a sweep that sends them again.
 
-The embedded broker has no server-side visibility timeout: a SIGKILL of the worker's main process loses the
-messages it had reserved. At the start of the *only* worker of a spool (``ainode worker --recover``), every
-``queued``/``processing`` job whose message is not waiting in the broker's folder is sent again; jobs are
-idempotent (a ``processing`` job is simply run again).
+* **Lease.** A run of ``ainode.process_study`` claims its job (``node.ledger.leases.claim_job``, in
+  :mod:`node.jobs.tasks`) under its Celery task id. The worker's *main* process renews the leases of the tasks it
+  holds (running, or reserved with a retry countdown) every ``job_heartbeat_s`` (:class:`Heartbeat`): the main
+  process only waits on the broker, so a study that keeps its pool process busy in C code for minutes never
+  misses a beat, and a SIGKILL of the whole worker (or of its host) stops the beats at once.
+* **Sweep.** The periodic ``ainode.poll_ready`` task calls :func:`recover_stalled`: a ``processing`` job whose
+  lease is older than ``job_stale_after_s`` is released and its task sent again, so a killed worker's job runs
+  again within about ``job_stale_after_s + poll_interval`` seconds on Redis and on the embedded broker alike
+  (the Redis visibility timeout stays long: it only has to outlast the hard time limit). The old message, if it
+  ever comes back, finds the job done or held and is dropped.
+* **Cap.** A run still open when its job is claimed again, or when the sweep finds it stale, died with its
+  process: after ``job_max_redeliveries`` such deaths (a study that runs its worker out of memory, or crashes
+  it) the job fails with that reason instead of being sent again. A run open for longer than the hard time
+  limit was killed by it: the job fails with that reason (the worker's main process normally records it at
+  once, :func:`fail_timed_out`).
+* **Embedded broker, one worker** (``ainode worker --recover``, which ``ainode serve`` uses): at start every
+  ``queued``/``processing`` job whose message is not waiting in ``<spool>/broker/queue`` is sent again at once
+  (:func:`redispatch_orphans`); no other worker can hold it then.
 """
 
 from __future__ import annotations
@@ -11,15 +25,24 @@ from __future__ import annotations
 import base64
 import json
 import logging
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from sqlalchemy.exc import SQLAlchemyError
+
+from node.config import Settings
+from node.errors import NodeError
+from node.ledger import leases
 from node.ledger.repository import Repository
 from node.ledger.states import JobState, StudyState
 from node.spool import result_dir, uid_key
 from node.vocabulary import PROCESS_TASK
 
 logger = logging.getLogger(__name__)
+
+SendTask = Callable[[int, str, str, str], object]
 
 
 def queued_job_ids(queue_folder: Path) -> set[int]:
@@ -37,24 +60,120 @@ def queued_job_ids(queue_folder: Path) -> set[int]:
     return ids
 
 
+def _send(send_task: SendTask, spool_dir: Path, job_id: int, uid: str) -> None:
+    send_task(job_id, uid, str(spool_dir / uid_key(uid)), str(result_dir(spool_dir, uid, job_id)))
+
+
+def _release(repo: Repository, job_id: int, now: float, settings: Settings, *, force: bool) -> leases.Redelivery:
+    decision, detail = leases.release_for_redelivery(
+        repo, job_id, now, stale_after_s=settings.job_stale_after_s, resend_window_s=settings.hard_time_limit,
+        max_redeliveries=settings.job_max_redeliveries, hard_limit_s=settings.hard_time_limit, force=force)
+    if decision is leases.Redelivery.FAILED:
+        logger.error("job %d failed: %s", job_id, detail)
+    return decision
+
+
+def recover_stalled(repo: Repository, spool_dir: Path, send_task: SendTask, now: float,
+                    settings: Settings) -> list[int]:
+    """Send again every ``processing`` job whose lease went stale (its worker died); the ids sent.
+
+    Each is released in the ledger first (the dead run counted, ``job-redelivered`` audited), or failed there
+    when its process died too often or it was killed at the hard time limit. A job that no worker of this
+    release ever leased (``heartbeat_at`` NULL) counts as stalled only after the hard time limit.
+    """
+    resent = []
+    stalled = leases.stalled_jobs(repo, now, stale_after_s=settings.job_stale_after_s,
+                                  never_leased_after_s=settings.hard_time_limit)
+    for job in stalled:
+        if _release(repo, job.job_id, now, settings, force=False) is leases.Redelivery.RESEND:
+            _send(send_task, spool_dir, job.job_id, job.study_instance_uid)
+            logger.warning("job %d: its worker stopped renewing its lease (killed?): sent again", job.job_id)
+            resent.append(job.job_id)
+    return resent
+
+
 def redispatch_orphans(
-    repo: Repository, spool_dir: Path, waiting: set[int], send_task: Callable[[int, str, str, str], object]
+    repo: Repository, spool_dir: Path, waiting: set[int], send_task: SendTask, *,
+    now: float | None = None, settings: Settings | None = None,
 ) -> list[int]:
     """Send again every ``queued``/``processing`` job whose message is not ``waiting`` in the broker.
 
     For the embedded broker, at the start of the *only* worker on a spool: a SIGKILL of the previous worker's
-    main process lost the messages it had reserved (no server-side visibility timeout). Redelivered jobs are
-    idempotent (a ``processing`` job is run again). Never run it while another worker may hold messages.
+    main process lost the messages it had reserved (no server-side visibility timeout), and no other worker can
+    hold a lease, so a processing job's lease is released however recently it was renewed. Never run it while
+    another worker may hold messages.
     """
+    settings = settings or Settings()
+    at = time.time() if now is None else now
     resent = []
     open_states = [StudyState.RECEIVING, StudyState.READY, StudyState.QUEUED, StudyState.PROCESSING]
     for study in repo.studies(open_states):
         uid = study.study_instance_uid
         for job in repo.jobs(uid):
-            if job.state in (JobState.QUEUED, JobState.PROCESSING) and job.id not in waiting:
-                send_task(job.id, uid, str(spool_dir / uid_key(uid)), str(result_dir(spool_dir, uid, job.id)))
-                logger.warning("job %d (%s) had no message in the broker: sent again", job.id, job.state.value)
-                resent.append(job.id)
+            if job.state not in (JobState.QUEUED, JobState.PROCESSING) or job.id in waiting:
+                continue
+            if job.state is JobState.PROCESSING and \
+                    _release(repo, job.id, at, settings, force=True) is not leases.Redelivery.RESEND:
+                continue
+            _send(send_task, spool_dir, job.id, uid)
+            logger.warning("job %d (%s) had no message in the broker: sent again", job.id, job.state.value)
+            resent.append(job.id)
     return resent
 
 
+def fail_timed_out(repo: Repository, task_id: str, now: float, limit_s: float) -> int | None:
+    """The run ``task_id`` was killed at the hard time limit: its job fails now with that reason (its id)."""
+    job_id = leases.fail_leased_job(repo, task_id, now, leases.time_limit_reason(limit_s))
+    if job_id is not None:
+        logger.error("job %d failed: killed at the hard time limit (%g s)", job_id, limit_s)
+    return job_id
+
+
+class Heartbeat:
+    """A thread of the worker's main process that renews the leases of the tasks ``held()`` names.
+
+    :meth:`stopping` (a warm shutdown began) ends the open runs without counting them as deaths: a run the stop
+    interrupts is sent again after its lease goes stale, and does not bring its job closer to the cap.
+    """
+
+    def __init__(self, repo: Repository, held: Callable[[], Iterable[str]], interval_s: float,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.repo = repo
+        self.held = held
+        self.interval_s = interval_s
+        self.clock = clock
+        self._stop = threading.Event()
+        self._stopping = threading.Event()
+        self._wake = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ainode-heartbeat", daemon=True)
+
+    def start(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def beat(self) -> int:
+        return leases.renew_leases(self.repo, set(self.held()), self.clock())
+
+    def _run(self) -> None:
+        interrupted = False
+        while not self._stop.is_set():
+            try:
+                if self._stopping.is_set() and not interrupted:
+                    leases.interrupt_attempts(self.repo, set(self.held()))
+                    interrupted = True
+                self.beat()
+            except (SQLAlchemyError, NodeError) as exc:  # the ledger is down for a moment: the next beat may pass
+                logger.warning("lease heartbeat failed: %s", exc)
+            self._wake.wait(self.interval_s)
+            self._wake.clear()
+
+    def stopping(self) -> None:
+        """A warm shutdown began: end the open runs (not deaths) at once, keep renewing until :meth:`stop`."""
+        self._stopping.set()
+        self._wake.set()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)

@@ -60,6 +60,12 @@ ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("deliveries", "commit_transaction_uid", "VARCHAR(64)"),  # Storage Commitment (NULL: none asked)
     ("deliveries", "commit_requested_at", "FLOAT"),
     ("deliveries", "committed_at", "FLOAT"),
+    # a job's lease (``node.ledger.leases``): NULL = never leased (counts 0)
+    ("jobs", "lease", "VARCHAR(64)"),
+    ("jobs", "heartbeat_at", "FLOAT"),
+    ("jobs", "running_since", "FLOAT"),
+    ("jobs", "attempts", "INTEGER"),
+    ("jobs", "worker_deaths", "INTEGER"),
 )
 
 

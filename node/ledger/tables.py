@@ -107,6 +107,18 @@ class Job(Base):
     #: NULL: process the study; ``failure-sr``: only write and send the failure SR of a study that failed without
     #: being processed (force-complete deadline). Added after the first release.
     purpose: Mapped[str | None] = mapped_column(String(16))
+    # The lease of the run holding the job (``node.ledger.leases``). Added after the first release
+    # (``db.py`` adds the columns to older databases); NULL counts means 0, a NULL heartbeat "never leased".
+    #: The Celery task id of the run that holds the job.
+    lease: Mapped[str | None] = mapped_column(String(64))
+    #: The holder's worker was alive at this time (renewed every ``job_heartbeat_s``); in the future while a
+    #: retry or a re-sent message is due.
+    heartbeat_at: Mapped[float | None] = mapped_column(Float)
+    #: When the current run started; NULL between runs. Still set when a run begins: the previous one died.
+    running_since: Mapped[float | None] = mapped_column(Float)
+    #: Runs started, and runs that ended because their process died (the redelivery cap counts these).
+    attempts: Mapped[int | None] = mapped_column(Integer)
+    worker_deaths: Mapped[int | None] = mapped_column(Integer)
 
     study: Mapped[Study] = relationship(back_populates="jobs")
     deliveries: Mapped[list[Delivery]] = relationship(back_populates="job", order_by="Delivery.id")

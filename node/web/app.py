@@ -1,12 +1,14 @@
 """The FastAPI application: :func:`create_app` wires the ledger, broker, token and routes together.
 
-Open routes: ``/health`` (JSON, 200 when every check passes, else 503), ``/metrics`` (Prometheus text) and the
-login page; everything else needs the token (``node.web.auth``). Responses carry a strict Content-Security-Policy
+Open routes: ``/health`` (JSON, 200 when every check passes, else 503), ``/metrics`` (Prometheus text; the calling
+AE titles only with the token) and the login page; everything else needs the token (``node.web.auth``). No
+request body over :data:`MAX_BODY_BYTES` is read (413). Responses carry a strict Content-Security-Policy
 (nothing but this site's own stylesheet and forms) and pages showing studies are never cached.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -18,6 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from node import __version__
 from node.config import Settings
@@ -27,12 +30,16 @@ from node.ledger.repository import Repository
 from node.web import api, pages
 from node.web.actions import Actions, Dispatcher
 from node.web.auth import SESSION_COOKIE, Authenticator
-from node.web.context import LoginRequiredError, WebContext, context
-from node.web.errors import TooManyAttemptsError, WebError
+from node.web.context import LoginRequiredError, WebContext, client_id, context
+from node.web.errors import NotAuthenticatedError, TooManyAttemptsError, WebError
 from node.web.health import run_checks
 from node.web.metrics import NodeCollector, registry
 from node.web.queries import Queries
 from node.web.results import ResultReader
+
+#: The largest request body read (the login form and the actions' forms are a few hundred bytes; the API's JSON
+#: bodies less): a bigger one is answered 413 before it is read, whoever sends it (login or not).
+MAX_BODY_BYTES = 64 * 1024
 
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
@@ -88,12 +95,78 @@ def create_app(
     app = FastAPI(title="BCBM AI node", version=__version__, lifespan=lifespan, docs_url="/api/docs",
                   redoc_url=None, openapi_url="/api/openapi.json")
     app.state.ctx = ctx
+    app.state.peer_registry = registry(NodeCollector(ledger, results, broker, queue, per_peer=True))
     app.include_router(api.router)
     app.include_router(pages.router)
     app.add_api_route("/health", health, methods=["GET"], tags=["operations"])
     app.add_api_route("/metrics", metrics, methods=["GET"], tags=["operations"])
     _install_handlers(app)
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
     return app
+
+
+class _TooLargeError(Exception):
+    pass
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over ``limit`` bytes is answered 413 and never read past the limit.
+
+    A declared ``Content-Length`` over the limit is refused before anything is read; a chunked body is counted as
+    it arrives and the request ends at the first chunk past the limit (whatever the route began to answer is
+    replaced by the 413). Unauthenticated routes (``POST /login``) included: they read the body before any check.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def _refuse(self, send: Send) -> None:
+        body = json.dumps({"error": f"the request body is too large (at most {self.limit} bytes)"}).encode()
+        await send({"type": "http.response.start", "status": 413, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and (not declared.strip().isdigit() or int(declared) > self.limit):
+            await self._refuse(send)
+            return
+        received = 0
+        exceeded = False
+        answered = False
+
+        async def limited_receive() -> Message:
+            nonlocal received, exceeded
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    exceeded = True
+                    raise _TooLargeError
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal answered
+            if not exceeded:
+                await send(message)
+            elif not answered:  # the route (or the error handler) is answering: answer 413 instead
+                answered = True
+                await self._refuse(send)
+
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        except _TooLargeError:
+            pass
+        except Exception:
+            if not exceeded:
+                raise
+        if exceeded and not answered:
+            await self._refuse(send)
 
 
 def health(request: Request) -> JSONResponse:
@@ -107,7 +180,21 @@ def health(request: Request) -> JSONResponse:
 
 
 def metrics(request: Request) -> Response:
-    return Response(generate_latest(context(request).registry), media_type=CONTENT_TYPE_LATEST)
+    """Prometheus text. Without credentials: no calling AE titles (they are the allow-list's values); with the
+    token as ``Authorization: Bearer``, ``ainode_instances_received`` is broken down by calling AE title."""
+    ctx = context(request)
+    authorization = request.headers.get("authorization")
+    chosen = ctx.registry
+    if authorization:
+        who = client_id(request)
+        if wait := ctx.auth.failed_logins.retry_after(who):
+            raise TooManyAttemptsError(wait)
+        if not ctx.auth.bearer_ok(authorization):
+            ctx.auth.failed_logins.failed(who)
+            ctx.repo.audit("web-login-failed", ctx.clock(), peer=who, detail="wrong Bearer token on GET /metrics")
+            raise NotAuthenticatedError("wrong token")
+        chosen = request.app.state.peer_registry
+    return Response(generate_latest(chosen), media_type=CONTENT_TYPE_LATEST)
 
 
 def _wants_json(request: Request) -> bool:

@@ -3,6 +3,7 @@ dependencies for the API (Bearer token) and the pages (session cookie)."""
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from node.config import Settings
 from node.jobs.broker import BrokerConfig
 from node.ledger.db import Ledger
 from node.ledger.repository import Repository
+from node.values import Network
 from node.web.actions import Actions
 from node.web.auth import SESSION_COOKIE, Authenticator, Session
 from node.web.errors import NotAuthenticatedError, TooManyAttemptsError, WebError
@@ -52,9 +54,52 @@ def context(request: Request) -> WebContext:
     return ctx
 
 
+def _trusted(address: str, proxies: tuple[Network, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in proxies)
+
+
+def _header_values(request: Request, name: str) -> list[str]:
+    """Every comma-separated value of every ``name`` header, in order (proxies append to the right)."""
+    return [v.strip() for line in request.headers.getlist(name) for v in line.split(",") if v.strip()]
+
+
+def client_address(request: Request) -> str:
+    """The client's address: the TCP peer, or, when the peer is one of ``web_trusted_proxies``, the right-most
+    ``X-Forwarded-For`` address that is not itself a trusted proxy (the left part of the header is whatever the
+    client wrote, so it is never believed). Without trusted proxies the header is ignored."""
+    peer = request.client.host if request.client is not None else "unknown"
+    proxies = context(request).settings.web_trusted_proxies
+    if not proxies or not _trusted(peer, proxies):
+        return peer
+    for address in reversed(_header_values(request, "x-forwarded-for")):
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            return peer  # a malformed hop: trust nothing beyond the proxy
+        if not _trusted(address, proxies):
+            return address
+    return peer
+
+
 def client_id(request: Request) -> str:
-    """``web:<client address>``: who did it, for the audit trail (the proxy's address behind a reverse proxy)."""
-    return f"web:{request.client.host if request.client is not None else 'unknown'}"
+    """``web:<client address>``: who did it, for the audit trail and the login limit (:func:`client_address`)."""
+    return f"web:{client_address(request)}"
+
+
+def is_https(request: Request) -> bool:
+    """Whether the browser reached us over HTTPS: directly, or as a trusted proxy's ``X-Forwarded-Proto`` says."""
+    if request.url.scheme == "https":
+        return True
+    peer = request.client.host if request.client is not None else ""
+    proxies = context(request).settings.web_trusted_proxies
+    if not proxies or not _trusted(peer, proxies):
+        return False
+    schemes = _header_values(request, "x-forwarded-proto")
+    return bool(schemes) and schemes[-1].lower() == "https"
 
 
 def api_auth(request: Request) -> str:

@@ -42,6 +42,9 @@ class NodeCollector(Collector):
     broker: BrokerConfig
     queue: str
     depth: Callable[[BrokerConfig, str], int] = queue_depth
+    #: break ``ainode_instances_received`` down by calling AE title (only for a scrape that sent the token: the
+    #: titles are the allow-list's values, which an open endpoint must not give away)
+    per_peer: bool = False
 
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("ainode_ledger_up", "1 when the ledger database answered this scrape")
@@ -58,10 +61,14 @@ class NodeCollector(Collector):
         yield from self._queue_metrics()
 
     def _ledger_metrics(self, counts: LedgerCounts) -> Iterator[Metric]:
-        received = CounterMetricFamily("ainode_instances_received", "DICOM instances stored in the spool",
-                                       labels=["calling_ae_title"])
-        for ae, n in sorted(counts.instances_by_ae.items()):
-            received.add_metric([ae], n)
+        if self.per_peer:
+            received = CounterMetricFamily("ainode_instances_received", "DICOM instances stored in the spool",
+                                           labels=["calling_ae_title"])
+            for ae, n in sorted(counts.instances_by_ae.items()):
+                received.add_metric([ae], n)
+        else:
+            received = CounterMetricFamily("ainode_instances_received", "DICOM instances stored in the spool")
+            received.add_metric([], sum(counts.instances_by_ae.values()))
         yield received
         yield _by_state("ainode_studies", "Studies in the ledger by state", StudyState, counts.studies_by_state)
         yield _by_state("ainode_jobs", "Processing jobs by state", JobState, counts.jobs_by_state)

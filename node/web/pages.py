@@ -18,7 +18,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from node.ledger.states import DeliveryState, StudyState
 from node.web.auth import SESSION_COOKIE, Session
-from node.web.context import client_id, context, page_session
+from node.web.context import client_id, context, is_https, page_session
 from node.web.errors import ForbiddenError, NotFoundError
 
 router = APIRouter()
@@ -123,8 +123,9 @@ async def login(request: Request) -> Response:
     ctx.auth.failed_logins.succeeded(who)
     await run_in_threadpool(ctx.repo.audit, "web-login", ctx.clock(), peer=who, status=0, detail="dashboard login")
     response = RedirectResponse(next_path, status_code=303)
+    secure = ctx.settings.web_secure_cookies or is_https(request)  # behind a TLS proxy: X-Forwarded-Proto
     response.set_cookie(SESSION_COOKIE, ctx.auth.issue_cookie(), max_age=ctx.auth.max_age_s, httponly=True,
-                        samesite="strict", secure=request.url.scheme == "https", path="/")
+                        samesite="strict", secure=secure, path="/")
     return response
 
 
@@ -134,7 +135,8 @@ async def logout(request: Request, session: PageSession) -> Response:
     _check_csrf(request, session, await _form(request))
     await run_in_threadpool(ctx.repo.audit, "web-logout", ctx.clock(), peer=client_id(request))
     response = RedirectResponse("/login", status_code=303)
-    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
+    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict",
+                           secure=ctx.settings.web_secure_cookies or is_https(request))
     return response
 
 

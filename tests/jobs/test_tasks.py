@@ -315,9 +315,10 @@ def test_worker_command_arguments(tmp_path: Path) -> None:
     worker_command.register(parser.add_subparsers())
     args = parser.parse_args(["worker", "--broker", "redis://h:6379/0", "--concurrency", "3", "--beat", "--recover"])
     assert args.handler is worker_command.run and args.recover
-    argv = worker_command.worker_argv(args, tmp_path)
+    argv = worker_command.worker_argv(args)
     assert argv[0] == "worker" and argv[argv.index("--concurrency") + 1] == "3"
-    assert argv[argv.index("--schedule") + 1] == str(tmp_path / "celerybeat-schedule")
+    assert argv[argv.index("--scheduler") + 1] == "celery.beat:Scheduler"  # in memory: no pickle shelve
+    assert "--schedule" not in argv
     args.concurrency = 0
     with pytest.raises(ConfigError, match="concurrency"):
-        worker_command.worker_argv(args, tmp_path)
+        worker_command.worker_argv(args)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import time
 import uuid
 from pathlib import Path
 
@@ -18,7 +19,8 @@ from node.ledger.db import Ledger
 from node.ledger.repository import Repository
 from node.ledger.states import JobState, StudyState
 from node.log import study_key
-from tests.jobs.conftest import BrokerUnderTest, FaultProxy, Node, WorkerFactory
+from tests.chaos.harness import children
+from tests.jobs.conftest import ROOT, BrokerUnderTest, FaultProxy, Node, WorkerFactory
 from tests.support.net import free_port
 from tests.support.scp import StoreSCP
 from tests.support.waiting import wait_for
@@ -230,6 +232,135 @@ def test_beat_dispatches_processes_and_delivers_to_a_pacs(node: Node, workers: W
 
         wait_for(sr_received, 60, f"SR received by the PACS ({worker.log_path})")
         assert len(node.repo.jobs(uid)) == 1  # polled many times, dispatched once
+        assert not list(node.spool_dir.glob("celerybeat-schedule*"))  # beat's schedule lives in memory
         wait_for(lambda: any(e.event == "delivery-sent" for e in node.repo.audit_trail(uid)), 30, "sent audited")
     finally:
         pacs.stop()
+
+
+# -- recovery timing, the redelivery cap, the hard time limit, beat and the embedded broker's files ----------
+
+REDELIVERY_BUDGET_S = 30.0
+
+
+@pytest.mark.slow
+def test_whole_worker_killed_job_is_redelivered_within_30_s(
+    dispatched: tuple[Node, tuple[int, str, str, str]], broker: BrokerUnderTest, workers: WorkerFactory
+) -> None:
+    """SIGKILL of the whole worker running a job (its main process too: on Redis the message stays unacknowledged
+    for the 2-hour visibility timeout, on the embedded broker it is gone): the other worker's periodic poll finds
+    the job's lease stale and sends it again. Default heartbeat (5 s), stale period (15 s) and poll (5 s)."""
+    node, args = dispatched
+    env = {**broker.env, "AINODE_BROKER_VISIBILITY_TIMEOUT": "7200"} if broker.name == "redis" else broker.env
+    first = workers(node.worker_env(), env, name="first")
+    first.wait_ready()
+    broker.client(node.spool_dir).send_task(PROCESS, args=list(args))
+    wait_for(lambda: _state(node, args[0]) is JobState.PROCESSING, JOB_TIMEOUT, "job started")
+    second = workers(node.worker_env(), env, name="second", options=("--beat",))
+    second.wait_ready()
+    killed = time.monotonic()
+    first.kill()
+    wait_for(lambda: "running it again" in second.log(), 60, f"the job re-run ({second.log_path})")
+    redelivered_s = time.monotonic() - killed
+    print(f"\n{broker.name}: whole worker killed -> job running again after {redelivered_s:.1f} s")
+    assert redelivered_s <= REDELIVERY_BUDGET_S
+    wait_for(lambda: _state(node, args[0]) is JobState.DONE, JOB_TIMEOUT, f"job done ({second.log_path})")
+    assert len(_sr_files(args[3])) == 1
+    events = [e.event for e in node.repo.audit_trail(args[1])]
+    assert events.count("job-redelivered") == 1 and events.count("job-done") == 1
+
+
+@pytest.mark.slow
+def test_a_job_whose_process_keeps_dying_fails_with_the_reason(
+    dispatched: tuple[Node, tuple[int, str, str, str]], workers: WorkerFactory
+) -> None:
+    """A study that kills the process running it (out of memory, a segfault: here SIGKILL) is run again at most
+    AINODE_JOB_MAX_REDELIVERIES times, then fails with that reason instead of being retried for ever."""
+    node, args = dispatched
+    env = {"AINODE_QUEUE": f"ainode-test-{uuid.uuid4().hex[:8]}"}
+    worker = workers(node.worker_env(), env, AINODE_JOB_MAX_REDELIVERIES="1")
+    worker.wait_ready()
+    BrokerUnderTest("embedded", env).client(node.spool_dir).send_task(PROCESS, args=list(args))
+    wait_for(lambda: _state(node, args[0]) is JobState.PROCESSING, JOB_TIMEOUT, "job started")
+    for deaths in (1, 2):
+        for pid in children(worker.proc.pid):  # every pool process, whichever thread of the worker forked it
+            os.kill(pid, signal.SIGKILL)
+        if deaths == 1:
+            wait_for(lambda: "after 1 death(s)" in worker.log(), JOB_TIMEOUT, f"run 2 ({worker.log_path})")
+    wait_for(lambda: _state(node, args[0]) is JobState.FAILED, JOB_TIMEOUT, f"job failed ({worker.log_path})")
+    job = node.job(args[0])
+    assert job.reason is not None and "died 2 time(s)" in job.reason
+    study = node.repo.study(args[1])
+    assert study is not None and study.state is StudyState.FAILED and study.reason == job.reason
+    assert not _sr_files(args[3])
+
+
+@pytest.mark.slow
+def test_a_run_killed_at_the_hard_time_limit_fails_its_job(
+    dispatched: tuple[Node, tuple[int, str, str, str]], workers: WorkerFactory
+) -> None:
+    """A run that does not react to the soft limit (here: SIGSTOPped) is killed at the hard limit; its job fails
+    with that reason at once instead of staying processing for ever."""
+    node, args = dispatched
+    env = {"AINODE_QUEUE": f"ainode-test-{uuid.uuid4().hex[:8]}"}
+    worker = workers(node.worker_env(), env, AINODE_TASK_SOFT_TIME_LIMIT="6", AINODE_TASK_TIME_LIMIT="9")
+    worker.wait_ready()
+    BrokerUnderTest("embedded", env).client(node.spool_dir).send_task(PROCESS, args=list(args))
+    wait_for(lambda: _state(node, args[0]) is JobState.PROCESSING, JOB_TIMEOUT, "job started", interval=0.05)
+    for pid in children(worker.proc.pid):
+        os.kill(pid, signal.SIGSTOP)  # hung in C code: the soft limit's exception never comes
+    wait_for(lambda: _state(node, args[0]) is JobState.FAILED, 60, f"job failed ({worker.log_path})")
+    assert node.job(args[0]).reason == "processing was killed at the hard time limit (9 s, AINODE_TASK_TIME_LIMIT)"
+    assert "Hard time limit" in worker.log()
+
+
+def test_beat_keeps_its_schedule_in_memory_not_in_a_pickle(node: Node, workers: WorkerFactory,
+                                                           tmp_path: Path) -> None:
+    """No ``celerybeat-schedule`` shelve (a pickle anyone who can write the spool could use to run code), and the
+    periodic tasks are still sent; an old shelve left by an earlier release is removed."""
+    queue = f"ainode-test-{uuid.uuid4().hex[:8]}"
+    (node.spool_dir / "celerybeat-schedule.dat").write_bytes(b"\x80\x04 a pickle")
+    scheduler = workers({**node.worker_env(), "AINODE_POLL_INTERVAL": "1"}, {"AINODE_QUEUE": queue},
+                        name="beat", options=("--beat-only",))
+    folder = node.spool_dir / "broker" / "queue"
+
+    def sent(task: str) -> int:
+        return sum(1 for path in folder.glob(f"*.{queue}.msg") if f'"task": "{task}"' in path.read_text())
+
+    wait_for(lambda: sent("ainode.poll_ready") >= 2, 90, f"two polls sent ({scheduler.log_path})")
+    wait_for(lambda: sent("ainode.deliver") >= 1, 60, "the outbox task sent")
+    leftovers = [p for d in (node.spool_dir, tmp_path, ROOT) for p in d.glob("celerybeat-schedule*")]
+    assert leftovers == []
+
+
+def test_half_written_broker_files_do_not_stop_the_next_start(node: Node, workers: WorkerFactory) -> None:
+    """A full disk (or a crash) leaves an empty exchange table and a truncated message in the embedded broker:
+    the next worker moves them to ``broker/quarantine`` with a warning and starts (it used to stop at once with
+    "Unrecoverable error: JSONDecodeError" and exit status 0)."""
+    queue = f"ainode-test-{uuid.uuid4().hex[:8]}"
+    broker_dir = node.spool_dir / "broker"
+    (broker_dir / "control").mkdir(parents=True, exist_ok=True)
+    (broker_dir / "queue").mkdir(parents=True, exist_ok=True)
+    (broker_dir / "control" / f"{queue}.exchange").write_bytes(b"")
+    (broker_dir / "queue" / f"1_x.{queue}.msg").write_bytes(b'{"body": "eyJh')
+    worker = workers(node.worker_env(), {"AINODE_QUEUE": queue})
+    worker.wait_ready()
+    assert sorted(p.name for p in (broker_dir / "quarantine").iterdir()) == [
+        f"control-{queue}.exchange", f"queue-1_x.{queue}.msg"]
+    assert "moved to" in worker.log() and "half-written" in worker.log()
+
+
+def test_the_worker_exits_with_celerys_status(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """An "Unrecoverable error" stops Celery with status 1: ``ainode worker`` must exit 1, not 0 (ainode serve
+    restarts a worker that stopped either way, but an operator's supervisor may only restart failures)."""
+    import argparse
+
+    from node.cli import worker as worker_command
+    from node.jobs.celery_app import app
+
+    monkeypatch.setenv("AINODE_SPOOL_DIR", str(tmp_path / "spool"))
+    monkeypatch.setattr(app, "start", lambda argv: 1)
+    parser = argparse.ArgumentParser()
+    worker_command.add_arguments(parser)
+    assert worker_command.run(parser.parse_args([])) == 1
+    assert worker_command.run(parser.parse_args(["--beat-only"])) == 1

@@ -8,6 +8,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -167,7 +168,8 @@ class Served:
     """``app`` on uvicorn in a thread, on a free port (port 0), stopped at teardown."""
 
     def __init__(self, app: FastAPI) -> None:
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, access_log=False, lifespan="on")
+        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, access_log=False, lifespan="on",
+                                proxy_headers=False)  # as ainode web runs it: the app reads forwarded headers
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
@@ -197,13 +199,15 @@ def make_node(root: Path, url: str, *, destinations: tuple[Destination, ...] | N
 
 @pytest.fixture
 def node_factory(tmp_path: Path) -> Iterator[Callable[..., WebNode]]:
-    """``node_factory(url=None, destinations=None)``: a filled ledger and the app serving it; all stopped after."""
+    """``node_factory(url=None, destinations=None, **settings)``: a filled ledger and the app serving it (with
+    ``settings`` changed); all stopped after."""
     made: list[tuple[WebNode, Served, CeleryDispatcher]] = []
 
-    def factory(url: str | None = None, destinations: tuple[Destination, ...] | None = None) -> WebNode:
+    def factory(url: str | None = None, destinations: tuple[Destination, ...] | None = None,
+                **settings_changes: Any) -> WebNode:
         root = tmp_path / f"node{len(made)}"
         node = make_node(root, url or f"sqlite:///{root / 'ledger.sqlite3'}", destinations=destinations)
-        settings = replace(node.settings, queue=QUEUE)
+        settings = replace(node.settings, queue=QUEUE, **settings_changes)
         dispatcher = CeleryDispatcher(node.broker, settings)
         app = create_app(settings, TOKEN, ledger=node.ledger, broker=node.broker, dispatcher=dispatcher,
                          clock=node.clock, health_timeout_s=1.0)

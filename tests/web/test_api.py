@@ -137,8 +137,8 @@ def test_api_on_sqlite_and_postgresql(node_factory: Callable[..., WebNode], ledg
     assert [d.state for d in node.repo.jobs(FAILED_UID)] == [JobState.FAILED, JobState.QUEUED]
 
 
-def _metrics(node: WebNode) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    with node.api(token=None) as client:
+def _metrics(node: WebNode, token: str | None = None) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    with node.api(token=token) as client:
         response = client.get("/metrics")
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
     return {
@@ -153,7 +153,10 @@ def test_metrics_match_the_ledger(web: WebNode) -> None:
         client.get("/api/studies")  # one failed login
     values = _metrics(web)
     assert values[("ainode_ledger_up", ())] == 1 and values[("ainode_broker_up", ())] == 1
-    assert values[("ainode_instances_received_total", (("calling_ae_title", "MODALITY"),))] == web.filled.instances
+    assert values[("ainode_instances_received_total", ())] == web.filled.instances  # open: no AE titles
+    with_token = _metrics(web, TOKEN)
+    assert with_token[("ainode_instances_received_total", (("calling_ae_title", "MODALITY"),))] == \
+        web.filled.instances
     studies = {s.value: sum(1 for x in web.repo.studies() if x.state is s) for s in StudyState}
     for state, count in studies.items():
         assert values[("ainode_studies", (("state", state),))] == count
