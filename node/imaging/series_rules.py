@@ -78,6 +78,9 @@ class SeriesRules:
     t1ce: RoleRules
     t2: RoleRules
     segmentation: SegmentationRules
+    #: Two series equally good for a role: ``fail`` (refuse, the reason is shown at once) or ``latest`` (the one
+    #: with the highest SeriesNumber — a re-acquired sequence — then the one with more instances).
+    tie_break: Literal["fail", "latest"] = "fail"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -241,7 +244,7 @@ def parse_rules(data: Any, source: Path) -> SeriesRules:
     reader = _Reader(source)
     if not isinstance(data, dict):
         raise ConfigError(f"series rules {source}: the file must hold a mapping at top level")
-    reader.check_keys(data, "", ("version", "sop_classes", "exclude", "contrast", "roles", "segmentation"))
+    reader.check_keys(data, "", ("version", "sop_classes", "exclude", "contrast", "roles", "segmentation", "tie_break"))
     if data.get("version") != 1:
         raise reader.fail("version", f"must be 1, got {data.get('version')!r}")
     sop = reader.mapping(data, "sop_classes", "")
@@ -252,6 +255,7 @@ def parse_rules(data: Any, source: Path) -> SeriesRules:
     reader.check_keys(
         contrast, "contrast", ("use_contrast_bolus_agent", "description_positive", "description_negative")
     )
+    tie_break = reader.choice(data, "tie_break", "top level", ("fail", "latest"), "fail")
     roles = reader.mapping(data, "roles", "")
     reader.check_keys(roles, "roles", ROLE_NAMES)
     seg = reader.mapping(data, "segmentation", "")
@@ -291,6 +295,7 @@ def parse_rules(data: Any, source: Path) -> SeriesRules:
             lesion=_segment_kind_rules(reader, seg, "lesion"),
             pons=_segment_kind_rules(reader, seg, "pons"),
         ),
+        tie_break=tie_break,  # type: ignore[arg-type]
     )
 
 

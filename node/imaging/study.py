@@ -224,6 +224,13 @@ def _choose(
 
     best = max(score(i) for i in accepted)
     top = [i for i in accepted if score(i) == best]
+    if len(top) > 1 and rules.tie_break == "latest":
+        top = _latest(top)
+        if len(top) == 1:
+            warnings.append(
+                f"{len(accepted)} series could be the {title}; {top[0].ref.describe()} was used: the highest "
+                f"SeriesNumber (tie_break: latest in {rules.source.name})"
+            )
     if len(top) > 1:
         raise AmbiguousSeriesError(
             f"{len(top)} series match the {title} role equally: "
@@ -231,6 +238,17 @@ def _choose(
         )
     logger.info("%s: %s", title, top[0].ref.describe())
     return top[0].ref
+
+
+def _latest(tied: Sequence[_SeriesInfo]) -> list[_SeriesInfo]:
+    """``tie_break: latest``: the highest SeriesNumber, then the most instances; still tied: all of them."""
+
+    def key(info: _SeriesInfo) -> tuple[int, int]:
+        number = info.ref.series_number if info.ref.series_number is not None else -1
+        return number, len(info.ref.files)
+
+    best = max(key(i) for i in tied)
+    return [i for i in tied if key(i) == best]
 
 
 def _choose_seg(

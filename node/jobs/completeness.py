@@ -9,6 +9,8 @@ files of the ledger's series):
 * ``force_complete_s`` since the version's first instance, series identified  -> ready (forced)
 * ``force_complete_s`` passed, series still missing: action ``process``       -> ready (forced, with reason)
 * ``force_complete_s`` passed, series still missing: action ``fail``          -> failed (with reason)
+* quiet, but a required series missing or ambiguous                           -> keep waiting, the reason
+  recorded on the study at once (``ainode status``, dashboard; audit ``study-waiting``)
 * otherwise                                                                   -> keep waiting
 
 :meth:`CompletenessChecker.find_ready_studies` is what the job layer calls periodically; it is idempotent: a
@@ -64,6 +66,7 @@ class Decision:
     reason: str
     forced: bool = False
     identified: IdentifiedSeries | None = None
+    stalled: bool = False  # quiet, yet the required series cannot be identified: the reason is shown at once
 
 
 @dataclass(frozen=True)
@@ -115,8 +118,11 @@ def evaluate(
     if identified is not None and quiet_for >= policy.quiet_period_s:
         return Decision(Verdict.READY, f"required series present; quiet for {quiet_for:.0f} s", identified=identified)
     if open_for < policy.force_complete_s:
-        waiting = "quiet period not over" if identified is not None else problem
-        return Decision(Verdict.WAIT, waiting, identified=identified)
+        if identified is not None:
+            return Decision(Verdict.WAIT, "quiet period not over", identified=identified)
+        if quiet_for >= policy.quiet_period_s:  # nothing arrives any more: say why it cannot start, now
+            return Decision(Verdict.WAIT, f"waiting, cannot be processed yet: {problem}", stalled=True)
+        return Decision(Verdict.WAIT, problem)
     deadline = f"force-complete deadline ({policy.force_complete_s:.0f} s) passed"
     if identified is not None:
         return Decision(Verdict.READY, f"{deadline} while instances were still arriving", True, identified)
@@ -146,6 +152,8 @@ class CompletenessChecker:
                 )
             elif decision.verdict is Verdict.FAIL:
                 changed = self.repository.mark_failed(snapshot, now, decision.reason)
+            elif decision.stalled:
+                changed = self.repository.note_waiting(snapshot, now, decision.reason)
             else:
                 continue
             if changed:

@@ -75,6 +75,21 @@ class StudyOperations(Operations):
 
         return self._run(op)
 
+    def note_waiting(self, seen: StudySnapshot, at: float, reason: str) -> bool:
+        """A ``receiving`` study cannot become ready yet, for ``reason`` (a missing or ambiguous series after the
+        quiet period): keep the reason on the study so ``ainode status`` and the dashboard show it at once, and
+        audit it once per change. False when nothing changed."""
+
+        def op(session: Session) -> bool:
+            study = guarded(session, seen)
+            if study is None or study.state is not StudyState.RECEIVING or study.reason == reason:
+                return False
+            study.reason = reason
+            write_audit(session, "study-waiting", at, study_instance_uid=study.study_instance_uid, detail=reason)
+            return True
+
+        return self._run(op)
+
     def mark_failed(self, seen: StudySnapshot, at: float, reason: str) -> bool:
         """receiving -> failed (force-complete deadline with action ``fail``); False if it changed meanwhile."""
 

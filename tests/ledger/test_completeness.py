@@ -3,6 +3,7 @@ idempotency. Instances arrive through a real listener; time is a fake clock (no 
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pydicom
@@ -180,3 +181,52 @@ def test_late_instance_policy(
     assert second.version == 2 and second.idempotency_key != first.idempotency_key
     job = listener.repository.enqueue(second.study_instance_uid, second.idempotency_key, clock.now)
     assert job is not None and job.supersedes_job_id == first_job and job.study_version == 2
+
+
+def _second_t2_series(case: SynthCase, folder: Path, series_number_offset: int = 100) -> list[Path]:
+    """The T2 series again as another series (new Series/SOP Instance UIDs, a higher SeriesNumber): a sequence
+    re-acquired after motion and sent too, so two series match the T2 role equally."""
+    series_uid = generate_uid()
+    folder.mkdir(exist_ok=True)
+    out = []
+    for n, source in enumerate(case.t2):
+        ds = pydicom.dcmread(source)
+        ds.SeriesInstanceUID = series_uid
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.SeriesNumber = int(ds.SeriesNumber) + series_number_offset
+        path = folder / f"t2b-{n:03d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        out.append(path)
+    return out
+
+
+def test_a_rule_conflict_shows_its_reason_at_once(
+    start: ListenerFactory, sqlite_url: str, synth_case: SynthCase, series_rules: SeriesRules, tmp_path: Path
+) -> None:
+    """Two series matching the T2 role: the study used to sit in "receiving" with no reason until the 1-hour
+    deadline. As soon as the quiet period is over the reason is on the study (status, dashboard) and audited
+    once; with ``tie_break: latest`` the re-acquired series (higher SeriesNumber) is used and the study is ready."""
+    clock = FakeClock()
+    listener = start(sqlite_url, clock)
+    checker = checker_for(listener, series_rules)
+    extra = _second_t2_series(synth_case, tmp_path / "t2b")
+    assert set(send(listener.port, [*synth_case.all, *extra])) == {0}
+    ids = uids(synth_case)
+
+    assert checker.find_ready_studies(clock.now + QUIET) == []
+    snapshot = listener.repository.study(ids["study"])
+    assert snapshot is not None and snapshot.state is StudyState.RECEIVING
+    assert snapshot.reason is not None and "match the T2 role equally" in snapshot.reason, snapshot.reason
+    checker.find_ready_studies(clock.now + QUIET + 5)  # asked again: the same reason, audited once
+    waiting = [e for e in listener.repository.audit_trail(ids["study"]) if e.event == "study-waiting"]
+    assert len(waiting) == 1
+
+    latest = checker_for(listener, dataclasses.replace(series_rules, tie_break="latest"))
+    ready = latest.find_ready_studies(clock.now + QUIET + 10)
+    assert len(ready) == 1 and ready[0].identified is not None
+    chosen = ready[0].identified.t2
+    assert chosen.series_instance_uid != ids["t2"] and chosen.series_number is not None
+    assert any("tie_break: latest" in w for w in ready[0].identified.warnings)
+    snapshot = listener.repository.study(ids["study"])
+    assert snapshot is not None and snapshot.state is StudyState.READY and snapshot.reason is None
