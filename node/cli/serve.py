@@ -124,9 +124,9 @@ class SpoolLock:
                 f"{spool_dir} (lock {self.path}); two nodes on one spool would process studies twice. Stop it "
                 "first, or give this node another --spool-dir"
             ) from None
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, f"{os.getpid()}\n".encode("ascii"), 0)
-        os.set_inheritable(self.fd, True)
+        with contextlib.suppress(OSError):  # the pid is for the message above only (a full disk must not stop us)
+            os.ftruncate(self.fd, 0)
+            os.pwrite(self.fd, f"{os.getpid()}\n".encode("ascii"), 0)
 
     def release(self) -> None:
         if self.fd >= 0:

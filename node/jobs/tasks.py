@@ -79,7 +79,8 @@ def held_process_tasks() -> list[str]:
 
     for _ in range(3):
         try:
-            requests = [*state.active_requests, *state.reserved_requests]
+            requests = [*state.active_requests, *state.reserved_requests,
+                        *getattr(state, "scheduled_requests", ())]  # a retry's countdown (Celery >= 5.5)
         except RuntimeError:  # the main thread changed the set while we copied it: try again
             continue
         return [r.id for r in requests if r.name == PROCESS_TASK and r.id]
