@@ -46,9 +46,6 @@ def test_pacs_down_then_up_the_sr_arrives(studies: list[Path], make_node: NodeFa
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="an idle socket takes an association slot until its ARTIM/handshake timer: the "
-                   "listener's association limits and socket timeouts are hardened on another branch (node/scp)",
-                   strict=False)
 def test_twelve_idle_sockets_do_not_lock_out_a_c_echo(make_node: NodeFactory) -> None:
     node = make_node(None)
     node.start().wait_listening()
@@ -89,8 +86,6 @@ def _poisoned_copy(study: Path, folder: Path) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="a value the listener does not validate stops the completeness poll for every study "
-                   "(issue 10 item 1: value validation and per-study isolation, on another branch)", strict=False)
 def test_a_poisoned_study_then_a_good_one_gets_its_sr(studies: list[Path], pacs: Pacs, make_node: NodeFactory,
                                                        tmp_path: Path) -> None:
     pacs.start()
