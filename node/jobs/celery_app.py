@@ -16,6 +16,9 @@ from typing import Any
 
 from celery import Celery
 from celery.signals import setup_logging
+from celery.worker import heartbeat
+from celery.worker.consumer import Consumer
+from celery.worker.consumer import heart as heart_step
 
 from node import log
 from node.config import Settings
@@ -32,6 +35,48 @@ app = Celery("ainode", include=["node.jobs.tasks"])
 BEAT_SCHEDULER = "celery.beat:Scheduler"
 
 
+# Redis socket timeouts (kombu's Redis transport options, passed to redis-py). Without them a synchronous command on a
+# broker that stops answering without closing the TCP connection (a paused, hung or partitioned Redis) blocks the
+# worker's main loop for ever: it notices neither the loss nor a SIGTERM, and its warm shutdown lasts until the
+# orchestrator's SIGKILL (compose: stop_grace_period 10m). A live Redis answers the node's commands in milliseconds;
+# BRPOP waits 1 s server-side (kombu's brpop_timeout), well below socket_timeout. A shutdown with Redis hung costs a
+# few socket timeouts (one per pending command: binding refresh, heartbeat, control and task consumers, ~40 s);
+# tests/jobs/test_broker_loss.py stops a real redis-server under a worker and times its warm shutdown.
+REDIS_SOCKET_TIMEOUTS: dict[str, float] = {
+    "socket_connect_timeout": 5.0,  # a connection attempt to a host that does not answer gives up after 5 s
+    "socket_timeout": 5.0,  # a command without a reply raises after 5 s: connection lost, reconnect (or exit)
+}
+
+
+class _Heartbeat(heartbeat.Heart):
+    """Celery's worker heartbeat event (``worker-heartbeat`` every 2 s, for monitors such as Flower), sent once.
+
+    Celery publishes it with ``retry=True`` and no retry limit: while the broker is unreachable the worker's main
+    loop reconnects for ever inside the heartbeat timer and never gets to act on a SIGTERM. A heartbeat that cannot
+    be sent is worth nothing a moment later; the consumer's own reconnection (bounded by the timeouts above, and
+    interrupted by a shutdown) is what brings the worker back.
+    """
+
+    def _send(self, event: str, retry: bool = False) -> Any:
+        return super()._send(event, retry=False)  # type: ignore[misc]  # (not in celery-types' stubs)
+
+
+class _HeartStep(heart_step.Heart):
+    """The consumer's heartbeat bootstep, with :class:`_Heartbeat`."""
+
+    def start(self, c: Any) -> None:
+        c.heart = _Heartbeat(c.timer, c.event_dispatcher, self.heartbeat_interval)  # type: ignore[attr-defined]
+        c.heart.start()
+
+
+class WorkerConsumer(Consumer):
+    """Celery's consumer with the heartbeat of :class:`_Heartbeat` (setting ``worker_consumer``)."""
+
+    class Blueprint(Consumer.Blueprint):  # type: ignore[valid-type,misc]  # (a variable in celery-types' stubs)
+        default_steps = tuple(f"{__name__}:_HeartStep" if step == "celery.worker.consumer.heart:Heart" else step
+                              for step in Consumer.Blueprint.default_steps)
+
+
 def production_settings(broker: BrokerConfig, settings: Settings, concurrency: int = 1) -> dict[str, Any]:
     """The worker settings; every value cites the Celery documentation's configuration reference."""
     soft = settings.task_soft_time_limit
@@ -39,8 +84,10 @@ def production_settings(broker: BrokerConfig, settings: Settings, concurrency: i
     poll = settings.poll_interval
     return {
         "broker_url": broker.url,
-        # visibility_timeout / global_keyprefix (Redis) or the folders of the embedded broker (broker.py)
-        "broker_transport_options": broker.transport_options,
+        # visibility_timeout / global_keyprefix (Redis) or the folders of the embedded broker (broker.py), and the
+        # Redis socket timeouts above
+        "broker_transport_options": {**broker.transport_options, **(
+            REDIS_SOCKET_TIMEOUTS if broker.url.startswith(("redis://", "rediss://")) else {})},
         # keep retrying the broker at start-up instead of crashing when Redis comes up after the worker
         # (the default changes in Celery 6; set explicitly to silence the deprecation and fix the behaviour)
         "broker_connection_retry_on_startup": True,
@@ -59,6 +106,8 @@ def production_settings(broker: BrokerConfig, settings: Settings, concurrency: i
         # a connection loss cancels running acks_late tasks: the broker redelivers them anyway, so running
         # them on would only produce a second, concurrent run of the same job
         "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # a heartbeat event that is not retried for ever while the broker is unreachable (see _Heartbeat)
+        "worker_consumer": f"{__name__}:WorkerConsumer",
         # reserve one message per process: a 10-minute study must not sit behind another in a prefetch buffer
         # where it would also be lost with its worker on the embedded broker
         "worker_prefetch_multiplier": 1,
