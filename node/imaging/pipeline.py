@@ -33,6 +33,7 @@ from node.imaging.features import (
     feature_names,
     load_radiomics_params,
 )
+from node.imaging.keyslices import KeySlice, key_slices
 from node.imaging.loading import load_study
 from node.imaging.preprocess import PreprocessSettings, load_preprocess_settings, preprocess
 from node.imaging.series_rules import SeriesRules, load_rules
@@ -79,6 +80,8 @@ class FeatureRun:
     timings: dict[str, float]
     warnings: tuple[str, ...] = field(default=())
     provenance: dict[str, str] = field(default_factory=dict)
+    #: the 2-D slices of the QC key image (reference, then every lesion mask), :mod:`node.imaging.keyslices`
+    key_slices: tuple[KeySlice, ...] = field(default=())
 
     def rows(self) -> Iterator[dict[str, object]]:
         """One CSV row per lesion: QC columns then the features (core 200 first, extras after)."""
@@ -157,6 +160,7 @@ def run_features(study_dir: Path, config: PipelineConfig | None = None) -> Featu
         timings=timings,
         warnings=tuple(study.warnings) + tuple(pre.warnings),
         provenance={**pre.provenance, "radiomics_params_sha256": config.radiomics.sha256},
+        key_slices=key_slices(pre),
     )
 
 

@@ -251,6 +251,7 @@ def pons_reference(
     else:
         failures.append("automatic pons localisation is disabled")
 
+    candidate: sitk.Image | None = None
     if failures:
         qc["failed_gates"] = "; ".join(failures)
         qc["warning"] = (
@@ -259,6 +260,7 @@ def pons_reference(
         )
         logger.warning("%s", qc["warning"])
         qc["rejected_method"] = method if roi is not None else "none"
+        candidate = array_to_mask(roi, t1ce) if roi is not None else None  # for the QC key image
         method = "whole-brain"
         roi = brain_a & covered & ~dilate_mm(lesion_a, t1ce.GetSpacing(), params.lesion_margin_mm)
         if roi.sum() < 2:
@@ -278,4 +280,5 @@ def pons_reference(
         t2_mean=m2,
         t2_sd=s2,
         qc=qc,
+        candidate=candidate,
     )

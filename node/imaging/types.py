@@ -99,6 +99,8 @@ class PonsReference:
     t2_mean: float
     t2_sd: float
     qc: dict[str, float | str | bool] = field(default_factory=dict)
+    #: the region found but rejected by the QC (drawn on the QC key image, never used); None when it passed
+    candidate: sitk.Image | None = None
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,7 @@ from node.sr.content import (
     lesion_result_from_predictions,
 )
 from node.sr.identity import ResultIdentity
+from node.sr.keyimage import QcView
 from node.sr.source import SourceStudy
 from node.sr.validate import write_results
 
@@ -202,6 +203,18 @@ def build_content(source: SourceStudy, run: FeatureRun, primary: PrimaryChoice, 
         source=source, lesions=predictions.results, algorithm=models.algorithm, subtype_model=models.variant,
         pons=_pons(run), primary_subtype=primary.subtype if models.variant is SubtypeModel.WITH_PRIMARY else None,
         warnings=tuple(dict.fromkeys(warnings)), identity=identity,
+        qc_views=qc_views(run),
+    )
+
+
+def qc_views(run: FeatureRun) -> tuple[QcView, ...]:
+    """The QC key image's views (:mod:`node.sr.keyimage`) from the pipeline's key slices: reference, then every
+    lesion mask, predicted or not."""
+    return tuple(
+        QcView(title=k.title, image=k.image, regions=tuple(k.regions), pixel_spacing_mm=k.pixel_spacing_mm,
+               window=k.window, kind=k.kind, slice_index=k.slice_index, slice_position_mm=k.slice_position_mm,
+               failed=k.failed, segment_number=k.segment_number, note=k.note)
+        for k in run.key_slices
     )
 
 

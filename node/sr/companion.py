@@ -9,9 +9,10 @@ in ``SeriesDescription``. No patient name or ID is drawn into the pixels (the DI
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import io
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from node.sr import codes as C
 from node.sr.content import LesionResult, ReportContent, SubtypeModel
 from node.sr.identity import fingerprint, result_identity, superseded
+from node.sr.qcpage import qc_pages, render_qc_page
 from node.sr.report import PROCESSING_EQUIPMENT_DESCRIPTION, lesion_summary, report_summary, write_instance
 
 ENCAPSULATED_PDF_STORAGE = "1.2.840.10008.5.1.4.1.1.104.1"
@@ -143,6 +145,19 @@ def render_page(content: ReportContent, lesion: LesionResult) -> Figure:
     return fig
 
 
+def qc_figures(content: ReportContent) -> list[Callable[[], Figure]]:
+    """The QC key-image pages (:mod:`node.sr.qcpage`), each drawn when called; none without views."""
+    a = content.algorithm
+    header = f"{a.name} {a.version}  -  study {content.source.study_instance_uid}"
+    footer = f"{content.disclaimer}. The DICOM SR of this analysis is the machine-readable result."
+    pages = qc_pages(content.qc_views)
+    return [
+        functools.partial(render_qc_page, views, banner=BANNER, header=header, footer=footer, page=n,
+                          pages=len(pages), inches=PAGE_INCHES, dpi=DPI)
+        for n, views in enumerate(pages, start=1)
+    ]
+
+
 def render_png(content: ReportContent, lesion: LesionResult, path: Path) -> Path:
     """Save one page as PNG (for looking at it)."""
     fig = render_page(content, lesion)
@@ -182,10 +197,14 @@ def build_companion_sc(
     receiving PACS accepts it."""
     series_uid = series_instance_uid or companion_uid(content, Companion.SECONDARY_CAPTURE, "series")
     images = []
-    for i, lesion in enumerate(content.lesions, start=1):
+    figures: list[Callable[[], Figure]] = [
+        *(functools.partial(render_page, content, lesion) for lesion in content.lesions),
+        *qc_figures(content),  # the QC key image after the result pages
+    ]
+    for i, figure in enumerate(figures, start=1):
         sc = hd.sc.SCImage.from_ref_dataset(
             ref_dataset=content.source.t1ce[0],
-            pixel_array=_rgb(render_page(content, lesion)),
+            pixel_array=_rgb(figure()),
             photometric_interpretation="RGB",
             bits_allocated=8,
             coordinate_system="PATIENT",
@@ -214,6 +233,10 @@ def render_pdf(content: ReportContent) -> bytes:
     with PdfPages(buffer, metadata={"Title": DOCUMENT_TITLE, "Creator": content.algorithm.name}) as pdf:
         for lesion in content.lesions:
             fig = render_page(content, lesion)
+            pdf.savefig(fig)
+            plt.close(fig)
+        for qc_figure in qc_figures(content):
+            fig = qc_figure()
             pdf.savefig(fig)
             plt.close(fig)
         fig = plt.figure(figsize=PAGE_INCHES, dpi=DPI)

@@ -27,6 +27,7 @@ from pydicom.uid import generate_uid
 
 from node import __version__
 from node.sr.identity import ResultIdentity
+from node.sr.keyimage import QcView
 from node.sr.source import SourceStudy
 from node.vocabulary import BINARY_CLASSES, DISCLAIMER, HER2_TIER_CLASSES, SUBTYPE_CLASSES
 
@@ -285,6 +286,8 @@ class ReportContent:
     warnings: tuple[str, ...] = field(default=())
     #: which document this is (deterministic UIDs, the SR it supersedes); None = derived from the evidence
     identity: ResultIdentity | None = None
+    #: the QC key image's views (reference, then every lesion mask of the pipeline), :mod:`node.sr.keyimage`
+    qc_views: tuple[QcView, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.lesions:
