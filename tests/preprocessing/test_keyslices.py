@@ -47,9 +47,9 @@ def test_the_lps_view_shows_patient_left_on_the_right_anterior_up_superior_later
     view = LpsView.of(image)
     centre = (0.0, 0.0, 0.0)
     for axis, (step, array_axis) in enumerate(((6.0, 2), (6.0, 1), (6.0, 0))):  # +x = left, +y = posterior, +z = up
-        moved = list(centre)
-        moved[axis] += step
-        arr = view.apply(sitk.GetArrayFromImage(_mask_at(image, [centre, tuple(moved)])))
+        shift = [step if i == axis else 0.0 for i in range(3)]
+        moved = (shift[0], shift[1], shift[2])
+        arr = view.apply(sitk.GetArrayFromImage(_mask_at(image, [centre, moved])))
         a = view.apply(sitk.GetArrayFromImage(_mask_at(image, [centre])))
         base = np.argwhere(a > 0)[0]
         both = np.argwhere(arr > 0)
