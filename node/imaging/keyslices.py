@@ -170,8 +170,11 @@ def _reference_slice(pre: PreprocessedStudy, slicer: _Slicer, brain: npt.NDArray
     if passed:
         roi = slicer.view.apply(sitk.GetArrayViewFromImage(ref.mask)) > 0
         k = largest_section(roi)
-        title = f"Intensity reference - {names.get(ref.method, ref.method)} - QC passed"
-        return slicer.make("reference", k, title, [("reference", roi), *others(k)], note=f"{int(roi.sum())} voxels")
+        findings = str(ref.qc.get("warning", ""))  # a SEG pons is used despite QC findings: say which
+        verdict = "used despite QC findings" if findings else "QC passed"
+        title = f"Intensity reference - {names.get(ref.method, ref.method)} - {verdict}"
+        note = findings.split(": ", 1)[-1] if findings else f"{int(roi.sum())} voxels"
+        return slicer.make("reference", k, title, [("reference", roi), *others(k)], note=note)
     reason = str(ref.qc.get("failed_gates", "")) or "QC failed"
     rejected = str(ref.qc.get("rejected_method", "none"))
     if ref.candidate is not None:

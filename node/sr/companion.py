@@ -2,6 +2,8 @@
 Encapsulated PDF, each in its own series, with the result text and a SHAP waterfall plot.
 
 They duplicate the SR for people and viewers that cannot render TID 1500; the SR stays the source of truth.
+After the result pages comes the QC key image (:mod:`node.sr.qcpage`, from ``ReportContent.qc_views``): the T1CE
+slices through the reference region and every lesion with their outlines.
 Every page carries "AI-generated - research use only, not for diagnosis - not verified" in its pixels / PDF and
 in ``SeriesDescription``. No patient name or ID is drawn into the pixels (the DICOM header carries identity).
 """
@@ -191,7 +193,8 @@ def build_companion_sc(
     series_number: int = SC_SERIES_NUMBER,
     transfer_syntax_uid: str = ExplicitVRLittleEndian,
 ) -> list[Any]:
-    """One RGB Secondary Capture image (``hd.sc.SCImage``) per lesion, all in one new series.
+    """One RGB Secondary Capture image (``hd.sc.SCImage``) per lesion, then the QC key-image page(s), all in one
+    new series.
 
     Uncompressed by default (3.7 MB per page, accepted by every PACS); ``RLELossless`` gives ~0.4 MB where the
     receiving PACS accepts it."""

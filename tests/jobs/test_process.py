@@ -70,7 +70,8 @@ def test_result_objects_are_written_valid_and_complete(processed: ProcessResult,
     out = processed.sr_path.parent
     assert sorted(out.iterdir()) == sorted(processed.paths)  # no staging or rejected folders left
     assert validate_sr(processed.sr_path, ("roundtrip", "dsrdump")) == []
-    assert len(processed.companion_paths) == len(processed.lesions) == 2  # one Secondary Capture per lesion
+    # one Secondary Capture per lesion, then the QC key image (tests/jobs/test_qc_key_image.py)
+    assert len(processed.companion_paths) == len(processed.lesions) + 1 == 3
     for path in processed.companion_paths:
         assert validate_object(path, ("roundtrip",)) == []
     sr = pydicom.dcmread(processed.sr_path)

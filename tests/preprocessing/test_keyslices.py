@@ -118,6 +118,15 @@ def test_a_failed_reference_shows_the_rejected_region_or_says_none_was_found() -
     assert all(role != "rejected reference" for role, _ in reference.regions)
 
 
+def test_a_seg_reference_used_despite_findings_says_so() -> None:
+    base = _study(DIRECTIONS["axial LPS"])
+    qc: dict[str, float | str | bool] = {"passed": True, "warning": "pons segment used despite QC findings: T2 CV 0.4"}
+    seg = PonsReference("seg", base.pons.mask, 1.0, 1.0, 1.0, 1.0, qc)
+    reference = key_slices(_study(DIRECTIONS["axial LPS"], seg))[0]
+    assert "used despite QC findings" in reference.title and reference.note == "T2 CV 0.4"
+    assert reference.regions[0][0] == "reference" and not reference.failed
+
+
 def test_largest_section_takes_the_first_of_equal_slices() -> None:
     mask = np.zeros((4, 3, 3), dtype=bool)
     mask[1, :2, :2] = True
