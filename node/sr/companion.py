@@ -9,9 +9,10 @@ in ``SeriesDescription``. No patient name or ID is drawn into the pixels (the DI
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import io
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from node.sr import codes as C
 from node.sr.content import LesionResult, ReportContent, SubtypeModel
 from node.sr.identity import fingerprint, result_identity, superseded
+from node.sr.not_assessed_page import not_assessed_lines, render_not_assessed_page
 from node.sr.report import PROCESSING_EQUIPMENT_DESCRIPTION, lesion_summary, report_summary, write_instance
 
 ENCAPSULATED_PDF_STORAGE = "1.2.840.10008.5.1.4.1.1.104.1"
@@ -182,10 +184,13 @@ def build_companion_sc(
     receiving PACS accepts it."""
     series_uid = series_instance_uid or companion_uid(content, Companion.SECONDARY_CAPTURE, "series")
     images = []
-    for i, lesion in enumerate(content.lesions, start=1):
+    pages: list[Callable[[], Figure]] = [functools.partial(render_page, content, lesion) for lesion in content.lesions]
+    if content.not_assessed:  # one page saying, in words, which segments were not assessed and why
+        pages.append(functools.partial(render_not_assessed_page, content, BANNER))
+    for i, page in enumerate(pages, start=1):
         sc = hd.sc.SCImage.from_ref_dataset(
             ref_dataset=content.source.t1ce[0],
-            pixel_array=_rgb(render_page(content, lesion)),
+            pixel_array=_rgb(page()),
             photometric_interpretation="RGB",
             bits_allocated=8,
             coordinate_system="PATIENT",
@@ -216,9 +221,14 @@ def render_pdf(content: ReportContent) -> bytes:
             fig = render_page(content, lesion)
             pdf.savefig(fig)
             plt.close(fig)
+        if content.not_assessed:
+            fig = render_not_assessed_page(content, BANNER)
+            pdf.savefig(fig)
+            plt.close(fig)
         fig = plt.figure(figsize=PAGE_INCHES, dpi=DPI)
         fig.text(0.02, 0.97, "Summary (as in the DICOM SR)", fontsize=16, weight="bold", va="top")
         paragraphs = [report_summary(content), *(lesion_summary(content, lesion) for lesion in content.lesions)]
+        paragraphs += not_assessed_lines(content)[1:]
         text = "\n\n".join(textwrap.fill(p, 150) for p in paragraphs)
         fig.text(0.02, 0.92, text, fontsize=10, va="top")
         models = "\n".join(f"model {m.task}: {m.name} {m.version}  sha256 {m.sha256}" for m in content.algorithm.models)
