@@ -118,3 +118,10 @@ def test_a_study_with_no_assessed_lesion_still_gets_a_valid_report(source: Sourc
     (group,) = _groups(hd.sr.srread(path))
     assert _qual(group)[A.NOT_ASSESSED_REASON.value] == ("SCT", "79654002")
     assert group.finding_type.value == "79654002"
+
+
+def test_every_not_assessed_code_is_explained_in_docs_sr() -> None:
+    text = (Path(__file__).parents[2] / "docs" / "sr.md").read_text(encoding="utf-8")
+    section = text[text.index("## Not assessed and scope warnings"):]
+    for code in (*A.all_private_codes(), *(c for c in A.REASON_CODES.values() if c.scheme_designator == "SCT")):
+        assert code.value in section, code
