@@ -240,9 +240,10 @@ def pons_reference(
         if int(seg.sum()) < params.min_seg_voxels:
             failures.append(f"the pons segment has only {int(seg.sum())} voxel(s) at 1 mm")
         if params.auto and roi.any():
-            atlas_roi, metric, _, _ = _auto_roi(t1ce, params)
+            atlas_roi, metric, ratio, _ = _auto_roi(t1ce, params)
             qc["registration_metric"] = metric
-            if atlas_roi.any():
+            # judged only against a plausible atlas registration (a failed one says nothing about the segment)
+            if atlas_roi.any() and params.min_head_volume_ratio <= ratio <= params.max_head_volume_ratio:
                 distance = float(np.linalg.norm(_centroid_mm(roi, t1ce) - _centroid_mm(atlas_roi, t1ce)))
                 qc["seg_atlas_distance_mm"] = distance
                 if distance > params.max_seg_atlas_distance_mm:

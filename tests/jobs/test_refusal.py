@@ -77,7 +77,7 @@ def _edit_seg(study: Path, number: int, label: str, property_type: tuple[str, st
 
 
 def _groups(path: Path) -> list[Any]:
-    sr = hd.sr.srread(path)
+    sr: Any = hd.sr.srread(path)
     return list(sr.content.get_volumetric_roi_measurement_groups(reference_type=codes.DCM.ReferencedSegment))
 
 

@@ -175,6 +175,24 @@ def test_roi_outside_the_t2_field_of_view_is_refused(
     assert not np.any((sitk.GetArrayViewFromImage(ref.mask) > 0) & (coverage_a == 0))
 
 
+def test_a_t1ce_that_stops_above_the_pons_is_refused(
+    subject: tuple[sitk.Image, sitk.Image, sitk.AffineTransform],
+) -> None:
+    """The T1CE's field of view itself excludes the pons: the atlas maps the ROI outside the image."""
+    t1ce, brain, transform = subject
+    pons_z = transform.GetInverse().TransformPoint((0.0, 25.0, -33.0))[2]
+    first = round(t1ce.TransformPhysicalPointToContinuousIndex((0.0, 0.0, pons_z + 12.0))[2])
+    size = list(t1ce.GetSize())
+    crop = [0, 0, first], [size[0], size[1], size[2] - first]
+    t1_cropped = sitk.RegionOfInterest(t1ce, crop[1], crop[0])
+    brain_cropped = sitk.RegionOfInterest(brain, crop[1], crop[0])
+    ref = pons_reference(t1_cropped, t1_cropped, brain_cropped, [], None, PonsParams())
+    assert ref.method == "none", ref.qc
+    assert ref.qc["refusal"] == NotAssessedReason.REFERENCE_OUTSIDE_FOV.value
+    assert float(ref.qc["t1ce_fov_fraction"]) < 0.5
+    assert "T1CE field of view" in str(ref.qc["failed_gates"])
+
+
 def test_auto_pons_on_a_head_with_skull_and_a_larger_brain() -> None:
     """Scalp fat and bone around the brain must not inflate the template's scale (the template is stripped)."""
     transform = _subject_transform()
