@@ -44,10 +44,10 @@ def render_not_assessed_page(content: ReportContent, banner: str) -> Figure:
              color="#444444", va="top")  # fmt: skip
     lines = not_assessed_lines(content)
     fig.text(0.02, 0.88, lines[0], fontsize=16, weight="bold", color=RED, va="top")
-    body = "\n\n".join(textwrap.fill(line, 110) for line in lines[1:])
+    body = "\n\n".join(textwrap.fill(line, 125) for line in lines[1:])
     body += "\n\nIntensity reference: " + content.pons.describe()
     if content.warnings:
-        body += "\n\nWarnings:\n" + "\n".join(textwrap.fill("- " + w, 110) for w in content.warnings)
+        body += "\n\nWarnings:\n" + "\n".join(textwrap.fill("- " + w, 125) for w in content.warnings)
     fig.text(0.02, 0.82, body, fontsize=12, va="top")
     fig.text(0.02, 0.015, f"{content.disclaimer}. The DICOM SR of this analysis is the machine-readable result.",
              fontsize=9, color="#444444")  # fmt: skip

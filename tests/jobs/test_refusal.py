@@ -24,6 +24,7 @@ import yaml
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
+from node.cli.analyse import summary as console_summary
 from node.imaging.pipeline import PipelineConfig
 from node.jobs.process import ProcessResult, process_study
 from node.jobs.summary import result_json
@@ -133,6 +134,8 @@ def test_pons_outside_the_field_of_view_means_no_subtype(synth_case: SynthCase, 
     assert sum("Pons reference outside the field of view" in t for t in texts) == 2
     assert len(result.companion_paths) == 1  # the one page that says so in words
     assert result_json(result)["not_assessed"][0]["reason_code"] == "99BCMETS:REFOUTSIDEFOV"  # type: ignore[index]
+    console = console_summary(result)  # what `ainode analyse` prints
+    assert "Lesion 2 (SEG segment 2, 2.97 mL): NOT ASSESSED" in console and "0 lesion(s)" in console
 
     # the research fallback: predicted against the whole brain, and the SR says which reference was used
     fallback = process_study(study, tmp_path / "fallback", models_dir=models,
