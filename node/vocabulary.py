@@ -51,3 +51,33 @@ DELIVER_TASK = "ainode.deliver"
 POLL_TASK = "ainode.poll_ready"
 #: The default Celery queue (``AINODE_QUEUE`` overrides it).
 DEFAULT_QUEUE = "ainode"
+
+
+class NotAssessedReason(StrEnum):
+    """Why a lesion (SEG segment) gets no subtype and no receptor prediction: it is "not assessed" (docs/sr.md,
+    "Not assessed and scope warnings"). The SR codes of each reason are in :mod:`node.sr.assessment`."""
+
+    #: the pons reference lies (partly) outside the field of view of the T1CE or T2
+    REFERENCE_OUTSIDE_FOV = "reference-outside-fov"
+    #: the automatic (MNI) pons reference failed its QC gates
+    REFERENCE_QC_FAILED = "reference-qc-failed"
+    #: the SEG's own pons / brain-stem / reference segment is implausible (volume, location, intensity)
+    REFERENCE_SEGMENT_IMPLAUSIBLE = "reference-segment-implausible"
+    #: no reference at all (no SEG reference segment and automatic localisation disabled)
+    NO_REFERENCE = "no-reference"
+    #: the segment is oedema / necrosis / a cyst / haemorrhage / a cavity, not the enhancing lesion
+    SEGMENT_OEDEMA = "segment-oedema"
+    SEGMENT_NECROSIS = "segment-necrosis"
+    SEGMENT_CYST = "segment-cyst"
+    SEGMENT_HAEMORRHAGE = "segment-haemorrhage"
+    SEGMENT_CAVITY = "segment-cavity"
+    #: the lesion is below the minimum volume the method can say anything about
+    LESION_TOO_SMALL = "lesion-too-small"
+    #: the T1CE slices are thicker than the method's limit (texture features are not comparable)
+    SLICE_TOO_THICK = "slice-too-thick"
+    #: the T1CE is a 2D acquisition and the scope settings refuse 2D
+    NOT_3D = "t1ce-not-3d"
+    #: the radiomic features of the lesion could not be computed
+    FEATURES_FAILED = "features-failed"
+    #: the model refused the lesion's inputs
+    MODEL_REFUSED = "model-refused"

@@ -100,6 +100,7 @@ def summary(result: ProcessResult) -> str:
     ]
     for lesion in result.lesions:
         lines += [*_lesion_lines(lesion), ""]
+    lines += [*(item.describe() for item in result.not_assessed), *([""] if result.not_assessed else [])]
     for warning in result.warnings:
         lines.append(f"warning: {warning}")
     lines.append(f"SR: {result.sr_path}")

@@ -157,7 +157,13 @@ def build_blocks(bundle: Bundle, metrics: dict[str, Any], plots: dict[str, str])
         *(Block("img", text=f) for f in plots.values()),
         Block("h2", "Deployment guards and limitations"),
         Block("list", items=(
-            "Lesions with failed QC (pons, registration, too small for texture) are refused, not predicted.",
+            "No reference, no prediction: when the pons reference is missing, fails its QC or a supplied reference "
+            "segment is implausible, the node reports every lesion as not assessed, with a coded reason, instead of "
+            "predicting it (a whole-brain reference exists only as a research setting, and the SR then names it).",
+            "Scope checks before prediction: segments that are oedema, necrosis, cysts, haemorrhage or cavities, "
+            "lesions below the minimum volume (0.1 mL shipped) and T1CE slices thicker than 3 mm are not assessed; "
+            "lesions under 1 mL, slices over 1.5 mm, 2D T1CE and field strengths other than 1.5/3 T are warned about "
+            "in the SR.",
             "Each prediction carries an out-of-distribution flag when its inputs leave the training range.",
             "A bundle refuses features extracted with a different radiomics parameter file or feature list.",
             "Bootstrap and GEE are clustered on patient; small test sets give wide intervals.",

@@ -36,6 +36,7 @@ from node.imaging.features import (
 from node.imaging.keyslices import KeySlice, key_slices
 from node.imaging.loading import load_study
 from node.imaging.preprocess import PreprocessSettings, load_preprocess_settings, preprocess
+from node.imaging.scope import ScopeParams, load_scope_params
 from node.imaging.series_rules import SeriesRules, load_rules
 from node.imaging.table import QC_COLUMNS
 from node.imaging.types import LesionFeatures, StudyIdentity
@@ -51,6 +52,8 @@ class PipelineConfig:
     rules: SeriesRules
     preprocess: PreprocessSettings
     radiomics: RadiomicsParams
+    #: the scope checks before prediction (``scope`` block of pipeline.yaml; node.imaging.scope)
+    scope: ScopeParams = field(default_factory=ScopeParams)
 
     @classmethod
     def load(
@@ -63,6 +66,7 @@ class PipelineConfig:
             rules=load_rules(rules_path),
             preprocess=load_preprocess_settings(pipeline_path),
             radiomics=load_radiomics_params(radiomics_path),
+            scope=load_scope_params(pipeline_path),
         )
 
 

@@ -11,8 +11,22 @@ Order of preference:
    QC gates (docs/method.md §6.3 step 5): volume within tolerance of 1,239 mm³, no voxel within a margin of any
    lesion, coefficient of variation of both sequences below a limit, centroid near the brain's left-right
    midline, ROI inside the T2 field of view; the registration metric is recorded.
-3. ``"whole-brain"``: when a gate fails, the brain mask minus the (dilated) lesions, with a warning naming
-   the failed gate. This is a documented deviation from the method.
+When a gate fails there is **no reference, so no prediction**: ``method`` is ``"none"``, ``qc["refusal"]``
+holds the :class:`~node.vocabulary.NotAssessedReason` (reference outside the field of view, QC failed, supplied
+segment implausible, no reference) and ``qc["failed_gates"]`` the gates in words; the job layer then reports
+every lesion as "not assessed" (:mod:`node.jobs.scope`). The statistics of such a reference are those of the
+brain minus the (dilated) lesions, only so that the imaging pipeline can finish (volumes, QC); they are never
+used for a prediction.
+
+3. ``"whole-brain"``: only with the research setting ``pons.fallback: whole-brain`` (config/pipeline.yaml):
+   when a gate fails, the brain mask minus the (dilated) lesions, with a warning naming the failed gate and the
+   SR naming the whole-brain reference. This is a documented deviation from the method (oedema and scalp move
+   the first-order features).
+
+A SEG segment labelled pons / brain stem / reference is checked as well (it used to be taken as drawn): its
+volume must lie within ``seg_min_volume_mm3``..``seg_max_volume_mm3``, its centroid near the brain's left-right
+midline and, when the automatic localisation is enabled, within ``max_seg_atlas_distance_mm`` of the
+MNI-registered pons; its intensity CV below ``max_cv``; it must stay clear of the lesions and inside the T2.
 
 All QC values land in ``PonsReference.qc``. The returned statistics are those of the *un-normalised* images;
 :mod:`node.imaging.preprocess` z-scores with them.
@@ -32,6 +46,7 @@ from node.errors import ProcessingError
 from node.imaging.brain import array_to_mask, dilate_mm, mask_union
 from node.imaging.registration import AffineParams, register_affine
 from node.imaging.types import PonsMethod, PonsReference
+from node.vocabulary import NotAssessedReason
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +56,8 @@ PONS_CENTRE_RAS: tuple[float, float] = (0.0, -25.0)
 PONS_Z_RANGE_MM: tuple[float, float] = (-36.0, -30.0)
 PONS_RADIUS_MM = 7.5
 PONS_EXPECTED_VOLUME_MM3 = 1239.0
+#: values of ``pons.fallback``: "none" (no reference, no prediction; the default) or the research fallback
+PONS_FALLBACKS: tuple[str, ...] = ("none", "whole-brain")
 
 QcValue = float | str | bool
 
@@ -60,8 +77,19 @@ class PonsParams:
     min_seg_voxels: int = 50
     template_mask_margin_mm: float = 5.0
     registration: AffineParams = field(default_factory=AffineParams)
+    #: what a failed reference leads to: "none" (lesions not assessed) or "whole-brain" (research only)
+    fallback: str = "none"
+    #: plausible volume of a SEG reference segment (the method's ROI is 1,239 mm³; a whole pons ~15-25 mL)
+    seg_min_volume_mm3: float = 300.0
+    seg_max_volume_mm3: float = 30000.0
+    #: a SEG reference segment's centroid may lie at most this far from the MNI-registered pons ROI's centroid
+    max_seg_atlas_distance_mm: float = 20.0
 
     def __post_init__(self) -> None:
+        if self.fallback not in PONS_FALLBACKS:
+            raise ValueError(f"pons fallback must be one of {PONS_FALLBACKS}, got {self.fallback!r}")
+        if not 0 < self.seg_min_volume_mm3 < self.seg_max_volume_mm3 or self.max_seg_atlas_distance_mm <= 0:
+            raise ValueError("pons seg volume limits must satisfy 0 < min < max; the atlas distance must be > 0")
         if not 0 < self.volume_tolerance < 1:
             raise ValueError(f"pons volume_tolerance must be in (0, 1), got {self.volume_tolerance}")
         if self.expected_volume_mm3 <= 0 or self.max_cv <= 0 or self.max_midline_offset_mm <= 0:
@@ -151,13 +179,30 @@ def _midline_offset_mm(roi: np.ndarray, brain: np.ndarray, image: sitk.Image) ->
     return float(abs(centroid[0] - brain_centre_x))
 
 
-def _auto_roi(t1ce: sitk.Image, params: PonsParams) -> tuple[np.ndarray, float, float]:
-    """The warped ROI, the registration metric and the subject/template volume ratio of the affine."""
+def _fov_fraction(transform: sitk.Transform, image: sitk.Image) -> float:
+    """The fraction of the template pons ROI's voxels that the affine maps inside ``image``'s extent."""
+    template = _template_roi()
+    zyx = np.argwhere(sitk.GetArrayViewFromImage(template) > 0)
+    if zyx.size == 0:
+        return 0.0
+    inverse = transform.GetInverse()
+    size = np.array(image.GetSize(), dtype=float)
+    inside = 0
+    for k, j, i in zyx:
+        point = inverse.TransformPoint(template.TransformIndexToPhysicalPoint((int(i), int(j), int(k))))
+        index = np.array(image.TransformPhysicalPointToContinuousIndex(point))
+        inside += bool(np.all(index >= -0.5) and np.all(index <= size - 0.5))
+    return inside / len(zyx)
+
+
+def _auto_roi(t1ce: sitk.Image, params: PonsParams) -> tuple[np.ndarray, float, float, float]:
+    """The warped ROI, the registration metric, the subject/template volume ratio of the affine and the fraction
+    of the ROI inside the T1CE's field of view."""
     moving_mask = template_brain_mask(params.template_mask_margin_mm)
     transform, metric = register_affine(t1ce, mni_template(), params.registration, moving_mask=moving_mask)
     roi = sitk.Resample(_template_roi(), t1ce, transform, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
     volume_ratio = 1.0 / abs(float(np.linalg.det(np.array(transform.GetMatrix()).reshape(3, 3))))
-    return sitk.GetArrayFromImage(roi) > 0, metric, volume_ratio
+    return sitk.GetArrayFromImage(roi) > 0, metric, volume_ratio, _fov_fraction(transform, t1ce)
 
 
 def pons_reference(
@@ -169,7 +214,7 @@ def pons_reference(
     params: PonsParams,
     t2_coverage: sitk.Image | None = None,
 ) -> PonsReference:
-    """Find the reference region (seg -> auto -> whole brain) and its statistics on ``t1ce`` and ``t2``.
+    """Find the reference region (seg, else auto; see the module for failures) and its statistics.
 
     All images share the T1CE 1 mm grid; ``t2`` is already registered into it and ``t2_coverage`` marks the
     voxels inside the T2 field of view (thick-slice T2 series often cover less than the T1CE).
@@ -187,18 +232,34 @@ def pons_reference(
     method: PonsMethod
     roi: np.ndarray | None = None
 
+    reason: NotAssessedReason | None = None
     if provided is not None:
         seg = sitk.GetArrayViewFromImage(provided) > 0
-        if int(seg.sum()) >= params.min_seg_voxels:
-            roi, method = seg.copy(), "seg"
-        else:
-            qc["seg_voxel_count"] = int(seg.sum())
+        qc["seg_voxel_count"] = int(seg.sum())
+        roi, method = seg.copy(), "seg"
+        if int(seg.sum()) < params.min_seg_voxels:
             failures.append(f"the pons segment has only {int(seg.sum())} voxel(s) at 1 mm")
-    if roi is None and params.auto:
-        roi, metric, volume_ratio = _auto_roi(t1ce, params)
+        if params.auto and roi.any():
+            atlas_roi, metric, ratio, _ = _auto_roi(t1ce, params)
+            qc["registration_metric"] = metric
+            # judged only against a plausible atlas registration (a failed one says nothing about the segment)
+            if atlas_roi.any() and params.min_head_volume_ratio <= ratio <= params.max_head_volume_ratio:
+                distance = float(np.linalg.norm(_centroid_mm(roi, t1ce) - _centroid_mm(atlas_roi, t1ce)))
+                qc["seg_atlas_distance_mm"] = distance
+                if distance > params.max_seg_atlas_distance_mm:
+                    failures.append(
+                        f"the reference segment's centroid is {distance:.0f} mm from the atlas pons "
+                        f"(limit {params.max_seg_atlas_distance_mm:.0f} mm)"
+                    )
+    elif params.auto:
+        roi, metric, volume_ratio, fov_fraction = _auto_roi(t1ce, params)
         method = "auto"
         qc["registration_metric"] = metric
         qc["subject_to_template_volume_ratio"] = volume_ratio
+        qc["t1ce_fov_fraction"] = fov_fraction
+        if fov_fraction < 0.99:
+            failures.append(f"only {100 * fov_fraction:.0f} % of the pons ROI is inside the T1CE field of view")
+            reason = NotAssessedReason.REFERENCE_OUTSIDE_FOV
     if roi is not None:
         volume = float(roi.sum()) * voxel_mm3
         m1, s1 = _stats(t1[roi])
@@ -227,14 +288,21 @@ def pons_reference(
                     f"subject/template volume ratio {ratio:.2f} outside {params.min_head_volume_ratio:.2f}-"
                     f"{params.max_head_volume_ratio:.2f} (atlas registration implausible)"
                 )
-            if float(qc["midline_offset_mm"]) > params.max_midline_offset_mm:
-                failures.append(
-                    f"ROI centroid {float(qc['midline_offset_mm']):.1f} mm from the midline "
-                    f"(limit {params.max_midline_offset_mm:.0f} mm)"
-                )
+        elif not params.seg_min_volume_mm3 <= volume <= params.seg_max_volume_mm3:
+            failures.append(
+                f"reference segment volume {volume:.0f} mm³ outside {params.seg_min_volume_mm3:.0f}-"
+                f"{params.seg_max_volume_mm3:.0f} mm³"
+            )
+        if float(qc["midline_offset_mm"]) > params.max_midline_offset_mm:
+            failures.append(
+                f"ROI centroid {float(qc['midline_offset_mm']):.1f} mm from the midline "
+                f"(limit {params.max_midline_offset_mm:.0f} mm)"
+            )
         if float(qc["t2_coverage_fraction"]) < 0.99:
             covered_pct = 100 * float(qc["t2_coverage_fraction"])
             failures.append(f"only {covered_pct:.0f} % of the ROI is inside the T2 field of view")
+            if method == "auto":
+                reason = NotAssessedReason.REFERENCE_OUTSIDE_FOV
         if near_lesion.any():
             failures.append(
                 f"ROI overlaps a lesion or its {params.lesion_margin_mm:g} mm margin "
@@ -244,29 +312,39 @@ def pons_reference(
             if not cv <= params.max_cv:
                 failures.append(f"{seq} intensity CV {cv:.2f} in the ROI above {params.max_cv:.2f}")
         if failures and method == "seg":
-            # a radiologist drew it: keep it, but say what looks wrong
-            qc["warning"] = "pons segment used despite QC findings: " + "; ".join(failures)
-            logger.warning("%s", qc["warning"])
-            failures = []
+            reason = NotAssessedReason.REFERENCE_SEGMENT_IMPLAUSIBLE
+        elif failures and reason is None:
+            reason = NotAssessedReason.REFERENCE_QC_FAILED
     else:
-        failures.append("automatic pons localisation is disabled")
+        failures.append("automatic pons localisation is disabled and the SEG has no reference segment")
+        reason = NotAssessedReason.NO_REFERENCE
 
     candidate: sitk.Image | None = None
     if failures:
+        assert reason is not None
         qc["failed_gates"] = "; ".join(failures)
-        qc["warning"] = (
-            "pons reference QC failed (" + "; ".join(failures) + "): intensities z-scored against the "
-            "whole brain minus lesions instead (deviation from the method)"
-        )
-        logger.warning("%s", qc["warning"])
         qc["rejected_method"] = method if roi is not None else "none"
         candidate = array_to_mask(roi, t1ce) if roi is not None else None  # for the QC key image
-        method = "whole-brain"
+        if params.fallback == "whole-brain":
+            qc["fallback"] = "whole-brain"
+            qc["warning"] = (
+                "pons reference QC failed (" + "; ".join(failures) + "): intensities z-scored against the "
+                "whole brain minus lesions instead (research fallback, deviation from the method)"
+            )
+            method = "whole-brain"
+        else:
+            qc["refusal"] = reason.value
+            qc["warning"] = (
+                "pons reference QC failed (" + "; ".join(failures) + "): no intensity reference, so no lesion "
+                "is assessed"
+            )
+            method = "none"
+        logger.warning("%s", qc["warning"])
         roi = brain_a & covered & ~dilate_mm(lesion_a, t1ce.GetSpacing(), params.lesion_margin_mm)
         if roi.sum() < 2:
             raise ProcessingError("no reference region: the brain mask is empty once lesions are removed")
     assert roi is not None
-    qc["passed"] = method != "whole-brain"
+    qc["passed"] = method in ("seg", "auto")
     qc["voxel_count"] = int(roi.sum())
     m1, s1 = _stats(t1[roi])
     m2, s2 = _stats(t2a[roi])

@@ -9,7 +9,7 @@ Steps, each timed in ``PreprocessedStudy.timings``:
 3. ``n4``: N4 bias-field correction of both sequences (fit on a shrunk copy, field applied at 1 mm).
 4. ``registration``: rigid T2 -> T1CE (Mattes MI; SimpleITK by default, ANTs selectable), then T2 resampled
    into the 1 mm T1CE grid.
-5. ``pons``: the intensity reference (:mod:`node.imaging.pons`: seg -> auto -> whole brain).
+5. ``pons``: the intensity reference (:mod:`node.imaging.pons`: seg, else auto; none on QC failure).
 6. ``normalise``: each sequence z-scored with its own reference mean and SD.
 
 Settings come from ``config/pipeline.yaml`` (``preprocess`` block) via :func:`load_preprocess_settings`.
@@ -152,7 +152,8 @@ def preprocessing_provenance(settings: PreprocessSettings) -> dict[str, str]:
         "mask_interpolator": settings.mask_interpolator,
         "n4": f"SimpleITK N4, shrink {settings.n4.shrink_factor}, iterations {list(settings.n4.iterations)}",
         "registration": f"rigid T2->T1CE, {settings.registration.backend}, Mattes MI",
-        "pons": "seg, else MNI152 2009a cylinder (0,-25,-36..-30 mm, r 7.5 mm) via affine, else whole brain",
+        "pons": "seg, else MNI152 2009a cylinder (0,-25,-36..-30 mm, r 7.5 mm) via affine; on QC failure "
+        + ("whole brain (research fallback)" if settings.pons.fallback == "whole-brain" else "no prediction"),
     }
 
 

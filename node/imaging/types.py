@@ -18,7 +18,7 @@ from typing import Literal
 
 import SimpleITK as sitk
 
-PonsMethod = Literal["seg", "auto", "whole-brain"]
+PonsMethod = Literal["seg", "auto", "whole-brain", "none"]  # "none": no usable reference (lesions not assessed)
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,9 @@
 network). It runs the steps of :mod:`node.jobs.steps` in order and records how long each took: check the options,
 load the model set (fail fast on a configuration problem), run the imaging pipeline
 (:func:`node.imaging.pipeline.run_features`), read the analysed series' headers, choose the primary-tumour subtype
-(:mod:`node.jobs.primary`: argument > entry set beforehand > the study's headers), choose the subtype model, predict
-every lesion with every installed head, build the :class:`~node.sr.content.ReportContent` and write + validate the
+(:mod:`node.jobs.primary`: argument > entry set beforehand > the study's headers), choose the subtype model, check
+the scope (:mod:`node.jobs.scope`: lesions refused as "not assessed" with a reason, warnings), predict every
+admitted lesion with every installed head, build the :class:`~node.sr.content.ReportContent` and write + validate the
 SR and its companions (:func:`node.sr.validate.write_results`). Objects are written into a staging folder inside
 ``out_dir`` and moved into ``out_dir`` only once all of them passed validation, so ``out_dir`` never holds a
 half-written or invalid result (a rejected set is kept in ``out_dir/rejected-*`` for inspection).
@@ -39,6 +40,7 @@ from node.jobs.primary import (
     choose_primary,
     primary_subtype_from_headers,
 )
+from node.jobs.scope import check_scope
 from node.jobs.steps import (
     build_content,
     check_options,
@@ -48,6 +50,7 @@ from node.jobs.steps import (
     source_study,
     write_outputs,
 )
+from node.sr.assessment import NotAssessedLesion
 from node.sr.content import AlgorithmInfo, ModelInfo, SubtypeModel
 from node.sr.failure import FailureContent, build_failure_report
 from node.sr.identity import ResultIdentity
@@ -79,6 +82,7 @@ class ProcessResult:
     warnings: tuple[str, ...]
     timings: dict[str, float]
     primary_source: str | None = None  # where the primary subtype the subtype model used came from
+    not_assessed: tuple[NotAssessedLesion, ...] = ()  # segments refused, each with its reason (coded and text)
 
     @property
     def paths(self) -> tuple[Path, ...]:
@@ -134,8 +138,9 @@ def process_study(
             primary = choose_primary(source, given=options.primary_subtype, lookup=primary_lookup,
                                      attributes=options.primary_attributes)
             models = choose_models(model_set, primary.subtype)
-            predictions = predict_lesions(run, models, primary.subtype)
-        content = build_content(source, run, primary, models, predictions, identity)
+            scope = check_scope(run, source, config.scope)
+            predictions = predict_lesions(scope.admitted(run), models, primary.subtype)
+        content = build_content(source, run, primary, models, predictions, identity, scope)
         with _timed(timings, "sr"):
             written = write_outputs(content, out_dir, options.companions)
         timings["total"] = time.perf_counter() - start
@@ -151,6 +156,7 @@ def process_study(
         warnings=content.warnings,
         timings=timings,
         primary_source=primary.source if content.primary_subtype is not None else None,
+        not_assessed=content.not_assessed,
     )
 
 

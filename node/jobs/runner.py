@@ -163,7 +163,8 @@ def run_process_job(
         raise
     write_result_json(out_dir, result)
     deliveries = complete(ctx, job, ok=True, reason=None, sr_path=result.sr_path, files=result.paths,
-                          detail=f"{result.sr_path} ({result.subtype_model}, {len(result.lesions)} lesion(s))")
+                          detail=f"{result.sr_path} ({result.subtype_model}, {len(result.lesions)} lesion(s)"
+                          f"{f', {len(result.not_assessed)} not assessed' if result.not_assessed else ''})")
     if deliveries is None:  # a concurrent run finished first: its result (the same document) stands
         return "skipped"
     logger.info("job %d done: %s, %d delivery(ies) pending", job_id, result.sr_path, deliveries)

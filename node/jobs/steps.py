@@ -11,9 +11,11 @@ and output (frozen dataclasses or the value objects of the layers below).
    entry set beforehand (ledger lookup) > the study's headers.
 6. ``choice``    :func:`choose_models` -> :class:`ModelChoice`: the subtype model (with / without the primary) and
    the receptor heads.
+6b. ``scope``   :func:`node.jobs.scope.check_scope` -> :class:`~node.jobs.scope.ScopeDecision`: lesions refused
+   before prediction (no pons reference, not a lesion, too small, T1CE out of scope) and the scope warnings.
 7. ``predict``   :func:`predict_lesions` -> :class:`LesionPredictions`: one SR
    :class:`~node.sr.content.LesionResult` per analysable lesion and the
-   :class:`~node.jobs.lesions.LesionSummary` derived from it.
+   :class:`~node.jobs.lesions.LesionSummary` derived from it; the others as not assessed, with the reason.
 8. ``content``   :func:`build_content` -> :class:`~node.sr.content.ReportContent`.
 9. ``write``     :func:`write_outputs` -> :class:`WrittenObjects`: SR + companions written into a staging folder,
    validated, then moved into ``out_dir`` (a rejected set is kept in ``out_dir/rejected-*``).
@@ -39,9 +41,11 @@ from node.imaging.types import SeriesRef
 from node.jobs.lesions import LesionSummary
 from node.jobs.model_set import ModelSet
 from node.jobs.primary import PrimaryChoice, check_primary_attributes
+from node.jobs.scope import ScopeDecision
 from node.labels import normalise_subtype
 from node.model.bundle import Bundle
 from node.model.tasks import Task
+from node.sr.assessment import NotAssessedLesion
 from node.sr.companion import Companion
 from node.sr.content import (
     AlgorithmInfo,
@@ -56,6 +60,7 @@ from node.sr.identity import ResultIdentity
 from node.sr.keyimage import QcView
 from node.sr.source import SourceStudy
 from node.sr.validate import write_results
+from node.vocabulary import NotAssessedReason
 
 logger = logging.getLogger(__name__)
 
@@ -148,61 +153,70 @@ class LesionPredictions:
     results: tuple[LesionResult, ...]
     summaries: tuple[LesionSummary, ...]
     warnings: tuple[str, ...] = ()
+    #: the lesions that could not be predicted (features failed, no volume, the model refused), with the reason
+    not_assessed: tuple[NotAssessedLesion, ...] = ()
 
 
 def predict_lesions(run: FeatureRun, models: ModelChoice, primary_subtype: str | None) -> LesionPredictions:
-    """Predict every lesion with every model; a lesion that cannot be predicted is reported in the warnings and
-    left out. Raises :class:`~node.errors.InvalidStudyError` when no lesion is left."""
+    """Predict every lesion with every model; a lesion that cannot be predicted is reported as not assessed, with
+    the reason (a study with no predicted lesion still gets a report that says so: node.jobs.scope)."""
     results: list[LesionResult] = []
     summaries: list[LesionSummary] = []
-    warnings: list[str] = []
+    refused: list[NotAssessedLesion] = []
     for lesion in run.lesions:
-        name = f"segment {lesion.segment_number} ({lesion.label or 'unlabelled'})"
+        volume = lesion.qc.get("volume_ml")
+        measured = float(volume) if isinstance(volume, int | float) and volume > 0 else None
+
+        def refuse(reason: NotAssessedReason, text: str, segment: int = lesion.segment_number,
+                   label: str = lesion.label, volume_ml: float | None = measured) -> None:
+            refused.append(NotAssessedLesion(segment, label, reason, text, volume_ml))
+
         qc_error = lesion.qc.get("error")
         if qc_error:
-            warnings.append(f"{name} not analysed: {qc_error}")
+            refuse(NotAssessedReason.FEATURES_FAILED, str(qc_error))
             continue
-        volume = lesion.qc.get("volume_ml")
         try:
             subtype = models.subtype.predict(lesion.features, primary_subtype)
             heads = {task: b.predict(lesion.features, primary_subtype) for task, b in models.receptors.items()}
         except InvalidStudyError as exc:
-            warnings.append(f"{name} not analysed: {exc.message}")
+            refuse(NotAssessedReason.MODEL_REFUSED, exc.message)
             continue
-        if not isinstance(volume, int | float) or not volume > 0:
-            warnings.append(f"{name} not analysed: its volume could not be measured")
+        if measured is None:
+            refuse(NotAssessedReason.FEATURES_FAILED, "its volume could not be measured")
             continue
         result = lesion_result_from_predictions(
-            lesion.segment_number, subtype, lesion.features, float(volume),
+            lesion.segment_number, subtype, lesion.features, measured,
             er=heads.get(Task.ER), pr=heads.get(Task.PR), her2=heads.get(Task.HER2),
             her2_tier=heads.get(Task.HER2_3TIER), top_k=TOP_FEATURES,
             primary_subtype=primary_subtype if models.subtype.task.uses_primary else None,
         )
         results.append(result)
         summaries.append(LesionSummary.from_result(result, lesion.label))
-    if not results:
-        raise InvalidStudyError("no lesion of the study could be analysed: " + "; ".join(warnings or ["none found"]))
-    return LesionPredictions(tuple(results), tuple(summaries), tuple(warnings))
+    return LesionPredictions(tuple(results), tuple(summaries), (), tuple(refused))
 
 
 # -- 8. content ---------------------------------------------------------------------------------------------
 
 
 def _pons(run: FeatureRun) -> PonsSummary:
-    method = run.pons_method if run.pons_method in ("seg", "auto", "whole-brain") else "whole-brain"
-    failed = run.pons_qc.get("failed_gates")  # the pons QC gates that failed (whole-brain fallback)
+    method = run.pons_method if run.pons_method in ("seg", "auto", "whole-brain", "none") else "none"
+    failed = run.pons_qc.get("failed_gates")  # the pons QC gates that failed (refusal or research fallback)
     return PonsSummary(method, f"failed QC: {failed}"[:200] if failed else "")
 
 
 def build_content(source: SourceStudy, run: FeatureRun, primary: PrimaryChoice, models: ModelChoice,
-                  predictions: LesionPredictions, identity: ResultIdentity | None = None) -> ReportContent:
+                  predictions: LesionPredictions, identity: ResultIdentity | None = None,
+                  scope: ScopeDecision | None = None) -> ReportContent:
     """The report: the primary subtype is named only when the model that used it ran; warnings of every step, in
-    step order, each once; ``identity`` (study version, the SR it supersedes) fixes the result's UIDs."""
-    warnings = (*run.warnings, *primary.warnings, *models.warnings, *predictions.warnings)
+    step order, each once; ``identity`` (study version, the SR it supersedes) fixes the result's UIDs; ``scope``
+    adds the lesions refused before prediction and the scope warnings."""
+    scope = scope or ScopeDecision()
+    warnings = (*run.warnings, *scope.warnings, *primary.warnings, *models.warnings, *predictions.warnings)
+    refused = sorted((*scope.not_assessed, *predictions.not_assessed), key=lambda item: item.segment_number)
     return ReportContent(
         source=source, lesions=predictions.results, algorithm=models.algorithm, subtype_model=models.variant,
         pons=_pons(run), primary_subtype=primary.subtype if models.variant is SubtypeModel.WITH_PRIMARY else None,
-        warnings=tuple(dict.fromkeys(warnings)), identity=identity,
+        warnings=tuple(dict.fromkeys(warnings)), identity=identity, not_assessed=tuple(refused),
         qc_views=qc_views(run),
     )
 

@@ -34,6 +34,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from node.sr import codes as C
 from node.sr.content import LesionResult, ReportContent, SubtypeModel
 from node.sr.identity import fingerprint, result_identity, superseded
+from node.sr.not_assessed_page import not_assessed_lines, render_not_assessed_page
 from node.sr.qcpage import qc_pages, render_qc_page
 from node.sr.report import PROCESSING_EQUIPMENT_DESCRIPTION, lesion_summary, report_summary, write_instance
 
@@ -202,8 +203,10 @@ def build_companion_sc(
     images = []
     figures: list[Callable[[], Figure]] = [
         *(functools.partial(render_page, content, lesion) for lesion in content.lesions),
-        *qc_figures(content),  # the QC key image after the result pages
     ]
+    if content.not_assessed:  # one page saying, in words, which segments were not assessed and why
+        figures.append(functools.partial(render_not_assessed_page, content, BANNER))
+    figures.extend(qc_figures(content))  # the QC key image after the result pages
     for i, figure in enumerate(figures, start=1):
         sc = hd.sc.SCImage.from_ref_dataset(
             ref_dataset=content.source.t1ce[0],
@@ -238,6 +241,10 @@ def render_pdf(content: ReportContent) -> bytes:
             fig = render_page(content, lesion)
             pdf.savefig(fig)
             plt.close(fig)
+        if content.not_assessed:
+            fig = render_not_assessed_page(content, BANNER)
+            pdf.savefig(fig)
+            plt.close(fig)
         for qc_figure in qc_figures(content):
             fig = qc_figure()
             pdf.savefig(fig)
@@ -245,6 +252,7 @@ def render_pdf(content: ReportContent) -> bytes:
         fig = plt.figure(figsize=PAGE_INCHES, dpi=DPI)
         fig.text(0.02, 0.97, "Summary (as in the DICOM SR)", fontsize=16, weight="bold", va="top")
         paragraphs = [report_summary(content), *(lesion_summary(content, lesion) for lesion in content.lesions)]
+        paragraphs += not_assessed_lines(content)[1:]
         text = "\n\n".join(textwrap.fill(p, 150) for p in paragraphs)
         fig.text(0.02, 0.92, text, fontsize=10, va="top")
         models = "\n".join(f"model {m.task}: {m.name} {m.version}  sha256 {m.sha256}" for m in content.algorithm.models)

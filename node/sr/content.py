@@ -26,6 +26,7 @@ from typing import Any, Protocol
 from pydicom.uid import generate_uid
 
 from node import __version__
+from node.sr.assessment import NotAssessedLesion
 from node.sr.identity import ResultIdentity
 from node.sr.keyimage import QcView
 from node.sr.source import SourceStudy
@@ -258,17 +259,18 @@ class AlgorithmInfo:
 
 @dataclass(frozen=True)
 class PonsSummary:
-    """How the intensity reference was obtained (method ``seg``/``auto``/``whole-brain``) and a QC note."""
+    """How the intensity reference was obtained (method ``seg``/``auto``/``whole-brain``/``none``) and a QC note."""
 
     method: str
     qc: str = ""
 
     def __post_init__(self) -> None:
-        if self.method not in ("seg", "auto", "whole-brain"):
+        if self.method not in ("seg", "auto", "whole-brain", "none"):
             raise ValueError(f"unknown pons method {self.method!r}")
 
     def describe(self) -> str:
-        text = {"seg": "pons from SEG", "auto": "automatic pons", "whole-brain": "whole brain (pons QC failed)"}
+        text = {"seg": "pons from SEG", "auto": "automatic pons", "none": "none (pons reference refused)",
+                "whole-brain": "whole brain minus lesions (research fallback: pons QC failed; not the method)"}
         return text[self.method] + (f"; {self.qc}" if self.qc else "")
 
 
@@ -288,11 +290,13 @@ class ReportContent:
     identity: ResultIdentity | None = None
     #: the QC key image's views (reference, then every lesion mask of the pipeline), :mod:`node.sr.keyimage`
     qc_views: tuple[QcView, ...] = ()
+    #: the segments the node refused to predict, each with its reason (node.sr.assessment)
+    not_assessed: tuple[NotAssessedLesion, ...] = ()
 
     def __post_init__(self) -> None:
-        if not self.lesions:
+        if not self.lesions and not self.not_assessed:
             raise ValueError("a report needs at least one lesion (use node.sr.failure for none)")
-        numbers = [lesion.segment_number for lesion in self.lesions]
+        numbers = [lesion.segment_number for lesion in self.lesions] + [n.segment_number for n in self.not_assessed]
         if len(set(numbers)) != len(numbers):
             raise ValueError("each SEG segment may be reported once")
         for n in numbers:

@@ -23,6 +23,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from node.sr import codes as C
+from node.sr.assessment import not_assessed_group, reference_evaluation
 from node.sr.content import AlgorithmInfo, HeadResult, LesionResult, ReportContent, SubtypeModel
 from node.sr.identity import PriorDocument, report_uids, superseded, supersession_text
 from node.sr.source import SourceStudy
@@ -150,6 +151,18 @@ def _common(content: ReportContent, lesion: LesionResult) -> dict[str, Any]:
     }
 
 
+def _segment_common(content: ReportContent, segment_number: int) -> dict[str, Any]:
+    """:func:`_common` for a segment that has no :class:`LesionResult` (a not-assessed lesion)."""
+    source = content.source
+    return {
+        "tracking_identifier": tracking_identifier(source, segment_number),
+        "referenced_segment": referenced_segment(source, segment_number),
+        "algorithm_id": algorithm_identification(content.algorithm),
+        "finding_category": C.FINDING_CATEGORY_ABNORMAL_STRUCTURE,
+        "finding_sites": [hd.sr.FindingSite(C.FINDING_SITE_BRAIN)],
+    }
+
+
 def classification_group(content: ReportContent, lesion: LesionResult) -> Any:
     """Group 1: decisions (CODE), probabilities (NUM), model variant, primary subtype, OOD flag."""
     qual: list[Any] = []
@@ -167,6 +180,7 @@ def classification_group(content: ReportContent, lesion: LesionResult) -> Any:
     if content.primary_subtype is not None:
         qual.append(hd.sr.QualitativeEvaluation(C.PRIMARY_SUBTYPE, C.SUBTYPE_CODES[content.primary_subtype]))
     qual.append(hd.sr.QualitativeEvaluation(C.OOD_FLAG, C.YES if lesion.out_of_distribution else C.NO))
+    qual += reference_evaluation(content.pons.method)
     return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
         **_common(content, lesion), qualitative_evaluations=qual, measurements=nums
     )
@@ -260,6 +274,9 @@ def report_summary(content: ReportContent) -> str:
         f"AI prediction - {content.disclaimer}. Not verified by a physician. "
         f"Subtype model {model}. Intensity reference: {content.pons.describe()}."
     )
+    if content.not_assessed:
+        text += (f" {len(content.not_assessed)} segment(s) NOT ASSESSED (no prediction; reasons below)."
+                 if content.lesions else " NO LESION WAS ASSESSED: this report carries no subtype prediction.")
     if content.warnings:
         text += " Warnings: " + "; ".join(content.warnings) + "."
     if (replaces := supersession_text(content)) is not None:
@@ -302,6 +319,7 @@ def build_report(
         if shap is not None:
             groups.append(shap)
         groups.append(raw_value_group(content, lesion))
+    groups += [not_assessed_group(n, **_segment_common(content, n.segment_number)) for n in content.not_assessed]
     report = hd.sr.MeasurementReport(
         observation_context=observation_context(content.algorithm),
         procedure_reported=C.PROCEDURE_MRI,
@@ -313,6 +331,7 @@ def build_report(
         referenced_images=None,
     )
     texts = [report_summary(content), *(lesion_summary(content, lesion) for lesion in content.lesions)]
+    texts += [item.describe() for item in content.not_assessed]
     report[0].ContentSequence.append(qualitative_container(texts))
     return build_document(
         content.source.evidence,

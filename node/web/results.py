@@ -28,22 +28,29 @@ class JobResult:
     disclaimer: str
     sr: str
     companions: tuple[str, ...] = field(default=())
+    #: segments the node refused to predict, with the reason (``node.sr.assessment.NotAssessedLesion.to_json``)
+    not_assessed: tuple[dict[str, Any], ...] = field(default=())
 
     @property
     def summary(self) -> str:
         """One line for the studies list: the subtype of the most confident lesion, and how many lesions."""
+        if not self.lesions and self.not_assessed:
+            reasons = sorted({str(n.get("reason_meaning", n.get("reason", "?"))) for n in self.not_assessed})
+            return "not assessed: " + "; ".join(reasons)
         if not self.lesions:
             return "no lesion analysed"
         best = max(self.lesions, key=lambda lesion: float(lesion.get("probability", 0.0)))
         text = f"{best.get('subtype', '?')} (p={float(best.get('probability', 0.0)):.2f})"
         others = len(self.lesions) - 1
-        return text + (f" + {others} more lesion{'s' if others > 1 else ''}" if others else "")
+        text += f" + {others} more lesion{'s' if others > 1 else ''}" if others else ""
+        return text + (f", {len(self.not_assessed)} not assessed" if self.not_assessed else "")
 
     def as_json(self) -> dict[str, Any]:
         return {
             "summary": self.summary, "subtype_model": self.subtype_model, "lesions": list(self.lesions),
             "warnings": list(self.warnings), "timings_s": self.timings_s, "disclaimer": self.disclaimer,
             "sr": Path(self.sr).name, "companions": [Path(c).name for c in self.companions],
+            "not_assessed": list(self.not_assessed),
         }
 
 
@@ -63,6 +70,7 @@ def parse_result(data: Any) -> JobResult:
         disclaimer=str(data.get("disclaimer", "")),
         sr=str(data.get("sr", "")),
         companions=tuple(str(c) for c in data.get("companions", [])),
+        not_assessed=tuple(n for n in data.get("not_assessed", []) or [] if isinstance(n, dict)),
     )
 
 

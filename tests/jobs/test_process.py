@@ -15,7 +15,7 @@ from pydicom.dataset import Dataset
 from node import cli
 from node.cli import analyse as analyse_command
 from node.config import Settings
-from node.errors import ConfigError, InvalidStudyError, MissingSeriesError
+from node.errors import ConfigError, MissingSeriesError
 from node.imaging.features import FEATURE_NAMES
 from node.imaging.pipeline import FeatureRun
 from node.imaging.types import LesionFeatures, StudyIdentity
@@ -33,6 +33,7 @@ from node.model.bundle import BundleError
 from node.model.prediction import Prediction
 from node.model.tasks import Task
 from node.sr.validate import validate_object, validate_sr
+from node.vocabulary import NotAssessedReason
 from tests.support.studies import SynthCase, synth_case
 
 __all__ = ["synth_case"]
@@ -310,7 +311,7 @@ def test_console_summary_and_json_of_typed_lesions(tmp_path: Path) -> None:
     assert [LesionSummary.from_json(lesion) for lesion in lesions] == [first, second]
 
 
-def test_unusable_lesions_are_left_out_with_a_warning(full_models: Path) -> None:
+def test_unusable_lesions_are_not_assessed_with_a_reason(full_models: Path) -> None:
     models = choose_models(load_model_set(full_models), None)
     good = {n: 0.0 for n in FEATURE_NAMES}
     lesions = (
@@ -322,12 +323,18 @@ def test_unusable_lesions_are_left_out_with_a_warning(full_models: Path) -> None
     predictions = predict_lesions(_feature_run(*lesions), models, None)
     assert [r.segment_number for r in predictions.results] == [4]
     assert [(s.segment_number, s.label) for s in predictions.summaries] == [(4, "fine")]
-    warnings = predictions.warnings
-    assert len(warnings) == 3
-    assert "lesion too small" in warnings[0] and "could not be computed" in warnings[1]
-    assert "volume" in warnings[2]
-    with pytest.raises(InvalidStudyError, match=r"no lesion of the study could be analysed: .*lesion too small"):
-        predict_lesions(_feature_run(*lesions[:3]), models, None)
+    assert predictions.warnings == ()
+    refused = predictions.not_assessed
+    assert [(n.segment_number, n.label, n.reason) for n in refused] == [
+        (1, "qc failed", NotAssessedReason.FEATURES_FAILED),
+        (2, "nan", NotAssessedReason.MODEL_REFUSED),
+        (3, "no volume", NotAssessedReason.FEATURES_FAILED),
+    ]
+    assert "lesion too small" in refused[0].text and "could not be computed" in refused[1].text
+    assert "volume" in refused[2].text and refused[1].volume_ml == 0.1 and refused[2].volume_ml is None
+    # no lesion left is not an error: the report says that none was assessed (node.jobs.scope)
+    none_left = predict_lesions(_feature_run(*lesions[:3]), models, None)
+    assert none_left.results == () and len(none_left.not_assessed) == 3
 
 
 @pytest.mark.slow  # the imaging pipeline on a real study

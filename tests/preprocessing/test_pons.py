@@ -1,5 +1,6 @@
 # mypy: allow-untyped-calls
-"""Automatic pons reference: ROI definition, MNI -> subject mapping, seg preference and the QC fallback."""
+"""Automatic pons reference: ROI definition, MNI -> subject mapping, seg preference and its checks, and what a
+failed reference leads to: no reference ("none", a coded refusal) or, as a research setting, the whole brain."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import SimpleITK as sitk
 
 from node.imaging.brain import brain_mask
 from node.imaging.pons import PONS_EXPECTED_VOLUME_MM3, PonsParams, mni_template, pons_reference, pons_roi_on
+from node.vocabulary import NotAssessedReason
 
 from . import synthetic as syn
 
@@ -78,42 +80,82 @@ def test_provided_pons_segment_is_preferred(subject: tuple[sitk.Image, sitk.Imag
     t1ce, brain, transform = subject
     seg = sitk.Resample(pons_roi_on(mni_template()), t1ce, transform, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
     ref = pons_reference(t1ce, t1ce, brain, [], seg, PonsParams())
-    assert ref.method == "seg"
-    assert "registration_metric" not in ref.qc  # no atlas registration was needed
+    assert ref.method == "seg", ref.qc
+    assert ref.qc["passed"] is True and "refusal" not in ref.qc
+    # the segment is checked against the atlas pons, and it is where the atlas puts it
+    assert float(ref.qc["seg_atlas_distance_mm"]) < 3.0
     assert np.array_equal(sitk.GetArrayViewFromImage(ref.mask), sitk.GetArrayViewFromImage(seg))
 
 
-def test_lesion_over_the_pons_falls_back_to_whole_brain(
+def test_a_reference_segment_in_the_wrong_place_is_refused(
+    subject: tuple[sitk.Image, sitk.Image, sitk.AffineTransform],
+) -> None:
+    """A "pons" segment drawn in the right hemisphere, 35 mm off the midline: implausible, so no reference."""
+    t1ce, brain, transform = subject
+    elsewhere = np.array(transform.GetInverse().TransformPoint((-35.0, 0.0, 20.0)))
+    seg = _lesion_mask(t1ce, elsewhere, 7.0)
+    ref = pons_reference(t1ce, t1ce, brain, [], seg, PonsParams())
+    assert ref.method == "none"
+    assert ref.qc["refusal"] == NotAssessedReason.REFERENCE_SEGMENT_IMPLAUSIBLE.value
+    assert ref.qc["passed"] is False and ref.qc["rejected_method"] == "seg"
+    gates = str(ref.qc["failed_gates"])
+    assert "from the atlas pons" in gates and "from the midline" in gates
+    assert float(ref.qc["seg_atlas_distance_mm"]) > 30.0
+
+
+def test_a_tiny_reference_segment_is_refused_not_replaced(
+    subject: tuple[sitk.Image, sitk.Image, sitk.AffineTransform],
+) -> None:
+    t1ce, brain, transform = subject
+    seg = _lesion_mask(t1ce, np.array(transform.GetInverse().TransformPoint((0.0, 25.0, -33.0))), 2.0)
+    ref = pons_reference(t1ce, t1ce, brain, [], seg, PonsParams(auto=False))
+    assert ref.method == "none"
+    assert ref.qc["refusal"] == NotAssessedReason.REFERENCE_SEGMENT_IMPLAUSIBLE.value
+    assert "voxel(s)" in str(ref.qc["failed_gates"]) and "outside 300-30000 mm³" in str(ref.qc["failed_gates"])
+
+
+def test_lesion_over_the_pons_means_no_reference(
     subject: tuple[sitk.Image, sitk.Image, sitk.AffineTransform],
 ) -> None:
     t1ce, brain, transform = subject
     pons_centre = np.array(transform.GetInverse().TransformPoint((0.0, 25.0, -33.0)))
     lesion = _lesion_mask(t1ce, pons_centre + np.array([4.0, 0.0, 0.0]), 6.0)
     ref = pons_reference(t1ce, t1ce, brain, [lesion], None, PonsParams())
-    assert ref.method == "whole-brain"
-    assert "overlaps a lesion" in str(ref.qc["warning"])
+    assert ref.method == "none"
+    assert ref.qc["refusal"] == NotAssessedReason.REFERENCE_QC_FAILED.value
+    assert "overlaps a lesion" in str(ref.qc["failed_gates"])
+    assert "no lesion is assessed" in str(ref.qc["warning"])
     assert ref.qc["passed"] is False
     assert ref.qc["rejected_method"] == "auto"
+    # the research fallback: the whole brain minus the lesions, said so
+    ref = pons_reference(t1ce, t1ce, brain, [lesion], None, PonsParams(fallback="whole-brain"))
+    assert ref.method == "whole-brain" and ref.qc["fallback"] == "whole-brain" and "refusal" not in ref.qc
+    assert "research fallback" in str(ref.qc["warning"])
     mask = sitk.GetArrayViewFromImage(ref.mask) > 0
     assert not np.any(mask & (sitk.GetArrayViewFromImage(lesion) > 0))
     assert mask.sum() > 100_000
 
 
-def test_auto_disabled_without_segment_uses_whole_brain(
+def test_auto_disabled_without_segment_is_no_reference(
     subject: tuple[sitk.Image, sitk.Image, sitk.AffineTransform],
 ) -> None:
     t1ce, brain, _ = subject
     ref = pons_reference(t1ce, t1ce, brain, [], None, PonsParams(auto=False))
+    assert ref.method == "none"
+    assert ref.qc["refusal"] == NotAssessedReason.NO_REFERENCE.value
+    assert "disabled" in str(ref.qc["failed_gates"])
+    ref = pons_reference(t1ce, t1ce, brain, [], None, PonsParams(auto=False, fallback="whole-brain"))
     assert ref.method == "whole-brain"
-    assert "disabled" in str(ref.qc["warning"])
 
 
 def test_bad_pons_params_are_rejected() -> None:
     with pytest.raises(ValueError, match="volume_tolerance"):
         PonsParams(volume_tolerance=1.5)
+    with pytest.raises(ValueError, match="fallback"):
+        PonsParams(fallback="white-matter")
 
 
-def test_roi_outside_the_t2_field_of_view_falls_back(
+def test_roi_outside_the_t2_field_of_view_is_refused(
     subject: tuple[sitk.Image, sitk.Image, sitk.AffineTransform],
 ) -> None:
     """A thick-slice T2 that stops above the pons cannot give T2 pons statistics."""
@@ -125,11 +167,30 @@ def test_roi_outside_the_t2_field_of_view_falls_back(
     coverage = sitk.GetImageFromArray(coverage_a)
     coverage.CopyInformation(t1ce)
     ref = pons_reference(t1ce, t1ce, brain, [], None, PonsParams(), t2_coverage=coverage)
-    assert ref.method == "whole-brain"
+    assert ref.method == "none"
+    assert ref.qc["refusal"] == NotAssessedReason.REFERENCE_OUTSIDE_FOV.value
     assert "field of view" in str(ref.qc["warning"])
     assert float(ref.qc["t2_coverage_fraction"]) == 0.0
-    # the fallback region itself stays inside the T2 field of view
+    # the region the statistics come from (never used for a prediction) stays inside the T2 field of view
     assert not np.any((sitk.GetArrayViewFromImage(ref.mask) > 0) & (coverage_a == 0))
+
+
+def test_a_t1ce_that_stops_above_the_pons_is_refused(
+    subject: tuple[sitk.Image, sitk.Image, sitk.AffineTransform],
+) -> None:
+    """The T1CE's field of view itself excludes the pons: the atlas maps the ROI outside the image."""
+    t1ce, brain, transform = subject
+    pons_z = transform.GetInverse().TransformPoint((0.0, 25.0, -33.0))[2]
+    first = round(t1ce.TransformPhysicalPointToContinuousIndex((0.0, 0.0, pons_z + 12.0))[2])
+    size = list(t1ce.GetSize())
+    crop = [0, 0, first], [size[0], size[1], size[2] - first]
+    t1_cropped = sitk.RegionOfInterest(t1ce, crop[1], crop[0])
+    brain_cropped = sitk.RegionOfInterest(brain, crop[1], crop[0])
+    ref = pons_reference(t1_cropped, t1_cropped, brain_cropped, [], None, PonsParams())
+    assert ref.method == "none", ref.qc
+    assert ref.qc["refusal"] == NotAssessedReason.REFERENCE_OUTSIDE_FOV.value
+    assert float(ref.qc["t1ce_fov_fraction"]) < 0.5
+    assert "T1CE field of view" in str(ref.qc["failed_gates"])
 
 
 def test_auto_pons_on_a_head_with_skull_and_a_larger_brain() -> None:

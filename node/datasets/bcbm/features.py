@@ -5,7 +5,8 @@ Per scan: read the NIfTI T1CE (SimpleITK reads it into LPS) and its lesion masks
 the image's geometry and is not empty; resample the image to 1 mm (``config/pipeline.yaml`` interpolator) and
 the masks nearest-neighbour onto that grid; brain mask; optional N4 (the collection is N4-corrected upstream,
 so it is off by default); the pons reference (:func:`node.imaging.pons.pons_reference`: MNI cylinder with its
-QC gates, else whole brain minus lesions); z-score; then PyRadiomics with ``config/radiomics.yaml`` through
+QC gates, else whole brain minus lesions: this research import always allows that fallback and records it in
+``pons_method``, while the node refuses such lesions); z-score; then PyRadiomics with ``config/radiomics.yaml`` through
 :func:`node.imaging.features.compute_region_features` on the T1CE alone: 14 ``shape_*`` + 93 ``t1ce_*`` = 107
 features, named exactly like the first 107 of the node's 200.
 
@@ -195,7 +196,9 @@ def extract_scan(job: ScanJob, options: ExtractOptions) -> ScanResult:
         raise ProcessingError(f"{job.image.name}: cannot find the brain in the image: {exc}") from exc
     if options.n4:
         image = n4_correct(image, brain, settings.n4)
-    pons_params = settings.pons if options.pons == "auto" else dataclasses.replace(settings.pons, auto=False)
+    # research import: a failed reference falls back to the whole brain minus lesions, recorded per row in
+    # ``pons_method`` (the node itself refuses such lesions: node.imaging.pons, docs/sr.md "Not assessed")
+    pons_params = dataclasses.replace(settings.pons, auto=options.pons == "auto", fallback="whole-brain")
     reference = pons_reference(image, image, brain, list(resampled.values()), None, pons_params)
     if "warning" in reference.qc:
         warnings.append(str(reference.qc["warning"]))
