@@ -151,13 +151,13 @@ def _midline_offset_mm(roi: np.ndarray, brain: np.ndarray, image: sitk.Image) ->
     return float(abs(centroid[0] - brain_centre_x))
 
 
-def _auto_roi(t1ce: sitk.Image, params: PonsParams) -> tuple[np.ndarray, float, float]:
+def _auto_roi(t1ce: sitk.Image, params: PonsParams) -> tuple[np.ndarray, float, float, sitk.Transform]:
     """The warped ROI, the registration metric and the subject/template volume ratio of the affine."""
     moving_mask = template_brain_mask(params.template_mask_margin_mm)
     transform, metric = register_affine(t1ce, mni_template(), params.registration, moving_mask=moving_mask)
     roi = sitk.Resample(_template_roi(), t1ce, transform, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
     volume_ratio = 1.0 / abs(float(np.linalg.det(np.array(transform.GetMatrix()).reshape(3, 3))))
-    return sitk.GetArrayFromImage(roi) > 0, metric, volume_ratio
+    return sitk.GetArrayFromImage(roi) > 0, metric, volume_ratio, transform
 
 
 def pons_reference(
@@ -186,6 +186,7 @@ def pons_reference(
     failures: list[str] = []
     method: PonsMethod
     roi: np.ndarray | None = None
+    template_transform: sitk.Transform | None = None  # reused by node.imaging.sites
 
     if provided is not None:
         seg = sitk.GetArrayViewFromImage(provided) > 0
@@ -195,7 +196,7 @@ def pons_reference(
             qc["seg_voxel_count"] = int(seg.sum())
             failures.append(f"the pons segment has only {int(seg.sum())} voxel(s) at 1 mm")
     if roi is None and params.auto:
-        roi, metric, volume_ratio = _auto_roi(t1ce, params)
+        roi, metric, volume_ratio, template_transform = _auto_roi(t1ce, params)
         method = "auto"
         qc["registration_metric"] = metric
         qc["subject_to_template_volume_ratio"] = volume_ratio
@@ -278,4 +279,5 @@ def pons_reference(
         t2_mean=m2,
         t2_sd=s2,
         qc=qc,
+        template_transform=template_transform,
     )

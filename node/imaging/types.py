@@ -18,6 +18,8 @@ from typing import Literal
 
 import SimpleITK as sitk
 
+from node.vocabulary import LesionSite
+
 PonsMethod = Literal["seg", "auto", "whole-brain"]
 
 
@@ -99,6 +101,8 @@ class PonsReference:
     t2_mean: float
     t2_sd: float
     qc: dict[str, float | str | bool] = field(default_factory=dict)
+    #: the automatic pons step's template registration (T1CE points -> MNI template points), reused for sites
+    template_transform: sitk.Transform | None = None
 
 
 @dataclass(frozen=True)
@@ -126,3 +130,5 @@ class LesionFeatures:
     label: str
     features: dict[str, float]
     qc: dict[str, float | str | bool | int | None] = field(default_factory=dict)
+    #: where the lesion is (:mod:`node.imaging.sites`); None until sites are attached or when undetermined
+    site: LesionSite | None = None

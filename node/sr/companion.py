@@ -32,6 +32,7 @@ from node.sr import codes as C
 from node.sr.content import LesionResult, ReportContent, SubtypeModel
 from node.sr.identity import fingerprint, result_identity, superseded
 from node.sr.report import PROCESSING_EQUIPMENT_DESCRIPTION, lesion_summary, report_summary, write_instance
+from node.sr.sites import site_line
 
 ENCAPSULATED_PDF_STORAGE = "1.2.840.10008.5.1.4.1.1.104.1"
 SC_SERIES_NUMBER = 901
@@ -113,6 +114,7 @@ def _result_lines(content: ReportContent, lesion: LesionResult) -> list[str]:
         lines.append("WARNING - out of training distribution: " + "; ".join(lesion.ood_reasons))
     if (prior := superseded(content)) is not None:
         lines.append(f"NOTE - supersedes the earlier AI result of this study (SR {prior.sop_instance_uid}).")
+    lines.insert(1, site_line(lesion.site))
     return lines
 
 

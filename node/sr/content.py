@@ -28,7 +28,7 @@ from pydicom.uid import generate_uid
 from node import __version__
 from node.sr.identity import ResultIdentity
 from node.sr.source import SourceStudy
-from node.vocabulary import BINARY_CLASSES, DISCLAIMER, HER2_TIER_CLASSES, SUBTYPE_CLASSES
+from node.vocabulary import BINARY_CLASSES, DISCLAIMER, HER2_TIER_CLASSES, SUBTYPE_CLASSES, LesionSite
 
 HEAD_CLASSES: dict[str, tuple[str, ...]] = {
     "subtype": SUBTYPE_CLASSES,
@@ -167,6 +167,8 @@ class LesionResult:
     pr: HeadResult | None = None
     her2: HeadResult | None = None
     her2_tier: HeadResult | None = None
+    #: where the lesion is (atlas region and side); None -> finding site "Brain" (node/sr/sites.py)
+    site: LesionSite | None = None
 
     def __post_init__(self) -> None:
         if self.segment_number < 1:
