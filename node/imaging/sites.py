@@ -134,13 +134,13 @@ def _read_labels(text: str) -> dict[int, str]:
 @functools.lru_cache(maxsize=1)
 def region_atlas() -> sitk.Image:
     """AAL3 on its own 1 mm MNI grid (LPS), relabelled to region indices (uint8; 0 = no label)."""
-    root = importlib.resources.files(ATLAS_PACKAGE)
     try:
+        root = importlib.resources.files(ATLAS_PACKAGE)
         names = _read_labels((root / ATLAS_LABELS).read_text(encoding="utf-8"))
         with importlib.resources.as_file(root / ATLAS_IMAGE) as path:
             atlas = sitk.ReadImage(str(path), sitk.sitkUInt16)
-    except (OSError, RuntimeError) as exc:
-        raise ProcessingError(f"the AAL3 atlas is missing from the {ATLAS_PACKAGE} installation: {exc}") from exc
+    except (ImportError, OSError, RuntimeError) as exc:
+        raise ProcessingError(f"the AAL3 atlas is missing (is {ATLAS_PACKAGE} installed?): {exc}") from exc
     lut = np.zeros(max(names) + 1, dtype=np.uint8)
     for value, name in names.items():
         lut[value] = _REGIONS.index(region_for_label(name)) + 1
