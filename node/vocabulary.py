@@ -7,6 +7,7 @@ bundles, the dashboard, the Celery wiring). Labelling *rules* (how a receptor re
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 
 #: Printed on every result object, model card and command output that carries a prediction.
@@ -81,3 +82,52 @@ class NotAssessedReason(StrEnum):
     FEATURES_FAILED = "features-failed"
     #: the model refused the lesion's inputs
     MODEL_REFUSED = "model-refused"
+class BrainRegion(StrEnum):
+    """The coarse region a lesion is named by (docs/atlas.md): AAL3 labels grouped, plus a brainstem rule."""
+
+    FRONTAL = "frontal lobe"
+    PARIETAL = "parietal lobe"
+    TEMPORAL = "temporal lobe"
+    OCCIPITAL = "occipital lobe"
+    INSULA = "insula"
+    CINGULATE = "cingulate gyrus"
+    CAUDATE = "caudate nucleus"
+    PUTAMEN = "putamen"
+    PALLIDUM = "globus pallidus"
+    ACCUMBENS = "nucleus accumbens"
+    THALAMUS = "thalamus"
+    BRAINSTEM = "brainstem"
+    CEREBELLUM = "cerebellum"
+
+
+class Hemisphere(StrEnum):
+    """Side of a lesion from its centroid's MNI x (RAS: negative is the patient's left); midline near x = 0."""
+
+    LEFT = "left"
+    RIGHT = "right"
+    MIDLINE = "midline"
+
+
+@dataclass(frozen=True)
+class LesionSite:
+    """Where a lesion is: the atlas region holding most of its voxels and the side of its centroid.
+
+    ``fraction`` is the share of the lesion's in-brain voxels that fall in ``region`` (0-1);
+    ``mni_centroid_ras`` the centroid in MNI millimetres (RAS, as papers quote them).
+    """
+
+    region: BrainRegion
+    hemisphere: Hemisphere
+    fraction: float
+    mni_centroid_ras: tuple[float, float, float]
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.fraction <= 1.0:
+            raise ValueError(f"site fraction must lie in (0, 1], got {self.fraction}")
+
+    def describe(self) -> str:
+        """In words, e.g. ``"left frontal lobe (82 % of the lesion)"`` or ``"brainstem, midline"``."""
+        share = f"{100 * self.fraction:.0f} % of the lesion"
+        if self.hemisphere is Hemisphere.MIDLINE:
+            return f"{self.region.value}, midline ({share})"
+        return f"{self.hemisphere.value} {self.region.value} ({share})"

@@ -38,6 +38,7 @@ from node.imaging.loading import load_study
 from node.imaging.preprocess import PreprocessSettings, load_preprocess_settings, preprocess
 from node.imaging.scope import ScopeParams, load_scope_params
 from node.imaging.series_rules import SeriesRules, load_rules
+from node.imaging.sites import attach_sites
 from node.imaging.table import QC_COLUMNS
 from node.imaging.types import LesionFeatures, StudyIdentity
 
@@ -147,6 +148,8 @@ def run_features(study_dir: Path, config: PipelineConfig | None = None) -> Featu
             pre = preprocess(study, config.preprocess)
         with _timed(timings, "features"):
             lesions = extract_features(pre, config.radiomics, shells_mm=config.preprocess.shells_mm)
+        with _timed(timings, "sites"):
+            lesions = attach_sites(lesions, pre)
         for lesion, segment in zip(lesions, pre.lesions, strict=True):
             lesion.qc.setdefault("tracking_uid", segment.tracking_uid or "")
         stage_timings = {f"preprocess.{k}": v for k, v in pre.timings.items()}

@@ -195,14 +195,14 @@ def _fov_fraction(transform: sitk.Transform, image: sitk.Image) -> float:
     return inside / len(zyx)
 
 
-def _auto_roi(t1ce: sitk.Image, params: PonsParams) -> tuple[np.ndarray, float, float, float]:
+def _auto_roi(t1ce: sitk.Image, params: PonsParams) -> tuple[np.ndarray, float, float, float, sitk.Transform]:
     """The warped ROI, the registration metric, the subject/template volume ratio of the affine and the fraction
-    of the ROI inside the T1CE's field of view."""
+    of the ROI inside the T1CE's field of view, and the transform (T1CE points -> template points)."""
     moving_mask = template_brain_mask(params.template_mask_margin_mm)
     transform, metric = register_affine(t1ce, mni_template(), params.registration, moving_mask=moving_mask)
     roi = sitk.Resample(_template_roi(), t1ce, transform, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
     volume_ratio = 1.0 / abs(float(np.linalg.det(np.array(transform.GetMatrix()).reshape(3, 3))))
-    return sitk.GetArrayFromImage(roi) > 0, metric, volume_ratio, _fov_fraction(transform, t1ce)
+    return sitk.GetArrayFromImage(roi) > 0, metric, volume_ratio, _fov_fraction(transform, t1ce), transform
 
 
 def pons_reference(
@@ -231,6 +231,7 @@ def pons_reference(
     failures: list[str] = []
     method: PonsMethod
     roi: np.ndarray | None = None
+    template_transform: sitk.Transform | None = None  # reused by node.imaging.sites
 
     reason: NotAssessedReason | None = None
     if provided is not None:
@@ -240,10 +241,11 @@ def pons_reference(
         if int(seg.sum()) < params.min_seg_voxels:
             failures.append(f"the pons segment has only {int(seg.sum())} voxel(s) at 1 mm")
         if params.auto and roi.any():
-            atlas_roi, metric, ratio, _ = _auto_roi(t1ce, params)
+            atlas_roi, metric, ratio, _, transform = _auto_roi(t1ce, params)
             qc["registration_metric"] = metric
             # judged only against a plausible atlas registration (a failed one says nothing about the segment)
             if atlas_roi.any() and params.min_head_volume_ratio <= ratio <= params.max_head_volume_ratio:
+                template_transform = transform  # plausible: node.imaging.sites reuses it
                 distance = float(np.linalg.norm(_centroid_mm(roi, t1ce) - _centroid_mm(atlas_roi, t1ce)))
                 qc["seg_atlas_distance_mm"] = distance
                 if distance > params.max_seg_atlas_distance_mm:
@@ -252,7 +254,7 @@ def pons_reference(
                         f"(limit {params.max_seg_atlas_distance_mm:.0f} mm)"
                     )
     elif params.auto:
-        roi, metric, volume_ratio, fov_fraction = _auto_roi(t1ce, params)
+        roi, metric, volume_ratio, fov_fraction, template_transform = _auto_roi(t1ce, params)
         method = "auto"
         qc["registration_metric"] = metric
         qc["subject_to_template_volume_ratio"] = volume_ratio
@@ -359,4 +361,5 @@ def pons_reference(
         t2_sd=s2,
         qc=qc,
         candidate=candidate,
+        template_transform=template_transform,
     )

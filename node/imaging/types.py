@@ -18,6 +18,8 @@ from typing import Literal
 
 import SimpleITK as sitk
 
+from node.vocabulary import LesionSite
+
 PonsMethod = Literal["seg", "auto", "whole-brain", "none"]  # "none": no usable reference (lesions not assessed)
 
 
@@ -101,6 +103,8 @@ class PonsReference:
     qc: dict[str, float | str | bool] = field(default_factory=dict)
     #: the region found but rejected by the QC (drawn on the QC key image, never used); None when it passed
     candidate: sitk.Image | None = None
+    #: the automatic pons step's template registration (T1CE points -> MNI template points), reused for sites
+    template_transform: sitk.Transform | None = None
 
 
 @dataclass(frozen=True)
@@ -128,3 +132,5 @@ class LesionFeatures:
     label: str
     features: dict[str, float]
     qc: dict[str, float | str | bool | int | None] = field(default_factory=dict)
+    #: where the lesion is (:mod:`node.imaging.sites`); None until sites are attached or when undetermined
+    site: LesionSite | None = None

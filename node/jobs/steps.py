@@ -29,7 +29,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pydicom
@@ -190,6 +190,7 @@ def predict_lesions(run: FeatureRun, models: ModelChoice, primary_subtype: str |
             her2_tier=heads.get(Task.HER2_3TIER), top_k=TOP_FEATURES,
             primary_subtype=primary_subtype if models.subtype.task.uses_primary else None,
         )
+        result = replace(result, site=lesion.site)
         results.append(result)
         summaries.append(LesionSummary.from_result(result, lesion.label))
     return LesionPredictions(tuple(results), tuple(summaries), (), tuple(refused))

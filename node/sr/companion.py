@@ -37,6 +37,7 @@ from node.sr.identity import fingerprint, result_identity, superseded
 from node.sr.not_assessed_page import not_assessed_lines, render_not_assessed_page
 from node.sr.qcpage import qc_pages, render_qc_page
 from node.sr.report import PROCESSING_EQUIPMENT_DESCRIPTION, lesion_summary, report_summary, write_instance
+from node.sr.sites import site_line
 
 ENCAPSULATED_PDF_STORAGE = "1.2.840.10008.5.1.4.1.1.104.1"
 SC_SERIES_NUMBER = 901
@@ -118,6 +119,7 @@ def _result_lines(content: ReportContent, lesion: LesionResult) -> list[str]:
         lines.append("WARNING - out of training distribution: " + "; ".join(lesion.ood_reasons))
     if (prior := superseded(content)) is not None:
         lines.append(f"NOTE - supersedes the earlier AI result of this study (SR {prior.sop_instance_uid}).")
+    lines.insert(1, site_line(lesion.site))
     return lines
 
 

@@ -30,7 +30,7 @@ from node.sr.assessment import NotAssessedLesion
 from node.sr.identity import ResultIdentity
 from node.sr.keyimage import QcView
 from node.sr.source import SourceStudy
-from node.vocabulary import BINARY_CLASSES, DISCLAIMER, HER2_TIER_CLASSES, SUBTYPE_CLASSES
+from node.vocabulary import BINARY_CLASSES, DISCLAIMER, HER2_TIER_CLASSES, SUBTYPE_CLASSES, LesionSite
 
 HEAD_CLASSES: dict[str, tuple[str, ...]] = {
     "subtype": SUBTYPE_CLASSES,
@@ -169,6 +169,8 @@ class LesionResult:
     pr: HeadResult | None = None
     her2: HeadResult | None = None
     her2_tier: HeadResult | None = None
+    #: where the lesion is (atlas region and side); None -> finding site "Brain" (node/sr/sites.py)
+    site: LesionSite | None = None
 
     def __post_init__(self) -> None:
         if self.segment_number < 1:

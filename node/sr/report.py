@@ -26,6 +26,7 @@ from node.sr import codes as C
 from node.sr.assessment import not_assessed_group, reference_evaluation
 from node.sr.content import AlgorithmInfo, HeadResult, LesionResult, ReportContent, SubtypeModel
 from node.sr.identity import PriorDocument, report_uids, superseded, supersession_text
+from node.sr.sites import finding_site
 from node.sr.source import SourceStudy
 
 SERIES_DESCRIPTION = "AI BC subtype of brain metastasis (research use)"
@@ -147,7 +148,7 @@ def _common(content: ReportContent, lesion: LesionResult) -> dict[str, Any]:
         "algorithm_id": algorithm_identification(content.algorithm),
         "finding_type": C.FINDING_SECONDARY_NEOPLASM,
         "finding_category": C.FINDING_CATEGORY_ABNORMAL_STRUCTURE,
-        "finding_sites": [hd.sr.FindingSite(C.FINDING_SITE_BRAIN)],
+        "finding_sites": [finding_site(lesion.site)],
     }
 
 
