@@ -29,8 +29,10 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from node import log
+from node.config import IndexLesionRule
 from node.errors import NodeError
 from node.imaging.pipeline import PipelineConfig, run_features
+from node.jobs.index import mark_index, patient_level
 from node.jobs.lesions import LesionSummary
 from node.jobs.model_set import load_model_set
 from node.jobs.primary import (
@@ -51,6 +53,7 @@ from node.jobs.steps import (
 from node.sr.content import AlgorithmInfo, ModelInfo, SubtypeModel
 from node.sr.failure import FailureContent, build_failure_report
 from node.sr.identity import ResultIdentity
+from node.sr.patient import PatientLevel
 from node.sr.report import write_instance
 from node.sr.validate import FAST_SR_CHECKS, validate_sr
 
@@ -79,6 +82,7 @@ class ProcessResult:
     warnings: tuple[str, ...]
     timings: dict[str, float]
     primary_source: str | None = None  # where the primary subtype the subtype model used came from
+    patient: PatientLevel | None = None  # the patient-level answer: index lesion, discordance (node.jobs.index)
 
     @property
     def paths(self) -> tuple[Path, ...]:
@@ -104,6 +108,7 @@ def process_study(
     companions: Sequence[str] = ("sc",),
     primary_attributes: tuple[str, ...] = DEFAULT_PRIMARY_ATTRIBUTES,
     identity: ResultIdentity | None = None,
+    index_rule: IndexLesionRule | str = IndexLesionRule.LARGEST,
 ) -> ProcessResult:
     """Analyse the study in ``study_dir`` and write the validated SR and companions into ``out_dir``.
 
@@ -136,6 +141,7 @@ def process_study(
             models = choose_models(model_set, primary.subtype)
             predictions = predict_lesions(run, models, primary.subtype)
         content = build_content(source, run, primary, models, predictions, identity)
+        content = patient_level(content, primary.subtype, index_rule)  # the index lesion (setting index_lesion)
         with _timed(timings, "sr"):
             written = write_outputs(content, out_dir, options.companions)
         timings["total"] = time.perf_counter() - start
@@ -146,11 +152,12 @@ def process_study(
         study_instance_uid=run.identity.study_instance_uid,
         sr_path=written.sr_path,
         companion_paths=written.companion_paths,
-        lesions=predictions.summaries,
+        lesions=mark_index(predictions.summaries, content.patient),
         subtype_model="with-primary" if with_primary else "without-primary",
         warnings=content.warnings,
         timings=timings,
         primary_source=primary.source if content.primary_subtype is not None else None,
+        patient=content.patient,
     )
 
 

@@ -13,6 +13,7 @@ def result_json(result: ProcessResult) -> dict[str, object]:
         "companions": [str(p) for p in result.companion_paths],
         "subtype_model": result.subtype_model,
         "lesions": [lesion.to_json() for lesion in result.lesions],
+        "patient": result.patient.to_json() if result.patient is not None else None,
         "warnings": list(result.warnings),
         "timings_s": {k: round(v, 3) for k, v in result.timings.items()},
         "disclaimer": DISCLAIMER,

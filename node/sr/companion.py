@@ -31,6 +31,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from node.sr import codes as C
 from node.sr.content import LesionResult, ReportContent, SubtypeModel
 from node.sr.identity import fingerprint, result_identity, superseded
+from node.sr.patient import companion_lines, statement
 from node.sr.report import PROCESSING_EQUIPMENT_DESCRIPTION, lesion_summary, report_summary, write_instance
 
 ENCAPSULATED_PDF_STORAGE = "1.2.840.10008.5.1.4.1.1.104.1"
@@ -90,8 +91,11 @@ def _waterfall(ax: Any, lesion: LesionResult) -> None:
 
 def _result_lines(content: ReportContent, lesion: LesionResult) -> list[str]:
     seg = content.source.segment(lesion.segment_number)
+    index = content.patient is not None and content.patient.index_segment == lesion.segment_number
     lines = [
-        f"{seg.label or 'Lesion'}  (SEG segment {lesion.segment_number}, volume {lesion.volume_ml:.2f} mL)",
+        *companion_lines(content.patient),
+        f"{seg.label or 'Lesion'}  (SEG segment {lesion.segment_number}, volume {lesion.volume_ml:.2f} mL)"
+        + ("  -  INDEX LESION" if index else ""),
         f"Predicted subtype: {lesion.subtype.label}   (p = {lesion.subtype.probability:.2f})",
         "   " + "   ".join(f"{k}: {p:.2f}" for k, p in lesion.subtype.probabilities.items()),
     ]
@@ -132,7 +136,7 @@ def render_page(content: ReportContent, lesion: LesionResult) -> Figure:
              color="#444444", va="top")  # fmt: skip
     lines = _result_lines(content, lesion)
     for i, line in enumerate(lines):
-        warn = line.startswith("WARNING")
+        warn = line.startswith(("WARNING", "DISCORDANT"))
         fig.text(0.02, 0.885 - i * 0.034, line, fontsize=14 if i < 2 else 12, va="top",
                  weight="bold" if i in (0, 1) or warn else "normal", color="#b03a2e" if warn else "black")  # fmt: skip
     top = 0.885 - len(lines) * 0.034 - 0.06
@@ -218,7 +222,8 @@ def render_pdf(content: ReportContent) -> bytes:
             plt.close(fig)
         fig = plt.figure(figsize=PAGE_INCHES, dpi=DPI)
         fig.text(0.02, 0.97, "Summary (as in the DICOM SR)", fontsize=16, weight="bold", va="top")
-        paragraphs = [report_summary(content), *(lesion_summary(content, lesion) for lesion in content.lesions)]
+        paragraphs = [*statement(content.patient), report_summary(content),
+                      *(lesion_summary(content, lesion) for lesion in content.lesions)]
         text = "\n\n".join(textwrap.fill(p, 150) for p in paragraphs)
         fig.text(0.02, 0.92, text, fontsize=10, va="top")
         models = "\n".join(f"model {m.task}: {m.name} {m.version}  sha256 {m.sha256}" for m in content.algorithm.models)

@@ -27,6 +27,7 @@ from pydicom.uid import generate_uid
 
 from node import __version__
 from node.sr.identity import ResultIdentity
+from node.sr.patient import PatientLevel
 from node.sr.source import SourceStudy
 from node.vocabulary import BINARY_CLASSES, DISCLAIMER, HER2_TIER_CLASSES, SUBTYPE_CLASSES
 
@@ -285,6 +286,8 @@ class ReportContent:
     warnings: tuple[str, ...] = field(default=())
     #: which document this is (deterministic UIDs, the SR it supersedes); None = derived from the evidence
     identity: ResultIdentity | None = None
+    #: the patient-level answer (index lesion, discordance with the primary); None = not stated
+    patient: PatientLevel | None = None
 
     def __post_init__(self) -> None:
         if not self.lesions:
@@ -304,6 +307,8 @@ class ReportContent:
             check_models(self.algorithm.models, lesion)
         if "research use only" not in self.disclaimer.lower():
             raise ValueError("the disclaimer must say 'research use only'")
+        if self.patient is not None:
+            self.patient.check(numbers)
 
 
 def top_contributions(

@@ -25,6 +25,7 @@ from pydicom.uid import generate_uid
 from node.sr import codes as C
 from node.sr.content import AlgorithmInfo, HeadResult, LesionResult, ReportContent, SubtypeModel
 from node.sr.identity import PriorDocument, report_uids, superseded, supersession_text
+from node.sr.patient import document_items, lesion_items, statement
 from node.sr.source import SourceStudy
 
 SERIES_DESCRIPTION = "AI BC subtype of brain metastasis (research use)"
@@ -167,6 +168,7 @@ def classification_group(content: ReportContent, lesion: LesionResult) -> Any:
     if content.primary_subtype is not None:
         qual.append(hd.sr.QualitativeEvaluation(C.PRIMARY_SUBTYPE, C.SUBTYPE_CODES[content.primary_subtype]))
     qual.append(hd.sr.QualitativeEvaluation(C.OOD_FLAG, C.YES if lesion.out_of_distribution else C.NO))
+    qual += lesion_items(content.patient, lesion.segment_number)
     return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
         **_common(content, lesion), qualitative_evaluations=qual, measurements=nums
     )
@@ -312,8 +314,10 @@ def build_report(
         ),
         referenced_images=None,
     )
-    texts = [report_summary(content), *(lesion_summary(content, lesion) for lesion in content.lesions)]
+    texts = [*statement(content.patient), report_summary(content),
+             *(lesion_summary(content, lesion) for lesion in content.lesions)]
     report[0].ContentSequence.append(qualitative_container(texts))
+    report[0].ContentSequence[-1].ContentSequence[0:0] = document_items(content.patient)
     return build_document(
         content.source.evidence,
         report,
