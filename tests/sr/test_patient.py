@@ -31,7 +31,8 @@ def _with_patient(content: ReportContent, index: int, primary: str | None, rule:
 
 
 def _container(ds: Dataset) -> Dataset:
-    return next(i for i in ds.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "C0034375")
+    found: Dataset = next(i for i in ds.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "C0034375")
+    return found
 
 
 def _codes(item: Dataset) -> dict[str, str]:
