@@ -128,7 +128,7 @@ def test_single_frame_series_with_mixed_orientations_is_still_refused(tmp_path: 
     files = [*_single_frames(AXIAL_FINE, tmp_path / "s", "mix"),
              *_single_frames(SAGITTAL_COARSE, tmp_path / "s2", "mix")]
     ref = _only(tmp_path / "s")
-    ref = type(ref)(**{**ref.__dict__, "files": tuple(files)})  # type: ignore[call-arg]
+    ref = type(ref)(**{**ref.__dict__, "files": tuple(files)})
     with pytest.raises(GeometryError, match="mixes slice orientations"):
         read_series_volume(ref)  # type: ignore[arg-type]
 

@@ -150,7 +150,7 @@ def _check_result(result: ProcessResult, index: int) -> dict[str, Any]:
     coded, texts = _document_codes(result.sr_path)
     assert coded[P.PATIENT_SUBTYPE.value] == C.SUBTYPE_CODES[result.patient.subtype].value
     assert texts[0].startswith(f"Patient-level predicted subtype: {result.patient.subtype}")
-    data = json.loads(json.dumps(result_json(result)))
+    data: dict[str, Any] = json.loads(json.dumps(result_json(result)))
     assert [lesion["index"] for lesion in data["lesions"]] == [n == index for n in (1, 2)]
     assert data["patient"]["index_segment"] == index
     index_lesion = next(lesion for lesion in data["lesions"] if lesion["index"])
