@@ -50,6 +50,7 @@ def _largest(results: Sequence[LesionResult]) -> LesionResult:
 def choose_index(results: Sequence[LesionResult], source: SourceStudy,
                  rule: IndexLesionRule | str = IndexLesionRule.LARGEST) -> tuple[LesionResult, str, tuple[str, ...]]:
     """The index lesion among ``results``, the rule applied (``largest`` / ``seg``) and warnings."""
+    results = [r for r in results if getattr(r, "subtype", None) is not None]  # predicted lesions only
     if not results:
         raise ValueError("no predicted lesion to choose an index lesion from")
     rule = IndexLesionRule(rule)
