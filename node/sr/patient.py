@@ -5,10 +5,11 @@ The method analysed one lesion per patient, so one *index lesion* per study carr
 object; the functions here turn it into SR content items and into the words of the text summary and companion:
 
 * each lesion's classification group gets ``INDEXLESION`` = Yes / No (:func:`lesion_items`);
-* the document-level "Qualitative Evaluations" container (TID 1500 row 12) gets, before the TEXT comments,
+* the document-level "Qualitative Evaluations" container (TID 1500 row 12) gets, after the TEXT comments,
   ``PATSUBTYPE`` (the index lesion's predicted subtype), ``INDEXRULE`` (how the index lesion was chosen) and, when
   the primary-tumour subtype is known, ``PRIMREF`` (that subtype) and ``DISCORDANT`` = Yes / No
-  (:func:`document_items`), plus the statement of :func:`statement` as the first TEXT comment.
+  (:func:`document_items`), and the statement of :func:`statement` as the TEXT comment right after the report
+  summary (which stays the container's first item), before the per-lesion lines.
 
 Research use only, not for diagnosis.
 """
@@ -104,7 +105,8 @@ class PatientLevel:
 
 
 def statement(patient: PatientLevel | None) -> list[str]:
-    """The patient-level sentence(s) of the text summary: first in the SR's comments and the PDF summary."""
+    """The patient-level sentence(s) of the text summary: after the report summary in the SR's comments, first in
+    the PDF summary and the ``ainode analyse`` text."""
     if patient is None:
         return []
     text = (f"Patient-level predicted subtype: {patient.subtype} (p={patient.probability:.2f}), from the index "

@@ -314,10 +314,10 @@ def build_report(
         ),
         referenced_images=None,
     )
-    texts = [*statement(content.patient), report_summary(content),
+    texts = [report_summary(content), *statement(content.patient),
              *(lesion_summary(content, lesion) for lesion in content.lesions)]
     report[0].ContentSequence.append(qualitative_container(texts))
-    report[0].ContentSequence[-1].ContentSequence[0:0] = document_items(content.patient)
+    report[0].ContentSequence[-1].ContentSequence.extend(document_items(content.patient))  # after the TEXTs
     return build_document(
         content.source.evidence,
         report,

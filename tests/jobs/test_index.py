@@ -149,7 +149,7 @@ def _check_result(result: ProcessResult, index: int) -> dict[str, Any]:
     assert result.patient is not None and result.patient.index_segment == index
     coded, texts = _document_codes(result.sr_path)
     assert coded[P.PATIENT_SUBTYPE.value] == C.SUBTYPE_CODES[result.patient.subtype].value
-    assert texts[0].startswith(f"Patient-level predicted subtype: {result.patient.subtype}")
+    assert texts[1].startswith(f"Patient-level predicted subtype: {result.patient.subtype}")
     data: dict[str, Any] = json.loads(json.dumps(result_json(result)))
     assert [lesion["index"] for lesion in data["lesions"]] == [n == index for n in (1, 2)]
     assert data["patient"]["index_segment"] == index
@@ -172,8 +172,8 @@ def test_two_lesion_study_has_one_index_lesion_and_the_discordance_flag(
     assert data["patient"]["discordant"] is discordant
     assert coded[P.DISCORDANT.value] == (C.YES if discordant else C.NO).value
     assert coded[P.PRIMARY_REFERENCE.value] == C.SUBTYPE_CODES["TN"].value
-    assert ("DISCORDANT with the primary tumour" in texts[0]) is discordant
-    assert ("Concordant with the primary tumour (TN)" in texts[0]) is not discordant
+    assert ("DISCORDANT with the primary tumour" in texts[1]) is discordant
+    assert ("Concordant with the primary tumour (TN)" in texts[1]) is not discordant
 
     # the SEG names the smaller lesion as the target: with index_lesion=seg it is the index lesion
     smaller = 3 - largest

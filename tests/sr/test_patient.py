@@ -69,8 +69,11 @@ def test_discordant_index_lesion_is_coded_and_said_first(content: ReportContent,
     assert coded[P.INDEX_RULE.value] == "IDX_LARGEST"
     assert coded[P.PRIMARY_REFERENCE.value] == C.SUBTYPE_CODES["HR-/HER2+"].value
     assert coded[P.DISCORDANT.value] == C.YES.value
-    first_text = next(i.TextValue for i in container.ContentSequence if i.ValueType == "TEXT")
+    texts = [i.TextValue for i in container.ContentSequence if i.ValueType == "TEXT"]
+    assert texts[0].startswith("AI prediction - ")  # the report summary stays first
+    first_text = texts[1]
     assert first_text.startswith("Patient-level predicted subtype: TN")
+    assert container.ContentSequence[-1].ValueType == "CODE"  # coded items after the comments
     assert "index lesion SEG segment 2" in first_text and "DISCORDANT with the primary tumour" in first_text
     lines = _result_lines(report, report.lesions[1])
     assert lines[0].startswith("PATIENT LEVEL: predicted subtype TN") and lines[1].startswith("DISCORDANT")
@@ -85,7 +88,7 @@ def test_concordant_primary_is_not_flagged(content: ReportContent, tmp_path: Pat
     coded = _codes(_container(ds))
     assert coded[P.DISCORDANT.value] == C.NO.value and coded[P.INDEX_RULE.value] == "IDX_SEG"
     assert _index_flags(path) == {1: C.YES.value, 2: C.NO.value}
-    assert "Concordant with the primary tumour (HR-/HER2+)" in _container(ds).ContentSequence[4].TextValue
+    assert "Concordant with the primary tumour (HR-/HER2+)" in _container(ds).ContentSequence[1].TextValue
     assert not any(line.startswith("DISCORDANT") for line in _result_lines(report, report.lesions[0]))
 
 
