@@ -120,8 +120,10 @@ def companion_lines(patient: PatientLevel | None) -> list[str]:
     """The lines a companion page starts with (the patient-level answer first)."""
     if patient is None:
         return []
-    lines = [f"PATIENT LEVEL: predicted subtype {patient.subtype} (p = {patient.probability:.2f})  -  index lesion "
-             f"{patient.index_name()}, {patient.rule_text()}"]
+    label = patient.index_label if len(patient.index_label) <= 24 else patient.index_label[:23] + "…"
+    rule = "largest" if patient.rule == "largest" else "named in SEG"
+    lines = [f"PATIENT LEVEL: predicted subtype {patient.subtype} (p = {patient.probability:.2f})  -  index lesion: "
+             f"segment {patient.index_segment}" + (f" ({label})" if label else "") + f", {rule}"]
     if (discordance := patient.discordance_text()) is not None:
         lines.append(discordance)
     return lines
