@@ -76,7 +76,10 @@ def choose_index(results: Sequence[LesionResult], source: SourceStudy,
 def patient_level(content: ReportContent, primary_subtype: str | None,
                   rule: IndexLesionRule | str = IndexLesionRule.LARGEST) -> ReportContent:
     """``content`` with its patient-level answer (and the choice's warnings appended); ``primary_subtype`` is the
-    known primary-tumour subtype (whichever subtype model ran), None when unknown."""
+    known primary-tumour subtype (whichever subtype model ran), None when unknown. A report without any predicted
+    lesion (every lesion not assessed) states no patient-level answer: ``content`` is returned as it is."""
+    if not any(getattr(lesion, "subtype", None) is not None for lesion in content.lesions):
+        return content
     index, applied, warnings = choose_index(content.lesions, content.source, rule)
     patient = PatientLevel(
         index_segment=index.segment_number, rule=applied, subtype=index.subtype.label,

@@ -308,7 +308,7 @@ class ReportContent:
         if "research use only" not in self.disclaimer.lower():
             raise ValueError("the disclaimer must say 'research use only'")
         if self.patient is not None:
-            self.patient.check(numbers)
+            self.patient.check(lesion.segment_number for lesion in self.lesions)  # a predicted lesion
 
 
 def top_contributions(

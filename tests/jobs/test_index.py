@@ -107,6 +107,8 @@ def test_discordance_with_a_known_primary(synth_case: SynthCase) -> None:
     assert concordant.patient is not None and concordant.patient.discordant is False
     unknown = patient_level(content, None)
     assert unknown.patient is not None and unknown.patient.discordant is None
+    with pytest.raises(ValueError, match="no predicted lesion"):
+        choose_index((), content.source)
     summaries = tuple(LesionSummary.from_result(r, "") for r in content.lesions)
     assert [s.index for s in mark_index(summaries, discordant.patient)] == [False, True]
 
