@@ -81,6 +81,13 @@ class LateInstancePolicy(enum.StrEnum):
     IGNORE = "ignore"  # store and audit it, but do not reprocess
 
 
+class IndexLesionRule(enum.StrEnum):
+    """Which predicted lesion carries the patient-level answer (node.jobs.index)."""
+
+    LARGEST = "largest"  # the largest enhancing lesion by volume
+    SEG = "seg"  # the segment the SEG names "index" / "target"; the largest when none is named
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the listener and the ledger need; build it with :meth:`Settings.load`."""
@@ -140,6 +147,7 @@ class Settings:
     web_token_file: Path | None = None
     web_trusted_proxies: tuple[Network, ...] = ()
     web_secure_cookies: bool = False
+    index_lesion: IndexLesionRule = IndexLesionRule.LARGEST
 
     @property
     def hard_time_limit(self) -> float:
@@ -318,6 +326,7 @@ _PARSERS: dict[str, Callable[[object, str], Any]] = {
     "web_token_file": parse_optional_path,
     "web_trusted_proxies": parse_networks,
     "web_secure_cookies": parse_bool,
+    "index_lesion": choice(IndexLesionRule),
 }
 assert set(_PARSERS) == {f.name for f in fields(Settings)}, "every setting needs a parser"
 

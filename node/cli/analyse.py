@@ -19,6 +19,7 @@ from node.imaging.pipeline import PipelineConfig
 from node.jobs.lesions import LesionSummary
 from node.jobs.process import ProcessResult, process_study, write_failure_report
 from node.jobs.summary import result_json
+from node.sr.patient import statement
 from node.vocabulary import DISCLAIMER
 
 HEAD_NAMES = {"er": "ER", "pr": "PR", "her2": "HER2", "her2-3tier": "HER2 3-tier"}
@@ -59,11 +60,13 @@ def _companions(value: str) -> tuple[str, ...]:
 
 def run(args: argparse.Namespace) -> int:
     config = PipelineConfig.load(args.rules, args.pipeline_config, args.radiomics_config)
-    attributes = Settings.load().primary_subtype_attributes
+    settings = Settings.load()
+    attributes = settings.primary_subtype_attributes
     try:
         result = process_study(
             args.study_dir, args.out, models_dir=args.models, primary_subtype=args.primary_subtype,
             config=config, companions=_companions(args.companions), primary_attributes=attributes,
+            index_rule=settings.index_lesion,
         )
     except (InvalidStudyError, ProcessingError) as exc:
         failure = write_failure_report(args.study_dir, args.out, exc, models_dir=args.models)
@@ -76,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _lesion_lines(lesion: LesionSummary) -> list[str]:
     lines = [
-        f"{lesion.label or 'Lesion'} (SEG segment {lesion.segment_number}, {lesion.volume_ml:.2f} mL)",
+        f"{lesion.label or 'Lesion'} (SEG segment {lesion.segment_number}, {lesion.volume_ml:.2f} mL)"
+        + ("  - INDEX LESION" if lesion.index else ""),
         f"  subtype          {lesion.subtype}  (p={lesion.probability:.2f})",
     ]
     for task, head in lesion.heads.items():
@@ -96,6 +100,7 @@ def summary(result: ProcessResult) -> str:
     lines = [
         f"AI prediction - {DISCLAIMER}. Not verified by a physician.",
         f"Study {result.study_instance_uid}: {len(result.lesions)} lesion(s); subtype model {variant}.",
+        *statement(result.patient),
         "",
     ]
     for lesion in result.lesions:

@@ -108,6 +108,9 @@ SETTING_HELP: dict[str, str] = {
     "or a YAML list): from these, `X-Forwarded-For` names the client (login limits, audit) and "
     "`X-Forwarded-Proto: https` makes the session cookie `Secure`; none = the headers are ignored",
     "web_secure_cookies": "always mark the session cookie `Secure` (the dashboard is only reached over HTTPS)",
+    "index_lesion": "which predicted lesion carries the patient-level answer: `largest` (the largest enhancing "
+    "lesion by volume) or `seg` (the segment whose label or description names it `index` / `target`; the largest, "
+    "with a warning, when none does)",
 }
 
 

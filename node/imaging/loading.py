@@ -41,8 +41,8 @@ def load_study(study_dir: Path, rules: SeriesRules | None = None) -> LoadedStudy
         raise SegmentationError(
             f"the T1CE {identified.t1ce.describe()} has no FrameOfReferenceUID, so the SEG cannot be tied to it"
         )
-    t1ce = read_series_volume(identified.t1ce)
-    t2 = read_series_volume(identified.t2)
+    t1ce = read_series_volume(identified.t1ce, warnings)  # an Enhanced MR object's stacks: a note in warnings
+    t2 = read_series_volume(identified.t2, warnings)
     lesions, pons = read_segments(identified.seg, identified.t1ce, t1ce, rules, warnings=warnings)
     identity = StudyIdentity(
         study_instance_uid=identified.t1ce.study_instance_uid,

@@ -5,6 +5,8 @@ Frames are placed by ImagePositionPatient along the slice normal (row cosine × 
 file names and InstanceNumber do not matter. The result follows ``node.imaging.types``: ITK x = column,
 y = row, z = slice; direction columns = row cosine, column cosine, normal; rescale slope/intercept applied.
 Irregular stacks (gaps, duplicate positions, mixed orientations or sizes) raise :class:`GeometryError`.
+A multi-frame object holding several stacks (StackID, orientations) is split and the finest stack used
+(:mod:`node.imaging.stacks`); MONOCHROME1 is inverted before the rescale (:mod:`node.imaging.photometric`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import struct
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +28,8 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from node.errors import CorruptInstanceError, GeometryError, UnsupportedInstanceError
+from node.imaging.photometric import to_monochrome2
+from node.imaging.stacks import choose_volume, split_stacks
 from node.imaging.types import SeriesRef
 
 logger = logging.getLogger(__name__)
@@ -40,6 +45,7 @@ class _Frame:
     pixel_spacing: tuple[float, float]  # (between rows, between columns)
     pixels: npt.NDArray[np.float32]  # rows x columns, real-world values
     source: str
+    stack: str | None = None  # multi-frame: the frame's StackID ("" when none); None: a single-frame file
 
 
 _READ_ERRORS = (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError, IndexError, struct.error)
@@ -118,7 +124,7 @@ def _single_frames(ds: Dataset, path: Path) -> Iterator[_Frame]:
         position=_floats(ds.get("ImagePositionPatient"), 3, "ImagePositionPatient", path),
         orientation=_floats(ds.get("ImageOrientationPatient"), 6, "ImageOrientationPatient", path),
         pixel_spacing=(float(spacing[0]), float(spacing[1])),
-        pixels=(pixels.astype(np.float64) * slope + intercept).astype(np.float32),
+        pixels=(to_monochrome2(ds, pixels, path) * slope + intercept).astype(np.float32),
         source=path.name,
     )
 
@@ -146,12 +152,14 @@ def _multi_frames(ds: Dataset, path: Path) -> Iterator[_Frame]:
         slope = float(transform.get("RescaleSlope", 1.0)) if transform is not None else 1.0
         intercept = float(transform.get("RescaleIntercept", 0.0)) if transform is not None else 0.0
         spacing = _floats(measures.get("PixelSpacing"), 2, "PixelSpacing", path)
+        content = _group(groups, None, "FrameContentSequence")
         yield _Frame(
             position=_floats(plane.get("ImagePositionPatient"), 3, "ImagePositionPatient", path),
             orientation=_floats(orient.get("ImageOrientationPatient"), 6, "ImageOrientationPatient", path),
             pixel_spacing=(float(spacing[0]), float(spacing[1])),
-            pixels=(pixels[index].astype(np.float64) * slope + intercept).astype(np.float32),
+            pixels=(to_monochrome2(ds, pixels[index], path) * slope + intercept).astype(np.float32),
             source=f"{path.name} frame {index + 1}",
+            stack=str(content.get("StackID", "") or "").strip() if content is not None else "",
         )
 
 
@@ -181,9 +189,24 @@ def _check_consistent(ref: SeriesRef, frames: list[_Frame]) -> None:
             raise GeometryError(f"series {ref.describe()} mixes pixel spacings ({frame.source})")
 
 
-def read_series_volume(ref: SeriesRef) -> sitk.Image:
-    """Read ``ref`` into a float32 image in ITK-conventional axes and LPS coordinates."""
+def read_series_volume(ref: SeriesRef, notes: list[str] | None = None) -> sitk.Image:
+    """Read ``ref`` into a float32 image in ITK-conventional axes and LPS coordinates; a multi-frame object with
+    several stacks gives its finest stack, and a note saying so is appended to ``notes``."""
     frames = _frames(ref)
+    if any(f.stack is not None for f in frames):
+        stacks = split_stacks(frames, lambda f: f.stack or "", lambda f: f.orientation)
+        if len(stacks) > 1:
+            candidates = [(stack, partial(_volume, ref, list(stack.frames))) for stack in stacks]
+            image, note = choose_volume(candidates, f"series {ref.describe()}")
+            logger.info("%s", note)
+            if notes is not None:
+                notes.append(note)
+            return image
+    return _volume(ref, frames)
+
+
+def _volume(ref: SeriesRef, frames: list[_Frame]) -> sitk.Image:
+    """The volume of one stack of frames (all one orientation and size, regularly spaced)."""
     if len(frames) < 2:
         raise GeometryError(f"series {ref.describe()} has {len(frames)} slice(s); a 3-D volume needs at least 2")
     _check_consistent(ref, frames)

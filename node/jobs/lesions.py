@@ -8,7 +8,8 @@ SHAP contributions to 4). :meth:`LesionSummary.to_json` gives the shape written 
 
 ``segment_number``, ``label``, ``volume_ml``, ``subtype``, ``probability``, ``probabilities``, ``heads``
 (per receptor task: ``label``, ``probability``, ``probabilities``, ``out_of_distribution``), ``top_features``
-(``[name, SHAP contribution]``, largest first), ``shap_units``, ``out_of_distribution``, ``ood_reasons``.
+(``[name, SHAP contribution]``, largest first), ``shap_units``, ``out_of_distribution``, ``ood_reasons``,
+``index`` (true for the index lesion that carries the patient-level answer, :mod:`node.jobs.index`).
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ class LesionSummary:
     shap_units: str = ""
     out_of_distribution: bool = False
     ood_reasons: tuple[str, ...] = ()
+    index: bool = False  # the index lesion: carries the patient-level answer (node.jobs.index)
 
     @classmethod
     def from_result(cls, result: LesionResult, label: str, top: int = SUMMARY_TOP_FEATURES) -> LesionSummary:
@@ -104,6 +106,7 @@ class LesionSummary:
             "shap_units": self.shap_units,
             "out_of_distribution": self.out_of_distribution,
             "ood_reasons": list(self.ood_reasons),
+            "index": self.index,
         }
 
     @classmethod
@@ -122,4 +125,5 @@ class LesionSummary:
             shap_units=str(data.get("shap_units", "")),
             out_of_distribution=bool(data.get("out_of_distribution", False)),
             ood_reasons=tuple(str(r) for r in data.get("ood_reasons", [])),
+            index=bool(data.get("index", False)),
         )

@@ -30,8 +30,10 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from node import log
+from node.config import IndexLesionRule
 from node.errors import NodeError
 from node.imaging.pipeline import PipelineConfig, run_features
+from node.jobs.index import mark_index, patient_level
 from node.jobs.lesions import LesionSummary
 from node.jobs.model_set import load_model_set
 from node.jobs.primary import (
@@ -54,6 +56,7 @@ from node.sr.assessment import NotAssessedLesion
 from node.sr.content import AlgorithmInfo, ModelInfo, SubtypeModel
 from node.sr.failure import FailureContent, build_failure_report
 from node.sr.identity import ResultIdentity
+from node.sr.patient import PatientLevel
 from node.sr.report import write_instance
 from node.sr.validate import FAST_SR_CHECKS, validate_sr
 
@@ -83,6 +86,7 @@ class ProcessResult:
     timings: dict[str, float]
     primary_source: str | None = None  # where the primary subtype the subtype model used came from
     not_assessed: tuple[NotAssessedLesion, ...] = ()  # segments refused, each with its reason (coded and text)
+    patient: PatientLevel | None = None  # the patient-level answer: index lesion, discordance (node.jobs.index)
 
     @property
     def paths(self) -> tuple[Path, ...]:
@@ -108,6 +112,7 @@ def process_study(
     companions: Sequence[str] = ("sc",),
     primary_attributes: tuple[str, ...] = DEFAULT_PRIMARY_ATTRIBUTES,
     identity: ResultIdentity | None = None,
+    index_rule: IndexLesionRule | str = IndexLesionRule.LARGEST,
 ) -> ProcessResult:
     """Analyse the study in ``study_dir`` and write the validated SR and companions into ``out_dir``.
 
@@ -141,6 +146,7 @@ def process_study(
             scope = check_scope(run, source, config.scope)
             predictions = predict_lesions(scope.admitted(run), models, primary.subtype)
         content = build_content(source, run, primary, models, predictions, identity, scope)
+        content = patient_level(content, primary.subtype, index_rule)  # the index lesion (setting index_lesion)
         with _timed(timings, "sr"):
             written = write_outputs(content, out_dir, options.companions)
         timings["total"] = time.perf_counter() - start
@@ -151,12 +157,13 @@ def process_study(
         study_instance_uid=run.identity.study_instance_uid,
         sr_path=written.sr_path,
         companion_paths=written.companion_paths,
-        lesions=predictions.summaries,
+        lesions=mark_index(predictions.summaries, content.patient),
         subtype_model="with-primary" if with_primary else "without-primary",
         warnings=content.warnings,
         timings=timings,
         primary_source=primary.source if content.primary_subtype is not None else None,
         not_assessed=content.not_assessed,
+        patient=content.patient,
     )
 
 

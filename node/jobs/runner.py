@@ -136,7 +136,8 @@ def run_process_job(
     try:
         result = process_study(study_dir, out_dir, models_dir=ctx.options.models_dir,
                                primary_lookup=primary_lookup(ctx.repo),
-                               primary_attributes=ctx.options.primary_attributes, identity=identity)
+                               primary_attributes=ctx.options.primary_attributes, identity=identity,
+                               index_rule=ctx.settings.index_lesion)
     except InvalidStudyError as exc:
         logger.warning("study cannot be processed: %s", exc.message)
         report = None

@@ -14,6 +14,7 @@ def result_json(result: ProcessResult) -> dict[str, object]:
         "subtype_model": result.subtype_model,
         "lesions": [lesion.to_json() for lesion in result.lesions],
         "not_assessed": [item.to_json() for item in result.not_assessed],
+        "patient": result.patient.to_json() if result.patient is not None else None,
         "warnings": list(result.warnings),
         "timings_s": {k: round(v, 3) for k, v in result.timings.items()},
         "disclaimer": DISCLAIMER,

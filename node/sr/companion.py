@@ -35,6 +35,7 @@ from node.sr import codes as C
 from node.sr.content import LesionResult, ReportContent, SubtypeModel
 from node.sr.identity import fingerprint, result_identity, superseded
 from node.sr.not_assessed_page import not_assessed_lines, render_not_assessed_page
+from node.sr.patient import companion_lines, statement
 from node.sr.qcpage import qc_pages, render_qc_page
 from node.sr.report import PROCESSING_EQUIPMENT_DESCRIPTION, lesion_summary, report_summary, write_instance
 from node.sr.sites import site_line
@@ -96,8 +97,12 @@ def _waterfall(ax: Any, lesion: LesionResult) -> None:
 
 def _result_lines(content: ReportContent, lesion: LesionResult) -> list[str]:
     seg = content.source.segment(lesion.segment_number)
+    index = content.patient is not None and content.patient.index_segment == lesion.segment_number
+    patient = companion_lines(content.patient)
     lines = [
-        f"{seg.label or 'Lesion'}  (SEG segment {lesion.segment_number}, volume {lesion.volume_ml:.2f} mL)",
+        *patient,
+        f"{seg.label or 'Lesion'}  (SEG segment {lesion.segment_number}, volume {lesion.volume_ml:.2f} mL)"
+        + ("  -  INDEX LESION" if index else ""),
         f"Predicted subtype: {lesion.subtype.label}   (p = {lesion.subtype.probability:.2f})",
         "   " + "   ".join(f"{k}: {p:.2f}" for k, p in lesion.subtype.probabilities.items()),
     ]
@@ -119,7 +124,7 @@ def _result_lines(content: ReportContent, lesion: LesionResult) -> list[str]:
         lines.append("WARNING - out of training distribution: " + "; ".join(lesion.ood_reasons))
     if (prior := superseded(content)) is not None:
         lines.append(f"NOTE - supersedes the earlier AI result of this study (SR {prior.sop_instance_uid}).")
-    lines.insert(1, site_line(lesion.site))
+    lines.insert(len(patient) + 1, site_line(lesion.site))  # under the lesion's own line
     return lines
 
 
@@ -139,7 +144,7 @@ def render_page(content: ReportContent, lesion: LesionResult) -> Figure:
              color="#444444", va="top")  # fmt: skip
     lines = _result_lines(content, lesion)
     for i, line in enumerate(lines):
-        warn = line.startswith("WARNING")
+        warn = line.startswith(("WARNING", "DISCORDANT"))
         fig.text(0.02, 0.885 - i * 0.034, line, fontsize=14 if i < 2 else 12, va="top",
                  weight="bold" if i in (0, 1) or warn else "normal", color="#b03a2e" if warn else "black")  # fmt: skip
     top = 0.885 - len(lines) * 0.034 - 0.06
@@ -253,7 +258,8 @@ def render_pdf(content: ReportContent) -> bytes:
             plt.close(fig)
         fig = plt.figure(figsize=PAGE_INCHES, dpi=DPI)
         fig.text(0.02, 0.97, "Summary (as in the DICOM SR)", fontsize=16, weight="bold", va="top")
-        paragraphs = [report_summary(content), *(lesion_summary(content, lesion) for lesion in content.lesions)]
+        paragraphs = [*statement(content.patient), report_summary(content),
+                      *(lesion_summary(content, lesion) for lesion in content.lesions)]
         paragraphs += not_assessed_lines(content)[1:]
         text = "\n\n".join(textwrap.fill(p, 150) for p in paragraphs)
         fig.text(0.02, 0.92, text, fontsize=10, va="top")

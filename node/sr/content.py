@@ -29,6 +29,7 @@ from node import __version__
 from node.sr.assessment import NotAssessedLesion
 from node.sr.identity import ResultIdentity
 from node.sr.keyimage import QcView
+from node.sr.patient import PatientLevel
 from node.sr.source import SourceStudy
 from node.vocabulary import BINARY_CLASSES, DISCLAIMER, HER2_TIER_CLASSES, SUBTYPE_CLASSES, LesionSite
 
@@ -294,6 +295,8 @@ class ReportContent:
     qc_views: tuple[QcView, ...] = ()
     #: the segments the node refused to predict, each with its reason (node.sr.assessment)
     not_assessed: tuple[NotAssessedLesion, ...] = ()
+    #: the patient-level answer (index lesion, discordance with the primary); None = not stated
+    patient: PatientLevel | None = None
 
     def __post_init__(self) -> None:
         if not self.lesions and not self.not_assessed:
@@ -313,6 +316,8 @@ class ReportContent:
             check_models(self.algorithm.models, lesion)
         if "research use only" not in self.disclaimer.lower():
             raise ValueError("the disclaimer must say 'research use only'")
+        if self.patient is not None:
+            self.patient.check(lesion.segment_number for lesion in self.lesions)  # a predicted lesion
 
 
 def top_contributions(

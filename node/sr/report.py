@@ -26,6 +26,7 @@ from node.sr import codes as C
 from node.sr.assessment import not_assessed_group, reference_evaluation
 from node.sr.content import AlgorithmInfo, HeadResult, LesionResult, ReportContent, SubtypeModel
 from node.sr.identity import PriorDocument, report_uids, superseded, supersession_text
+from node.sr.patient import document_items, lesion_items, statement
 from node.sr.sites import finding_site
 from node.sr.source import SourceStudy
 
@@ -182,6 +183,7 @@ def classification_group(content: ReportContent, lesion: LesionResult) -> Any:
         qual.append(hd.sr.QualitativeEvaluation(C.PRIMARY_SUBTYPE, C.SUBTYPE_CODES[content.primary_subtype]))
     qual.append(hd.sr.QualitativeEvaluation(C.OOD_FLAG, C.YES if lesion.out_of_distribution else C.NO))
     qual += reference_evaluation(content.pons.method)
+    qual += lesion_items(content.patient, lesion.segment_number)
     return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
         **_common(content, lesion), qualitative_evaluations=qual, measurements=nums
     )
@@ -331,9 +333,11 @@ def build_report(
         ),
         referenced_images=None,
     )
-    texts = [report_summary(content), *(lesion_summary(content, lesion) for lesion in content.lesions)]
+    texts = [report_summary(content), *statement(content.patient),
+             *(lesion_summary(content, lesion) for lesion in content.lesions)]
     texts += [item.describe() for item in content.not_assessed]
     report[0].ContentSequence.append(qualitative_container(texts))
+    report[0].ContentSequence[-1].ContentSequence.extend(document_items(content.patient))  # after the TEXTs
     return build_document(
         content.source.evidence,
         report,

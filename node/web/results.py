@@ -30,15 +30,22 @@ class JobResult:
     companions: tuple[str, ...] = field(default=())
     #: segments the node refused to predict, with the reason (``node.sr.assessment.NotAssessedLesion.to_json``)
     not_assessed: tuple[dict[str, Any], ...] = field(default=())
+    #: the patient-level answer (node.sr.patient.PatientLevel.to_json): index lesion, subtype, discordance
+    patient: dict[str, Any] | None = None
 
     @property
     def summary(self) -> str:
-        """One line for the studies list: the subtype of the most confident lesion, and how many lesions."""
+        """One line for the studies list: "not assessed" with the reasons when no lesion was predicted; else the
+        patient-level answer (the index lesion's subtype) when stated, else the subtype of the most confident
+        lesion; and how many lesions."""
         if not self.lesions and self.not_assessed:
             reasons = sorted({str(n.get("reason_meaning", n.get("reason", "?"))) for n in self.not_assessed})
             return "not assessed: " + "; ".join(reasons)
         if not self.lesions:
             return "no lesion analysed"
+        if self.patient is not None:
+            text = patient_text(self.patient) + (f" ({len(self.lesions)} lesions)" if len(self.lesions) > 1 else "")
+            return text + (f", {len(self.not_assessed)} not assessed" if self.not_assessed else "")
         best = max(self.lesions, key=lambda lesion: float(lesion.get("probability", 0.0)))
         text = f"{best.get('subtype', '?')} (p={float(best.get('probability', 0.0)):.2f})"
         others = len(self.lesions) - 1
@@ -51,6 +58,7 @@ class JobResult:
             "warnings": list(self.warnings), "timings_s": self.timings_s, "disclaimer": self.disclaimer,
             "sr": Path(self.sr).name, "companions": [Path(c).name for c in self.companions],
             "not_assessed": list(self.not_assessed),
+            "patient": self.patient,
         }
 
 
@@ -71,7 +79,19 @@ def parse_result(data: Any) -> JobResult:
         sr=str(data.get("sr", "")),
         companions=tuple(str(c) for c in data.get("companions", [])),
         not_assessed=tuple(n for n in data.get("not_assessed", []) or [] if isinstance(n, dict)),
+        patient=data["patient"] if isinstance(data.get("patient"), dict) else None,
     )
+
+
+def patient_text(patient: dict[str, Any]) -> str:
+    """"patient: TN (p=0.61), index segment 2; DISCORDANT with primary HR+/HER2-" (the dashboard's words)."""
+    text = (f"patient: {patient.get('subtype', '?')} (p={float(patient.get('probability', 0.0)):.2f}), "
+            f"index segment {patient.get('index_segment', '?')}")
+    if patient.get("discordant") is True:
+        text += f"; DISCORDANT with primary {patient.get('primary_subtype', '?')}"
+    elif patient.get("discordant") is False:
+        text += f"; concordant with primary {patient.get('primary_subtype', '?')}"
+    return text
 
 
 class ResultReader:

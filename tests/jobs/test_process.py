@@ -127,7 +127,9 @@ def test_analyse_without_primary_prints_what_the_radiologist_sees(
     assert status == 0, out
     assert out.startswith("AI prediction - Research use only, not for diagnosis.")
     assert "subtype model without the primary-tumour subtype" in out
-    assert out.count("SEG segment") == 2 and out.count("  ER ") == 2 and out.count("HER2 3-tier") == 2
+    # two lesion blocks and the patient-level line that names the index lesion (node.jobs.index)
+    assert out.count("SEG segment") == 3 and out.count("  ER ") == 2 and out.count("HER2 3-tier") == 2
+    assert "\nPatient-level predicted subtype: " in out and out.count("- INDEX LESION") == 1
     assert "top features" in out and "outside the training distribution" in out
     written = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert len(written) == 1 and written[0].startswith("SR_")  # --companions none: the SR only
@@ -252,6 +254,7 @@ def _old_lesion_json(lesion: LesionFeatures, volume_ml: float, subtype: Predicti
         "out_of_distribution": bool(reasons) or subtype.out_of_distribution
         or any(p.out_of_distribution for p in heads.values()),
         "ood_reasons": reasons,
+        "index": False,  # added with the index lesion (node.jobs.index); set by process_study, not here
     }
 
 
