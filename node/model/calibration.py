@@ -157,12 +157,12 @@ def calibration_in_the_large(y: Sequence[int] | IntArray, p: FloatArray) -> tupl
     theta = np.zeros(2)
     design = np.column_stack([np.ones_like(logit), logit])
     for _ in range(100):  # Newton with a tiny ridge (separable data stays finite)
-        q = 1 / (1 + np.exp(-(design @ theta)))
-        grad = design.T @ (yy - q) - 1e-6 * theta
-        hess = (design * (q * (1 - q))[:, None]).T @ design + 1e-6 * np.eye(2)
-        step = np.linalg.solve(hess, grad)
-        theta += step
-        if float(np.max(np.abs(step))) < 1e-10:
+        qv = 1 / (1 + np.exp(-(design @ theta)))
+        gradv = design.T @ (yy - qv) - 1e-6 * theta
+        hessm = (design * (qv * (1 - qv))[:, None]).T @ design + 1e-6 * np.eye(2)
+        stepv = np.linalg.solve(hessm, gradv)
+        theta += stepv
+        if float(np.max(np.abs(stepv))) < 1e-10:
             break
     return float(a), float(theta[1])
 
