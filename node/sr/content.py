@@ -27,6 +27,7 @@ from pydicom.uid import generate_uid
 
 from node import __version__
 from node.sr.identity import ResultIdentity
+from node.sr.provenance import manifest_provenance
 from node.sr.source import SourceStudy
 from node.vocabulary import BINARY_CLASSES, DISCLAIMER, HER2_TIER_CLASSES, SUBTYPE_CLASSES
 
@@ -92,6 +93,8 @@ class HeadResult:
     probabilities: Mapping[str, float]
     out_of_distribution: bool = False
     ood_reasons: tuple[str, ...] = ()
+    calibrated: bool = False  # probabilities calibrated to the training prevalence (node.model.calibration)
+    confidence_threshold: float | None = None  # "low confidence" below this top probability (from CV)
 
     def __post_init__(self) -> None:
         classes = HEAD_CLASSES.get(self.task)
@@ -113,6 +116,11 @@ class HeadResult:
     def probability(self) -> float:
         return float(self.probabilities[self.label])
 
+    @property
+    def low_confidence(self) -> bool | None:
+        """True below the model's CV threshold; None when the model has no confidence rule."""
+        return None if self.confidence_threshold is None else self.probability < self.confidence_threshold
+
     @classmethod
     def from_prediction(cls, task: str, prediction: Prediction) -> HeadResult:
         """From a :class:`Prediction`; float32 round-off outside [0, 1] (e.g. 1.0000001) is clipped."""
@@ -122,6 +130,8 @@ class HeadResult:
             probabilities={k: min(max(float(v), 0.0), 1.0) for k, v in prediction.probabilities.items()},
             out_of_distribution=prediction.out_of_distribution,
             ood_reasons=tuple(prediction.ood_reasons),
+            calibrated=bool(getattr(prediction, "calibrated", False)),
+            confidence_threshold=getattr(prediction, "confidence_threshold", None),
         )
 
 
@@ -202,6 +212,10 @@ class ModelInfo:
     name: str
     version: str
     sha256: str
+    training_data: str = "unspecified"  # "synthetic" for demonstration models
+    training_data_statement: str = "training data not stated"
+    validation: str = "validation performance not stated"
+    created: str = "unknown"
 
     def __post_init__(self) -> None:
         if self.task not in HEAD_CLASSES and self.task != SubtypeModel.WITHOUT_PRIMARY.value:
@@ -217,6 +231,7 @@ class ModelInfo:
             name=str(m.get("name", f"bcbm-{bundle.task.value}")),
             version=str(m.get("version", "unknown")),
             sha256=bundle.manifest_sha256,
+            **manifest_provenance(m),
         )
 
     def parameter(self) -> str:

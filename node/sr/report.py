@@ -26,6 +26,7 @@ from node.sr import codes as C
 from node.sr.content import AlgorithmInfo, HeadResult, LesionResult, ReportContent, SubtypeModel
 from node.sr.identity import PriorDocument, report_uids, superseded, supersession_text
 from node.sr.source import SourceStudy
+from node.sr.trust import extend_qualitative, lesion_evaluations
 
 SERIES_DESCRIPTION = "AI BC subtype of brain metastasis (research use)"
 SR_SERIES_NUMBER = 900
@@ -167,6 +168,7 @@ def classification_group(content: ReportContent, lesion: LesionResult) -> Any:
     if content.primary_subtype is not None:
         qual.append(hd.sr.QualitativeEvaluation(C.PRIMARY_SUBTYPE, C.SUBTYPE_CODES[content.primary_subtype]))
     qual.append(hd.sr.QualitativeEvaluation(C.OOD_FLAG, C.YES if lesion.out_of_distribution else C.NO))
+    qual += lesion_evaluations(lesion)  # confidence, head agreement, experimental head (node.sr.trust)
     return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
         **_common(content, lesion), qualitative_evaluations=qual, measurements=nums
     )
@@ -314,6 +316,7 @@ def build_report(
     )
     texts = [report_summary(content), *(lesion_summary(content, lesion) for lesion in content.lesions)]
     report[0].ContentSequence.append(qualitative_container(texts))
+    extend_qualitative(report[0].ContentSequence[-1], content)  # provenance, confidence, agreement
     return build_document(
         content.source.evidence,
         report,
