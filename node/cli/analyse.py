@@ -59,11 +59,13 @@ def _companions(value: str) -> tuple[str, ...]:
 
 def run(args: argparse.Namespace) -> int:
     config = PipelineConfig.load(args.rules, args.pipeline_config, args.radiomics_config)
-    attributes = Settings.load().primary_subtype_attributes
+    settings = Settings.load()
+    attributes = settings.primary_subtype_attributes
     try:
         result = process_study(
             args.study_dir, args.out, models_dir=args.models, primary_subtype=args.primary_subtype,
             config=config, companions=_companions(args.companions), primary_attributes=attributes,
+            her2_three_tier=settings.her2_three_tier,
         )
     except (InvalidStudyError, ProcessingError) as exc:
         failure = write_failure_report(args.study_dir, args.out, exc, models_dir=args.models)

@@ -80,7 +80,7 @@ def _texts(ds: Dataset) -> list[str]:
 
 
 def _qual(sr_path: Path, content: ReportContent, segment: int) -> dict[str, str]:
-    sr = hd.sr.srread(sr_path)
+    sr: Any = hd.sr.srread(sr_path)
     groups = sr.content.get_volumetric_roi_measurement_groups(reference_type=codes.DCM.ReferencedSegment)
     uid = content.source.segment(segment).tracking_uid
     for g in groups:
@@ -100,8 +100,7 @@ def test_consistency_rules():
     def lesion(subtype: str, **heads: float) -> LesionResult:
         probs = {c: 0.1 for c in ("HR+/HER2-", "HR+/HER2+", "HR-/HER2+", "TN")}
         probs[subtype] = 0.7
-        made = {k: HeadResult.from_prediction(k.replace("_", "-") if k != "her2_tier" else "her2-3tier", v)
-                for k, v in ((k, _binary(p)) for k, p in heads.items())}
+        made: dict[str, Any] = {k: HeadResult.from_prediction(k, _binary(p)) for k, p in heads.items()}
         return LesionResult(1, HeadResult("subtype", subtype, probs), 1.0, **made)
 
     assert [d.heads for d in check_heads(lesion("HR+/HER2+", her2=0.1))] == [("subtype", "her2")]
