@@ -108,6 +108,10 @@ SETTING_HELP: dict[str, str] = {
     "or a YAML list): from these, `X-Forwarded-For` names the client (login limits, audit) and "
     "`X-Forwarded-Proto: https` makes the session cookie `Secure`; none = the headers are ignored",
     "web_secure_cookies": "always mark the session cookie `Secure` (the dashboard is only reached over HTTPS)",
+    "allow_demo_models": "let `ainode serve` start with demonstration models (manifest `training_data: synthetic`, "
+    "e.g. the shipped `models/demo`); refused otherwise (`--allow-demo-models`); never for patients",
+    "her2_three_tier": "run the experimental HER2 three-tier head (developed on primary breast tumours on breast "
+    "MRI, not on brain metastases); the SR marks it experimental",
 }
 
 

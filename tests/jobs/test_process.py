@@ -129,7 +129,8 @@ def test_analyse_without_primary_prints_what_the_radiologist_sees(
     assert status == 0, out
     assert out.startswith("AI prediction - Research use only, not for diagnosis.")
     assert "subtype model without the primary-tumour subtype" in out
-    assert out.count("SEG segment") == 2 and out.count("  ER ") == 2 and out.count("HER2 3-tier") == 2
+    assert out.count("SEG segment") == 2 and out.count("  ER ") == 2
+    assert "HER2 3-tier" not in out  # the experimental head is off by default (AINODE_HER2_THREE_TIER)
     assert "top features" in out and "outside the training distribution" in out
     written = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert len(written) == 1 and written[0].startswith("SR_")  # --companions none: the SR only
