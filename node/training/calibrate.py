@@ -7,9 +7,11 @@
    unweighted maximum likelihood on all out-of-fold probabilities: calibrated to the *training prevalence*.
 3. Honest "after" numbers: the calibrator is cross-fitted over the same folds (fitted on the other folds'
    out-of-fold probabilities, applied to this fold), so the before/after comparison is not in-sample.
-4. The confidence rule: the smallest threshold t on the top calibrated probability (grid 0.40…0.95 in steps of
-   0.05, at least 1/K) such that the cross-fitted predictions at or above t were right at least
-   ``target_accuracy`` of the time (default 80 %); 1.0 (every prediction low confidence) when no t reaches it.
+4. The confidence rule: the lowest threshold t on the top calibrated probability (grid 0.40…0.95 in steps of
+   0.05, at least 1/K) from which on every window [s, s + 0.10) of the grid (s ≥ t; windows with fewer than 5
+   lesions are skipped) holds cross-fitted predictions that were right at least ``target_accuracy`` of the
+   time (default 80 %); 1.0 (every prediction low confidence) when even the top window fails. A window, not
+   everything above t, so that many very confident predictions do not hide unreliable ones just above t.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 TARGET_ACCURACY = 0.80
 THRESHOLD_GRID = tuple(round(0.40 + 0.05 * i, 2) for i in range(12))  # 0.40 … 0.95
+WINDOW = 0.10
+MIN_WINDOW_LESIONS = 5
 _RIDGE = 1e-3  # keeps T and the biases finite on separable folds
 
 
@@ -67,24 +71,27 @@ def fit_temperature_bias(y: IntArray, proba: FloatArray) -> tuple[float, tuple[f
 
 
 def choose_confidence(y: IntArray, calibrated: FloatArray, target: float = TARGET_ACCURACY) -> ConfidenceRule:
-    """The smallest grid threshold whose predictions at or above it reach ``target`` accuracy in CV."""
+    """The lowest grid threshold from which on every populated window reaches ``target`` accuracy in CV."""
     k = calibrated.shape[1]
     top = calibrated.max(axis=1)
     right = calibrated.argmax(axis=1) == y
     rule = (
-        f"low confidence when the top calibrated probability is below the threshold: the smallest t in "
-        f"{THRESHOLD_GRID[0]:.2f}..{THRESHOLD_GRID[-1]:.2f} (step 0.05, at least 1/{k}) at which the "
-        f"patient-grouped cross-validated predictions with top probability >= t were right at least "
-        f"{100 * target:.0f}% of the time (1.00 when none)"
+        f"low confidence when the top calibrated probability is below the threshold t: the lowest t in "
+        f"{THRESHOLD_GRID[0]:.2f}..{THRESHOLD_GRID[-1]:.2f} (step 0.05, at least 1/{k}) such that, in "
+        f"patient-grouped cross-validation, the predictions with a top probability in every window "
+        f"[s, s+{WINDOW:.2f}) with s >= t were right at least {100 * target:.0f}% of the time (windows with fewer "
+        f"than {MIN_WINDOW_LESIONS} lesions skipped; 1.00 when the top window fails)"
     )
+    grid = [t for t in THRESHOLD_GRID if t >= 1.0 / k - 1e-9]
+    ok = []
+    for t in grid:
+        sel = (top >= t - 1e-9) & (top < t + WINDOW - 1e-9)
+        ok.append(sel.sum() < MIN_WINDOW_LESIONS or float(right[sel].mean()) >= target)
     threshold = 1.0
-    for t in THRESHOLD_GRID:
-        if t < 1.0 / k:
-            continue
-        sel = top >= t
-        if sel.sum() >= max(5, int(0.05 * y.size)) and float(right[sel].mean()) >= target:
-            threshold = t
+    for i in range(len(grid) - 1, -1, -1):  # walk down while every window from here up is reliable
+        if not ok[i]:
             break
+        threshold = grid[i]
     above = top >= threshold
     return ConfidenceRule(
         threshold=threshold,

@@ -71,14 +71,19 @@ def test_confidence_rule_is_the_smallest_threshold_reaching_the_target():
     top = np.repeat(np.linspace(0.55, 0.95, 9), 20)
     proba = np.column_stack([top, 1 - top])
     y = np.where(top >= 0.7, 0, 1).astype(np.int64)
-    rule = choose_confidence(y, proba, target=0.9)  # at 0.65: 6 of 7 levels right (86%)
+    rule = choose_confidence(y, proba, target=0.8)  # window [0.65, 0.75): half right
     assert rule.threshold == pytest.approx(0.70)
     assert rule.cv_accuracy_at_or_above == pytest.approx(1.0)
     assert rule.cv_accuracy_below == pytest.approx(0.0)
     assert rule.is_low(0.69) and not rule.is_low(0.70)
-    assert "90%" in rule.rule
+    assert "80%" in rule.rule
     # nothing reaches the target: every prediction is low confidence
     assert choose_confidence(1 - y, proba, target=0.8).threshold == 1.0
+    # many very confident, right predictions do not hide a band of coin flips just above 1/K
+    top = np.r_[np.full(200, 0.95), np.full(20, 0.6)]
+    y = np.r_[np.zeros(200), np.arange(20) % 2].astype(np.int64)
+    rule = choose_confidence(y, np.column_stack([top, 1 - top]), target=0.8)
+    assert rule.threshold == pytest.approx(0.65) and rule.is_low(0.6)
 
 
 def test_metric_helpers():
