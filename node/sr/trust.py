@@ -124,9 +124,22 @@ def extend_qualitative(container: Any, content: ReportContent) -> None:
         container.ContentSequence.append(TextContentItem(name=C.COMMENT, value=text, relationship_type=RT.CONTAINS))
 
 
+def short_confidence(head: HeadResult) -> str:
+    """``subtype LOW (0.45 < 0.60)``, ``ER ok (0.90 >= 0.70)``, ``HER2 3-tier: score only (not calibrated)``."""
+    name = HEAD_NAMES[head.task]
+    if head.low_confidence is None:
+        return f"{name}: no rule" + ("" if head.calibrated else " (not calibrated)")
+    if head.low_confidence:
+        return f"{name} LOW ({head.probability:.2f} < {head.confidence_threshold:.2f})"
+    return f"{name} ok ({head.probability:.2f} >= {head.confidence_threshold:.2f})"
+
+
 def lesion_lines(lesion: LesionResult) -> list[str]:
-    """Companion lines: confidence per head, disagreement (a WARNING line), the experimental head."""
-    lines = ["Confidence: " + "; ".join(head_confidence(h) for h in lesion.heads)]
+    """Companion lines: confidence per head (one line), disagreement (a WARNING line each), the experimental head."""
+    lines = ["Confidence (LOW = below the model's cross-validated threshold):",
+             "   " + " | ".join(short_confidence(h) for h in lesion.heads)]
+    if lesion.subtype.low_confidence:
+        lines.append("WARNING - low confidence in the predicted subtype: the model does not know; do not rely on it")
     for d in check_heads(lesion):
         lines.append(f"WARNING - heads disagree: {d.text}")
     if lesion.her2_tier is not None:

@@ -147,13 +147,15 @@ def test_sr_carries_confidence_disagreement_experimental_and_provenance(trust_sr
 def test_companion_says_it_in_words(trust_content: ReportContent, tmp_path: Path):
     one, two = trust_content.lesions
     lines = _result_lines(trust_content, one)
-    assert any(line.startswith("Confidence: subtype TN p=0.45 LOW CONFIDENCE") for line in lines)
+    assert ("   subtype LOW (0.45 < 0.60) | ER ok (0.90 >= 0.70) | PR ok (0.80 >= 0.70) | HER2 ok (0.90 >= 0.70) | "
+            "HER2 3-tier: no rule (not calibrated)") in lines
+    assert any(line.startswith("WARNING - low confidence in the predicted subtype") for line in lines)
     assert "WARNING - heads disagree: subtype TN is hormone-receptor negative but ER is predicted positive" in lines
     assert "WARNING - DEMONSTRATION MODELS: synthetic training data \u2014 demonstration only" in lines
     assert "Model: bcbm-subtype 0.1.0 (2026-11-22); synthetic training data \u2014 demonstration only" in lines
     assert any(line.startswith("Validation: held-out synthetic site site4") for line in lines)
     assert any(line.startswith("EXPERIMENTAL") for line in lines)
-    assert not any("disagree" in line for line in _result_lines(trust_content, two))
+    assert not any("disagree" in line or "low confidence" in line for line in _result_lines(trust_content, two))
     for ds in (*build_companion_sc(trust_content), build_companion_pdf(trust_content)):
         assert validate_object(write_instance(ds, tmp_path)) == []
     assert render_pdf(trust_content).startswith(b"%PDF")
