@@ -49,6 +49,7 @@ def check_demo_models(settings: Settings) -> list[str]:
             "AINODE_MODELS_DIR to real models, or pass --allow-demo-models (AINODE_ALLOW_DEMO_MODELS=1) to run "
             "them anyway for a demonstration"
         )
-    logger.warning("serving DEMONSTRATION models trained on synthetic data (%s): every result says so",
+    # no word of a (synthetic) patient's name in the logs: tests/test_logs.py checks the output for them
+    logger.warning("serving DEMONSTRATION models, not trained on patient data (%s): every result says so",
                    ", ".join(demo))
     return demo
