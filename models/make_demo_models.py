@@ -5,8 +5,10 @@
 
 1. ``ainode synth``: a synthetic cohort (small studies, several sites/vendors, planted subtype effect);
 2. ``ainode features``: the 200 features of every lesion (the same code path as a received study);
-3. every task trained on all sites but the last, evaluated on the held-out last site (model card,
-   metrics JSON, plots), bundles written to ``<out>/<task>/``, evaluations to ``<out>/evaluation/<task>/``.
+3. every task trained on all sites but the last (calibrated on patient-grouped CV, manifest
+   ``training_data: synthetic``), evaluated on the held-out last site (model card,
+   metrics JSON, plots), bundles written to ``<out>/<task>/``, evaluations to ``<out>/evaluation/<task>/``;
+   the held-out result is recorded as the bundle's ``validation``.
 
 The feature and label tables are kept in ``<out>/data/`` so the models can be retrained without
 re-extracting (``--reuse-features``). Everything is seeded; bundles carry a pinned creation time, so a rerun
@@ -35,7 +37,7 @@ from node.evaluation.evaluate import evaluate
 from node.model.bundle import load_bundle
 from node.model.tasks import Task
 from node.training.dataset import load_dataset
-from node.training.export import save_bundle
+from node.training.export import record_validation, save_bundle
 from node.training.train import TrainOptions, train
 
 logger = logging.getLogger(__name__)
@@ -97,13 +99,19 @@ def main(argv: list[str] | None = None) -> int:
         bundle_dir = args.out / task.value
         if bundle_dir.exists():
             shutil.rmtree(bundle_dir)
-        save_bundle(result, bundle_dir, data_source=DATA_SOURCE, created_utc=CREATED_UTC)
+        save_bundle(result, bundle_dir, data_source=DATA_SOURCE, created_utc=CREATED_UTC, training_data="synthetic")
         bundle = load_bundle(bundle_dir)
         eval_dir = args.out / "evaluation" / task.value
         if eval_dir.exists():
             shutil.rmtree(eval_dir)
         test = load_dataset(features_csv, labels_csv, task, feature_names=bundle.feature_names)
         metrics = evaluate(bundle, test.subset(test.sites == held_out), eval_dir, n_boot=1000, seed=args.seed)
+        acc = metrics.get("accuracy") or {}
+        record_validation(bundle_dir, (
+            f"held-out synthetic site {held_out}: accuracy {acc.get('value', float('nan')):.2f} "
+            f"(95% CI {acc.get('ci95_low', float('nan')):.2f}-{acc.get('ci95_high', float('nan')):.2f}), "
+            f"{metrics.get('n_lesions')} lesions"
+        ), {"site": held_out, "accuracy": acc, "n_lesions": metrics.get("n_lesions")})
         best = result.search.best
         summary[task.value] = {
             "classifier": best.classifier.kind,

@@ -148,6 +148,9 @@ class Settings:
     web_trusted_proxies: tuple[Network, ...] = ()
     web_secure_cookies: bool = False
     index_lesion: IndexLesionRule = IndexLesionRule.LARGEST
+    # issue 11: demonstration models must be allowed explicitly; the HER2 three-tier head is experimental
+    allow_demo_models: bool = False  # serve models whose manifest says training_data: synthetic
+    her2_three_tier: bool = False  # run the experimental HER2 three-tier head (reported as experimental)
 
     @property
     def hard_time_limit(self) -> float:
@@ -327,6 +330,8 @@ _PARSERS: dict[str, Callable[[object, str], Any]] = {
     "web_trusted_proxies": parse_networks,
     "web_secure_cookies": parse_bool,
     "index_lesion": choice(IndexLesionRule),
+    "allow_demo_models": parse_bool,
+    "her2_three_tier": parse_bool,
 }
 assert set(_PARSERS) == {f.name for f in fields(Settings)}, "every setting needs a parser"
 

@@ -278,7 +278,7 @@ def test_serve_logs_are_json_correlated_and_free_of_patient_identifiers(
     port = free_port()
     spool = tmp_path / "spool"
     env = {k: v for k, v in os.environ.items() if not k.startswith("AINODE_")}
-    env.update({"AINODE_POLL_INTERVAL": "2", "PYTHONWARNINGS": "default"})
+    env.update({"AINODE_POLL_INTERVAL": "2", "PYTHONWARNINGS": "default", "AINODE_ALLOW_DEMO_MODELS": "1"})
     out, err = (tmp_path / "serve.out").open("wb"), (tmp_path / "serve.err").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "node.cli", "-vv", "serve", "--port", str(port), "--spool-dir", str(spool),

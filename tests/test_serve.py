@@ -4,6 +4,7 @@ seconds of a SIGTERM to its process group (a container stop waits 10 s)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -16,8 +17,13 @@ from pathlib import Path
 import pytest
 
 from node.cli import main
+from node.cli.demo_models import check_demo_models, demonstration_models
 from node.cli.serve import SpoolLock
+from node.config import Settings
 from node.errors import ConfigError
+from node.jobs.model_set import DEFAULT_MODELS_DIR
+from node.model.bundle import MANIFEST
+from node.model.tasks import Task
 from tests.chaos.harness import ServeProcess, alive, echo, free_port, group, node_env, wait_for
 
 #: a container stop sends SIGTERM and kills 10 s later
@@ -40,6 +46,58 @@ def test_bad_option_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str])
         root.handlers[:] = handlers
         root.setLevel(level)
     assert "option --port: 99999 is outside" in capsys.readouterr().err
+
+
+def _demo_manifests(root: Path, training_data: str | None) -> Path:
+    """A models folder whose manifests are the shipped demo models' with ``training_data`` replaced."""
+    for task in ("subtype", "er"):
+        manifest = json.loads((DEFAULT_MODELS_DIR / task / MANIFEST).read_text())
+        manifest.pop("training_data", None)
+        if training_data is not None:
+            manifest["training_data"] = training_data
+        (root / task).mkdir(parents=True)
+        (root / task / MANIFEST).write_text(json.dumps(manifest))
+    return root
+
+
+def test_demonstration_models_are_told_by_their_manifest(tmp_path: Path) -> None:
+    assert demonstration_models(None) == [t.value for t in Task]  # the shipped models/demo
+    synthetic = _demo_manifests(tmp_path / "synthetic", "synthetic")
+    assert demonstration_models(synthetic) == ["subtype", "er"]
+    with pytest.raises(ConfigError, match="DEMONSTRATION models trained on synthetic data"):
+        check_demo_models(Settings(models_dir=synthetic))
+    assert check_demo_models(Settings(models_dir=synthetic, allow_demo_models=True)) == ["subtype", "er"]
+    clinical = _demo_manifests(tmp_path / "clinical", "clinical")  # the same files elsewhere: the path is no sign
+    assert check_demo_models(Settings(models_dir=clinical)) == []
+    assert demonstration_models(_demo_manifests(tmp_path / "old", None)) == []  # older bundles: no field
+
+
+def test_serve_refuses_the_demo_models_without_the_flag(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("AINODE_ALLOW_DEMO_MODELS", "AINODE_MODELS_DIR", "AINODE_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        assert main(["serve", "--port", str(free_port()), "--spool-dir", str(tmp_path / "spool")]) == 2
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    err = capsys.readouterr().err
+    assert "DEMONSTRATION models trained on synthetic data" in err and "--allow-demo-models" in err
+    assert not (tmp_path / "spool").exists()  # refused before the spool, the listener or the worker
+
+
+def test_serve_starts_with_the_flag(tmp_path: Path) -> None:
+    env = {k: v for k, v in node_env().items() if k != "AINODE_ALLOW_DEMO_MODELS"}
+    node = ServeProcess(tmp_path, tmp_path / "spool", free_port(), env, ("--allow-demo-models",))
+    try:
+        node.start().wait_listening()
+        assert "serving DEMONSTRATION models" in node.output()
+        assert node.stop() < STOP_BUDGET_S
+    finally:
+        node.cleanup()
 
 
 def test_serve_listens_and_stops_on_sigterm(serve: ServeProcess) -> None:

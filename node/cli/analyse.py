@@ -67,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
             args.study_dir, args.out, models_dir=args.models, primary_subtype=args.primary_subtype,
             config=config, companions=_companions(args.companions), primary_attributes=attributes,
             index_rule=settings.index_lesion,
+            her2_three_tier=settings.her2_three_tier,
         )
     except (InvalidStudyError, ProcessingError) as exc:
         failure = write_failure_report(args.study_dir, args.out, exc, models_dir=args.models)

@@ -111,6 +111,10 @@ SETTING_HELP: dict[str, str] = {
     "index_lesion": "which predicted lesion carries the patient-level answer: `largest` (the largest enhancing "
     "lesion by volume) or `seg` (the segment whose label or description names it `index` / `target`; the largest, "
     "with a warning, when none does)",
+    "allow_demo_models": "let `ainode serve` start with demonstration models (manifest `training_data: synthetic`, "
+    "e.g. the shipped `models/demo`); refused otherwise (`--allow-demo-models`); never for patients",
+    "her2_three_tier": "run the experimental HER2 three-tier head (developed on primary breast tumours on breast "
+    "MRI, not on brain metastases); the SR marks it experimental",
 }
 
 

@@ -127,11 +127,13 @@ def _demo(work: Path, args: argparse.Namespace) -> int:
     namespace = argparse.Namespace(
         config=None, ae_title="AINODE", port=node_port, destination=[f"{RECEIVER_AE}@127.0.0.1:{receiver.port}"],
         spool_dir=work / "spool", database=None, quiet_period=2.0, broker=None,
-        models=None,
+        models=None, allow_demo_models="true",  # the demo runs the shipped demonstration models, and says so
     )
     settings = replace(settings_from_args(namespace), broker_url=None)  # always the embedded broker
     print(f"[2/4] starting the node (AINODE on port {node_port}, embedded broker, SQLite ledger) and a "
           f"receiving PACS ({RECEIVER_AE} on port {receiver.port})", flush=True)
+    print("      DEMONSTRATION models (trained on synthetic data, never for patients) are allowed for this demo; "
+          "ainode serve refuses them unless --allow-demo-models is given", flush=True)
     node = start_node(settings)
     try:
         start = time.monotonic()

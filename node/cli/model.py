@@ -33,6 +33,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     train.add_argument("--task", choices=TASK_CHOICES, required=True)
     train.add_argument("--out", type=Path, required=True, help="bundle directory to create")
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--training-data", default=None, metavar="KIND",
+                       help="what the model was trained on, recorded in the manifest and printed in every SR: "
+                            "'clinical', 'synthetic' (a demonstration model: ainode serve refuses it unless "
+                            "allowed), ...; default 'unspecified'")
     train.add_argument("--nested", action="store_true", help="also run nested CV (honest estimate; slower)")
     train.add_argument("--scoring", default="accuracy", choices=SCORINGS)
     train.add_argument("--permutations", type=int, default=0,
@@ -83,7 +87,7 @@ def _train(args: argparse.Namespace) -> int:
         result = train(data, options)
     except ValueError as exc:
         raise ConfigError(f"training failed: {exc}") from exc
-    save_bundle(result, args.out, args.radiomics_config)
+    save_bundle(result, args.out, args.radiomics_config, training_data=args.training_data)
     best = result.search.best
     print(f"{task.value}: {best.selector.describe()} + {best.classifier.describe()}; CV {options.scoring} "
           f"{best.mean:.3f} ± {best.sd:.3f}; bundle {args.out} ({result.elapsed_s:.0f} s)")

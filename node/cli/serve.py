@@ -28,6 +28,7 @@ from pathlib import Path
 from types import FrameType
 from typing import NoReturn
 
+from node.cli.demo_models import check_demo_models
 from node.config import Settings, redact_url
 from node.errors import ConfigError
 from node.scp.server import ListenerHandle, start_listener
@@ -44,6 +45,7 @@ CLI_SETTINGS: dict[str, str] = {
     "quiet_period": "quiet_period_s",
     "broker": "broker_url",
     "models": "models_dir",
+    "allow_demo_models": "allow_demo_models",
 }
 #: where the settings handed to a child process are written (inside the spool, private files)
 RUN_DIRNAME = ".run"
@@ -61,6 +63,9 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
                         "processed (default 60)")
     parser.add_argument("--broker", help="Celery broker URL (redis://...); default: embedded, in the spool folder")
     parser.add_argument("--models", type=Path, help="model bundles folder (default models/demo)")
+    parser.add_argument("--allow-demo-models", action="store_const", const="true", default=None,
+                        help="run even with demonstration models trained on synthetic data (refused otherwise; "
+                             "AINODE_ALLOW_DEMO_MODELS)")
     parser.add_argument("--concurrency", type=int, default=1, help="worker processes (default 1)")
 
 
@@ -302,7 +307,10 @@ def worker_command(settings: Settings, handover: Path, *, concurrency: int = 1,
 
 def start_node(settings: Settings, *, worker: bool = True, concurrency: int = 1,
                worker_log: Path | None = None, verbosity: int | None = None) -> RunningNode:
-    """Lock the spool, start the listener here and ``ainode worker --beat`` as a supervised child process."""
+    """Lock the spool, start the listener here and ``ainode worker --beat`` as a supervised child process.
+
+    Refuses demonstration models (manifest ``training_data: synthetic``) unless ``allow_demo_models``."""
+    check_demo_models(settings)
     settings.spool_dir.mkdir(parents=True, exist_ok=True)
     lock = SpoolLock(settings.spool_dir)
     try:

@@ -10,22 +10,16 @@ from __future__ import annotations
 import html
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from node.evaluation.blocks import Block
+from node.evaluation.calibration_card import calibration_blocks
 from node.model.bundle import Bundle
 
+__all__ = ["Block", "build_blocks", "card_json", "render_html", "render_markdown", "write_card"]
+
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Block:
-    kind: str  # "h2" | "p" | "table" | "img" | "list"
-    text: str = ""
-    header: tuple[str, ...] = ()
-    rows: tuple[tuple[str, ...], ...] = ()
-    items: tuple[str, ...] = ()
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -110,6 +104,7 @@ def build_blocks(bundle: Bundle, metrics: dict[str, Any], plots: dict[str, str])
             for c, row in zip(metrics["classes"], metrics["confusion_matrix"]["matrix"], strict=True)
         )),
     ]
+    blocks += calibration_blocks(bundle, metrics)
     gdi = metrics.get("gdi")
     if gdi:
         blocks.append(Block("p", (

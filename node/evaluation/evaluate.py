@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 from sklearn.metrics import roc_curve
 
 from node.evaluation import stats
+from node.evaluation.calibration_card import calibration_check
 from node.model.bundle import Bundle
 from node.training.dataset import Dataset, baseline_labels
 
@@ -100,6 +101,7 @@ def compute_metrics(bundle: Bundle, data: Dataset, *, n_boot: int = 1000, seed: 
     else:
         out["brier_multiclass"] = stats.brier_multiclass(y, proba)
         out["calibration"] = {c: stats.calibration(y == k, proba[:, k]).to_json() for k, c in enumerate(classes)}
+    out["calibration_check"] = calibration_check(bundle, data)
     dca_classes = [1] if k_classes == 2 else list(range(k_classes))
     out["decision_curve"] = {
         "thresholds": DCA_THRESHOLDS,

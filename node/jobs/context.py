@@ -35,11 +35,12 @@ class JobOptions:
     spool_dir: Path = Path("spool")
 
     primary_attributes: tuple[str, ...] = Settings.primary_subtype_attributes
+    her2_three_tier: bool = False  # the experimental HER2 three-tier head (setting her2_three_tier)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> JobOptions:
         return cls(settings.destinations, settings.models_dir, settings.failure_sr, settings.spool_dir,
-                   settings.primary_subtype_attributes)
+                   settings.primary_subtype_attributes, her2_three_tier=settings.her2_three_tier)
 
 
 @dataclass(frozen=True)

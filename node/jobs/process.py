@@ -113,6 +113,7 @@ def process_study(
     primary_attributes: tuple[str, ...] = DEFAULT_PRIMARY_ATTRIBUTES,
     identity: ResultIdentity | None = None,
     index_rule: IndexLesionRule | str = IndexLesionRule.LARGEST,
+    her2_three_tier: bool = False,
 ) -> ProcessResult:
     """Analyse the study in ``study_dir`` and write the validated SR and companions into ``out_dir``.
 
@@ -121,7 +122,8 @@ def process_study(
     source)``; the subtype stated in the study's headers, in the DICOM attributes ``primary_attributes``
     (the setting ``primary_subtype_attributes``). ``ProcessResult.primary_source``
     says which. ``identity`` (the job's study version and the SR it supersedes, :mod:`node.sr.identity`) fixes the
-    result's UIDs; without it they are derived from the evidence instances.
+    result's UIDs; without it they are derived from the evidence instances. ``her2_three_tier`` runs the
+    experimental HER2 three-tier head (off by default; the SR marks it experimental).
 
     Timings (seconds): ``models``, ``pipeline.*`` (the imaging pipeline's own), ``predict`` (headers, primary
     subtype, model choice, predictions), ``sr`` (write, validate, publish), ``total``.
@@ -142,7 +144,7 @@ def process_study(
             source = source_study(study_dir, run)
             primary = choose_primary(source, given=options.primary_subtype, lookup=primary_lookup,
                                      attributes=options.primary_attributes)
-            models = choose_models(model_set, primary.subtype)
+            models = choose_models(model_set, primary.subtype, her2_three_tier=her2_three_tier)
             scope = check_scope(run, source, config.scope)
             predictions = predict_lesions(scope.admitted(run), models, primary.subtype)
         content = build_content(source, run, primary, models, predictions, identity, scope)

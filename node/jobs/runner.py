@@ -137,7 +137,8 @@ def run_process_job(
         result = process_study(study_dir, out_dir, models_dir=ctx.options.models_dir,
                                primary_lookup=primary_lookup(ctx.repo),
                                primary_attributes=ctx.options.primary_attributes, identity=identity,
-                               index_rule=ctx.settings.index_lesion)
+                               index_rule=ctx.settings.index_lesion,
+                               her2_three_tier=ctx.options.her2_three_tier)
     except InvalidStudyError as exc:
         logger.warning("study cannot be processed: %s", exc.message)
         report = None

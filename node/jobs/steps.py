@@ -137,10 +137,12 @@ class ModelChoice:
         )
 
 
-def choose_models(model_set: ModelSet, primary_subtype: str | None) -> ModelChoice:
-    """With a known primary subtype the ``subtype`` model when installed, else ``subtype-noprimary``."""
+def choose_models(model_set: ModelSet, primary_subtype: str | None, *, her2_three_tier: bool = False) -> ModelChoice:
+    """With a known primary subtype the ``subtype`` model when installed, else ``subtype-noprimary``; the
+    experimental HER2 three-tier head only with ``her2_three_tier`` (setting ``her2_three_tier``, off by default)."""
     bundle, variant, warnings = model_set.choose_subtype(primary_subtype)
-    return ModelChoice(bundle, variant, model_set.receptor_bundles, tuple(warnings))
+    receptors = {t: b for t, b in model_set.receptor_bundles.items() if t is not Task.HER2_3TIER or her2_three_tier}
+    return ModelChoice(bundle, variant, receptors, tuple(warnings))
 
 
 # -- 7. predict ---------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ Layout::
     model.ubj | model.txt | trees.json
                                   XGBoost (UBJSON), LightGBM (text model) or RF/AdaBoost trees (node.model.trees)
     training_distribution.json    per-input training ranges for the out-of-distribution flag
+    calibration.json              optional: calibrator and confidence rule (node.model.calibration)
 
 :func:`load_bundle` verifies every hash, that the manifest and the preprocessing agree on the ordered input
 list, the model's input count and (when given) the radiomics parameter file, and refuses any mismatch with a
@@ -32,6 +33,7 @@ import numpy.typing as npt
 import xgboost as xgb
 
 from node.errors import ConfigError, InvalidStudyError
+from node.model.calibration import CALIBRATION, Calibrator
 from node.model.ood import TrainingDistribution
 from node.model.prediction import Prediction
 from node.model.tasks import PRIMARY_PREFIX, SUBTYPE_CLASSES, Task, primary_one_hot
@@ -85,6 +87,8 @@ class Bundle:
     model: xgb.Booster | lgb.Booster | TreeEnsemble
     distribution: TrainingDistribution
     _explainer: Any = field(default=None, repr=False)
+    #: fitted on patient-grouped CV (``calibration.json``); None for bundles written before issue 11
+    calibrator: Calibrator | None = None
 
     @property
     def manifest_sha256(self) -> str:
@@ -110,7 +114,13 @@ class Bundle:
         return np.asarray(((x - self.center) / self.scale)[:, list(self.selected)], dtype=np.float64)
 
     def predict_proba(self, x: FloatArray) -> FloatArray:
-        """Class probabilities for rows of the full, ordered input list."""
+        """Class probabilities for rows of the full, ordered input list (calibrated when the bundle has a
+        calibrator)."""
+        raw = self.predict_proba_raw(x)
+        return raw if self.calibrator is None else self.calibrator.apply(raw)
+
+    def predict_proba_raw(self, x: FloatArray) -> FloatArray:
+        """The classifier's own (uncalibrated) class probabilities."""
         z = self.model_inputs(np.atleast_2d(np.asarray(x, dtype=np.float64)))
         if isinstance(self.model, TreeEnsemble):
             return self.model.predict_proba(z)
@@ -190,6 +200,12 @@ class Bundle:
             shap_units=self.shap_units,
             out_of_distribution=flag,
             ood_reasons=reasons,
+            calibrated=self.calibrator is not None,
+            confidence_threshold=(
+                self.calibrator.confidence.threshold
+                if self.calibrator is not None and self.calibrator.confidence is not None
+                else None
+            ),
         )
 
 
@@ -273,5 +289,20 @@ def load_bundle(path: Path, radiomics_config: Path | None = None) -> Bundle:
     selector = manifest["model"].get("selector")
     if not isinstance(selector, dict) or not isinstance(selector.get("kind"), str):
         raise BundleError(f"bundle manifest {path / MANIFEST} does not describe its feature selector")
+    calibrator = _load_calibrator(path, artefacts, classes)
     logger.info("loaded %s bundle %s (%s, %d inputs)", task.value, path, kind, len(selected))
-    return Bundle(path, manifest, task, classes, feature_names, center, scale, selected, kind, model, distribution)
+    return Bundle(path, manifest, task, classes, feature_names, center, scale, selected, kind, model, distribution,
+                  calibrator=calibrator)
+
+
+def _load_calibrator(path: Path, artefacts: Mapping[str, str], classes: tuple[str, ...]) -> Calibrator | None:
+    """The bundle's calibrator when the manifest lists one (already hash-verified), else None (older bundles)."""
+    if CALIBRATION not in artefacts:
+        return None
+    try:
+        calibrator = Calibrator.from_json(_read_json(path / CALIBRATION, "bundle calibration"))
+    except (KeyError, ValueError, TypeError) as exc:
+        raise BundleError(f"bundle calibration is invalid: {exc}") from exc
+    if calibrator.classes != classes:
+        raise BundleError(f"the bundle's calibrator classes {calibrator.classes} do not match its classes {classes}")
+    return calibrator

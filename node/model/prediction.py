@@ -25,6 +25,8 @@ class Prediction:
     shap_units: str
     out_of_distribution: bool
     ood_reasons: tuple[str, ...] = ()
+    calibrated: bool = False  # probabilities went through the bundle's calibrator
+    confidence_threshold: float | None = None  # "low confidence" below this top probability (from CV)
 
     def __post_init__(self) -> None:
         if self.label not in self.probabilities:
@@ -36,6 +38,11 @@ class Prediction:
     @property
     def probability(self) -> float:
         return float(self.probabilities[self.label])
+
+    @property
+    def low_confidence(self) -> bool | None:
+        """True when the top probability is below the bundle's CV threshold; None without a rule."""
+        return None if self.confidence_threshold is None else self.probability < self.confidence_threshold
 
     def top_features(self, n: int = 5) -> list[tuple[str, float]]:
         """The ``n`` inputs with the largest absolute contribution to the predicted class."""
@@ -52,5 +59,8 @@ class Prediction:
             },
             "out_of_distribution": self.out_of_distribution,
             "ood_reasons": list(self.ood_reasons),
+            "calibrated": self.calibrated,
+            "confidence_threshold": self.confidence_threshold,
+            "low_confidence": self.low_confidence,
             "disclaimer": DISCLAIMER,
         }

@@ -39,6 +39,7 @@ from node.sr.patient import companion_lines, statement
 from node.sr.qcpage import qc_pages, render_qc_page
 from node.sr.report import PROCESSING_EQUIPMENT_DESCRIPTION, lesion_summary, report_summary, write_instance
 from node.sr.sites import site_line
+from node.sr.trust import lesion_lines, lesion_text, provenance_lines, provenance_texts
 
 ENCAPSULATED_PDF_STORAGE = "1.2.840.10008.5.1.4.1.1.104.1"
 SC_SERIES_NUMBER = 901
@@ -120,6 +121,7 @@ def _result_lines(content: ReportContent, lesion: LesionResult) -> list[str]:
         else "without primary-tumour subtype"
     )
     lines.append(f"Subtype model: {model}.   Intensity reference: {content.pons.describe()}")
+    lines += lesion_lines(lesion) + provenance_lines(content)  # confidence, agreement, provenance (node.sr.trust)
     if lesion.out_of_distribution:
         lines.append("WARNING - out of training distribution: " + "; ".join(lesion.ood_reasons))
     if (prior := superseded(content)) is not None:
@@ -261,6 +263,7 @@ def render_pdf(content: ReportContent) -> bytes:
         paragraphs = [*statement(content.patient), report_summary(content),
                       *(lesion_summary(content, lesion) for lesion in content.lesions)]
         paragraphs += not_assessed_lines(content)[1:]
+        paragraphs += [*provenance_texts(content), *(lesion_text(lesion) for lesion in content.lesions)]
         text = "\n\n".join(textwrap.fill(p, 150) for p in paragraphs)
         fig.text(0.02, 0.92, text, fontsize=10, va="top")
         models = "\n".join(f"model {m.task}: {m.name} {m.version}  sha256 {m.sha256}" for m in content.algorithm.models)

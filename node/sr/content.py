@@ -30,6 +30,7 @@ from node.sr.assessment import NotAssessedLesion
 from node.sr.identity import ResultIdentity
 from node.sr.keyimage import QcView
 from node.sr.patient import PatientLevel
+from node.sr.provenance import manifest_provenance
 from node.sr.source import SourceStudy
 from node.vocabulary import BINARY_CLASSES, DISCLAIMER, HER2_TIER_CLASSES, SUBTYPE_CLASSES, LesionSite
 
@@ -95,6 +96,8 @@ class HeadResult:
     probabilities: Mapping[str, float]
     out_of_distribution: bool = False
     ood_reasons: tuple[str, ...] = ()
+    calibrated: bool = False  # probabilities calibrated to the training prevalence (node.model.calibration)
+    confidence_threshold: float | None = None  # "low confidence" below this top probability (from CV)
 
     def __post_init__(self) -> None:
         classes = HEAD_CLASSES.get(self.task)
@@ -116,6 +119,11 @@ class HeadResult:
     def probability(self) -> float:
         return float(self.probabilities[self.label])
 
+    @property
+    def low_confidence(self) -> bool | None:
+        """True below the model's CV threshold; None when the model has no confidence rule."""
+        return None if self.confidence_threshold is None else self.probability < self.confidence_threshold
+
     @classmethod
     def from_prediction(cls, task: str, prediction: Prediction) -> HeadResult:
         """From a :class:`Prediction`; float32 round-off outside [0, 1] (e.g. 1.0000001) is clipped."""
@@ -125,6 +133,8 @@ class HeadResult:
             probabilities={k: min(max(float(v), 0.0), 1.0) for k, v in prediction.probabilities.items()},
             out_of_distribution=prediction.out_of_distribution,
             ood_reasons=tuple(prediction.ood_reasons),
+            calibrated=bool(getattr(prediction, "calibrated", False)),
+            confidence_threshold=getattr(prediction, "confidence_threshold", None),
         )
 
 
@@ -207,6 +217,10 @@ class ModelInfo:
     name: str
     version: str
     sha256: str
+    training_data: str = "unspecified"  # "synthetic" for demonstration models
+    training_data_statement: str = "training data not stated"
+    validation: str = "validation performance not stated"
+    created: str = "unknown"
 
     def __post_init__(self) -> None:
         if self.task not in HEAD_CLASSES and self.task != SubtypeModel.WITHOUT_PRIMARY.value:
@@ -222,6 +236,7 @@ class ModelInfo:
             name=str(m.get("name", f"bcbm-{bundle.task.value}")),
             version=str(m.get("version", "unknown")),
             sha256=bundle.manifest_sha256,
+            **manifest_provenance(m),
         )
 
     def parameter(self) -> str:

@@ -29,6 +29,7 @@ from node.sr.identity import PriorDocument, report_uids, superseded, supersessio
 from node.sr.patient import document_items, lesion_items, statement
 from node.sr.sites import finding_site
 from node.sr.source import SourceStudy
+from node.sr.trust import extend_qualitative, lesion_evaluations
 
 SERIES_DESCRIPTION = "AI BC subtype of brain metastasis (research use)"
 SR_SERIES_NUMBER = 900
@@ -184,6 +185,7 @@ def classification_group(content: ReportContent, lesion: LesionResult) -> Any:
     qual.append(hd.sr.QualitativeEvaluation(C.OOD_FLAG, C.YES if lesion.out_of_distribution else C.NO))
     qual += reference_evaluation(content.pons.method)
     qual += lesion_items(content.patient, lesion.segment_number)
+    qual += lesion_evaluations(lesion)  # confidence, head agreement, experimental head (node.sr.trust)
     return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
         **_common(content, lesion), qualitative_evaluations=qual, measurements=nums
     )
@@ -338,6 +340,7 @@ def build_report(
     texts += [item.describe() for item in content.not_assessed]
     report[0].ContentSequence.append(qualitative_container(texts))
     report[0].ContentSequence[-1].ContentSequence.extend(document_items(content.patient))  # after the TEXTs
+    extend_qualitative(report[0].ContentSequence[-1], content)  # provenance, confidence, agreement
     return build_document(
         content.source.evidence,
         report,

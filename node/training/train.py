@@ -16,7 +16,9 @@ import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.metrics import accuracy_score, f1_score
 
+from node.model.calibration import Calibrator
 from node.model.tasks import Task
+from node.training.calibrate import calibrate_candidate
 from node.training.cv import (
     NestedResult,
     PermutationResult,
@@ -46,6 +48,8 @@ class TrainOptions:
     permutations: int = 0  # label-permutation null of the chosen candidate's CV score (0: not run)
     #: explicit (selectors, classifiers) instead of the named grid (tests, benchmarks)
     candidates: tuple[tuple[StepSpec, ...], tuple[StepSpec, ...]] | None = None
+    #: fit a calibrator and confidence rule on patient-grouped CV (node.training.calibrate)
+    calibrate: bool = True
 
     def search_space(self) -> tuple[list[StepSpec], list[StepSpec]]:
         if self.candidates is not None:
@@ -69,6 +73,7 @@ class TrainResult:
     training_x: np.ndarray[Any, np.dtype[np.float64]]
     training_y: np.ndarray[Any, np.dtype[np.int64]]
     elapsed_s: float
+    calibrator: Calibrator | None = None
 
     @property
     def selected_features(self) -> list[str]:
@@ -150,6 +155,10 @@ def train(data: Dataset, options: TrainOptions) -> TrainResult:
         logger.info("permutation null: observed %.3f, null mean %.3f, p = %.3f", permutation.observed,
                     float(np.mean(permutation.null_scores)), permutation.p_value)
     pipeline = fit_pipeline(best.selector, best.classifier, data.x, data.y, n_classes, options.seed)
+    calibrator = None
+    if options.calibrate:
+        calibrator = calibrate_candidate(best.selector, best.classifier, data.x, data.y, data.groups, data.classes,
+                                         seed=options.seed, n_splits=options.n_splits)
     proba = full_proba(pipeline, data.x, n_classes)
     pred = proba.argmax(axis=1)
     apparent = {
@@ -181,4 +190,5 @@ def train(data: Dataset, options: TrainOptions) -> TrainResult:
         training_x=data.x,
         training_y=data.y,
         elapsed_s=time.perf_counter() - start,
+        calibrator=calibrator,
     )

@@ -271,9 +271,10 @@ class ServeProcess:
 
 
 def node_env(**extra: str) -> dict[str, str]:
-    """The test process's environment without any ``AINODE_*`` variable, plus ``extra``."""
+    """The test process's environment without any ``AINODE_*`` variable, plus ``extra``; the shipped
+    demonstration models are allowed (``ainode serve`` refuses them otherwise)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AINODE_")}
-    env.update({"PYTHONUNBUFFERED": "1", "AINODE_POLL_INTERVAL": "2"})
+    env.update({"PYTHONUNBUFFERED": "1", "AINODE_POLL_INTERVAL": "2", "AINODE_ALLOW_DEMO_MODELS": "1"})
     env.update(extra)
     return env
 

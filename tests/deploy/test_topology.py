@@ -60,6 +60,7 @@ TEST_SETTINGS = {  # see the module docstring: site values and the test's time s
     "AINODE_POLL_INTERVAL": "2",
     "AINODE_BROKER_VISIBILITY_TIMEOUT": "10",
     "AINODE_MIN_FREE_DISK_BYTES": "100M",
+    "AINODE_ALLOW_DEMO_MODELS": "1",  # the stack runs the shipped demonstration models
 }
 # two small studies on a shared 2-core machine, one run twice; Redis hands the killed worker's message on after the
 # visibility timeout plus up to ~100 s (kombu's restore sweep: unacked_restore_interval x unacked_restore_throttle)

@@ -61,7 +61,7 @@ def test_orthanc_sends_study_and_receives_sr(tmp_path: Path) -> None:
             database=None, quiet_period=2.0, broker=None, models=None), environ), broker_url=None,
             destinations=(parse_destination(f"{ORTHANC_AE}@127.0.0.1:{orthanc.dicom_port}?calling_ae=AINODE-SR"
                                             "&commitment=yes", "test"),),
-            commitment_port=commitment_port)
+            commitment_port=commitment_port, allow_demo_models=True)  # the shipped demonstration models
         node = start_node(settings)
 
         study_ids = {orthanc.upload(path)["ParentStudy"] for path in files}

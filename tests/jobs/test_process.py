@@ -50,7 +50,9 @@ def full_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def processed(synth_case: SynthCase, full_models: Path, tmp_path_factory: pytest.TempPathFactory) -> ProcessResult:
     out = tmp_path_factory.mktemp("process-out")
-    return process_study(synth_case.root, out, models_dir=full_models, primary_subtype="hr+/her2-")
+    # the experimental HER2 three-tier head is off by default; enabled here so every head is exercised
+    return process_study(synth_case.root, out, models_dir=full_models, primary_subtype="hr+/her2-",
+                         her2_three_tier=True)
 
 
 def sr_text(ds: Dataset) -> str:
@@ -81,6 +83,8 @@ def test_result_objects_are_written_valid_and_complete(processed: ProcessResult,
     for task in ("subtype", "er", "pr", "her2", "her2-3tier"):
         assert f"model[{task}]=bcbm-{task}" in text
     assert "model[subtype-noprimary]" not in text
+    assert "EXPERIMENTAL: the HER2 three-tier method was developed on primary breast tumours" in text
+    assert "Segment 1 confidence: subtype " in text and "Model subtype: bcbm-subtype" in text
     assert "with the primary-tumour subtype (HR+/HER2-)" in text
 
 
@@ -128,8 +132,9 @@ def test_analyse_without_primary_prints_what_the_radiologist_sees(
     assert out.startswith("AI prediction - Research use only, not for diagnosis.")
     assert "subtype model without the primary-tumour subtype" in out
     # two lesion blocks and the patient-level line that names the index lesion (node.jobs.index)
-    assert out.count("SEG segment") == 3 and out.count("  ER ") == 2 and out.count("HER2 3-tier") == 2
+    assert out.count("SEG segment") == 3 and out.count("  ER ") == 2
     assert "\nPatient-level predicted subtype: " in out and out.count("- INDEX LESION") == 1
+    assert "HER2 3-tier" not in out  # the experimental head is off by default (AINODE_HER2_THREE_TIER)
     assert "top features" in out and "outside the training distribution" in out
     written = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert len(written) == 1 and written[0].startswith("SR_")  # --companions none: the SR only
@@ -262,7 +267,7 @@ def _old_lesion_json(lesion: LesionFeatures, volume_ml: float, subtype: Predicti
 def test_lesion_summary_is_derived_from_the_sr_result_with_the_json_shape_of_before(
     full_models: Path, primary: str | None
 ) -> None:
-    models = choose_models(load_model_set(full_models), primary)
+    models = choose_models(load_model_set(full_models), primary, her2_three_tier=True)
     features = {n: 0.1 * (i % 7) - 0.2 for i, n in enumerate(FEATURE_NAMES)}
     lesion = LesionFeatures(3, "Metastasis 3", features, {"volume_ml": 2.34567})
     predictions = predict_lesions(_feature_run(lesion), models, primary)
@@ -312,6 +317,14 @@ def test_console_summary_and_json_of_typed_lesions(tmp_path: Path) -> None:
                                           "out_of_distribution": False}}
     assert lesions[0]["top_features"] == [["t1ce_firstorder_Mean", 0.4214], ["t2_glcm_Contrast", -0.2]]
     assert [LesionSummary.from_json(lesion) for lesion in lesions] == [first, second]
+
+
+def test_her2_three_tier_head_is_off_unless_enabled(full_models: Path) -> None:
+    model_set = load_model_set(full_models)
+    assert list(choose_models(model_set, "HR+/HER2-").receptors) == [Task.ER, Task.PR, Task.HER2]
+    enabled = choose_models(model_set, "HR+/HER2-", her2_three_tier=True)
+    assert list(enabled.receptors) == [Task.ER, Task.PR, Task.HER2, Task.HER2_3TIER]
+    assert "her2-3tier" in {m.task for m in enabled.algorithm.models}
 
 
 def test_unusable_lesions_are_not_assessed_with_a_reason(full_models: Path) -> None:

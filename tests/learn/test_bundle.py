@@ -48,9 +48,11 @@ def test_round_trip_same_predictions(bundles, loaded, tables, name):
     bundle = loaded[name]
     data = load_dataset(tables.features_csv, tables.labels_csv, bundle.task, bundle.feature_names)
     expected = full_proba(result.pipeline, data.x, len(data.classes))
-    got = bundle.predict_proba(data.x)
+    got = bundle.predict_proba_raw(data.x)
     np.testing.assert_allclose(got, expected, atol=1e-6)
     assert np.array_equal(got.argmax(axis=1), expected.argmax(axis=1))
+    assert bundle.calibrator is not None  # served probabilities are the calibrated ones
+    np.testing.assert_allclose(bundle.predict_proba(data.x), bundle.calibrator.apply(expected), atol=1e-6)
 
 
 @pytest.mark.parametrize("name", ["subtype-xgboost", "subtype-lightgbm", "subtype-random_forest",
@@ -69,7 +71,8 @@ def test_prediction_contract_and_shap_additivity(loaded, subtype_data: Dataset, 
     # SHAP contributions + base value reproduce the model output for the predicted class
     k = bundle.classes.index(pred.label)
     total = pred.shap_base_value + sum(pred.shap_contributions.values())
-    proba = np.array([pred.probabilities[c] for c in bundle.classes])
+    # SHAP explains the classifier's own output: the probabilities before calibration
+    proba = bundle.predict_proba_raw(bundle_input(bundle, features, data.primary[i]))[0]
     if bundle.kind == "random_forest":
         assert total == pytest.approx(proba[k], abs=1e-6)
     elif bundle.kind in ("xgboost", "lightgbm"):

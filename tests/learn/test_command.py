@@ -24,8 +24,12 @@ def test_train_evaluate_predict_end_to_end(tmp_path, capsys):
     tables = write_tables(tmp_path / "data", n_patients=60, n_noise=10, seed=2)
     bundle = tmp_path / "bundle"
     assert _run(["train", "--features", str(tables.features_csv), "--labels", str(tables.labels_csv),
-                 "--task", "subtype", "--out", str(bundle), "--grid", "tiny", "--folds", "3", "--no-progress"]) == 0
-    assert (bundle / "manifest.json").is_file()
+                 "--task", "subtype", "--out", str(bundle), "--grid", "tiny", "--folds", "3", "--no-progress",
+                 "--training-data", "synthetic"]) == 0
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["training_data"] == "synthetic"
+    assert manifest["training_data_statement"] == "synthetic training data \u2014 demonstration only"
+    assert manifest["validation"]["summary"].startswith("patient-grouped 3-fold CV accuracy")
     assert _run(["evaluate", str(bundle), "--features", str(tables.features_csv), "--labels", str(tables.labels_csv),
                  "--out", str(tmp_path / "report"), "--bootstrap", "50"]) == 0
     metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())

@@ -167,7 +167,8 @@ def test_summary_text_has_disclaimer_and_each_lesion(written: Written, content: 
     assert container.ConceptNameCodeSequence[0].CodeValue == "C0034375"  # TID 1500 row 12
     texts = _texts(container)
     assert DISCLAIMER in texts[0] and "Not verified" in texts[0]
-    assert len(texts) == 1 + len(content.lesions)
+    # then node.sr.trust: one provenance text per model, one confidence/agreement text per lesion
+    assert len(texts) == 1 + len(content.lesions) + len(content.algorithm.models) + len(content.lesions)
     assert "subtype HR-/HER2+ (p=0.65)" in texts[1]
     assert "OUT OF TRAINING DISTRIBUTION" in texts[2] and "OUT OF" not in texts[1]
 
