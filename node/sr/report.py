@@ -339,8 +339,13 @@ def build_report(
              *(lesion_summary(content, lesion) for lesion in content.lesions)]
     texts += [item.describe() for item in content.not_assessed]
     report[0].ContentSequence.append(qualitative_container(texts))
-    report[0].ContentSequence[-1].ContentSequence.extend(document_items(content.patient))  # after the TEXTs
-    extend_qualitative(report[0].ContentSequence[-1], content)  # provenance, confidence, agreement
+    qualitative = report[0].ContentSequence[-1]
+    qualitative.ContentSequence.extend(document_items(content.patient))
+    extend_qualitative(qualitative, content)  # provenance, confidence, agreement
+    # one reading order: every TEXT (the summary first), then the coded items, each group in the order added
+    items = list(qualitative.ContentSequence)
+    qualitative.ContentSequence = [i for i in items if i.ValueType == "TEXT"] + [
+        i for i in items if i.ValueType != "TEXT"]
     return build_document(
         content.source.evidence,
         report,

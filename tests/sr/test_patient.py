@@ -102,7 +102,9 @@ def test_unknown_primary_states_no_discordance(content: ReportContent, tmp_path:
 
 def test_without_patient_level_the_sr_is_unchanged(content: ReportContent) -> None:
     ds = build_report(content)
-    assert not any(c.ValueType == "CODE" for c in _container(ds).ContentSequence)
+    patient_codes = {code.value for code in P.PATIENT_CODES}
+    assert not any(c.ValueType == "CODE" and c.ConceptNameCodeSequence[0].CodeValue in patient_codes
+                   for c in _container(ds).ContentSequence)
 
 
 def test_index_lesion_must_be_reported(content: ReportContent) -> None:
