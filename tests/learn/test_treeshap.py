@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
+from typing import Any
 
 import lightgbm as lgb
 import numpy as np
@@ -65,7 +66,9 @@ def data(n_classes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndar
 @pytest.mark.parametrize("n_classes", [2, 4])
 def test_xgboost(n_classes):
     x, y, test = data(n_classes)
-    params = {"max_depth": 5, "eta": 0.3, "base_score": 0.3} if n_classes == 2 else {"max_depth": 5, "eta": 0.3}
+    params: dict[str, Any] = {"max_depth": 5, "eta": 0.3}
+    if n_classes == 2:
+        params["base_score"] = 0.3  # a base score other than 0.5: it must land in the base value, not the inputs
     params |= ({"objective": "binary:logistic"} if n_classes == 2
                else {"objective": "multi:softprob", "num_class": 4})
     booster = xgb.train(params, xgb.DMatrix(x, label=y), num_boost_round=25)
