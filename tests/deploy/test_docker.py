@@ -11,7 +11,7 @@ What it does, in order (each wait bounded; the phases' durations are printed):
 3. ``deploy/compose.yaml`` (copied beside a ``.env`` made from ``.env.example``) plus a test override: the local
    Redis/PostgreSQL images, health-check intervals of seconds, free host ports, the host's receiving AE reachable as
    ``host.docker.internal`` (``host-gateway``), a random PostgreSQL password; ``up --scale worker=2``;
-4. C-ECHO to the published listener, ``/health``, ``/metrics`` (refused without the token), the dashboard login
+4. C-ECHO to the published listener, ``/health``, ``/metrics`` (a wrong Bearer token refused), the dashboard login
    (wrong token 401, right token a session cookie), ``ainode status`` inside the listener container against the
    password-protected PostgreSQL;
 5. one synthetic study by C-STORE; the worker container that takes the job is SIGKILLed (``docker kill``) mid-job;
@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import re
 import secrets
 import shutil
 import time
@@ -176,7 +177,7 @@ def _http(port: int, method: str, path: str, body: str | None = None,
 
 
 def _status(project: Project) -> list[dict[str, Any]]:
-    studies: list[dict[str, Any]] = json.loads(project.exec("ainode", "status", "--json"))
+    studies: list[dict[str, Any]] = json.loads(project.exec("listener", "ainode", "status", "--json"))
     return studies
 
 
@@ -198,12 +199,16 @@ def test_compose_deployment_in_docker(engine: Engine, tmp_path: Path) -> None:
     phases = Phases()
     engine.run([str(ROOT / "deploy" / "local-images.sh"), "--cache", str(CACHE)], 900)
     phases.done("local base images")
+    previous = engine.docker("image", "inspect", "--format", "{{.Id}}", IMAGE, check=False).strip()
     engine.run(["docker", "build", "-q", "-f", str(DOCKERFILE), "--build-arg", f"PYTHON_IMAGE={PYTHON_BASE}",
                 "-t", IMAGE, str(ROOT)], 1800)
-    engine.docker("image", "prune", "-f")  # the previous build's image, now untagged
+    if previous and previous != engine.docker("image", "inspect", "--format", "{{.Id}}", IMAGE).strip():
+        # the previous build's image only: `image prune` would also drop the builder stage, the next build's cache
+        engine.docker("rmi", previous, check=False)
     phases.done("node image")
 
     size = int(engine.docker("image", "inspect", "--format", "{{.Size}}", IMAGE))
+    print(f"docker test: image {IMAGE}: {size / 1e6:.0f} MB", flush=True)
     assert size <= MAX_IMAGE_BYTES, f"the node's image is {size / 1e9:.2f} GB"
     leftovers = engine.docker("run", "--rm", "--entrypoint", "sh", IMAGE, "-c",
                               "ls /opt/ainode/venv/lib/python3.11/site-packages; command -v gcc cc || true")
@@ -231,9 +236,11 @@ def test_compose_deployment_in_docker(engine: Engine, tmp_path: Path) -> None:
         assert _echo(ports["dicom"]) == 0x0000
         status, _, body = _http(ports["web"], "GET", "/health")
         assert status == 200, body
-        assert _http(ports["web"], "GET", "/metrics")[0] == 401
+        status, _, metrics = _http(ports["web"], "GET", "/metrics")  # public, without the calling AE titles
+        assert status == 200 and "# TYPE ainode_" in metrics, metrics[:500]
+        assert _http(ports["web"], "GET", "/metrics", headers={"Authorization": "Bearer not-the-token"})[0] == 401
         status, _, metrics = _http(ports["web"], "GET", "/metrics", headers={"Authorization": f"Bearer {token}"})
-        assert status == 200 and "# TYPE" in metrics, metrics[:500]
+        assert status == 200 and "# TYPE ainode_" in metrics, metrics[:500]
         form = {"Content-Type": "application/x-www-form-urlencoded"}
         wrong = urllib.parse.urlencode({"token": "not-the-token", "next": "/studies"})
         assert _http(ports["web"], "POST", "/login", wrong, form)[0] == 401
@@ -254,13 +261,14 @@ def test_compose_deployment_in_docker(engine: Engine, tmp_path: Path) -> None:
         uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
         send_files(files, Destination("AINODE", "127.0.0.1", ports["dicom"]), calling_ae="DEMOPACS")
 
-        def running_on() -> str | None:  # the worker whose log carries the job's correlation id
+        def running_on() -> str | None:  # the worker running the job: "job N: run K" (the node logs to stderr)
             for container in workers:
-                if '"job": "' in engine.docker("logs", container, timeout=60, check=False):
+                logs = engine.run(["docker", "logs", container], 60, check=False)
+                if re.search(r'"logger": "node\.jobs\.tasks", "message": "job \d+: run \d+"', logs.stderr):
                     return container
             return None
 
-        victim = wait_for(running_on, 300, lambda: f"a worker took the job:\n{project.logs()}", interval=1)
+        victim = wait_for(running_on, 300, lambda: f"a worker took the job:\n{project.logs()}", interval=0.5)
         engine.docker("kill", victim)
         [killed] = [s for s in _status(project) if s["study_instance_uid"] == uid]
         assert [j["state"] for j in killed["jobs"]] == ["processing"], killed  # killed mid-job, not after it
