@@ -14,13 +14,13 @@
 # image exists already; the debootstrap tarball is cached in the cache folder, so a rerun takes seconds.
 #
 # usage: deploy/local-images.sh [--cache DIR] [--mirror URL] [--ca-dir DIR]
-#   --cache   where the rootfs tarball is kept (default: $AINODE_IMAGE_CACHE or /var/cache/ainode-docker)
+#   --cache   where the rootfs tarball is kept (default: /var/cache/ainode-docker)
 #   --mirror  the Debian mirror debootstrap and apt use (default: http://deb.debian.org/debian)
 #   --ca-dir  local CA certificates (*.crt) added to local/python only (default: /usr/local/share/ca-certificates)
 # Needs root (debootstrap) the first time only.
 set -euo pipefail
 
-cache="${AINODE_IMAGE_CACHE:-/var/cache/ainode-docker}"
+cache="/var/cache/ainode-docker"
 mirror="http://deb.debian.org/debian"
 ca_dir="/usr/local/share/ca-certificates"
 while [ $# -gt 0 ]; do
