@@ -10,8 +10,9 @@
 #   local/postgres:15        Debian's postgresql, with an entrypoint that honours POSTGRES_USER / POSTGRES_DB /
 #                            POSTGRES_PASSWORD like the official image (scram-sha-256 over TCP)
 #
-# deploy/compose.local-images.yaml points the compose services at the last two. Every step is skipped when its
-# image exists already; the debootstrap tarball is cached in the cache folder, so a rerun takes seconds.
+# A compose override file points the services at the last two (docs/operations.md, "Building without a
+# registry"). Every step is skipped when its image exists already; the debootstrap tarball is cached in the cache
+# folder, so a rerun takes seconds.
 #
 # usage: deploy/local-images.sh [--cache DIR] [--mirror URL] [--ca-dir DIR]
 #   --cache   where the rootfs tarball is kept (default: /var/cache/ainode-docker)
