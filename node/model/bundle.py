@@ -21,9 +21,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +37,7 @@ from node.model.ood import TrainingDistribution
 from node.model.prediction import Prediction
 from node.model.tasks import PRIMARY_PREFIX, SUBTYPE_CLASSES, Task, primary_one_hot
 from node.model.trees import TreeEnsemble
+from node.model.treeshap import booster_shap, ensemble_shap
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +86,6 @@ class Bundle:
     kind: str
     model: xgb.Booster | lgb.Booster | TreeEnsemble
     distribution: TrainingDistribution
-    _explainer: Any = field(default=None, repr=False)
     #: fitted on patient-grouped CV (``calibration.json``); None for bundles written before issue 11
     calibrator: Calibrator | None = None
 
@@ -133,21 +132,16 @@ class Bundle:
         return raw
 
     def shap_values(self, x: FloatArray) -> tuple[FloatArray, FloatArray]:
-        """SHAP values (n, selected inputs, classes) and base values (classes,) in :attr:`shap_units`."""
-        import shap  # deferred: heavy import, only needed for explanations
+        """SHAP values (n, selected inputs, classes) and base values (classes,) in :attr:`shap_units`.
 
-        if self._explainer is None:
-            model = self.model.shap_model() if isinstance(self.model, TreeEnsemble) else self.model
-            self._explainer = shap.TreeExplainer(model)
+        Exact TreeSHAP (:mod:`node.model.treeshap`): the values ``shap.TreeExplainer`` gives, without ``shap``.
+        """
         z = self.model_inputs(np.atleast_2d(np.asarray(x, dtype=np.float64)))
-        with warnings.catch_warnings(), xgb.config_context(nthread=1):  # one lesion: threads only add latency
-            warnings.simplefilter("ignore", UserWarning)  # shap's notice about LightGBM's binary output format
-            raw = self._explainer.shap_values(z)
-        if isinstance(raw, list):  # one (n, inputs) array per class
-            values = np.stack([np.asarray(r, dtype=np.float64) for r in raw], axis=-1)
+        if isinstance(self.model, TreeEnsemble):
+            values, base = ensemble_shap(self.model, z)
         else:
-            values = np.asarray(raw, dtype=np.float64)
-        base = np.atleast_1d(np.asarray(self._explainer.expected_value, dtype=np.float64))
+            with xgb.config_context(nthread=1):  # one lesion: threads only add latency
+                values, base = booster_shap(self.model, z)
         if values.ndim == 2:  # single margin output of a binary model: the positive class
             values = np.stack([-values, values], axis=-1)
             base = np.array([-base[0], base[0]])
@@ -156,7 +150,7 @@ class Bundle:
         return values, base
 
     def warm_up(self) -> None:
-        """Build the SHAP explainer now (imports shap), so that the first :meth:`predict` is fast too."""
+        """Explain one row now, so that the first :meth:`predict` is fast too."""
         self.shap_values(self.center[None, :])
 
     def input_vector(self, features: Mapping[str, float], primary_subtype: str | None) -> FloatArray:

@@ -44,6 +44,7 @@ class StoreSCP:
     modalities: list[str] = field(default_factory=list)
     server: Any = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    bind_address: str = LOOPBACK  # "0.0.0.0": reachable from containers too (tests/deploy/test_docker.py)
 
     @property
     def destination(self) -> Destination:
@@ -76,7 +77,7 @@ class StoreSCP:
                 ae.add_supported_context(uid)
         ae.add_supported_context(VERIFICATION)
         ae.require_calling_aet = calling_aets or []
-        self.server = ae.start_server((LOOPBACK, self.port), block=False, ssl_context=ssl_context,
+        self.server = ae.start_server((self.bind_address, self.port), block=False, ssl_context=ssl_context,
                                       evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
         self.port = int(self.server.server_address[1])
         return self
