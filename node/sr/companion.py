@@ -83,15 +83,15 @@ def _waterfall(ax: Any, lesion: LesionResult) -> None:
     for yi, c, x0 in zip(y, items, left, strict=True):
         end = x0 + c.contribution
         ax.text(end if c.contribution > 0 else x0, yi, f" {c.contribution:+.3f}", va="center", fontsize=10)
-    labels = [f"{C.feature_code(c.feature).label}\n= {c.value:.4g}" for c in items]
-    ax.set_yticks(y, labels, fontsize=9)
+    labels = [f"{C.feature_code(c.feature).label} = {c.value:.4g}" for c in items]  # one line each: no overlap
+    ax.set_yticks(y, labels, fontsize=8)
     ax.axvline(e.base_value, color="grey", linestyle="--", linewidth=1)
     ax.axvline(start, color="black", linewidth=1)
     ax.margins(x=0.18)
     ax.set_xlabel(
-        f"SHAP contribution to '{e.explained_class}' ({e.units}); dashed: base value {e.base_value:.3f}; "
+        f"SHAP contribution to '{e.explained_class}' ({e.units})\ndashed: base value {e.base_value:.3f}; "
         f"solid: base + shown contributions {start:.3f}",
-        fontsize=10,
+        fontsize=9,
     )
     ax.set_title(f"Top {len(items)} SHAP contributions (red raises, blue lowers the predicted class)", fontsize=12)
 
@@ -145,12 +145,14 @@ def render_page(content: ReportContent, lesion: LesionResult) -> Figure:
     fig.text(0.02, 0.925, f"{a.name} {a.version}  -  study {content.source.study_instance_uid}", fontsize=10,
              color="#444444", va="top")  # fmt: skip
     lines = _result_lines(content, lesion)
+    step = 0.034 if len(lines) <= 12 else 0.027  # the text block shrinks as items are added; the plot keeps room
     for i, line in enumerate(lines):
         warn = line.startswith(("WARNING", "DISCORDANT"))
-        fig.text(0.02, 0.885 - i * 0.034, line, fontsize=14 if i < 2 else 12, va="top",
+        size = (14 if i < 2 else 12) if step > 0.03 else (12 if i < 2 else 10.5)
+        fig.text(0.02, 0.885 - i * step, line, fontsize=size, va="top",
                  weight="bold" if i in (0, 1) or warn else "normal", color="#b03a2e" if warn else "black")  # fmt: skip
-    top = 0.885 - len(lines) * 0.034 - 0.06
-    ax = fig.add_axes((0.36, 0.08, 0.6, max(top - 0.08, 0.2)))
+    top = 0.885 - len(lines) * step - 0.05
+    ax = fig.add_axes((0.40, 0.11, 0.56, max(top - 0.11, 0.22)))
     _waterfall(ax, lesion)
     fig.text(0.02, 0.015, f"{content.disclaimer}. The DICOM SR of this analysis is the machine-readable result.",
              fontsize=9, color="#444444")  # fmt: skip
