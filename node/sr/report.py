@@ -342,10 +342,8 @@ def build_report(
     qualitative = report[0].ContentSequence[-1]
     qualitative.ContentSequence.extend(document_items(content.patient))
     extend_qualitative(qualitative, content)  # provenance, confidence, agreement
-    # one reading order: every TEXT (the summary first), then the coded items, each group in the order added
-    items = list(qualitative.ContentSequence)
-    qualitative.ContentSequence = [i for i in items if i.ValueType == "TEXT"] + [
-        i for i in items if i.ValueType != "TEXT"]
+    # one reading order: every TEXT (the summary first), then the coded items; a stable sort keeps each group's order
+    qualitative.ContentSequence = sorted(qualitative.ContentSequence, key=lambda item: item.ValueType != "TEXT")
     return build_document(
         content.source.evidence,
         report,

@@ -211,7 +211,7 @@ def _create_database() -> tuple[Any, str]:
 
 
 @pytest.fixture
-def stack(tmp_path: Path, require_tool: Callable[[str], str]) -> Iterator[Stack]:
+def stack(heavy_deployment_lock: None, tmp_path: Path, require_tool: Callable[[str], str]) -> Iterator[Stack]:
     """redis, postgres, listener, scheduler, two workers and the dashboard, as compose.yaml describes them."""
     require_tool("redis-server")
     require_tool("redis-cli")
