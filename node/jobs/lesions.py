@@ -9,7 +9,9 @@ SHAP contributions to 4). :meth:`LesionSummary.to_json` gives the shape written 
 ``segment_number``, ``label``, ``volume_ml``, ``subtype``, ``probability``, ``probabilities``, ``heads``
 (per receptor task: ``label``, ``probability``, ``probabilities``, ``out_of_distribution``), ``top_features``
 (``[name, SHAP contribution]``, largest first), ``shap_units``, ``out_of_distribution``, ``ood_reasons``,
-``index`` (true for the index lesion that carries the patient-level answer, :mod:`node.jobs.index`).
+``index`` (true for the index lesion that carries the patient-level answer, :mod:`node.jobs.index`), ``site``
+(the atlas site in words, ``""`` when not determined) and ``cautions`` (low-confidence heads and contradicting
+heads, in words: :func:`cautions`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from node.sr.consistency import check_heads
 from node.sr.content import HeadResult, LesionResult
 
 #: SHAP contributions a summary keeps (the SR keeps more).
@@ -55,6 +58,15 @@ class HeadSummary:
                    bool(data.get("out_of_distribution", False)))
 
 
+def cautions(result: LesionResult) -> tuple[str, ...]:
+    """The SR's trust items in short words: each head below its cross-validated confidence threshold ("low
+    confidence: subtype 0.59 < 0.80"), then each contradiction between heads
+    (:func:`node.sr.consistency.check_heads`)."""
+    low = [f"low confidence: {h.task} {h.probability:.2f} < {h.confidence_threshold:.2f}"
+           for h in result.heads if h.low_confidence and h.confidence_threshold is not None]
+    return (*low, *(f"heads disagree: {d.text}" for d in check_heads(result)))
+
+
 @dataclass(frozen=True)
 class LesionSummary:
     """Everything shown for one lesion: its SEG segment, the subtype prediction, the receptor heads (keyed by
@@ -72,6 +84,9 @@ class LesionSummary:
     out_of_distribution: bool = False
     ood_reasons: tuple[str, ...] = ()
     index: bool = False  # the index lesion: carries the patient-level answer (node.jobs.index)
+    site: str = ""  # the atlas site in words (node.vocabulary.LesionSite.describe); "" when not determined
+    #: what the reader must weigh: heads below their CV confidence threshold, heads that contradict each other
+    cautions: tuple[str, ...] = ()
 
     @classmethod
     def from_result(cls, result: LesionResult, label: str, top: int = SUMMARY_TOP_FEATURES) -> LesionSummary:
@@ -90,6 +105,8 @@ class LesionSummary:
             shap_units=explanation.units if explanation is not None else "",
             out_of_distribution=result.out_of_distribution or bool(result.ood_reasons),
             ood_reasons=result.ood_reasons,
+            site=result.site.describe() if result.site is not None else "",
+            cautions=cautions(result),
         )
 
     def to_json(self) -> dict[str, object]:
@@ -107,6 +124,8 @@ class LesionSummary:
             "out_of_distribution": self.out_of_distribution,
             "ood_reasons": list(self.ood_reasons),
             "index": self.index,
+            "site": self.site,
+            "cautions": list(self.cautions),
         }
 
     @classmethod
@@ -126,4 +145,6 @@ class LesionSummary:
             out_of_distribution=bool(data.get("out_of_distribution", False)),
             ood_reasons=tuple(str(r) for r in data.get("ood_reasons", [])),
             index=bool(data.get("index", False)),
+            site=str(data.get("site") or ""),
+            cautions=tuple(str(c) for c in data.get("cautions", []) or []),
         )

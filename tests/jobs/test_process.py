@@ -32,6 +32,7 @@ from node.labels import normalise_subtype
 from node.model.bundle import BundleError
 from node.model.prediction import Prediction
 from node.model.tasks import Task
+from node.sr.consistency import check_heads
 from node.sr.validate import validate_object, validate_sr
 from node.vocabulary import NotAssessedReason
 from tests.support.studies import SynthCase, synth_case
@@ -260,6 +261,8 @@ def _old_lesion_json(lesion: LesionFeatures, volume_ml: float, subtype: Predicti
         or any(p.out_of_distribution for p in heads.values()),
         "ood_reasons": reasons,
         "index": False,  # added with the index lesion (node.jobs.index); set by process_study, not here
+        "site": "",  # no atlas site without a study (node.imaging.sites)
+        "cautions": [],  # filled in by the test from the SR result (low confidence, disagreeing heads)
     }
 
 
@@ -277,6 +280,12 @@ def test_lesion_summary_is_derived_from_the_sr_result_with_the_json_shape_of_bef
         lesion, 2.34567, models.subtype.predict(features, primary),
         {task.value: bundle.predict(features, primary) for task, bundle in models.receptors.items()},
     )
+    # the cautions say, in words, what the SR codes: each head under its CV threshold, each contradiction
+    low = [h for h in result.heads if h.confidence_threshold is not None and h.probability < h.confidence_threshold]
+    assert [c for c in summary.cautions if c.startswith("low confidence: ")] == [
+        f"low confidence: {h.task} {h.probability:.2f} < {h.confidence_threshold:.2f}" for h in low]
+    assert len(summary.cautions) == len(low) + len(check_heads(result))
+    expected["cautions"] = list(summary.cautions)
     assert summary.to_json() == expected
     assert json.dumps(summary.to_json()) == json.dumps(expected)  # key order too
     assert LesionSummary.from_json(expected) == summary

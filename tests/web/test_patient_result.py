@@ -32,3 +32,30 @@ def test_results_without_a_patient_level_answer_read_as_before() -> None:
     result = parse_result(_data(None))
     assert result.patient is None
     assert result.summary == "HR+/HER2- (p=0.90) + 1 more lesion"
+
+
+def _lesion_row() -> str:
+    """The predicted-lesion row of templates/study.html, as shipped (the test renders the real markup)."""
+    from node.web.pages import templates
+
+    assert templates.loader is not None
+    source = templates.loader.get_source(templates, "study.html")[0]
+    start = source.index("  <tr{% if l.out_of_distribution %}")
+    return source[start:source.index("  </tr>", start) + len("  </tr>")]
+
+
+def test_study_page_shows_each_lesions_site_and_cautions() -> None:
+    from node.web.pages import templates
+
+    data = _data(None)
+    for lesion in data["lesions"]:
+        lesion |= {"probabilities": {lesion["subtype"]: lesion["probability"]}, "heads": {}, "top_features": []}
+    data["lesions"][1] |= {"site": "left frontal lobe (82 % of the lesion)",
+                           "cautions": ["low confidence: subtype 0.61 < 0.80",
+                                        "heads disagree: subtype TN is hormone-receptor negative but ER is "
+                                        "predicted positive"]}
+    result = parse_result(data)
+    html = "".join(templates.from_string(_lesion_row()).render(l=lesion) for lesion in result.lesions)
+    assert html.count('class="site"') == 1 and "left frontal lobe (82 % of the lesion)" in html
+    assert html.count('class="caution"') == 2 and "low confidence: subtype 0.61 &lt; 0.80" in html
+    assert "heads disagree: subtype TN" in html
