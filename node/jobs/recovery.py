@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -146,6 +147,12 @@ class Heartbeat:
         self._stopping = threading.Event()
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ainode-heartbeat", daemon=True)
+        # No fork while this thread is inside the ledger: a pool process forked while it held one of SQLite's or
+        # SQLAlchemy's locks inherits that lock taken, and hangs at its first ledger call (seen: a job "received"
+        # that never started). The prefork pool waits for the beat to finish instead (milliseconds).
+        self._in_ledger = threading.Lock()
+        os.register_at_fork(before=self._in_ledger.acquire, after_in_parent=self._in_ledger.release,
+                            after_in_child=self._in_ledger.release)
 
     def start(self) -> Heartbeat:
         self._thread.start()
@@ -158,10 +165,12 @@ class Heartbeat:
         interrupted = False
         while not self._stop.is_set():
             try:
-                if self._stopping.is_set() and not interrupted:
-                    leases.interrupt_attempts(self.repo, set(self.held()))
-                    interrupted = True
-                self.beat()
+                held = set(self.held())
+                with self._in_ledger:
+                    if self._stopping.is_set() and not interrupted:
+                        leases.interrupt_attempts(self.repo, held)
+                        interrupted = True
+                    leases.renew_leases(self.repo, held, self.clock())
             except (SQLAlchemyError, NodeError) as exc:  # the ledger is down for a moment: the next beat may pass
                 logger.warning("lease heartbeat failed: %s", exc)
             self._wake.wait(self.interval_s)
