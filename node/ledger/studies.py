@@ -57,8 +57,11 @@ class StudyOperations(Operations):
 
         return self._run(op)
 
-    def mark_ready(self, seen: StudySnapshot, at: float, *, forced: bool = False, reason: str | None = None) -> bool:
-        """receiving -> ready for the version ``seen`` describes; False if the study changed meanwhile."""
+    def mark_ready(self, seen: StudySnapshot, at: float, *, forced: bool = False, reason: str | None = None,
+                   detail: str | None = None) -> bool:
+        """receiving -> ready for the version ``seen`` describes; False if the study changed meanwhile.
+
+        ``detail`` (the completeness rule that fired) goes into the ``study-ready`` audit event only."""
 
         def op(session: Session) -> bool:
             study = guarded(session, seen)
@@ -69,7 +72,7 @@ class StudyOperations(Operations):
             study.forced = forced
             study.reason = reason
             write_audit(session, "study-ready", at, study_instance_uid=study.study_instance_uid,
-                        detail=(reason or "required series present, quiet period over")
+                        detail=(detail or reason or "required series present, quiet period over")
                         + f"; version {study.version}, {seen.instance_count} instance(s)")
             return True
 
