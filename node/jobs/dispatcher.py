@@ -43,6 +43,7 @@ class ReadyDispatcher:
         self.settle_s = settle_s
         self.clock = clock
         self.dispatched = 0  # jobs this dispatcher queued (tests, logs)
+        self.evaluations = 0  # judgements run (tests wait for one instead of sleeping)
         self._due: list[tuple[float, int, frozenset[str]]] = []
         self._count = 0
         self._wake = threading.Condition()
@@ -64,7 +65,7 @@ class ReadyDispatcher:
                 return
             self._count += 1
             heapq.heappush(self._due, (due, self._count, wanted))
-            self._wake.notify()
+            self._wake.notify_all()
 
     def _next(self) -> frozenset[str] | None:
         """The studies due now (all entries due, merged), or None once stopped."""
@@ -90,12 +91,26 @@ class ReadyDispatcher:
             except Exception as exc:  # noqa: BLE001 - the thread must live on; the periodic poll retries
                 logger.error("dispatching %d study(ies) failed (the periodic poll retries): %s: %s", len(studies),
                              type(exc).__name__, exc)
+            with self._wake:
+                self.evaluations += 1
+                self._wake.notify_all()
+
+    def wait_evaluations(self, count: int, timeout_s: float) -> bool:
+        """Whether at least ``count`` judgements have run within ``timeout_s`` (tests)."""
+        deadline = time.monotonic() + timeout_s
+        with self._wake:
+            while self.evaluations < count:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._wake.wait(left)
+            return True
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stop the thread (a dispatch in progress finishes first); scheduled studies are left to the poll."""
         with self._wake:
             self._stopped = True
             self._due.clear()
-            self._wake.notify()
+            self._wake.notify_all()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout_s)
