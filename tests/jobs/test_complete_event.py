@@ -264,3 +264,42 @@ def test_settle_s_is_validated() -> None:
             Settings.load(env={}, overrides={"settle_s": bad})
     assert Settings.load(env={}, overrides={"settle_s": "0", "quiet_period_s": "0"}).settle_s == 0.0
 
+
+
+@pytest.mark.parametrize("worker", [True, False], ids=["listener-and-worker", "no-worker"])
+def test_start_node_dispatches_a_complete_study_within_the_settle_time(
+    tmp_path: Path, synth_case: SynthCase, worker: bool
+) -> None:
+    """``ainode serve`` with the default settings (quiet period 60 s): the study is queued within ``settle_s`` + a
+    few seconds of the release, and the worker takes it; with ``--no-worker`` the message waits in the broker."""
+    from node.cli.serve import start_node
+    from node.jobs.broker import queue_depth, resolve_broker
+    from node.ledger.states import JobState
+
+    settings = Settings.load(env={}, overrides={
+        "port": 0, "bind_address": "127.0.0.1", "spool_dir": tmp_path / "spool", "min_free_disk_bytes": 0,
+        "allow_demo_models": "true"})
+    assert settings.quiet_period_s == 60.0 and settings.settle_s == 1.0  # the defaults
+    node = start_node(settings, worker=worker, worker_log=tmp_path / "worker.log")
+    try:
+        assert set(send(node.listener.port, synth_case.all)) == {0}
+        released = time.time()
+        repo = node.listener.repository
+        uid = study_uid(synth_case)
+        deadline = released + settings.settle_s + 10.0
+        while not repo.jobs(uid) and time.time() < deadline:
+            time.sleep(0.05)
+        jobs = repo.jobs(uid)
+        assert len(jobs) == 1, "not dispatched within settle_s + 10 s"
+        queued_at = next(e.at for e in repo.audit_trail(uid) if e.event == "job-queued")
+        assert queued_at - released <= settings.settle_s + 3.0  # not by the quiet period (60 s)
+        if not worker:
+            assert node.listener.dispatcher is not None and node.listener.dispatcher.dispatched == 1
+            assert queue_depth(resolve_broker(settings), settings.queue) == 1
+            return
+        deadline = time.time() + 120.0  # the worker's start on a loaded machine
+        while repo.jobs(uid)[0].state is JobState.QUEUED and time.time() < deadline:
+            time.sleep(0.2)
+        assert repo.jobs(uid)[0].state is not JobState.QUEUED, (tmp_path / "worker.log").read_text()[-3000:]
+    finally:
+        node.stop()
