@@ -114,6 +114,7 @@ class Settings:
     database_url: str | None = None  # None = SQLite (WAL) file ``<spool_dir>/ledger.sqlite3``
     quiet_period_s: float = 60.0
     settle_s: float = 1.0  # whole study, no association open: ready this long after its last instance
+    geometric_completeness: bool = True  # False: the quiet period alone decides (the rule before issue 12)
     force_complete_s: float = 3600.0
     force_complete_action: ForceCompleteAction = ForceCompleteAction.FAIL
     late_instance_policy: LateInstancePolicy = LateInstancePolicy.RERUN
@@ -304,6 +305,7 @@ _PARSERS: dict[str, Callable[[object, str], Any]] = {
     "database_url": parse_optional_text,
     "quiet_period_s": parse_seconds,
     "settle_s": parse_seconds,
+    "geometric_completeness": parse_bool,
     "force_complete_s": parse_seconds,
     "force_complete_action": choice(ForceCompleteAction),
     "late_instance_policy": choice(LateInstancePolicy),

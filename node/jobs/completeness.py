@@ -70,7 +70,7 @@ class CompletenessPolicy:
     @classmethod
     def from_settings(cls, settings: Settings) -> CompletenessPolicy:
         return cls(settings.quiet_period_s, settings.force_complete_s, settings.force_complete_action,
-                   settings.settle_s)
+                   settings.settle_s if settings.geometric_completeness else None)
 
     @property
     def settle(self) -> float:

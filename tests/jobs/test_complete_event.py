@@ -163,6 +163,22 @@ def test_quiet_period_when_the_headers_cannot_tell(
     assert detail is not None and detail.startswith("quiet period: ") and "cannot tell" in detail
 
 
+def test_geometric_completeness_off_is_the_quiet_period_alone(
+    start: ListenerFactory, sqlite_url: str, synth_case: SynthCase, series_rules: SeriesRules
+) -> None:
+    clock = FakeClock()
+    listener = start(sqlite_url, clock, settle_s=SETTLE, quiet_period_s=QUIET)
+    assert set(send(listener.port, synth_case.all)) == {0}
+
+    def checker(**fields: object) -> CompletenessChecker:
+        settings = Settings.load(env={}, overrides={"settle_s": SETTLE, "quiet_period_s": QUIET, **fields})
+        return CompletenessChecker(listener.repository, series_rules, CompletenessPolicy.from_settings(settings),
+                                   listener.spool.root)
+
+    assert checker(geometric_completeness="false").find_ready_studies(clock.now + 5) == []
+    assert len(checker().find_ready_studies(clock.now + 5)) == 1  # the default: whole, no association open
+
+
 def test_an_enhanced_multi_frame_t1ce(
     start: ListenerFactory, sqlite_url: str, synth_case: SynthCase, tmp_path: Path
 ) -> None:
