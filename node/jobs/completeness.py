@@ -195,8 +195,7 @@ class CompletenessChecker:
 
     def check(self, now: float, only: Collection[str] | None = None) -> None:
         """Apply :func:`evaluate` to every ``receiving`` study (those of ``only``) and record the transitions."""
-        snapshots = [s for s in self.repository.studies([StudyState.RECEIVING])
-                     if only is None or s.study_instance_uid in only]
+        snapshots = self.repository.studies([StudyState.RECEIVING], only)
         if not snapshots:
             return
         open_studies: set[str] = set()
@@ -223,9 +222,7 @@ class CompletenessChecker:
         (those of ``only``)."""
         self.check(now, only)
         ready = []
-        for snapshot in self.repository.studies([StudyState.READY]):
-            if only is not None and snapshot.study_instance_uid not in only:
-                continue
+        for snapshot in self.repository.studies([StudyState.READY], only):
             refs = series_refs(snapshot, self.spool_root)
             identified, _ = _identify(refs, self.rules)
             ready.append(

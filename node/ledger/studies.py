@@ -45,14 +45,18 @@ class StudyOperations(Operations):
 
         return self._run(op)
 
-    def studies(self, states: Iterable[StudyState] | None = None) -> list[StudySnapshot]:
-        """Snapshots of the studies in ``states`` (all when ``None``), oldest first."""
+    def studies(self, states: Iterable[StudyState] | None = None,
+                uids: Iterable[str] | None = None) -> list[StudySnapshot]:
+        """Snapshots of the studies in ``states`` (all when ``None``), of ``uids`` only if given, oldest first."""
         wanted = None if states is None else list(states)
+        only = None if uids is None else sorted(uids)
 
         def op(session: Session) -> list[StudySnapshot]:
             query = select(Study).options(selectinload(Study.series).selectinload(Series.instances))
             if wanted is not None:
                 query = query.where(Study.state.in_(wanted))
+            if only is not None:
+                query = query.where(Study.study_instance_uid.in_(only))
             return [snapshot_of(s) for s in session.scalars(query.order_by(Study.id))]
 
         return self._run(op)
