@@ -159,8 +159,8 @@ def evaluate(
             fallback = "; an association storing into the study is still open"
         elif judged.wholeness is Wholeness.WHOLE:
             if quiet_for >= policy.settle:
-                return Decision(Verdict.READY, f"complete: {judged.reason}; no association open; settled "
-                                f"{quiet_for:.1f} s", identified=identified, rule="complete")
+                return Decision(Verdict.READY, f"{judged.reason}; no association open; settled {quiet_for:.1f} s",
+                                identified=identified, rule="complete")
             return Decision(Verdict.WAIT, "complete, settling", identified=identified)
         else:
             fallback = f"; the headers cannot tell whether it is whole ({judged.reason})"
