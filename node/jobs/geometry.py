@@ -247,14 +247,14 @@ def judge_series(instances: Sequence[InstanceGeometry], seg_references: Iterable
         if absent:
             return Judgement(Wholeness.INCOMPLETE, f"{len(absent)} in-stack position(s) missing")
     expected = {g.images_in_acquisition for g in instances}
-    count = len(instances)
+    count = len(positions)  # images: one per single-frame instance, one per frame of a multi-frame one
     bounded = ""
     if len(expected) == 1 and (n := expected.pop()) is not None and n > 0:
         if count < n:
             return Judgement(Wholeness.INCOMPLETE, f"{count} of {n} images in the acquisition received")
         if count == n:
             bounded = f"ImagesInAcquisition {n}"
-    if count == 1 and (instances[0].number_of_frames or 1) > 1:
+    if len(instances) == 1 and (instances[0].number_of_frames or 1) > 1:
         bounded = f"one multi-frame instance of {instances[0].number_of_frames} frames"
     if not bounded and series_refs:
         bounded = f"all {len(series_refs)} instance(s) the SEG references"

@@ -146,3 +146,15 @@ def test_a_seg_drawn_on_the_multi_frame_instance(synth_case: SynthCase, tmp_path
                        series_description="SEG", manufacturer="Test", uid_seed="geometry-mfseg")
     judged = judge_study([("T1CE", str(mf.SeriesInstanceUID), [mf_path])], [seg_path], GeometryCache())
     assert judged.wholeness is Wholeness.WHOLE, judged.reason
+
+
+def test_a_multi_frame_instance_counts_its_frames() -> None:
+    frames = tuple((0.0, 0.0, 2.0 * i) for i in range(6))
+
+    def instance(count: int | None) -> InstanceGeometry:
+        return InstanceGeometry("mf", frames, (AXIAL,) * 6, (None,) * 6, images_in_acquisition=count,
+                                number_of_frames=6)
+
+    assert judge_series([instance(6)]).wholeness is Wholeness.WHOLE
+    assert judge_series([instance(None)]).wholeness is Wholeness.WHOLE  # one instance holds its series
+    assert judge_series([instance(7)]).wholeness is Wholeness.INCOMPLETE
