@@ -64,7 +64,7 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--spool-dir", type=Path, help="spool folder (default ./spool)")
     parser.add_argument("--database", help="ledger URL (default: SQLite in the spool folder)")
     parser.add_argument("--quiet-period", type=float, help="seconds without new instances before a study is "
-                        "processed (default 60)")
+                        "processed when its headers cannot tell whether it is whole (default 60)")
     parser.add_argument("--settle", type=float, help="seconds after its last instance before a geometrically "
                         "whole study with no association open is processed (0 to 2, default 1)")
     parser.add_argument("--broker", help="Celery broker URL (redis://...); default: embedded, in the spool folder")
