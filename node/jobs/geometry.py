@@ -246,6 +246,9 @@ def judge_series(instances: Sequence[InstanceGeometry], seg_references: Iterable
         absent = set(range(1, numbers[-1] + 1)) - set(numbers)
         if absent:
             return Judgement(Wholeness.INCOMPLETE, f"{len(absent)} in-stack position(s) missing")
+    judged = contiguity(offsets)
+    if judged.wholeness is Wholeness.INCOMPLETE:  # a gap says most: where the missing slices are
+        return judged
     expected = {g.images_in_acquisition for g in instances}
     count = len(positions)  # images: one per single-frame instance, one per frame of a multi-frame one
     bounded = ""
@@ -258,7 +261,6 @@ def judge_series(instances: Sequence[InstanceGeometry], seg_references: Iterable
         bounded = f"one multi-frame instance of {instances[0].number_of_frames} frames"
     if not bounded and series_refs:
         bounded = f"all {len(series_refs)} instance(s) the SEG references"
-    judged = contiguity(offsets)
     if judged.wholeness is not Wholeness.WHOLE:
         return judged
     if not bounded:
