@@ -55,6 +55,8 @@ CONFIG_ENV = "AINODE_CONFIG"
 LOG_FORMAT_ENV = "AINODE_LOG_FORMAT"
 LOG_VERBOSITY_ENV = "AINODE_LOG_VERBOSITY"
 DEFAULT_QUEUE = "ainode"
+#: the longest ``settle_s`` (issue 12: a complete study is processed within ~2 s of its last association's end)
+MAX_SETTLE_S = 2.0
 
 
 class DuplicatePolicy(enum.StrEnum):
@@ -111,6 +113,8 @@ class Settings:
     duplicate_policy: DuplicatePolicy = DuplicatePolicy.KEEP
     database_url: str | None = None  # None = SQLite (WAL) file ``<spool_dir>/ledger.sqlite3``
     quiet_period_s: float = 60.0
+    settle_s: float = 1.0  # whole study, no association open: ready this long after its last instance
+    geometric_completeness: bool = True  # False: the quiet period alone decides (the rule before issue 12)
     force_complete_s: float = 3600.0
     force_complete_action: ForceCompleteAction = ForceCompleteAction.FAIL
     late_instance_policy: LateInstancePolicy = LateInstancePolicy.RERUN
@@ -270,6 +274,9 @@ class Settings:
                 f"job_stale_after_s ({self.job_stale_after_s:g}) must be at least twice job_heartbeat_s "
                 f"({self.job_heartbeat_s:g}, more than 0): a lease renewed on time must never look stale"
             )
+        if not 0 <= self.settle_s <= MAX_SETTLE_S:
+            raise ConfigError(f"settle_s ({self.settle_s:g}) must be between 0 and {MAX_SETTLE_S:g} s: it only lets "
+                              "the ledger settle; a longer wait is the quiet period's (quiet_period_s)")
         if self.force_complete_s < self.quiet_period_s:
             raise ConfigError(
                 f"force_complete_s ({self.force_complete_s:g}) must not be shorter than "
@@ -297,6 +304,8 @@ _PARSERS: dict[str, Callable[[object, str], Any]] = {
     "duplicate_policy": choice(DuplicatePolicy),
     "database_url": parse_optional_text,
     "quiet_period_s": parse_seconds,
+    "settle_s": parse_seconds,
+    "geometric_completeness": parse_bool,
     "force_complete_s": parse_seconds,
     "force_complete_action": choice(ForceCompleteAction),
     "late_instance_policy": choice(LateInstancePolicy),

@@ -54,7 +54,12 @@ SETTING_HELP: dict[str, str] = {
     "duplicate_policy": "a known SOP Instance UID with different content: `keep` the first copy or `replace` it",
     "database_url": "ledger database: `sqlite:///path` or `postgresql://user@host:5432/db`; none = SQLite "
     "`<spool_dir>/ledger.sqlite3`",
-    "quiet_period_s": "seconds without a new instance before a complete study is processed",
+    "quiet_period_s": "seconds without a new instance before a study with its required series is processed when "
+    "the headers cannot tell whether it is whole (see `settle_s`); an upper bound otherwise",
+    "settle_s": "seconds (0 to 2) after its last instance before a study is processed once its required series are "
+    "geometrically whole and no association storing into it is open (docs/listener.md)",
+    "geometric_completeness": "`false`: ignore the geometry and the open associations, the quiet period alone "
+    "decides when a study is complete (the rule before issue 12; benchmarks' baseline)",
     "force_complete_s": "deadline from a study version's first instance (at least the quiet period)",
     "force_complete_action": "at the deadline without the required series: `process` what is there or `fail`",
     "late_instance_policy": "an instance arriving after processing: `rerun` (new version, superseding SR) or "

@@ -1,7 +1,9 @@
 """``ainode serve``: the node as one command — the DICOM listener plus a real job worker.
 
 The listener runs in this process; the worker is a separate ``ainode worker --beat`` process (Celery, real
-worker processes) that polls the ledger for complete studies, processes them and delivers the results. Both
+worker processes) that processes studies and delivers the results. The listener sends a study's job as soon as
+the study is complete (judged ``settle_s`` after each association ends, :mod:`node.jobs.dispatcher`), also with
+``--no-worker``; the worker's periodic poll for complete studies remains as a safety net. Both
 run on the same settings: this process loads them once (CLI > environment > ``--config`` file > defaults) and
 hands the effective values to the worker in a private settings file (``--settings-file``), so the worker sees
 exactly what the listener sees.
@@ -31,6 +33,7 @@ from typing import NoReturn
 from node.cli.demo_models import check_demo_models
 from node.config import Settings, redact_url
 from node.errors import ConfigError
+from node.jobs.sender import process_sender
 from node.scp.server import ListenerHandle, start_listener
 
 logger = logging.getLogger(__name__)
@@ -43,6 +46,7 @@ CLI_SETTINGS: dict[str, str] = {
     "spool_dir": "spool_dir",
     "database": "database_url",
     "quiet_period": "quiet_period_s",
+    "settle": "settle_s",
     "broker": "broker_url",
     "models": "models_dir",
     "allow_demo_models": "allow_demo_models",
@@ -60,7 +64,9 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--spool-dir", type=Path, help="spool folder (default ./spool)")
     parser.add_argument("--database", help="ledger URL (default: SQLite in the spool folder)")
     parser.add_argument("--quiet-period", type=float, help="seconds without new instances before a study is "
-                        "processed (default 60)")
+                        "processed when its headers cannot tell whether it is whole (default 60)")
+    parser.add_argument("--settle", type=float, help="seconds after its last instance before a geometrically "
+                        "whole study with no association open is processed (0 to 2, default 1)")
     parser.add_argument("--broker", help="Celery broker URL (redis://...); default: embedded, in the spool folder")
     parser.add_argument("--models", type=Path, help="model bundles folder (default models/demo)")
     parser.add_argument("--allow-demo-models", action="store_const", const="true", default=None,
@@ -313,8 +319,8 @@ def start_node(settings: Settings, *, worker: bool = True, concurrency: int = 1,
     check_demo_models(settings)
     settings.spool_dir.mkdir(parents=True, exist_ok=True)
     lock = SpoolLock(settings.spool_dir)
-    try:
-        listener = start_listener(settings)
+    try:  # the listener dispatches a study as soon as it is complete; the worker's poll is the safety net
+        listener = start_listener(settings, send_task=process_sender(settings))
     except BaseException:
         lock.release()
         raise

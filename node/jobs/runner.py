@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 import pydicom
@@ -203,11 +203,22 @@ def dispatch_ready(
     now: float,
     send_task: Callable[[int, str, str, str], object],
     spool_dir: Path,
+    only: Collection[str] | None = None,
 ) -> list[JobRecord]:
-    """Enqueue every ready study once and hand it to the workers; the jobs created (``ainode serve`` may loop it)."""
+    """Enqueue every ready study once and hand it to the workers; the jobs created (``ainode serve`` may loop it).
+
+    ``only``: just these studies (the listener, when an association ends), without the failure-SR sweep. Two
+    dispatchers (the listener's and the worker's poll) may race for one study: the ledger gives it to one of them
+    (:meth:`Repository.enqueue` returns ``None``, or refuses a study another dispatcher queued meanwhile) and only
+    that one sends the task.
+    """
     created = []
-    for study in checker.find_ready_studies(now):
-        job = repo.enqueue(study.study_instance_uid, study.idempotency_key, now)
+    for study in checker.find_ready_studies(now, only):
+        try:
+            job = repo.enqueue(study.study_instance_uid, study.idempotency_key, now)
+        except LedgerStateError as exc:  # another dispatcher queued it between our check and our enqueue
+            logger.debug("study not queued here: %s", exc.message)
+            continue
         if job is None:  # this exact content already has a job
             continue
         out_dir = result_dir(spool_dir, study.study_instance_uid, job.id)
@@ -215,6 +226,8 @@ def dispatch_ready(
         with correlated(job=job.id, study=study_key(study.study_instance_uid)):
             logger.info("job %d queued", job.id)
         created.append(job)
+    if only is not None:
+        return created
     for uid in repo.unreported_failures(now - FAILURE_REPORT_WINDOW_S):
         failure_job = repo.enqueue_failure_report(uid, now)
         if failure_job is None:
@@ -224,7 +237,3 @@ def dispatch_ready(
             logger.info("job %d queued: failure SR of a study that failed without processing", failure_job.id)
         created.append(failure_job)
     return created
-
-
-
-

@@ -7,13 +7,15 @@ so calling an operation twice, or from two processes, never produces two jobs fo
 
 :class:`Repository` is composed of one part per kind of record, each in its module: ``intake.py`` (received
 instances), ``studies.py`` (snapshots, ready / failed), ``jobs.py``, ``deliveries.py`` (with the outbox's
-functions), ``results.py`` (finishing a job with its deliveries) and ``audit.py``; all of them, and
+functions), ``results.py`` (finishing a job with its deliveries), ``audit.py`` and ``associations.py`` (the
+associations still open, per study); all of them, and
 ``primary.py``, run in ``transaction.py``'s one transaction runner and write the audit trail with its one writer.
 """
 
 from __future__ import annotations
 
 from node.config import LateInstancePolicy
+from node.ledger.associations import AssociationOperations
 from node.ledger.audit import AuditOperations
 from node.ledger.db import Ledger
 from node.ledger.deliveries import DeliveryOperations
@@ -45,7 +47,7 @@ __all__ = [  # the records are re-exported: callers import everything ledger-rel
 
 
 class Repository(IntakeOperations, StudyOperations, JobOperations, DeliveryOperations, ResultOperations,
-                 AuditOperations):
+                 AuditOperations, AssociationOperations):
     """The ledger operations of the listener, the completeness check and the job layer."""
 
     def __init__(self, ledger: Ledger, late_policy: LateInstancePolicy = LateInstancePolicy.RERUN) -> None:

@@ -45,20 +45,27 @@ class StudyOperations(Operations):
 
         return self._run(op)
 
-    def studies(self, states: Iterable[StudyState] | None = None) -> list[StudySnapshot]:
-        """Snapshots of the studies in ``states`` (all when ``None``), oldest first."""
+    def studies(self, states: Iterable[StudyState] | None = None,
+                uids: Iterable[str] | None = None) -> list[StudySnapshot]:
+        """Snapshots of the studies in ``states`` (all when ``None``), of ``uids`` only if given, oldest first."""
         wanted = None if states is None else list(states)
+        only = None if uids is None else sorted(uids)
 
         def op(session: Session) -> list[StudySnapshot]:
             query = select(Study).options(selectinload(Study.series).selectinload(Series.instances))
             if wanted is not None:
                 query = query.where(Study.state.in_(wanted))
+            if only is not None:
+                query = query.where(Study.study_instance_uid.in_(only))
             return [snapshot_of(s) for s in session.scalars(query.order_by(Study.id))]
 
         return self._run(op)
 
-    def mark_ready(self, seen: StudySnapshot, at: float, *, forced: bool = False, reason: str | None = None) -> bool:
-        """receiving -> ready for the version ``seen`` describes; False if the study changed meanwhile."""
+    def mark_ready(self, seen: StudySnapshot, at: float, *, forced: bool = False, reason: str | None = None,
+                   detail: str | None = None) -> bool:
+        """receiving -> ready for the version ``seen`` describes; False if the study changed meanwhile.
+
+        ``detail`` (the completeness rule that fired) goes into the ``study-ready`` audit event only."""
 
         def op(session: Session) -> bool:
             study = guarded(session, seen)
@@ -69,7 +76,7 @@ class StudyOperations(Operations):
             study.forced = forced
             study.reason = reason
             write_audit(session, "study-ready", at, study_instance_uid=study.study_instance_uid,
-                        detail=(reason or "required series present, quiet period over")
+                        detail=(detail or reason or "required series present, quiet period over")
                         + f"; version {study.version}, {seen.instance_count} instance(s)")
             return True
 

@@ -187,3 +187,27 @@ class PrimarySubtype(Base):
     subtype: Mapped[str] = mapped_column(String(16))
     set_at: Mapped[float] = mapped_column(Float)
     set_by: Mapped[str] = mapped_column(String(64))
+
+
+class OpenAssociation(Base):
+    """A study that an association still open has stored instances of (``node.ledger.associations``).
+
+    Added at an association's first C-STORE of the study, removed when the association is released or aborted;
+    the listener process that holds it (host, pid, process start) is recorded so that the rows of a process
+    that died are ignored. Added after the first release (a new table: created on older databases).
+    """
+
+    __tablename__ = "open_associations"
+    __table_args__ = (UniqueConstraint("association", "study_instance_uid"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: a random id of the association (unique across the listener processes sharing the ledger)
+    association: Mapped[str] = mapped_column(String(64))
+    study_instance_uid: Mapped[str] = mapped_column(String(64), index=True)
+    calling_ae_title: Mapped[str] = mapped_column(String(16))
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    #: the process's start time as the kernel counts it (``/proc/<pid>/stat``; 0 where unknown): a reused pid
+    #: is another process
+    process_started_at: Mapped[float] = mapped_column(Float)
+    opened_at: Mapped[float] = mapped_column(Float)

@@ -25,6 +25,7 @@ from node.config import DuplicatePolicy
 from node.errors import CorruptInstanceError
 from node.ledger.intake import InstanceConflictError
 from node.ledger.repository import InstanceHeader, Repository
+from node.scp.arrivals import Arrivals, on_association_end
 from node.scp.header import Limits, read_header
 from node.scp.receive import DISK_FULL, Received, Refusal, SpillBuffer
 from node.scp.source import LimitExceededError
@@ -46,6 +47,7 @@ class ListenerContext:
     duplicate_policy: DuplicatePolicy
     clock: Callable[[], float]
     limits: Limits
+    arrivals: Arrivals | None = None  # the studies each open association stores into (node.scp.arrivals)
 
 
 def _key(uid: str) -> str:
@@ -133,6 +135,8 @@ def _handle(
     if free < ctx.min_free_disk_bytes:
         return refuse(StoreStatus.OUT_OF_RESOURCES,
                       f"free disk in the spool ({free} bytes) is below min_free_disk_bytes ({ctx.min_free_disk_bytes})")
+    if ctx.arrivals is not None:  # before the instance is recorded: the study never looks finished meanwhile
+        ctx.arrivals.stored(event.assoc, header.study_instance_uid, calling)
     try:
         return _store(ctx, header, received, calling, peer, now)
     except InstanceConflictError as exc:
@@ -186,8 +190,21 @@ def handle_rejected(event: Event, ctx: ListenerContext) -> None:
 
 
 def handle_aborted(event: Event, ctx: ListenerContext) -> None:
-    """Audit an aborted association (instances already answered Success stay stored), with the reason if known."""
+    """Audit an aborted association (instances already answered Success stay stored), with the reason if known;
+    then its studies are judged (:func:`node.scp.arrivals.on_association_end`)."""
     calling, peer = _requestor(event)
     reason = getattr(event.assoc.dul.socket, "violation", None)
     audit_quietly(ctx.repository, "association-aborted", ctx.clock(), calling_ae_title=calling, peer=peer,
                   detail=reason)
+    on_association_end(ctx.arrivals, event.assoc)
+
+
+def handle_released(event: Event, ctx: ListenerContext) -> None:
+    """The association was released: its studies are judged after ``settle_s``."""
+    on_association_end(ctx.arrivals, event.assoc)
+
+
+def handle_closed(event: Event, ctx: ListenerContext) -> None:
+    """The connection closed (also after a network timeout, without release or abort): as :func:`handle_released`;
+    an association already ended is not handled twice."""
+    on_association_end(ctx.arrivals, event.assoc)

@@ -21,13 +21,16 @@ from typing import Any
 
 from pynetdicom import AE, _config, evt
 from pynetdicom.utils import make_target
+from sqlalchemy.exc import SQLAlchemyError
 
 from node import log
 from node.config import Settings
 from node.errors import ConfigError, NodeError
+from node.jobs.dispatcher import ReadyDispatcher, SendTask
 from node.ledger.db import Ledger
 from node.ledger.repository import Repository
 from node.scp import handlers
+from node.scp.arrivals import Arrivals
 from node.scp.contexts import VERIFICATION, VERIFICATION_TRANSFER_SYNTAXES, storage_contexts
 from node.scp.header import Limits
 from node.scp.receive import ReceiveLimits
@@ -52,12 +55,14 @@ class ListenerHandle:
     """A running listener: its bound port, the spool and repository it writes to, and ``stop()``."""
 
     def __init__(
-        self, ae: AE, server: NodeServer, spool: Spool, repository: Repository, owns_ledger: bool
+        self, ae: AE, server: NodeServer, spool: Spool, repository: Repository, owns_ledger: bool,
+        dispatcher: ReadyDispatcher | None = None,
     ) -> None:
         self.ae = ae
         self.server = server
         self.spool = spool
         self.repository = repository
+        self.dispatcher = dispatcher  # judges the studies of each association that ends (dispatch on the event)
         self._owns_ledger = owns_ledger
         self._stopped = False
 
@@ -80,6 +85,8 @@ class ListenerHandle:
             return
         self._stopped = True
         self.server.shutdown()
+        if self.dispatcher is not None:
+            self.dispatcher.stop()
         if self._owns_ledger:
             self.repository.ledger.dispose()
 
@@ -161,13 +168,27 @@ def build_ae(settings: Settings) -> AE:
     return ae
 
 
+def ready_dispatcher(settings: Settings, repository: Repository, send_task: SendTask,
+                     clock: Callable[[], float]) -> ReadyDispatcher:
+    """The listener's dispatcher: the completeness check of ``settings``, the process task sent by ``send_task``."""
+    from node.imaging.series_rules import load_rules
+    from node.jobs.completeness import CompletenessChecker, CompletenessPolicy
+
+    checker = CompletenessChecker(repository, load_rules(), CompletenessPolicy.from_settings(settings),
+                                  settings.spool_dir)
+    return ReadyDispatcher(repository, checker, send_task, settings.spool_dir.resolve(), settings.settle_s, clock)
+
+
 def start_listener(
-    settings: Settings, ledger: Ledger | None = None, *, clock: Callable[[], float] = time.time
+    settings: Settings, ledger: Ledger | None = None, *, clock: Callable[[], float] = time.time,
+    send_task: SendTask | None = None,
 ) -> ListenerHandle:
     """Start the C-ECHO / C-STORE SCP in background threads and return its handle.
 
     ``ledger`` defaults to one opened from ``settings.effective_database_url`` (closed again by ``stop()``);
-    ``clock`` gives the receive times recorded in the ledger (tests pass a fake one).
+    ``clock`` gives the receive times recorded in the ledger (tests pass a fake one). With ``send_task`` (e.g.
+    :func:`node.jobs.sender.process_sender`), the studies of an association that ends are judged ``settle_s``
+    later and dispatched when ready, from this process (:mod:`node.jobs.dispatcher`).
     """
     if _config.STORE_RECV_CHUNKED_DATASET:
         raise ConfigError("pynetdicom's STORE_RECV_CHUNKED_DATASET must stay off: the listener receives datasets "
@@ -179,6 +200,11 @@ def start_listener(
     spool.clean_incoming()
     repository = Repository(ledger, settings.late_instance_policy)
     reconcile_spool(spool, repository, clock())
+    try:
+        repository.forget_dead_associations()
+    except SQLAlchemyError as exc:
+        logger.error("the open associations of stopped listeners could not be cleared: %s", exc.__class__.__name__)
+    dispatcher = None if send_task is None else ready_dispatcher(settings, repository, send_task, clock)
     context = handlers.ListenerContext(
         spool=spool,
         repository=repository,
@@ -186,12 +212,15 @@ def start_listener(
         duplicate_policy=settings.duplicate_policy,
         clock=clock,
         limits=Limits(max_inflated_bytes=settings.max_inflated_bytes, max_element_bytes=settings.max_element_bytes),
+        arrivals=Arrivals(repository, clock, None if dispatcher is None else dispatcher.schedule),
     )
     evt_handlers: list[Any] = [
         (evt.EVT_C_ECHO, handlers.handle_echo, [context]),
         (evt.EVT_C_STORE, handlers.handle_store, [context]),
         (evt.EVT_REJECTED, handlers.handle_rejected, [context]),
         (evt.EVT_ABORTED, handlers.handle_aborted, [context]),
+        (evt.EVT_RELEASED, handlers.handle_released, [context]),
+        (evt.EVT_CONN_CLOSE, handlers.handle_closed, [context]),
     ]
     ae = build_ae(settings)
     tls = tls_context(settings)
@@ -209,6 +238,8 @@ def start_listener(
         assert isinstance(server, NodeServer)
     except OSError as exc:
         audit.close()
+        if dispatcher is not None:
+            dispatcher.stop()
         if owns_ledger:
             ledger.dispose()
         raise ConfigError(f"cannot listen on {settings.bind_address}:{settings.port}: {exc.strerror}") from exc
@@ -216,7 +247,9 @@ def start_listener(
                               daemon=True)
     thread.start()
     ae._servers.append(server)
-    handle = ListenerHandle(ae, server, spool, repository, owns_ledger)
+    if dispatcher is not None:
+        dispatcher.start()
+    handle = ListenerHandle(ae, server, spool, repository, owns_ledger, dispatcher)
     logger.info(
         "listening as %s on %s:%d%s, spool %s, ledger %s",
         settings.ae_title, handle.address, handle.port, " (TLS)" if settings.tls_enabled else "",

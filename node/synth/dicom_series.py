@@ -241,6 +241,7 @@ def write_mr_series(image: sitk.Image, header: MRSeriesHeader, out_dir: Path, *,
     common = _common_dataset(image, header)
     common.WindowCenter = _ds(center)
     common.WindowWidth = _ds(width)
+    common.ImagesInAcquisition = stored.shape[0]  # as scanners write it: the count tells when a series is whole
     direction = _direction(image)
     origin = np.asarray(image.GetOrigin(), dtype=np.float64)
     normal = np.cross(direction[:, 0], direction[:, 1])

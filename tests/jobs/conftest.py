@@ -32,7 +32,7 @@ from node.ledger.db import Ledger
 from node.ledger.repository import JobRecord, Repository
 from node.spool import result_dir
 from node.values import Destination
-from tests.scp.fixtures import FakeClock, send, start
+from tests.scp.fixtures import FakeClock, ledger_url, send, sqlite_url, start
 from tests.support.studies import synth_case
 from tests.support.waiting import wait_for
 
@@ -43,6 +43,7 @@ def spool_settings(spool_dir: Path, env: dict[str, str] | None = None) -> Settin
 
 
 __all__ = ["start", "synth_case"]
+__all__ += ["ledger_url", "sqlite_url"]  # tests/jobs/test_complete_event.py
 
 ROOT = Path(__file__).resolve().parents[2]
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379

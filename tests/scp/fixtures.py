@@ -99,7 +99,8 @@ def _nodelay_socket(self: transport.AssociationSocket, address: transport.Addres
 def start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ListenerFactory]:
     """Start listeners on free ports (port 0) with a spool under tmp_path; all are stopped at teardown.
 
-    ``start(url, clock, **settings)``: the ledger at ``url`` (opened per listener and disposed on stop).
+    ``start(url, clock, **settings)``: the ledger at ``url`` (opened per listener and disposed on stop); a
+    ``send_task=`` keyword is passed to :func:`start_listener` (the listener dispatches ready studies itself).
     The test SCU sends files as they are on disk (pynetdicom's chunked send: no decode/re-encode), so the
     spool can be compared byte for byte and corrupt files reach the listener unchanged.
     """
@@ -112,10 +113,11 @@ def start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ListenerF
             "port": 0, "bind_address": "127.0.0.1", "spool_dir": tmp_path / "spool", "min_free_disk_bytes": 0,
             "database_url": url, "quiet_period_s": 60, "force_complete_s": 600,
         }
+        send_task = fields.pop("send_task", None)
         values.update(fields)
         settings = Settings.load(env={}, overrides=values)
         ledger = Ledger.open(url)
-        handle = start_listener(settings, ledger, clock=clock)
+        handle = start_listener(settings, ledger, clock=clock, send_task=send_task)  # type: ignore[arg-type]
         handles.append((handle, ledger))
         return handle
 

@@ -1,0 +1,97 @@
+"""Which studies each open association stores into, kept in the ledger, and what happens when it ends.
+
+The listener may run as several processes on one port, so "an association is still storing into this study" is
+recorded in the ledger (:mod:`node.ledger.associations`): :meth:`Arrivals.stored` adds a row at an association's
+first C-STORE of a study (before the instance is recorded, so the study never looks finished while it is being
+sent), and :func:`on_association_end` (EVT_RELEASED, EVT_ABORTED, EVT_CONN_CLOSE: whichever comes first; the
+others find nothing left) removes the association's rows and hands its studies to the dispatcher, which judges
+them after ``settle_s`` (:mod:`node.jobs.dispatcher`). Ledger errors are logged, never raised into an
+association: the quiet period and the periodic poll still decide then.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from node.ledger.repository import Repository
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _Open:
+    association: object  # the pynetdicom Association (kept to tell a reused id() apart)
+    key: str
+    studies: set[str] = field(default_factory=set)
+
+
+class Arrivals:
+    """The studies each association of this process has stored into; thread-safe (one thread per association)."""
+
+    def __init__(self, repository: Repository, clock: Callable[[], float],
+                 on_end: Callable[[list[str]], None] | None = None) -> None:
+        self.repository = repository
+        self.clock = clock
+        self.on_end = on_end
+        self._open: dict[int, _Open] = {}
+        self._lock = threading.Lock()
+
+    def stored(self, association: object, study_instance_uid: str, calling_ae_title: str) -> None:
+        """An instance of the study arrives on ``association``: record the pair in the ledger the first time."""
+        with self._lock:
+            entry = self._open.get(id(association))
+            if entry is None or entry.association is not association:
+                entry = self._open[id(association)] = _Open(association, uuid.uuid4().hex)
+            if study_instance_uid in entry.studies:
+                return
+            entry.studies.add(study_instance_uid)
+            key = entry.key
+        try:
+            self.repository.association_opened(key, study_instance_uid, self.clock(),
+                                               calling_ae_title=calling_ae_title)
+        except SQLAlchemyError as exc:
+            logger.error("an open association could not be recorded in the ledger: %s", exc.__class__.__name__)
+
+    def ended(self, association: object) -> list[str]:
+        """The association ended: remove its rows; the studies it stored into (none the second time)."""
+        with self._lock:
+            entry = self._open.get(id(association))
+            if entry is None or entry.association is not association:
+                return []
+            del self._open[id(association)]
+        try:
+            self.repository.association_ended(entry.key)
+        except SQLAlchemyError as exc:  # the rows age out (force_complete_s) or die with this process
+            logger.error("the end of an association could not be recorded in the ledger: %s",
+                         exc.__class__.__name__)
+        return sorted(entry.studies)
+
+    def open_studies(self) -> set[str]:
+        with self._lock:
+            return {uid for entry in self._open.values() for uid in entry.studies}
+
+
+def flush_stored() -> None:
+    """Make everything the association stored visible in the ledger before its studies are judged.
+
+    Every instance is committed before its Success today, so there is nothing to flush; a batched ledger writer
+    flushes here (issue 12, item 5)."""
+
+
+def on_association_end(arrivals: Arrivals | None, association: object) -> list[str]:
+    """The release path (EVT_RELEASED / EVT_ABORTED / EVT_CONN_CLOSE): flush, forget the association's open
+    rows, and hand its studies to the dispatcher; the studies (none when it stored nothing or was seen already)."""
+    if arrivals is None:
+        return []
+    flush_stored()
+    studies = arrivals.ended(association)
+    if studies and arrivals.on_end is not None:
+        arrivals.on_end(studies)
+    return studies
+
