@@ -8,8 +8,10 @@ instance) and from what the headers say it should hold:
 * **contiguity**: sorted positions step by one spacing; a step of ~2x (3x...) the spacing is one (two...) missing
   slice(s) -> :attr:`Wholeness.INCOMPLETE`; any other irregular step, two slices at one position, differing
   orientations or no positions at all -> :attr:`Wholeness.UNDECIDED` (the caller falls back to the quiet period);
-* **count**: ImagesInAcquisition (the same on every instance) greater than the instances held -> incomplete, equal
-  -> the series' ends are known; one enhanced multi-frame instance holds its whole series (NumberOfFrames);
+* **count**: ImagesInAcquisition (the same on every instance) equal to the images held -> the series' ends are
+  known; greater -> undecided, not incomplete (vendors count other series of the same acquisition too, so a count
+  alone must not hold a study for the force-complete time: the quiet period decides); one enhanced multi-frame
+  instance holds its whole series (NumberOfFrames);
   InStackPositionNumber values, where every slice has one, must run 1..N without a hole;
 * **the SEG's references**: every SOP Instance UID the SEG names for the series (ReferencedSeriesSequence and the
   per-frame source image references) must be held; the ReferencedSeriesSequence (which lists all source images)
@@ -253,8 +255,11 @@ def judge_series(instances: Sequence[InstanceGeometry], seg_references: Iterable
     count = len(positions)  # images: one per single-frame instance, one per frame of a multi-frame one
     bounded = ""
     if len(expected) == 1 and (n := expected.pop()) is not None and n > 0:
-        if count < n:
-            return Judgement(Wholeness.INCOMPLETE, f"{count} of {n} images in the acquisition received")
+        if count < n:  # contiguous, yet short of the count: vendors also count other series of the acquisition
+            # (localisers, other contrasts, MPRs), so the count alone cannot hold a study for the force-complete
+            # time: the quiet period decides, as without geometry
+            return Judgement(Wholeness.UNDECIDED, f"{count} of {n} images in the acquisition received (contiguous: "
+                                                  "the count may include other series of the acquisition)")
         if count == n:
             bounded = f"ImagesInAcquisition {n}"
     if len(instances) == 1 and (instances[0].number_of_frames or 1) > 1:
