@@ -37,12 +37,15 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery.signals import worker_init, worker_process_init
 
 from node.config import Settings
 from node.errors import NodeError
+
+if TYPE_CHECKING:
+    from node.imaging.pipeline import PipelineConfig
 
 logger = logging.getLogger(__name__)
 
@@ -135,24 +138,21 @@ def _warm_matplotlib() -> None:
     plt.close(figure)
 
 
-def _load_atlas_caches() -> None:
+def _load_atlas_caches(config: PipelineConfig) -> None:
     """The process-wide caches of the template registration and the lesion sites (read-only images)."""
     from node.imaging import pons, sites
-    from node.imaging.pipeline import PipelineConfig
 
-    params = PipelineConfig.load().preprocess.pons
     pons.mni_template()
     pons._template_roi()
-    pons.template_brain_mask(params.template_mask_margin_mm)
+    pons.template_brain_mask(config.preprocess.pons.template_mask_margin_mm)
     sites.region_atlas()
     sites._labelled_tree()
 
 
-def _load_models(settings: Settings, done: Preloaded) -> None:
-    from node.imaging.pipeline import PipelineConfig
+def _load_models(settings: Settings, config: PipelineConfig, done: Preloaded) -> None:
     from node.jobs.model_set import load_model_set
 
-    model_set = load_model_set(settings.models_dir, PipelineConfig.load().radiomics.sha256 or None)
+    model_set = load_model_set(settings.models_dir, config.radiomics.sha256 or None)
     for bundle in model_set.bundles.values():
         bundle.warm_up()
     done.model_bundles = len(model_set.bundles)
@@ -166,12 +166,22 @@ def preload(settings: Settings) -> Preloaded:
     for name in HEAVY_MODULES:
         _timed_step(done, f"import {name}", lambda name=name: importlib.import_module(name))
     _timed_step(done, "matplotlib fonts", _warm_matplotlib)
-    _timed_step(done, "template and atlas", _load_atlas_caches)
-    _timed_step(done, "model set", lambda: _load_models(settings, done))
+    configs: list[PipelineConfig] = []
+    _timed_step(done, "pipeline configuration", lambda: configs.append(_pipeline_config()))
+    if configs:
+        config = configs[0]
+        _timed_step(done, "template and atlas", lambda: _load_atlas_caches(config))
+        _timed_step(done, "model set", lambda: _load_models(settings, config, done))
     done.seconds = time.perf_counter() - start
     done.modules = len(sys.modules)
     _preloaded[:] = [(os.getpid(), done)]
     return done
+
+
+def _pipeline_config() -> PipelineConfig:
+    from node.imaging.pipeline import PipelineConfig
+
+    return PipelineConfig.load()
 
 
 def preloaded() -> Preloaded | None:
