@@ -200,7 +200,7 @@ def job_in_this_process(job_id: int) -> Iterator[None]:
     try:
         yield
     finally:
-        new = sorted({name.split(".")[0] for name in set(sys.modules) - before})
+        new = sorted({name.split(".")[0] for name in set(sys.modules) - before} - {""})
         logger.info("job %d ran in %.1f s as job %d of this pool process; %d package(s) imported during it%s",
                     job_id, time.perf_counter() - start, count, len(new), f": {', '.join(new[:12])}" if new else "")
 
