@@ -36,6 +36,7 @@ from node.values import (
     parse_count,
     parse_destinations,
     parse_keywords,
+    parse_limit,
     parse_limit_bytes,
     parse_networks,
     parse_optional_path,
@@ -146,6 +147,10 @@ class Settings:
     job_stale_after_s: float = 15.0
     job_max_redeliveries: int = 3
     worker_stop_timeout_s: float = 5.0
+    # warm workers (node.jobs.warm): a pool process serves many jobs; these bound it
+    worker_max_memory_mb: int = 1536  # peak resident size after which a pool process is replaced; 0 = no bound
+    worker_max_tasks_per_child: int = 50  # jobs (tasks) after which a pool process is replaced; 0 = no limit
+    worker_preload: bool = True  # import the pipeline, load the template, atlas and models before the pool forks
     # dashboard access (never logged: repr=False)
     web_token: str | None = field(default=None, repr=False)
     web_token_file: Path | None = None
@@ -334,6 +339,9 @@ _PARSERS: dict[str, Callable[[object, str], Any]] = {
     "job_stale_after_s": parse_seconds,
     "job_max_redeliveries": parse_retries,
     "worker_stop_timeout_s": parse_seconds,
+    "worker_max_memory_mb": parse_limit,
+    "worker_max_tasks_per_child": parse_limit,
+    "worker_preload": parse_bool,
     "web_token": parse_optional_text,
     "web_token_file": parse_optional_path,
     "web_trusted_proxies": parse_networks,

@@ -106,6 +106,14 @@ SETTING_HELP: dict[str, str] = {
     "kill); one more death fails the job with the reason",
     "worker_stop_timeout_s": "`ainode serve`: seconds its worker gets to stop after SIGTERM before its whole process "
     "group is killed (its job is re-sent at the next start)",
+    "worker_max_memory_mb": "MiB: a pool process whose peak resident size passed this is replaced by a fresh one "
+    "after the task it ran (Celery `worker_max_memory_per_child`); `0` = no bound. Pool processes are warm: they "
+    "keep imports, template, atlas and models across jobs (docs/jobs.md)",
+    "worker_max_tasks_per_child": "tasks after which a pool process is replaced by a fresh one (a safety net "
+    "against slow leaks); `0` = no limit",
+    "worker_preload": "import the pipeline and load the MNI template, the atlas and the model bundles in the "
+    "worker before its pool processes fork, so the first job is as fast as the next; `ainode worker` says `ready` "
+    "after it (`0` to turn off)",
     "web_token": "the dashboard's access token (at least 16 characters; no default: `ainode web` refuses to start "
     "without one); never logged",
     "web_token_file": "file holding the dashboard token (Docker secret); exclusive with `web_token`",

@@ -111,8 +111,14 @@ def production_settings(broker: BrokerConfig, settings: Settings, concurrency: i
         # reserve one message per process: a 10-minute study must not sit behind another in a prefetch buffer
         # where it would also be lost with its worker on the embedded broker
         "worker_prefetch_multiplier": 1,
-        # a fresh process per study: SimpleITK / ANTs / xgboost memory does not pile up across jobs
-        "worker_max_tasks_per_child": 1,
+        # warm pool processes (node.jobs.warm): a process keeps its imports, template, atlas and models across
+        # jobs; the memory bound is its peak resident size instead, checked after each task (KiB; billiard reads
+        # ru_maxrss), plus a task count as a safety net against slow leaks (None = no limit)
+        "worker_max_memory_per_child": settings.worker_max_memory_mb * 1024 or None,
+        "worker_max_tasks_per_child": settings.worker_max_tasks_per_child or None,
+        # a new pool process reports "up" after its worker_process_init (thread budget): allow a loaded machine
+        # more than Celery's 4 s before the process is taken for hung and replaced
+        "worker_proc_alive_timeout": 30.0,
         "worker_concurrency": concurrency,
         # soft limit raises SoftTimeLimitExceeded in the task (recorded as a failed job); the hard limit kills a
         # hung registration's process

@@ -4,8 +4,9 @@ receptor heads (ER, PR, HER2, HER2 three-tier) when present.
 Layout: ``<models_dir>/<task>/`` holds one :mod:`node.model.bundle` directory per task (``subtype``,
 ``subtype-noprimary``, ``er``, ``pr``, ``her2``, ``her2-3tier``). Each bundle is verified by
 :func:`node.model.bundle.load_bundle` (SHA-256 of every artefact) and must have been trained with the radiomics
-parameter file the pipeline uses now. Loaded sets are cached per directory and manifest modification times, so a
-long-running worker verifies the bundles once, and again only after they change on disk.
+parameter file the pipeline uses now. Loaded sets are cached per directory and the identity of every bundle file
+(inode, size, modification time), so a long-running (warm) worker verifies the bundles once, and again after any
+of their files changes on disk.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ DEFAULT_MODELS_DIR = Path(__file__).resolve().parents[2] / "models" / "demo"
 #: Receptor heads run in addition to the subtype model when their bundle is present, in report order.
 RECEPTOR_TASKS: tuple[Task, ...] = (Task.ER, Task.PR, Task.HER2, Task.HER2_3TIER)
 
-_cache: dict[tuple[str, str, tuple[tuple[str, float], ...]], ModelSet] = {}
+_cache: dict[tuple[str, str, tuple[tuple[str, int, int, int], ...]], ModelSet] = {}
 _cache_lock = threading.Lock()
 
 
@@ -61,14 +62,20 @@ class ModelSet:
         return {task: self.bundles[task] for task in RECEPTOR_TASKS if task in self.bundles}
 
 
-def _fingerprint(directory: Path) -> tuple[tuple[str, float], ...]:
+def _fingerprint(directory: Path) -> tuple[tuple[str, int, int, int], ...]:
+    """The identity of every file of every bundle (path, inode, size, modification time in ns): a bundle replaced,
+    rewritten or touched in any file is loaded (and its SHA-256 sums verified) again, never served stale."""
     out = []
     for task in Task:
-        manifest = directory / task.value / MANIFEST
-        try:
-            out.append((task.value, manifest.stat().st_mtime))
-        except OSError:
+        folder = directory / task.value
+        if not (folder / MANIFEST).is_file():
             continue
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            try:
+                stat = path.stat()
+            except OSError:  # removed meanwhile: the next load sees the change
+                continue
+            out.append((str(path.relative_to(directory)), stat.st_ino, stat.st_size, stat.st_mtime_ns))
     return tuple(out)
 
 

@@ -43,6 +43,7 @@ from node.jobs.recovery import (
     redispatch_orphans,
 )
 from node.jobs.runner import dispatch_ready, run_process_job
+from node.jobs.warm import job_in_this_process  # also connects the preload to the worker's signals
 from node.ledger import leases
 from node.ledger.db import Ledger
 from node.ledger.repository import Repository
@@ -241,8 +242,9 @@ def process_study_task(self: Task[Any, Any], job_id: int, study_instance_uid: st
                     logger.info("job %d: run %d", job_id, claim.attempts)
                 alive_until: float | None = None
                 try:
-                    return run_process_job(ctx, job_id, study_instance_uid, Path(study_dir), Path(out_dir),
-                                           queue_delivery=deliver_task.delay, worker=self.request.hostname)
+                    with job_in_this_process(job_id):
+                        return run_process_job(ctx, job_id, study_instance_uid, Path(study_dir), Path(out_dir),
+                                               queue_delivery=deliver_task.delay, worker=self.request.hostname)
                 except TransientError:
                     alive_until = ctx.clock() + _retry_window(self, settings)  # the retry holds the lease
                     raise

@@ -75,9 +75,11 @@ def test_job_defaults_reach_the_celery_configuration() -> None:
 
 
 def test_only_node_config_reads_the_environment() -> None:
-    """One configuration: no module but node/config.py reads os.environ / os.getenv (ITK's thread variable, which
-    the node *sets* for ANTs, is the one write allowed elsewhere)."""
-    reads = re.compile(r"os\.environ(?!\[\"ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS\"\] =)|os\.getenv|environ\.get\(")
+    """One configuration: no module but node/config.py reads os.environ / os.getenv (the thread-count variables,
+    which the node *sets* for ANTs and the BLAS/OpenMP libraries of a pool process, are the writes allowed
+    elsewhere: ITK's by name, node.jobs.warm's from its THREAD_VARIABLES)."""
+    reads = re.compile(r"os\.environ(?!\[\"ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS\"\] =|\[name\] = str\(threads\))"
+                       r"|os\.getenv|environ\.get\(")
     offenders = sorted(
         f"{path.relative_to(ROOT)}:{number}"
         for path in (ROOT / "node").rglob("*.py")

@@ -61,7 +61,8 @@ def test_production_settings(tmp_path: Path) -> None:
                                Settings.load(env={"AINODE_TASK_SOFT_TIME_LIMIT": "100"}), concurrency=3)
     assert conf["task_acks_late"] and conf["task_reject_on_worker_lost"]
     assert conf["accept_content"] == ["json"] and conf["task_serializer"] == "json"
-    assert conf["worker_prefetch_multiplier"] == 1 and conf["worker_max_tasks_per_child"] == 1
+    assert conf["worker_prefetch_multiplier"] == 1 and conf["worker_max_tasks_per_child"] == 50
+    assert conf["worker_max_memory_per_child"] == 1536 * 1024
     assert conf["worker_concurrency"] == 3
     assert conf["task_soft_time_limit"] == 100 and conf["task_time_limit"] >= 160
     with pytest.raises(ConfigError, match="AINODE_TASK_TIME_LIMIT"):

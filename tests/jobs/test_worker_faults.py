@@ -5,12 +5,15 @@ mid-job (acks_late redelivery), the ledger database unreachable (transient: retr
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
 import signal
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
@@ -31,6 +34,17 @@ JOB_TIMEOUT = 180.0  # the small study takes ~10 s alone; the 2-core test machin
 
 def _sr_files(out_dir: str) -> list[Path]:
     return [p for p in Path(out_dir).iterdir() if p.is_file() and pydicom.dcmread(p).Modality == "SR"]
+
+
+def _records(log: str) -> list[dict[str, Any]]:
+    """The worker's JSON log records."""
+    records = []
+    for line in log.splitlines():
+        with contextlib.suppress(ValueError):
+            record = json.loads(line)
+            if isinstance(record, dict):
+                records.append(record)
+    return records
 
 
 def _state(node: Node, job_id: int) -> JobState:
@@ -55,7 +69,8 @@ def test_job_runs_in_a_worker(dispatched: tuple[Node, tuple[int, str, str, str]]
 def test_pool_process_killed_mid_job_is_redelivered(
     dispatched: tuple[Node, tuple[int, str, str, str]], broker: BrokerUnderTest, workers: WorkerFactory
 ) -> None:
-    """SIGKILL of the process running the job: reject_on_worker_lost requeues it, a fresh pool process runs it."""
+    """SIGKILL of the process running the job: reject_on_worker_lost requeues it, a new pool process (warm: forked
+    from the preloaded worker) runs it."""
     node, args = dispatched
     worker = workers(node.worker_env(), broker.env)
     worker.wait_ready()
@@ -70,6 +85,10 @@ def test_pool_process_killed_mid_job_is_redelivered(
     log = worker.log()
     assert "WorkerLostError" in log or "signal 9" in log
     assert "running it again" in log  # the redelivered task found the job processing and re-ran it
+    reran = [r for r in _records(log) if str(r.get("message")).startswith(f"job {args[0]} ran in ")]
+    assert len(reran) == 1 and reran[0]["process"] not in victims, "the job was not re-run by a new pool process"
+    started = [r["process"] for r in _records(log) if str(r.get("message")).startswith("pool process started: warm")]
+    assert reran[0]["process"] in started
     events = [e.event for e in node.repo.audit_trail(args[1])]
     assert events.count("job-started") == 1 and events.count("job-done") == 1
 
