@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
@@ -31,6 +32,7 @@ from node.scp import handlers
 from node.scp.contexts import VERIFICATION, VERIFICATION_TRANSFER_SYNTAXES, storage_contexts
 from node.scp.header import Limits
 from node.scp.receive import ReceiveLimits
+from node.scp.recorder import IntakeRecorder, file_sha256, recover_spooled
 from node.scp.transport import (
     MIN_PDU_LIMIT,
     ConnectionAudit,
@@ -43,6 +45,7 @@ from node.spool import INCOMING, ORPHANS, Spool
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_LIMITS = Limits(max_inflated_bytes=256 << 20, max_element_bytes=16 << 20)
 ACSE_TIMEOUT_S = 30.0
 DIMSE_TIMEOUT_S = 120.0  # generous: large enhanced MR objects over slow links
 NETWORK_TIMEOUT_S = 120.0
@@ -52,12 +55,14 @@ class ListenerHandle:
     """A running listener: its bound port, the spool and repository it writes to, and ``stop()``."""
 
     def __init__(
-        self, ae: AE, server: NodeServer, spool: Spool, repository: Repository, owns_ledger: bool
+        self, ae: AE, server: NodeServer, spool: Spool, repository: Repository, owns_ledger: bool,
+        recorder: IntakeRecorder | None = None,
     ) -> None:
         self.ae = ae
         self.server = server
         self.spool = spool
         self.repository = repository
+        self.recorder = recorder
         self._owns_ledger = owns_ledger
         self._stopped = False
 
@@ -80,8 +85,14 @@ class ListenerHandle:
             return
         self._stopped = True
         self.server.shutdown()
+        if self.recorder is not None:
+            self.recorder.close()
         if self._owns_ledger:
             self.repository.ledger.dispose()
+
+    def flush(self, timeout_s: float | None = None) -> bool:
+        """Commit every instance acknowledged so far to the ledger (the group commit); ``False`` on timeout."""
+        return self.recorder.flush(timeout_s) if self.recorder is not None else True
 
     def __enter__(self) -> ListenerHandle:
         return self
@@ -92,15 +103,31 @@ class ListenerHandle:
         self.stop()
 
 
-def reconcile_spool(spool: Spool, repository: Repository, at: float) -> list[str]:
-    """Quarantine spooled files the ledger does not know (a crash between rename and commit); audited.
+def reconcile_spool(spool: Spool, repository: Repository, at: float, limits: Limits | None = None) -> list[str]:
+    """Record spooled files the ledger lacks, quarantine those that cannot be recorded; returns the quarantined.
 
-    Their senders were never answered Success, so they resend them; keeping the files out of the study
-    folders means no job ever reads an instance the ledger does not list.
+    A file the ledger lacks was placed durably and (with the group commit) possibly acknowledged before the
+    process died: it is checked again (file meta, dataset, its place matching its UIDs) and recorded
+    (``instance-recovered``). One that fails the check, or whose UID the ledger holds at another path, is moved
+    to ``.orphans/`` (``orphan-quarantined``): no job ever reads an instance the ledger does not list.
     """
     known = repository.known_paths()
-    orphans = [path for path in spool.stored_paths() if path not in known]
-    for path in orphans:
+    unknown = [path for path in spool.stored_paths() if path not in known]
+    orphans = []
+    for path in unknown:
+        try:
+            item = recover_spooled(spool, path, limits or DEFAULT_LIMITS)
+        except (NodeError, OSError) as exc:
+            logger.warning("a spooled file unknown to the ledger cannot be recorded: %s", exc)
+        else:
+            if repository.resolve_spooled(item, partial(file_sha256, spool)):
+                handlers.audit_quietly(repository, "instance-recovered", at,
+                                       study_instance_uid=item.header.study_instance_uid,
+                                       sop_instance_uid=item.header.sop_instance_uid,
+                                       detail=f"{path}: in the spool, not in the ledger (acknowledged before a "
+                                       "stop or crash); recorded at start-up")
+                continue
+        orphans.append(path)
         try:
             moved = spool.quarantine(path)
         except OSError as exc:  # e.g. a full disk: start anyway, try again at the next start
@@ -108,6 +135,8 @@ def reconcile_spool(spool: Spool, repository: Repository, at: float) -> list[str
             continue
         handlers.audit_quietly(repository, "orphan-quarantined", at,
                                detail=f"{path} -> {moved.relative_to(spool.root).as_posix()}")
+    if len(unknown) > len(orphans):
+        logger.warning("recorded %d spooled file(s) the ledger lacked", len(unknown) - len(orphans))
     if orphans:
         logger.warning("moved %d spooled file(s) unknown to the ledger to %s", len(orphans), ORPHANS)
     return orphans
@@ -162,12 +191,15 @@ def build_ae(settings: Settings) -> AE:
 
 
 def start_listener(
-    settings: Settings, ledger: Ledger | None = None, *, clock: Callable[[], float] = time.time
+    settings: Settings, ledger: Ledger | None = None, *, clock: Callable[[], float] = time.time,
+    reconcile: bool = True,
 ) -> ListenerHandle:
     """Start the C-ECHO / C-STORE SCP in background threads and return its handle.
 
     ``ledger`` defaults to one opened from ``settings.effective_database_url`` (closed again by ``stop()``);
-    ``clock`` gives the receive times recorded in the ledger (tests pass a fake one).
+    ``clock`` gives the receive times recorded in the ledger (tests pass a fake one). ``reconcile=False`` skips
+    the start-up clean-up of ``.incoming/`` and the reconciliation of the spool with the ledger (a listener
+    process of a pool, whose parent did both before starting it).
     """
     if _config.STORE_RECV_CHUNKED_DATASET:
         raise ConfigError("pynetdicom's STORE_RECV_CHUNKED_DATASET must stay off: the listener receives datasets "
@@ -176,22 +208,27 @@ def start_listener(
     if ledger is None:
         ledger = Ledger.open(settings.effective_database_url)
     spool = Spool(settings.spool_dir)
-    spool.clean_incoming()
+    limits = Limits(max_inflated_bytes=settings.max_inflated_bytes, max_element_bytes=settings.max_element_bytes)
     repository = Repository(ledger, settings.late_instance_policy)
-    reconcile_spool(spool, repository, clock())
+    if reconcile:
+        spool.clean_incoming()
+        reconcile_spool(spool, repository, clock(), limits)
+    recorder = IntakeRecorder(repository, spool)
     context = handlers.ListenerContext(
         spool=spool,
         repository=repository,
         min_free_disk_bytes=settings.min_free_disk_bytes,
         duplicate_policy=settings.duplicate_policy,
         clock=clock,
-        limits=Limits(max_inflated_bytes=settings.max_inflated_bytes, max_element_bytes=settings.max_element_bytes),
+        limits=limits,
+        recorder=recorder,
     )
     evt_handlers: list[Any] = [
         (evt.EVT_C_ECHO, handlers.handle_echo, [context]),
         (evt.EVT_C_STORE, handlers.handle_store, [context]),
         (evt.EVT_REJECTED, handlers.handle_rejected, [context]),
         (evt.EVT_ABORTED, handlers.handle_aborted, [context]),
+        (evt.EVT_RELEASED, handlers.handle_released, [context]),
     ]
     ae = build_ae(settings)
     tls = tls_context(settings)
@@ -207,8 +244,10 @@ def start_listener(
             connection_audit=audit,
         )
         assert isinstance(server, NodeServer)
+        server.before_release = recorder.flush
     except OSError as exc:
         audit.close()
+        recorder.close()
         if owns_ledger:
             ledger.dispose()
         raise ConfigError(f"cannot listen on {settings.bind_address}:{settings.port}: {exc.strerror}") from exc
@@ -216,7 +255,7 @@ def start_listener(
                               daemon=True)
     thread.start()
     ae._servers.append(server)
-    handle = ListenerHandle(ae, server, spool, repository, owns_ledger)
+    handle = ListenerHandle(ae, server, spool, repository, owns_ledger, recorder)
     logger.info(
         "listening as %s on %s:%d%s, spool %s, ledger %s",
         settings.ae_title, handle.address, handle.port, " (TLS)" if settings.tls_enabled else "",

@@ -239,6 +239,16 @@ class LimitedACSE(ACSE):
         self._policy = policy
         self.rejection_reason: str | None = None
 
+    def is_release_requested(self) -> bool:
+        """pynetdicom's check for an A-RELEASE-RQ; when there is one, the server's ``before_release`` runs first
+        (the group commit flushed), so the A-RELEASE-RP tells the sender its instances are in the ledger."""
+        requested = super().is_release_requested()
+        if requested:
+            before = getattr(self.assoc._server, "before_release", None)
+            if before is not None:
+                before()
+        return requested
+
     def _negotiate_as_acceptor(self) -> None:
         refusal = self._refusal()
         if refusal is None:
@@ -373,6 +383,7 @@ class NodeServer(ThreadedAssociationServer):
         self.tls = tls
         self.connection_audit = connection_audit
         self.pending = PendingConnections(policy.max_associations_per_peer, policy.max_pending)
+        self.before_release: Callable[[], object] | None = None  # run before an A-RELEASE-RP is sent
         super().__init__(*args, **kwargs)
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
