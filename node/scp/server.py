@@ -47,6 +47,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_LIMITS = Limits(max_inflated_bytes=256 << 20, max_element_bytes=16 << 20)
 ACSE_TIMEOUT_S = 30.0
+RELEASE_FLUSH_TIMEOUT_S = 30.0  # the A-RELEASE-RP waits at most this long for the group commit
 DIMSE_TIMEOUT_S = 120.0  # generous: large enhanced MR objects over slow links
 NETWORK_TIMEOUT_S = 120.0
 
@@ -244,7 +245,7 @@ def start_listener(
             connection_audit=audit,
         )
         assert isinstance(server, NodeServer)
-        server.before_release = recorder.flush
+        server.before_release = partial(recorder.flush, RELEASE_FLUSH_TIMEOUT_S)
     except OSError as exc:
         audit.close()
         recorder.close()
