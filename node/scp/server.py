@@ -41,7 +41,7 @@ from node.scp.transport import (
     NodeRequestHandler,
     NodeServer,
 )
-from node.spool import INCOMING, ORPHANS, Spool
+from node.spool import ORPHANS, Spool
 
 logger = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ def connection_policy(settings: Settings, spool: Spool) -> ConnectionPolicy:
         max_associations_per_peer=settings.max_associations_per_peer,
         max_pending=2 * settings.max_associations,
         max_pdu_bytes=max_pdu_read,
-        receive=ReceiveLimits(incoming=spool.root / INCOMING, max_instance_bytes=settings.max_instance_bytes,
+        receive=ReceiveLimits(incoming=spool.incoming, max_instance_bytes=settings.max_instance_bytes,
                               min_free_disk_bytes=settings.min_free_disk_bytes),
     )
 
@@ -193,14 +193,15 @@ def build_ae(settings: Settings) -> AE:
 
 def start_listener(
     settings: Settings, ledger: Ledger | None = None, *, clock: Callable[[], float] = time.time,
-    reconcile: bool = True,
+    reconcile: bool = True, slot: int | None = None, reuse_port: bool = False,
 ) -> ListenerHandle:
     """Start the C-ECHO / C-STORE SCP in background threads and return its handle.
 
     ``ledger`` defaults to one opened from ``settings.effective_database_url`` (closed again by ``stop()``);
-    ``clock`` gives the receive times recorded in the ledger (tests pass a fake one). ``reconcile=False`` skips
-    the start-up clean-up of ``.incoming/`` and the reconciliation of the spool with the ledger (a listener
-    process of a pool, whose parent did both before starting it).
+    ``clock`` gives the receive times recorded in the ledger (tests pass a fake one). A listener process of a pool
+    (:mod:`node.scp.pool`) passes its ``slot`` (its own ``.incoming/p<slot>/``, the only one its start-up
+    clean-up touches) and ``reuse_port`` (SO_REUSEPORT: the processes share the port); ``reconcile=False`` skips
+    the reconciliation of the spool with the ledger (the pool's first start, after the parent's).
     """
     if _config.STORE_RECV_CHUNKED_DATASET:
         raise ConfigError("pynetdicom's STORE_RECV_CHUNKED_DATASET must stay off: the listener receives datasets "
@@ -208,11 +209,11 @@ def start_listener(
     owns_ledger = ledger is None
     if ledger is None:
         ledger = Ledger.open(settings.effective_database_url)
-    spool = Spool(settings.spool_dir)
+    spool = Spool(settings.spool_dir, None if slot is None else f"p{slot}")
     limits = Limits(max_inflated_bytes=settings.max_inflated_bytes, max_element_bytes=settings.max_element_bytes)
     repository = Repository(ledger, settings.late_instance_policy)
+    spool.clean_incoming()
     if reconcile:
-        spool.clean_incoming()
         reconcile_spool(spool, repository, clock(), limits)
     recorder = IntakeRecorder(repository, spool)
     context = handlers.ListenerContext(
@@ -243,6 +244,7 @@ def start_listener(
             policy=connection_policy(settings, spool),
             tls=tls,
             connection_audit=audit,
+            reuse_port=reuse_port,
         )
         assert isinstance(server, NodeServer)
         server.before_release = partial(recorder.flush, RELEASE_FLUSH_TIMEOUT_S)
@@ -278,6 +280,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--database-url", help="ledger URL (default: SQLite in the spool folder)")
     parser.add_argument("--accepted-calling-aets", help="comma-separated calling AE titles allowed to connect")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    # a listener process of ainode serve's pool (node.scp.pool): its settings, slot, and the parent it dies with
+    parser.add_argument("--settings-file", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--slot", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--reconcile", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--exit-with-parent", type=int, metavar="PID", help=argparse.SUPPRESS)
     return parser
 
 
@@ -295,8 +302,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         stop.set()
 
     try:
-        settings = Settings.load(args.config, overrides=overrides)
-        handle = start_listener(settings)
+        if args.settings_file is not None:  # a pool process: settings as the parent has them, port included
+            from node.jobs.lifetime import exit_with_parent
+
+            if args.exit_with_parent is not None:
+                exit_with_parent(args.exit_with_parent)
+            settings = Settings.read_handover(args.settings_file)
+            args.settings_file.unlink(missing_ok=True)  # read once: it may hold the database password
+            handle = start_listener(settings, slot=args.slot, reuse_port=True, reconcile=args.reconcile)
+        else:
+            settings = Settings.load(args.config, overrides=overrides)
+            handle = start_listener(settings)
     except NodeError as exc:
         print(f"node.scp.server: error: {exc.message}", file=sys.stderr)
         return 2

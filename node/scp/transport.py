@@ -378,13 +378,19 @@ class NodeServer(ThreadedAssociationServer):
     block_on_close = False  # stop() ends associations itself; it never waits on a silent peer
 
     def __init__(self, *args: Any, policy: ConnectionPolicy, tls: ssl.SSLContext | None,
-                 connection_audit: ConnectionAudit, **kwargs: Any) -> None:
+                 connection_audit: ConnectionAudit, reuse_port: bool = False, **kwargs: Any) -> None:
+        self.reuse_port = reuse_port  # several listener processes on one port (the kernel balances accept())
         self.policy = policy
         self.tls = tls
         self.connection_audit = connection_audit
         self.pending = PendingConnections(policy.max_associations_per_peer, policy.max_pending)
         self.before_release: Callable[[], object] | None = None  # run before an A-RELEASE-RP is sent
         super().__init__(*args, **kwargs)
+
+    def server_bind(self) -> None:
+        if self.reuse_port:
+            cast(socket.socket, self.socket).setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         sock = cast(socket.socket, self.socket)
