@@ -27,8 +27,8 @@ def variants(case: SynthCase, out: Path, count: int) -> list[list[Path]]:
     """``count`` copies of the small study, each with its own Study / Series / SOP Instance UIDs."""
     studies = []
     for n in range(count):
-        study, series = generate_uid(), {}
-        files = []
+        study, series = generate_uid(), dict[str, str]()
+        files: list[Path] = []
         for path in case.all:
             ds = pydicom.dcmread(path)
             ds.StudyInstanceUID = study
