@@ -99,7 +99,8 @@ class ListenerPool:
         if reconcile:
             argv.append("--reconcile")
         with self.log_path.open("ab") as log:
-            process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, text=True, pass_fds=self.pass_fds)
+            process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, text=True, pass_fds=self.pass_fds,
+                                       start_new_session=True)  # a Ctrl-C reaches serve, which stops them
         return _Process(slot, process)
 
     def _wait_ready(self, started: _Process) -> None:
