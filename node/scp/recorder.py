@@ -120,9 +120,6 @@ class IntakeRecorder:
             self._closing = True
             self._cond.notify_all()
         self._thread.join(timeout_s)
-        if self.pending:
-            logger.error("%d acknowledged instance(s) not yet in the ledger at stop; the next start records them "
-                         "from the spool", self.pending)
 
     def _next_batch(self) -> list[tuple[SpooledInstance, threading.Event]] | None:
         with self._cond:
@@ -143,7 +140,9 @@ class IntakeRecorder:
 
     def _run(self) -> None:
         while (batch := self._next_batch()) is not None:
-            self._commit([item for item, _event in batch])
+            if not self._commit([item for item, _event in batch]):
+                logger.error("%d acknowledged instance(s) not in the ledger at stop; the next start records them "
+                             "from the spool", len(batch))
             with self._cond:
                 for item, event in batch:
                     if self._inflight.get(item.header.sop_instance_uid) is event:
@@ -152,7 +151,8 @@ class IntakeRecorder:
                 self._written += len(batch)
                 self._cond.notify_all()
 
-    def _commit(self, batch: list[SpooledInstance]) -> None:
+    def _commit(self, batch: list[SpooledInstance]) -> bool:
+        """Commit ``batch``, retrying until it is in the ledger (``True``) or the recorder closes (``False``)."""
         delay = 0.5
         while True:
             try:
@@ -163,7 +163,7 @@ class IntakeRecorder:
                 for item in raced:
                     self._resolve(item)
                 self.failing = False
-                return
+                return True
             except Exception as exc:  # noqa: BLE001 - any failure: the files are durable, retry; never drop them
                 self.failing = True
                 with self._cond:
@@ -173,7 +173,7 @@ class IntakeRecorder:
                              len(batch), exc.__class__.__name__, delay)
                 with self._cond:
                     if self._closing:
-                        return
+                        return False
                     self._cond.wait(delay)
                 delay = min(delay * 2, RETRY_MAX_S)
 
