@@ -1,19 +1,19 @@
 """Several listener processes on one DICOM port, so parallel associations use several cores.
 
-``ainode serve`` runs the listener in its own process (slot 0) and, with ``listener_processes`` > 1, this pool
-of ``python -m node.scp.server`` processes (slots 1..n-1). All bind the port with ``SO_REUSEPORT``: the kernel
-hands each new connection to one of them. Each process has its own pynetdicom AE (so ``max_associations`` and
-``max_associations_per_peer`` count per process), its own ledger connection and group-commit writer
-(:mod:`node.scp.recorder`) and its own ``.incoming/p<slot>/`` folder; they share the spool and the ledger
-(SQLite WAL with a busy timeout, or PostgreSQL), whose unique keys settle two processes receiving the same
-instance.
+``ainode serve`` runs the listener in its own process (slot 0) and, with ``listener_processes`` > 1, this pool of
+``python -m node.cli.listener`` processes (slots 1..n-1: :func:`node.scp.server.main` behind the parent-death
+signal). All bind the port with ``SO_REUSEPORT``: the kernel hands each new connection to one of them. Each process
+has its own pynetdicom AE (so ``max_associations`` and ``max_associations_per_peer`` count per process), its own
+ledger connection and group-commit writer (:mod:`node.scp.recorder`) and its own ``.incoming/p<slot>/`` folder; they
+share the spool and the ledger (SQLite WAL with a busy timeout, or PostgreSQL), whose unique keys settle two
+processes receiving the same instance.
 
 Supervision: a process that exits is started again after 1, 2, 4 ... s (at most 30 s) while the others go on
-receiving; the new one removes its half-received files and records any file its predecessor acknowledged but
-had not committed (the start-up reconciliation). Its senders saw their association end: what was not answered
-Success they send again. Each process dies with the pool's thread (parent-death signal), so a SIGKILL of
-``serve`` leaves none behind. :meth:`ListenerPool.stop` sends SIGTERM (each process aborts its associations and
-flushes its ledger writer), then SIGKILL after ``stop_timeout_s``.
+receiving; the new one removes its half-received files and records any file its predecessor acknowledged but had not
+committed (the start-up reconciliation). Its senders saw their association end: what was not answered Success they
+send again. Each process dies with the pool's thread (parent-death signal), so a SIGKILL of ``serve`` leaves none
+behind. :meth:`ListenerPool.stop` sends SIGTERM (each process aborts its associations and flushes its ledger
+writer), then SIGKILL after ``stop_timeout_s``.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ class ListenerPool:
 
     def _spawn(self, slot: int, *, reconcile: bool) -> _Process:
         handover = self.settings.write_handover(self.run_dir)
-        argv = [sys.executable, "-m", "node.scp.server", "--settings-file", str(handover), "--slot", str(slot),
+        argv = [sys.executable, "-m", "node.cli.listener", "--settings-file", str(handover), "--slot", str(slot),
                 "--exit-with-parent", str(os.getpid())]
         if reconcile:
             argv.append("--reconcile")

@@ -280,11 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--database-url", help="ledger URL (default: SQLite in the spool folder)")
     parser.add_argument("--accepted-calling-aets", help="comma-separated calling AE titles allowed to connect")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
-    # a listener process of ainode serve's pool (node.scp.pool): its settings, slot, and the parent it dies with
+    # a listener process of ainode serve's pool (node.scp.pool, started as python -m node.cli.listener)
     parser.add_argument("--settings-file", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--slot", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--reconcile", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--exit-with-parent", type=int, metavar="PID", help=argparse.SUPPRESS)
     return parser
 
 
@@ -303,10 +302,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         if args.settings_file is not None:  # a pool process: settings as the parent has them, port included
-            from node.jobs.lifetime import exit_with_parent
-
-            if args.exit_with_parent is not None:
-                exit_with_parent(args.exit_with_parent)
             settings = Settings.read_handover(args.settings_file)
             args.settings_file.unlink(missing_ok=True)  # read once: it may hold the database password
             handle = start_listener(settings, slot=args.slot, reuse_port=True, reconcile=args.reconcile)

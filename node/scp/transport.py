@@ -205,21 +205,14 @@ class BoundedSocket(AssociationSocket):
 
     @property
     def ready(self) -> bool:
-        """Whether data can be read, waiting up to :data:`IDLE_WAIT_S` for it unless a primitive waits to be sent.
-
-        pynetdicom's DUL loop polls this without waiting and sleeps 1 ms between idle polls, so every PDU waits
-        for the end of a sleep (longer on a loaded host); with its sleep turned off (``_run_loop_delay = 0`` in
-        :meth:`NodeRequestHandler._create_association`) the loop waits here instead and reads a PDU the moment it
-        arrives, at the same idle cost (one wake-up per millisecond).
-        """
+        """Data to read? Waits up to IDLE_WAIT_S (nothing to send): the DUL loop wakes when a PDU arrives."""
         sock = self.socket
         if sock is None or not self._is_connected:
             return False
-        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():  # TLS-buffered data select() cannot see
             return True
-        wait = 0.0 if not self.assoc.dul.to_provider_queue.empty() else IDLE_WAIT_S
         try:
-            ready, _, _ = select.select([sock], [], [], wait)
+            ready, _, _ = select.select([sock], [], [], IDLE_WAIT_S if self.assoc.dul.to_provider_queue.empty() else 0)
         except (OSError, TimeoutError, ValueError):
             self.event_queue.put("Evt17")  # the transport connection closed
             return False
@@ -263,13 +256,10 @@ class LimitedACSE(ACSE):
         self.rejection_reason: str | None = None
 
     def is_release_requested(self) -> bool:
-        """pynetdicom's check for an A-RELEASE-RQ; when there is one, the server's ``before_release`` runs first
-        (the group commit flushed), so the A-RELEASE-RP tells the sender its instances are in the ledger."""
+        """An A-RELEASE-RQ? The server's ``before_release`` (the group commit's flush) runs before the answer."""
         requested = super().is_release_requested()
-        if requested:
-            before = getattr(self.assoc._server, "before_release", None)
-            if before is not None:
-                before()
+        if requested and (before := getattr(self.assoc._server, "before_release", None)) is not None:
+            before()
         return requested
 
     def _negotiate_as_acceptor(self) -> None:
@@ -403,7 +393,7 @@ class NodeServer(ThreadedAssociationServer):
 
     def __init__(self, *args: Any, policy: ConnectionPolicy, tls: ssl.SSLContext | None,
                  connection_audit: ConnectionAudit, reuse_port: bool = False, **kwargs: Any) -> None:
-        self.reuse_port = reuse_port  # several listener processes on one port (the kernel balances accept())
+        self.reuse_port = reuse_port
         self.policy = policy
         self.tls = tls
         self.connection_audit = connection_audit
@@ -412,7 +402,7 @@ class NodeServer(ThreadedAssociationServer):
         super().__init__(*args, **kwargs)
 
     def server_bind(self) -> None:
-        if self.reuse_port:
+        if self.reuse_port:  # several listener processes on one port
             cast(socket.socket, self.socket).setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         super().server_bind()
 
