@@ -2,7 +2,8 @@
 
 ``handle_store`` does only what must happen before the answer: take the refusal noted while receiving (size,
 disk), check the dataset and every value (:func:`node.scp.header.read_header`), refuse what cannot be kept, link
-the received file durably into place, record it in the ledger, answer. Completeness and processing happen
+the received file durably into place, answer; a new instance's ledger rows follow in the group commit
+(:mod:`node.scp.recorder`), any other instance is recorded before the answer. Completeness and processing happen
 elsewhere (:mod:`node.jobs.completeness`, the job layer). Every refusal is audited with its reason; when the
 audit row itself cannot be written (a full disk), the refusal is logged and answered all the same. An
 unexpected exception in a handler is answered by pynetdicom with 0xC211 and affects only that one request.
