@@ -1,15 +1,22 @@
-"""Benchmark: C-STORE ingest rate of the node's listener vs DCMTK ``storescp`` on the same study.
+"""Benchmark: C-STORE ingest of the node's listener vs Orthanc, DCMTK ``storescp`` and a bare pynetdicom listener,
+on one association and on 4 parallel associations (issue 12, item 5).
 
-Both receivers get the same full-size synthetic study (``ainode synth --size full``, ~200 instances) from the
-same sender, DCMTK ``storescu`` (one association, ``TCP_NODELAY=1``). The node runs with its real durability:
-every instance written under ``.incoming/``, fsynced, renamed, its directory fsynced, and recorded in the SQLite
-ledger in a committed transaction; ``storescp`` (``TCP_NODELAY=1``) just writes files to a tmp folder. Each run
-starts a fresh receiver with an empty folder; the time measured is the ``storescu`` wall time (association to
-release). pynetdicom's example ``storescp`` (no fsync, no ledger) and a bare pynetdicom listener (the node's
-AE and contexts, a handler that only takes the bytes) are measured too, to tell the library's share of the gap
-from the node's durability. Target (issue 4): node >= 0.5x storescp's instances/s (median of the runs).
+Sender: DCMTK ``storescu`` (``TCP_NODELAY=1``), one process per association, each sending one full-size synthetic
+study (``ainode synth --size full``, ~200 instances); 4 associations = 4 ``storescu`` processes at once, each
+with its own study (for the node, equal SOP Instance UIDs would be duplicates). Each measurement starts a fresh
+receiver with an empty folder; the time is from the first ``storescu`` start to the last one's end. Receivers:
 
-    python bench/bench_ingest.py [--runs 3] [--seed 11] [--keep DIR]
+* ``node``: ``start_node`` as ``ainode serve --no-worker`` runs it, with its **defaults** (full durability: each
+  instance fsynced, renamed into place and its folder fsynced before Success; the ledger rows group-committed
+  and flushed before the release is answered; ``listener_processes`` = min(CPUs, 4) processes on the port);
+* ``orthanc``: Orthanc (its defaults; SQLite index and storage in a temp folder, ``TCP_NODELAY=1``), started on
+  free ports with a generated config;
+* ``storescp``: DCMTK ``storescp --fork`` (``TCP_NODELAY=1``), files written, no fsync;
+* ``bare``: the node's pynetdicom AE in one process, a handler that only takes the bytes: pynetdicom's floor.
+
+Targets: node >= 1.0x Orthanc on one association; node >= 1.5x Orthanc on 4 associations (medians).
+
+    python bench/bench_ingest.py [--runs 3] [--seed 11] [--only node,orthanc] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import argparse
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -27,7 +35,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-TARGET_RATIO = 0.5
+TARGET_ONE = 1.0  # node / Orthanc, one association
+TARGET_FOUR = 1.5  # node / Orthanc, 4 parallel associations
+PARALLEL = 4
 SENDER_AE = "BENCHSCU"
 
 
@@ -79,21 +89,26 @@ def _tool(name: str) -> str:
     return found
 
 
-def synthesise_full(out: Path, seed: int) -> list[Path]:
-    """One full-size synthetic study; returns its DICOM files."""
-    subprocess.run([sys.executable, "-m", "node.cli", "synth", "--out", str(out), "--cases", "1", "--seed",
+def synthesise_full(out: Path, seed: int, cases: int = PARALLEL) -> list[list[Path]]:
+    """``cases`` full-size synthetic studies; returns the DICOM files of each."""
+    subprocess.run([sys.executable, "-m", "node.cli", "synth", "--out", str(out), "--cases", str(cases), "--seed",
                     str(seed), "--size", "full", "--lesions", "1"], check=True, stdout=subprocess.DEVNULL)
-    return sorted((out / "case0000").rglob("*.dcm"))
+    return [sorted((out / f"case{n:04d}").rglob("*.dcm")) for n in range(cases)]
 
 
-def storescu(files: list[Path], called_ae: str, port: int) -> float:
-    """Send ``files`` on one association with DCMTK storescu; returns the wall time in seconds."""
+def storescu(studies: list[list[Path]], called_ae: str, port: int) -> float:
+    """Send each study on its own association, one DCMTK storescu process each, all at once; returns the wall time
+    in seconds from the first start to the last end."""
     env = {**os.environ, "TCP_NODELAY": "1"}
-    argv = [_tool("storescu"), "-aet", SENDER_AE, "-aec", called_ae, "--required", "127.0.0.1", str(port),
-            *map(str, files)]
     start = time.perf_counter()
-    subprocess.run(argv, check=True, env=env, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - start
+    processes = [subprocess.Popen([_tool("storescu"), "-aet", f"{SENDER_AE}{n}", "-aec", called_ae, "--required",
+                                   "127.0.0.1", str(port), *map(str, files)], env=env, stdout=subprocess.DEVNULL)
+                 for n, files in enumerate(studies)]
+    codes = [process.wait() for process in processes]
+    seconds = time.perf_counter() - start
+    if any(codes):
+        raise RuntimeError(f"storescu exit statuses {codes}")
+    return seconds
 
 
 @contextmanager
@@ -101,26 +116,12 @@ def storescp_receiver(folder: Path) -> Iterator[tuple[str, int, Callable[[], int
     port = free_port()
     env = {**os.environ, "TCP_NODELAY": "1"}
     folder.mkdir(parents=True)
-    process = subprocess.Popen([_tool("storescp"), "--aetitle", "STORESCP", "--output-directory", str(folder),
-                                "+xa", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen([_tool("storescp"), "--fork", "--aetitle", "STORESCP", "--output-directory",
+                                str(folder), "+xa", str(port)], env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
     try:
         wait_listening(port)
         yield "STORESCP", port, lambda: sum(1 for p in folder.iterdir() if p.is_file())
-    finally:
-        process.terminate()
-        process.wait(10)
-
-
-@contextmanager
-def pynetdicom_receiver(folder: Path) -> Iterator[tuple[str, int, Callable[[], int]]]:
-    """pynetdicom's own example storescp (files written, no fsync, no ledger): the node's library baseline."""
-    port = free_port()
-    folder.mkdir(parents=True)
-    process = subprocess.Popen([sys.executable, "-m", "pynetdicom", "storescp", "-aet", "PYNETDICOM", "-od",
-                                str(folder), str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_listening(port)
-        yield "PYNETDICOM", port, lambda: sum(1 for p in folder.iterdir() if p.is_file())
     finally:
         process.terminate()
         process.wait(10)
@@ -162,31 +163,66 @@ def node_receiver(spool: Path) -> Iterator[tuple[str, int, Callable[[], int]]]:
                "AINODE_QUIET_PERIOD_S": "3600"}
     for name in ("AINODE_DATABASE_URL", "AINODE_DESTINATIONS", "AINODE_CONFIG", "AINODE_ACCEPTED_CALLING_AETS"):
         environ.pop(name, None)
+    environ["AINODE_ALLOW_DEMO_MODELS"] = "1"  # no worker runs: the models are never used
     node = start_node(Settings.load(env=environ), worker=False)  # the listener alone: what is measured is ingest
     try:
         wait_listening(port)
-        yield "AINODE", port, lambda: sum(1 for p in spool.glob("*/*/*.dcm"))
+        # the ledger's count: every process flushed its group commit before answering the release
+        yield "AINODE", port, lambda: len(node.listener.repository.known_paths())
     finally:
         node.stop()
 
 
-RECEIVERS = {"storescp": storescp_receiver, "pynetdicom": pynetdicom_receiver, "bare": bare_receiver,
-             "node": node_receiver}
+@contextmanager
+def orthanc_receiver(folder: Path) -> Iterator[tuple[str, int, Callable[[], int]]]:
+    """Orthanc with its defaults (SQLite index, files in a temp folder), on free ports, ``TCP_NODELAY=1``."""
+    import json
+    import urllib.request
+
+    binary = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
+    if not Path(binary).is_file():
+        raise FileNotFoundError("Orthanc not found: apt-get install orthanc")
+    folder.mkdir(parents=True)
+    http_port, dicom_port = free_port(), free_port()
+    config = folder / "config.json"
+    config.write_text(json.dumps({
+        "Name": "bench-ingest", "StorageDirectory": str(folder / "storage"), "IndexDirectory": str(folder / "storage"),
+        "StorageCompression": False, "Plugins": [], "HttpServerEnabled": True, "HttpPort": http_port,
+        "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "DicomServerEnabled": True,
+        "DicomAet": "ORTHANC", "DicomPort": dicom_port, "DicomCheckCalledAet": False, "DicomAlwaysAllowStore": True,
+    }), encoding="utf-8")
+    env = {**os.environ, "TCP_NODELAY": "1"}
+    process = subprocess.Popen([binary, str(config)], cwd=folder, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+
+    def count() -> int:
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/statistics", timeout=30) as answer:
+            return int(json.loads(answer.read())["CountInstances"])
+
+    try:
+        wait_listening(http_port, 60)
+        wait_listening(dicom_port, 60)
+        yield "ORTHANC", dicom_port, count
+    finally:
+        process.terminate()
+        process.wait(30)
 
 
-def measure(name: str, files: list[Path], megabytes: float, work: Path, runs: int) -> list[Run]:
-    results: list[Run] = []
-    for i in range(runs):
-        folder = work / f"{name}-{i}"
-        receiver = RECEIVERS[name]
-        with receiver(folder) as (ae, port, count):
-            seconds = storescu(files, ae, port)
-            stored = count()
-        if stored != len(files):
-            raise RuntimeError(f"{name} run {i}: {stored} of {len(files)} instances stored")
-        results.append(Run(name, seconds, len(files), megabytes))
-        shutil.rmtree(folder, ignore_errors=True)
-    return results
+RECEIVERS = {"node": node_receiver, "orthanc": orthanc_receiver, "storescp": storescp_receiver,
+             "bare": bare_receiver}
+
+
+def measure(name: str, studies: list[list[Path]], megabytes: float, work: Path, run: int) -> Run:
+    """One fresh receiver, the studies sent at once (one association each)."""
+    folder = work / f"{name}-{len(studies)}-{run}"
+    instances = sum(len(files) for files in studies)
+    with RECEIVERS[name](folder) as (ae, port, count):
+        seconds = storescu(studies, ae, port)
+        stored = count()
+    if stored != instances:
+        raise RuntimeError(f"{name} ({len(studies)} associations) run {run}: {stored} of {instances} stored")
+    shutil.rmtree(folder, ignore_errors=True)
+    return Run(name, seconds, instances, megabytes)
 
 
 def durability_floor_ms(folder: Path, size: int, count: int = 100) -> tuple[float, float]:
@@ -236,48 +272,62 @@ def load_average() -> str:
     return f"{one:.2f} {five:.2f} {fifteen:.2f}"
 
 
+def median_rate(runs: list[Run]) -> float:
+    return statistics.median(run.instances_per_s for run in runs)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--only", help="comma-separated receivers (default: all of " + ", ".join(RECEIVERS) + ")")
     parser.add_argument("--keep", type=Path, help="work folder (kept); default: a temporary folder")
     args = parser.parse_args(argv)
+    names = args.only.split(",") if args.only else list(RECEIVERS)
     for tool in ("storescu", "storescp"):
         if dcmtk_tool(tool) is None:
             print(f"{tool} not found: apt-get install dcmtk", file=sys.stderr)
             return 2
     work = args.keep or Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     try:
-        files = synthesise_full(work / "study", args.seed)
-        megabytes = sum(p.stat().st_size for p in files) / 1e6
-        print(f"study: {len(files)} instances, {megabytes:.1f} MB; {args.runs} runs each; "
-              f"load average before: {load_average()}; {os.cpu_count()} CPUs")
-        medians: dict[str, Run] = {}
-        print(f"{'receiver':<10} {'run':>3} {'seconds':>8} {'inst/s':>8} {'MB/s':>8}")
-        for name in RECEIVERS:
-            runs = measure(name, files, megabytes, work, args.runs)
-            for i, run in enumerate(runs):
-                print(f"{name:<10} {i:>3} {run.seconds:>8.2f} {run.instances_per_s:>8.1f} {run.mb_per_s:>8.1f}")
-            medians[name] = sorted(runs, key=lambda r: r.seconds)[len(runs) // 2]
-        print(f"\n{'median':<10} {'seconds':>8} {'inst/s':>8} {'MB/s':>8}")
-        for name, run in medians.items():
-            print(f"{name:<10} {run.seconds:>8.2f} {run.instances_per_s:>8.1f} {run.mb_per_s:>8.1f}")
-        ratio = medians["node"].instances_per_s / medians["storescp"].instances_per_s
-        print(f"pynetdicom / storescp = "
-              f"{medians['pynetdicom'].instances_per_s / medians['storescp'].instances_per_s:.2f}x, "
-              f"node / pynetdicom = {medians['node'].instances_per_s / medians['pynetdicom'].instances_per_s:.2f}x, "
-              f"bare pynetdicom listener / storescp = "
-              f"{medians['bare'].instances_per_s / medians['storescp'].instances_per_s:.2f}x (the library's ceiling), "
-              f"node / bare = {medians['node'].instances_per_s / medians['bare'].instances_per_s:.2f}x")
-        verdict = "meets" if ratio >= TARGET_RATIO else "MISSES"
-        spool_ms, commit_ms = durability_floor_ms(work / "floor", int(megabytes * 1e6 / len(files)))
-        floor = spool_ms + commit_ms
+        studies = synthesise_full(work / "study", args.seed)
+        megabytes = [sum(p.stat().st_size for p in files) / 1e6 for files in studies]
+        from node.config import Settings
+
+        print(f"studies: {PARALLEL} x ~{len(studies[0])} instances, {megabytes[0]:.1f} MB each; {args.runs} runs "
+              f"each; load average before: {load_average()}; {os.cpu_count()} CPUs; node listener_processes "
+              f"{Settings().effective_listener_processes}")
+        one: dict[str, list[Run]] = {name: [] for name in names}
+        four: dict[str, list[Run]] = {name: [] for name in names}
+        print(f"{'receiver':<10} {'run':>3} {'assocs':>6} {'seconds':>8} {'inst/s':>8} {'MB/s':>8}  load")
+        for i in range(args.runs):  # receivers interleaved, so each run of each is measured in the same minutes
+            for name in names:
+                for results, batch in ((one, studies[:1]), (four, studies)):
+                    run = measure(name, batch, sum(megabytes[:len(batch)]), work, i)
+                    results[name].append(run)
+                    print(f"{name:<10} {i:>3} {len(batch):>6} {run.seconds:>8.2f} {run.instances_per_s:>8.1f} "
+                          f"{run.mb_per_s:>8.1f}  {load_average()}", flush=True)
+        reference = "orthanc" if "orthanc" in names else None
+        print(f"\n{'median':<10} {'1-assoc inst/s':>15} {'4-assoc inst/s':>15} {'1-assoc/Orthanc':>16} "
+              f"{'4-assoc/Orthanc':>16}")
+        for name in names:
+            r1, r4 = median_rate(one[name]), median_rate(four[name])
+            ratios = ("", "")
+            if reference is not None:
+                ratios = (f"{r1 / median_rate(one[reference]):.2f}x", f"{r4 / median_rate(four[reference]):.2f}x")
+            print(f"{name:<10} {r1:>15.1f} {r4:>15.1f} {ratios[0]:>16} {ratios[1]:>16}")
+        spool_ms, commit_ms = durability_floor_ms(work / "floor", int(megabytes[0] * 1e6 / len(studies[0])))
         print(f"durability floor per instance on this disk: spool write+fsync+rename+dir fsync {spool_ms:.2f} ms, "
-              f"SQLite WAL commit (synchronous=FULL) {commit_ms:.2f} ms -> one association can never exceed "
-              f"{1000 / floor:.0f} inst/s = {1000 / floor / medians['storescp'].instances_per_s:.2f}x storescp")
-        print(f"\nnode / storescp = {ratio:.2f}x ({verdict} the target >= {TARGET_RATIO}x); "
+              f"SQLite WAL commit (synchronous=FULL) {commit_ms:.2f} ms")
+        if reference is None or "node" not in names:
+            return 0
+        ratio_one = median_rate(one["node"]) / median_rate(one[reference])
+        ratio_four = median_rate(four["node"]) / median_rate(four[reference])
+        met = ratio_one >= TARGET_ONE and ratio_four >= TARGET_FOUR
+        print(f"\nnode / Orthanc: one association {ratio_one:.2f}x (target >= {TARGET_ONE}x), {PARALLEL} associations "
+              f"{ratio_four:.2f}x (target >= {TARGET_FOUR}x): {'met' if met else 'MISSED'}; "
               f"load average after: {load_average()}")
-        return 0 if ratio >= TARGET_RATIO else 1
+        return 0 if met else 1
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)

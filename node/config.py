@@ -45,6 +45,7 @@ from node.values import (
     parse_path,
     parse_pdu,
     parse_port,
+    parse_processes,
     parse_retries,
     parse_seconds,
     parse_text,
@@ -106,6 +107,7 @@ class Settings:
     max_instance_bytes: int = 1 << 30  # one C-STORE dataset as received
     max_inflated_bytes: int = 256 << 20  # a Deflated Explicit VR Little Endian dataset once inflated
     max_element_bytes: int = 16 << 20  # any element but Pixel Data
+    listener_processes: int = 0  # listener processes sharing the port (SO_REUSEPORT); 0 = min(CPUs, 4)
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_ca: Path | None = None  # set = client certificates are required and checked against it
@@ -167,6 +169,11 @@ class Settings:
         if self.task_time_limit is not None:
             return self.task_time_limit
         return max(self.task_soft_time_limit + 60.0, 1800.0)
+
+    @property
+    def effective_listener_processes(self) -> int:
+        """How many listener processes ``ainode serve`` runs: the setting, or min(CPUs, 4) for 0."""
+        return self.listener_processes or min(os.cpu_count() or 1, 4)
 
     @property
     def effective_database_url(self) -> str:
@@ -301,6 +308,7 @@ _PARSERS: dict[str, Callable[[object, str], Any]] = {
     "max_instance_bytes": parse_limit_bytes,
     "max_inflated_bytes": parse_limit_bytes,
     "max_element_bytes": parse_limit_bytes,
+    "listener_processes": parse_processes,
     "tls_cert": parse_optional_path,
     "tls_key": parse_optional_path,
     "tls_ca": parse_optional_path,

@@ -81,9 +81,13 @@ def _make_dirs(path: Path) -> None:
 class Spool:
     """The spool folder. Thread-safe: writers never share a temporary file and renames are atomic."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, worker: str | None = None) -> None:
+        """``worker`` names this process's own folder under ``.incoming/`` (a listener process of a pool), so its
+        start-up clean-up never touches another live process's files; ``None``: ``.incoming/`` itself."""
         self.root = root.resolve()
-        _make_dirs(self.root / INCOMING)
+        self._own_incoming = worker is not None
+        self.incoming = self.root / INCOMING / worker if worker is not None else self.root / INCOMING
+        _make_dirs(self.incoming)
 
     def relative_path(self, study_uid: str, series_uid: str, sop_instance_uid: str) -> str:
         return "/".join(
@@ -113,7 +117,7 @@ class Spool:
         _make_dirs(target.parent)
         digest = hashlib.sha256()
         size = 0
-        fd, tmp_name = tempfile.mkstemp(prefix="rx-", suffix=".part", dir=self.root / INCOMING)
+        fd, tmp_name = tempfile.mkstemp(prefix="rx-", suffix=".part", dir=self.incoming)
         tmp = Path(tmp_name)
         try:
             with os.fdopen(fd, "wb") as handle:
@@ -139,7 +143,7 @@ class Spool:
         """
         target = self.path(relative_path)
         _make_dirs(target.parent)
-        tmp = self.root / INCOMING / f"rx-{secrets.token_hex(12)}.part"
+        tmp = self.incoming / f"rx-{secrets.token_hex(12)}.part"
         try:
             try:
                 os.link(source, tmp)
@@ -180,9 +184,10 @@ class Spool:
         return target
 
     def clean_incoming(self) -> int:
-        """Remove temporary files a crash left under ``.incoming``; returns how many were removed."""
+        """Remove temporary files a crash left under ``.incoming`` (all of it, or only this process's own folder);
+        returns how many were removed."""
         removed = 0
-        for stray in (self.root / INCOMING).glob("rx-*.part"):
+        for stray in (self.incoming.glob("rx-*.part") if self._own_incoming else self.incoming.rglob("rx-*.part")):
             stray.unlink(missing_ok=True)
             removed += 1
         if removed:

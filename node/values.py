@@ -101,6 +101,11 @@ def parse_limit(value: object, where: str) -> int:
     return _parse_int(value, where, 0, 1_000_000_000)
 
 
+def parse_processes(value: object, where: str) -> int:
+    """A number of processes, 0 = automatic (0-64)."""
+    return _parse_int(value, where, 0, 64)
+
+
 def parse_pdu(value: object, where: str) -> int:
     number = _parse_int(value, where, 0, 2**32 - 1)
     if number and number < 4096:  # PS3.8 allows less, but tiny PDUs only slow everything down

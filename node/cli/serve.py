@@ -34,6 +34,7 @@ from node.cli.demo_models import check_demo_models
 from node.config import Settings, redact_url
 from node.errors import ConfigError
 from node.jobs.sender import process_sender
+from node.scp.pool import ListenerPool
 from node.scp.server import ListenerHandle, start_listener
 
 logger = logging.getLogger(__name__)
@@ -269,6 +270,7 @@ class RunningNode:
     listener: ListenerHandle
     supervisor: WorkerSupervisor | None
     lock: SpoolLock | None = None
+    pool: ListenerPool | None = None  # the other listener processes on the same port (listener_processes > 1)
 
     @property
     def worker(self) -> subprocess.Popen[bytes] | None:
@@ -281,6 +283,8 @@ class RunningNode:
         if self.supervisor is not None:
             self.supervisor.request_stop()
         try:
+            if self.pool is not None:
+                self.pool.stop()
             self.listener.stop()
             _abort_associations(self.listener)
         finally:
@@ -319,11 +323,22 @@ def start_node(settings: Settings, *, worker: bool = True, concurrency: int = 1,
     check_demo_models(settings)
     settings.spool_dir.mkdir(parents=True, exist_ok=True)
     lock = SpoolLock(settings.spool_dir)
+    processes = settings.effective_listener_processes
     try:  # the listener dispatches a study as soon as it is complete; the worker's poll is the safety net
-        listener = start_listener(settings, send_task=process_sender(settings))
+        listener = start_listener(settings, send_task=process_sender(settings), reuse_port=processes > 1)
     except BaseException:
         lock.release()
         raise
+    pool: ListenerPool | None = None
+    if processes > 1:
+        pool = ListenerPool(settings, listener.port, processes, run_dir=settings.spool_dir / RUN_DIRNAME,
+                            log_path=settings.spool_dir / "listener.log", pass_fds=(lock.fd,))
+        try:
+            pool.start()
+        except BaseException:
+            listener.stop()
+            lock.release()
+            raise
     supervisor: WorkerSupervisor | None = None
     if worker:
         supervisor = WorkerSupervisor(settings, worker_log or settings.spool_dir / "worker.log",
@@ -331,12 +346,14 @@ def start_node(settings: Settings, *, worker: bool = True, concurrency: int = 1,
         try:
             supervisor.start()
         except OSError:
+            if pool is not None:
+                pool.stop()
             listener.stop()
             lock.release()
             raise
-    logger.info("node %s listening on port %d (worker: %s)", settings.ae_title, listener.port,
-                "started" if supervisor else "none")
-    return RunningNode(settings, listener, supervisor, lock)
+    logger.info("node %s listening on port %d in %d process(es) (worker: %s)", settings.ae_title, listener.port,
+                processes, "started" if supervisor else "none")
+    return RunningNode(settings, listener, supervisor, lock, pool)
 
 
 def startup_line(s: Settings, port: int) -> str:

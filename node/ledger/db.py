@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy import Connection, Engine, create_engine, event, inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -28,6 +28,10 @@ from node.errors import ConfigError, TransientError
 from node.ledger.tables import Base
 
 logger = logging.getLogger(__name__)
+
+
+#: execution option of a read-only transaction (:meth:`Ledger.read`): a plain ``BEGIN`` on SQLite
+READ_ONLY = "ledger_read_only"
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -43,7 +47,9 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # a read (Ledger.read) needs no write lock: WAL readers never wait for the writer
+        read_only = connection.get_execution_options().get(READ_ONLY, False)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 #: Columns added after a table was first released: (table, column, SQL type). Each is nullable, so rows written
@@ -148,6 +154,14 @@ class Ledger:
         """A session in one transaction: committed on success, rolled back on any exception."""
         with self._sessions.begin() as session:
             yield session
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A read-only transaction (no write lock on SQLite: it neither waits for nor blocks a writer)."""
+        with self.engine.connect() as connection:
+            connection = connection.execution_options(**{READ_ONLY: True})
+            with connection.begin():
+                yield connection
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -6,14 +6,21 @@ built once, not the ORM unit of work.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from sqlalchemy import bindparam, case, insert, select, update
 from sqlalchemy.orm import Session
 
 from node.config import DuplicatePolicy, LateInstancePolicy
 from node.errors import CorruptInstanceError
-from node.ledger.records import InstanceHeader, KnownInstance, ReceiveOutcome, RecordedInstance, WrittenFile
+from node.ledger.records import (
+    InstanceHeader,
+    KnownInstance,
+    ReceiveOutcome,
+    RecordedInstance,
+    SpooledInstance,
+    WrittenFile,
+)
 from node.ledger.states import LATE_STATES, StudyState
 from node.ledger.tables import Instance, Series, Study
 from node.ledger.transaction import Operations, write_audit
@@ -38,6 +45,10 @@ _INSERT_SERIES = insert(Series).returning(Series.id)
 _TOUCH_SERIES = (
     update(Series).where(Series.id == bindparam("series_id"), Series.last_received_at < bindparam("now"))
     .values(last_received_at=bindparam("now"))
+)
+_SERIES_STUDY = (
+    select(Study.study_instance_uid).join(Series, Series.study_id == Study.id)
+    .where(Series.series_instance_uid == bindparam("uid"))
 )
 _INSTANCE_ID = select(Instance.id).where(Instance.sop_instance_uid == bindparam("sop"))
 _INSERT_INSTANCE = insert(Instance)
@@ -66,6 +77,84 @@ class IntakeOperations(Operations):
 
     def find_instance(self, sop_instance_uid: str) -> KnownInstance | None:
         return self._run(lambda session: self._known_instance(session, sop_instance_uid))
+
+    def is_plainly_new(self, header: InstanceHeader) -> bool:
+        """Whether the ledger has neither this SOP Instance UID nor its series under another study, read without a
+        write lock (it never waits for a writer): such an instance needs no duplicate or conflict rule, and the
+        listener's group commit may record it after answering."""
+        with self.ledger.read() as connection:
+            if connection.execute(_INSTANCE_ID, {"sop": header.sop_instance_uid}).first() is not None:
+                return False
+            owner = connection.execute(_SERIES_STUDY, {"uid": header.series_instance_uid}).scalar()
+        return owner is None or owner == header.study_instance_uid
+
+    def record_spooled(self, batch: Sequence[SpooledInstance]) -> list[tuple[SpooledInstance, KnownInstance]]:
+        """Record a batch of new instances already durable in the spool (and acknowledged) in **one** transaction.
+
+        This is the listener's group commit: the C-STORE handler found each SOP Instance UID unknown, placed the
+        file and answered Success; the rows (and their ``stored`` audit events) follow here. An instance that is
+        recorded by now after all (a concurrent association in another process, or the start-up reconciliation)
+        is not recorded again: it is returned with the row that won, for the caller to resolve (see
+        :meth:`resolve_spooled`). Raises :class:`InstanceConflictError` (nothing committed) when a series of the
+        batch belongs to another study: the caller then records the batch one instance at a time.
+        """
+
+        def op(session: Session) -> list[tuple[SpooledInstance, KnownInstance]]:
+            raced: list[tuple[SpooledInstance, KnownInstance]] = []
+            for item in batch:
+                known = self._known_instance(session, item.header.sop_instance_uid)
+                if known is not None:
+                    raced.append((item, known))
+                    continue
+                self._record(session, item.header, path=item.path, size_bytes=item.size_bytes, sha256=item.sha256,
+                             calling_ae_title=item.calling_ae_title, peer=item.peer, at=item.at)
+            return raced
+
+        return self._run(op)
+
+    def resolve_spooled(self, item: SpooledInstance, disk_sha256: Callable[[str], str | None]) -> bool:
+        """Settle one acknowledged instance :meth:`record_spooled` could not simply record; ``True`` when its file is
+        recorded (or identical to the recorded one at the same path), ``False`` when the file is not the ledger's
+        (another study holds the UID, or another path does): the caller keeps it in ``.orphans/``, audited.
+
+        Two different copies of one SOP instance written to the same path at the same moment by two processes:
+        the copy on disk (``disk_sha256(path)``) is what the ledger records.
+        """
+
+        def op(session: Session) -> bool:
+            known = self._known_instance(session, item.header.sop_instance_uid)
+            if known is None:
+                self._record(session, item.header, path=item.path, size_bytes=item.size_bytes, sha256=item.sha256,
+                             calling_ae_title=item.calling_ae_title, peer=item.peer, at=item.at)
+                return True
+            if known.path != item.path:
+                write_audit(session, "store-rejected", item.at, calling_ae_title=item.calling_ae_title,
+                            peer=item.peer, study_instance_uid=item.header.study_instance_uid,
+                            sop_instance_uid=item.header.sop_instance_uid,
+                            detail=f"recorded meanwhile as {known.path} (study {known.study_instance_uid}) by a "
+                            "concurrent association; this copy was acknowledged and is kept in .orphans")
+                return False
+            on_disk = disk_sha256(item.path)
+            if on_disk is None or on_disk == known.sha256:
+                return True
+            self._record(session, item.header, path=item.path, size_bytes=item.size_bytes, sha256=on_disk,
+                         calling_ae_title=item.calling_ae_title, peer=item.peer, at=item.at)
+            write_audit(session, "duplicate-raced", item.at, calling_ae_title=item.calling_ae_title, peer=item.peer,
+                        study_instance_uid=item.header.study_instance_uid,
+                        sop_instance_uid=item.header.sop_instance_uid,
+                        detail="two different copies were received at the same moment; the one on disk is recorded")
+            return True
+
+        try:
+            return self._run(op)
+        except InstanceConflictError as exc:
+            detail = (f"{exc.message}; stored in study {exc.study_instance_uid}; found after this copy was "
+                      "acknowledged: it is kept in .orphans")
+            self._run(lambda session: write_audit(
+                session, "store-rejected", item.at, calling_ae_title=item.calling_ae_title, peer=item.peer,
+                study_instance_uid=item.header.study_instance_uid, sop_instance_uid=item.header.sop_instance_uid,
+                detail=detail))
+            return False
 
     def receive_instance(
         self,
@@ -187,7 +276,7 @@ class IntakeOperations(Operations):
         size_bytes: int,
         sha256: str,
         calling_ae_title: str,
-        peer: str,
+        peer: str | None,
         at: float,
         present: Callable[[str], bool] | None = None,
     ) -> RecordedInstance:

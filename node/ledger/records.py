@@ -28,6 +28,19 @@ class InstanceHeader:
 
 
 @dataclass(frozen=True)
+class SpooledInstance:
+    """A new instance already durable in the spool (and answered Success), waiting for its ledger rows."""
+
+    header: InstanceHeader
+    path: str  # spool-relative
+    size_bytes: int
+    sha256: str
+    calling_ae_title: str
+    peer: str | None
+    at: float
+
+
+@dataclass(frozen=True)
 class KnownInstance:
     sop_instance_uid: str
     study_instance_uid: str

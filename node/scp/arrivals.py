@@ -77,19 +77,13 @@ class Arrivals:
             return {uid for entry in self._open.values() for uid in entry.studies}
 
 
-def flush_stored() -> None:
-    """Make everything the association stored visible in the ledger before its studies are judged.
-
-    Every instance is committed before its Success today, so there is nothing to flush; a batched ledger writer
-    flushes here (issue 12, item 5)."""
-
 
 def on_association_end(arrivals: Arrivals | None, association: object) -> list[str]:
-    """The release path (EVT_RELEASED / EVT_ABORTED / EVT_CONN_CLOSE): flush, forget the association's open
-    rows, and hand its studies to the dispatcher; the studies (none when it stored nothing or was seen already)."""
+    """The release path (EVT_RELEASED / EVT_ABORTED / EVT_CONN_CLOSE), called once the group commit has flushed
+    (:func:`node.scp.handlers.association_ended`): forget the association's open rows, and hand its studies to the
+    dispatcher; the studies (none when it stored nothing or was seen already)."""
     if arrivals is None:
         return []
-    flush_stored()
     studies = arrivals.ended(association)
     if studies and arrivals.on_end is not None:
         arrivals.on_end(studies)

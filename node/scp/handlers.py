@@ -2,7 +2,8 @@
 
 ``handle_store`` does only what must happen before the answer: take the refusal noted while receiving (size,
 disk), check the dataset and every value (:func:`node.scp.header.read_header`), refuse what cannot be kept, link
-the received file durably into place, record it in the ledger, answer. Completeness and processing happen
+the received file durably into place, answer; a new instance's ledger rows follow in the group commit
+(:mod:`node.scp.recorder`), any other instance is recorded before the answer. Completeness and processing happen
 elsewhere (:mod:`node.jobs.completeness`, the job layer). Every refusal is audited with its reason; when the
 audit row itself cannot be written (a full disk), the refusal is logged and answered all the same. An
 unexpected exception in a handler is answered by pynetdicom with 0xC211 and affects only that one request.
@@ -22,12 +23,14 @@ from pynetdicom.events import Event
 from sqlalchemy.exc import SQLAlchemyError
 
 from node.config import DuplicatePolicy
-from node.errors import CorruptInstanceError
+from node.errors import CorruptInstanceError, NodeError
 from node.ledger.intake import InstanceConflictError
+from node.ledger.records import SpooledInstance
 from node.ledger.repository import InstanceHeader, Repository
 from node.scp.arrivals import Arrivals, on_association_end
 from node.scp.header import Limits, read_header
 from node.scp.receive import DISK_FULL, Received, Refusal, SpillBuffer
+from node.scp.recorder import IntakeRecorder
 from node.scp.source import LimitExceededError
 from node.scp.status import EchoStatus, StoreStatus
 from node.spool import Spool, StoredFile
@@ -48,6 +51,11 @@ class ListenerContext:
     clock: Callable[[], float]
     limits: Limits
     arrivals: Arrivals | None = None  # the studies each open association stores into (node.scp.arrivals)
+    recorder: IntakeRecorder | None = None  # group commit of new instances; None: one transaction per instance
+
+
+class LedgerBehindError(NodeError):
+    """The group commit cannot write to the ledger: new instances are refused until it can."""
 
 
 def _key(uid: str) -> str:
@@ -145,6 +153,8 @@ def _handle(
     except OSError as exc:
         status = StoreStatus.OUT_OF_RESOURCES if exc.errno in DISK_FULL else StoreStatus.PROCESSING_FAILURE
         return refuse(status, f"spool write failed: {exc.strerror or exc}")
+    except LedgerBehindError as exc:  # the group commit is failing: acknowledge nothing more until it recovers
+        return refuse(StoreStatus.PROCESSING_FAILURE, exc.message)
     except SQLAlchemyError as exc:  # not recorded = not acknowledged: the sender keeps it and resends
         if is_disk_full(exc):
             return refuse(StoreStatus.OUT_OF_RESOURCES, "the ledger cannot grow: the disk is full")
@@ -161,6 +171,16 @@ def _store(ctx: ListenerContext, header: InstanceHeader, received: Received, cal
     """
     new_path = ctx.spool.relative_path(header.study_instance_uid, header.series_instance_uid,
                                        header.sop_instance_uid)
+    recorder = ctx.recorder
+    if recorder is not None:
+        recorder.settle(header.sop_instance_uid)
+        if ctx.repository.is_plainly_new(header):  # the fast path: no duplicate, no conflict
+            if recorder.failing:
+                raise LedgerBehindError("the ledger cannot record instances at the moment")
+            stored = ctx.spool.place(new_path, received.path, received.size, received.sha256)
+            recorder.submit(SpooledInstance(header, stored.relative_path, stored.size, stored.sha256,
+                                            calling_ae_title=calling, peer=peer, at=now))
+            return StoreStatus.SUCCESS  # durable in the spool; the rows follow in the writer's next batch
     existed: dict[str, bool] = {}  # path -> was there before our first write (a retried transaction rewrites)
 
     def write(relative: str) -> StoredFile:
@@ -180,6 +200,13 @@ def _store(ctx: ListenerContext, header: InstanceHeader, received: Received, cal
     return StoreStatus.SUCCESS
 
 
+def association_ended(ctx: ListenerContext) -> None:
+    """What must happen before any other release / abort handler runs: every instance this process acknowledged
+    is committed to the ledger (the group commit flushed), so what follows (the completeness check) sees them."""
+    if ctx.recorder is not None and not ctx.recorder.flush(timeout_s=60.0):
+        logger.error("the ledger did not take the acknowledged instances within 60 s of an association's end")
+
+
 def handle_rejected(event: Event, ctx: ListenerContext) -> None:
     """Audit an association the node refused, with the reason (:mod:`node.scp.transport` notes it)."""
     calling, peer = _requestor(event)
@@ -191,7 +218,9 @@ def handle_rejected(event: Event, ctx: ListenerContext) -> None:
 
 def handle_aborted(event: Event, ctx: ListenerContext) -> None:
     """Audit an aborted association (instances already answered Success stay stored), with the reason if known;
-    then its studies are judged (:func:`node.scp.arrivals.on_association_end`)."""
+    its instances are committed (:func:`association_ended`), then its studies are judged
+    (:func:`node.scp.arrivals.on_association_end`)."""
+    association_ended(ctx)
     calling, peer = _requestor(event)
     reason = getattr(event.assoc.dul.socket, "violation", None)
     audit_quietly(ctx.repository, "association-aborted", ctx.clock(), calling_ae_title=calling, peer=peer,
@@ -200,11 +229,14 @@ def handle_aborted(event: Event, ctx: ListenerContext) -> None:
 
 
 def handle_released(event: Event, ctx: ListenerContext) -> None:
-    """The association was released: its studies are judged after ``settle_s``."""
+    """The association was released: its instances are committed to the ledger (:func:`association_ended`), then
+    its studies are judged after ``settle_s``."""
+    association_ended(ctx)
     on_association_end(ctx.arrivals, event.assoc)
 
 
 def handle_closed(event: Event, ctx: ListenerContext) -> None:
     """The connection closed (also after a network timeout, without release or abort): as :func:`handle_released`;
     an association already ended is not handled twice."""
+    association_ended(ctx)
     on_association_end(ctx.arrivals, event.assoc)

@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
@@ -34,6 +35,7 @@ from node.scp.arrivals import Arrivals
 from node.scp.contexts import VERIFICATION, VERIFICATION_TRANSFER_SYNTAXES, storage_contexts
 from node.scp.header import Limits
 from node.scp.receive import ReceiveLimits
+from node.scp.recorder import IntakeRecorder, file_sha256, recover_spooled
 from node.scp.transport import (
     MIN_PDU_LIMIT,
     ConnectionAudit,
@@ -42,11 +44,13 @@ from node.scp.transport import (
     NodeRequestHandler,
     NodeServer,
 )
-from node.spool import INCOMING, ORPHANS, Spool
+from node.spool import ORPHANS, Spool
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_LIMITS = Limits(max_inflated_bytes=256 << 20, max_element_bytes=16 << 20)
 ACSE_TIMEOUT_S = 30.0
+RELEASE_FLUSH_TIMEOUT_S = 30.0  # the A-RELEASE-RP waits at most this long for the group commit
 DIMSE_TIMEOUT_S = 120.0  # generous: large enhanced MR objects over slow links
 NETWORK_TIMEOUT_S = 120.0
 
@@ -56,12 +60,13 @@ class ListenerHandle:
 
     def __init__(
         self, ae: AE, server: NodeServer, spool: Spool, repository: Repository, owns_ledger: bool,
-        dispatcher: ReadyDispatcher | None = None,
+        recorder: IntakeRecorder | None = None, dispatcher: ReadyDispatcher | None = None,
     ) -> None:
         self.ae = ae
         self.server = server
         self.spool = spool
         self.repository = repository
+        self.recorder = recorder
         self.dispatcher = dispatcher  # judges the studies of each association that ends (dispatch on the event)
         self._owns_ledger = owns_ledger
         self._stopped = False
@@ -85,10 +90,16 @@ class ListenerHandle:
             return
         self._stopped = True
         self.server.shutdown()
+        if self.recorder is not None:
+            self.recorder.close()
         if self.dispatcher is not None:
             self.dispatcher.stop()
         if self._owns_ledger:
             self.repository.ledger.dispose()
+
+    def flush(self, timeout_s: float | None = None) -> bool:
+        """Commit every instance acknowledged so far to the ledger (the group commit); ``False`` on timeout."""
+        return self.recorder.flush(timeout_s) if self.recorder is not None else True
 
     def __enter__(self) -> ListenerHandle:
         return self
@@ -99,15 +110,31 @@ class ListenerHandle:
         self.stop()
 
 
-def reconcile_spool(spool: Spool, repository: Repository, at: float) -> list[str]:
-    """Quarantine spooled files the ledger does not know (a crash between rename and commit); audited.
+def reconcile_spool(spool: Spool, repository: Repository, at: float, limits: Limits | None = None) -> list[str]:
+    """Record spooled files the ledger lacks, quarantine those that cannot be recorded; returns the quarantined.
 
-    Their senders were never answered Success, so they resend them; keeping the files out of the study
-    folders means no job ever reads an instance the ledger does not list.
+    A file the ledger lacks was placed durably and (with the group commit) possibly acknowledged before the
+    process died: it is checked again (file meta, dataset, its place matching its UIDs) and recorded
+    (``instance-recovered``). One that fails the check, or whose UID the ledger holds at another path, is moved
+    to ``.orphans/`` (``orphan-quarantined``): no job ever reads an instance the ledger does not list.
     """
     known = repository.known_paths()
-    orphans = [path for path in spool.stored_paths() if path not in known]
-    for path in orphans:
+    unknown = [path for path in spool.stored_paths() if path not in known]
+    orphans = []
+    for path in unknown:
+        try:
+            item = recover_spooled(spool, path, limits or DEFAULT_LIMITS)
+        except (NodeError, OSError) as exc:
+            logger.warning("a spooled file unknown to the ledger cannot be recorded: %s", exc)
+        else:
+            if repository.resolve_spooled(item, partial(file_sha256, spool)):
+                handlers.audit_quietly(repository, "instance-recovered", at,
+                                       study_instance_uid=item.header.study_instance_uid,
+                                       sop_instance_uid=item.header.sop_instance_uid,
+                                       detail=f"{path}: in the spool, not in the ledger (acknowledged before a "
+                                       "stop or crash); recorded at start-up")
+                continue
+        orphans.append(path)
         try:
             moved = spool.quarantine(path)
         except OSError as exc:  # e.g. a full disk: start anyway, try again at the next start
@@ -115,6 +142,8 @@ def reconcile_spool(spool: Spool, repository: Repository, at: float) -> list[str
             continue
         handlers.audit_quietly(repository, "orphan-quarantined", at,
                                detail=f"{path} -> {moved.relative_to(spool.root).as_posix()}")
+    if len(unknown) > len(orphans):
+        logger.warning("recorded %d spooled file(s) the ledger lacked", len(unknown) - len(orphans))
     if orphans:
         logger.warning("moved %d spooled file(s) unknown to the ledger to %s", len(orphans), ORPHANS)
     return orphans
@@ -147,7 +176,7 @@ def connection_policy(settings: Settings, spool: Spool) -> ConnectionPolicy:
         max_associations_per_peer=settings.max_associations_per_peer,
         max_pending=2 * settings.max_associations,
         max_pdu_bytes=max_pdu_read,
-        receive=ReceiveLimits(incoming=spool.root / INCOMING, max_instance_bytes=settings.max_instance_bytes,
+        receive=ReceiveLimits(incoming=spool.incoming, max_instance_bytes=settings.max_instance_bytes,
                               min_free_disk_bytes=settings.min_free_disk_bytes),
     )
 
@@ -181,14 +210,17 @@ def ready_dispatcher(settings: Settings, repository: Repository, send_task: Send
 
 def start_listener(
     settings: Settings, ledger: Ledger | None = None, *, clock: Callable[[], float] = time.time,
-    send_task: SendTask | None = None,
+    send_task: SendTask | None = None, reconcile: bool = True, slot: int | None = None, reuse_port: bool = False,
 ) -> ListenerHandle:
     """Start the C-ECHO / C-STORE SCP in background threads and return its handle.
 
     ``ledger`` defaults to one opened from ``settings.effective_database_url`` (closed again by ``stop()``);
     ``clock`` gives the receive times recorded in the ledger (tests pass a fake one). With ``send_task`` (e.g.
     :func:`node.jobs.sender.process_sender`), the studies of an association that ends are judged ``settle_s``
-    later and dispatched when ready, from this process (:mod:`node.jobs.dispatcher`).
+    later and dispatched when ready, from this process (:mod:`node.jobs.dispatcher`). A listener process of a pool
+    (:mod:`node.scp.pool`) passes its ``slot`` (its own ``.incoming/p<slot>/``, the only one its start-up
+    clean-up touches) and ``reuse_port`` (SO_REUSEPORT: the processes share the port); ``reconcile=False`` skips
+    the reconciliation of the spool with the ledger (the pool's first start, after the parent's).
     """
     if _config.STORE_RECV_CHUNKED_DATASET:
         raise ConfigError("pynetdicom's STORE_RECV_CHUNKED_DATASET must stay off: the listener receives datasets "
@@ -196,14 +228,17 @@ def start_listener(
     owns_ledger = ledger is None
     if ledger is None:
         ledger = Ledger.open(settings.effective_database_url)
-    spool = Spool(settings.spool_dir)
-    spool.clean_incoming()
+    spool = Spool(settings.spool_dir, None if slot is None else f"p{slot}")
+    limits = Limits(max_inflated_bytes=settings.max_inflated_bytes, max_element_bytes=settings.max_element_bytes)
     repository = Repository(ledger, settings.late_instance_policy)
-    reconcile_spool(spool, repository, clock())
+    spool.clean_incoming()
+    if reconcile:
+        reconcile_spool(spool, repository, clock(), limits)
     try:
         repository.forget_dead_associations()
     except SQLAlchemyError as exc:
         logger.error("the open associations of stopped listeners could not be cleared: %s", exc.__class__.__name__)
+    recorder = IntakeRecorder(repository, spool)
     dispatcher = None if send_task is None else ready_dispatcher(settings, repository, send_task, clock)
     context = handlers.ListenerContext(
         spool=spool,
@@ -211,8 +246,9 @@ def start_listener(
         min_free_disk_bytes=settings.min_free_disk_bytes,
         duplicate_policy=settings.duplicate_policy,
         clock=clock,
-        limits=Limits(max_inflated_bytes=settings.max_inflated_bytes, max_element_bytes=settings.max_element_bytes),
+        limits=limits,
         arrivals=Arrivals(repository, clock, None if dispatcher is None else dispatcher.schedule),
+        recorder=recorder,
     )
     evt_handlers: list[Any] = [
         (evt.EVT_C_ECHO, handlers.handle_echo, [context]),
@@ -234,10 +270,13 @@ def start_listener(
             policy=connection_policy(settings, spool),
             tls=tls,
             connection_audit=audit,
+            reuse_port=reuse_port,
         )
         assert isinstance(server, NodeServer)
+        server.before_release = partial(recorder.flush, RELEASE_FLUSH_TIMEOUT_S)
     except OSError as exc:
         audit.close()
+        recorder.close()
         if dispatcher is not None:
             dispatcher.stop()
         if owns_ledger:
@@ -249,7 +288,7 @@ def start_listener(
     ae._servers.append(server)
     if dispatcher is not None:
         dispatcher.start()
-    handle = ListenerHandle(ae, server, spool, repository, owns_ledger, dispatcher)
+    handle = ListenerHandle(ae, server, spool, repository, owns_ledger, recorder, dispatcher)
     logger.info(
         "listening as %s on %s:%d%s, spool %s, ledger %s",
         settings.ae_title, handle.address, handle.port, " (TLS)" if settings.tls_enabled else "",
@@ -271,6 +310,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--database-url", help="ledger URL (default: SQLite in the spool folder)")
     parser.add_argument("--accepted-calling-aets", help="comma-separated calling AE titles allowed to connect")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    # a listener process of ainode serve's pool (node.scp.pool, started as python -m node.cli.listener)
+    parser.add_argument("--settings-file", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--slot", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--reconcile", action="store_true", help=argparse.SUPPRESS)
     return parser
 
 
@@ -288,8 +331,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         stop.set()
 
     try:
-        settings = Settings.load(args.config, overrides=overrides)
-        handle = start_listener(settings)
+        if args.settings_file is not None:  # a pool process: settings as the parent has them, port included
+            settings = Settings.read_handover(args.settings_file)
+            args.settings_file.unlink(missing_ok=True)  # read once: it may hold the database password
+            # it dispatches the studies of the associations it ends, as the parent's listener does
+            from node.jobs.sender import process_sender
+
+            handle = start_listener(settings, slot=args.slot, reuse_port=True, reconcile=args.reconcile,
+                                    send_task=process_sender(settings))
+        else:
+            settings = Settings.load(args.config, overrides=overrides)
+            handle = start_listener(settings)
     except NodeError as exc:
         print(f"node.scp.server: error: {exc.message}", file=sys.stderr)
         return 2

@@ -57,6 +57,7 @@ FIRST_PDU_LIMIT = 1 << 20  # bytes: the A-ASSOCIATE-RQ (before a maximum PDU len
 MIN_PDU_LIMIT = 1 << 20  # bytes: tolerated for P-DATA even when max_pdu is smaller
 AUDIT_WINDOW_S = 10.0
 _READ_CHUNK = 1 << 16
+IDLE_WAIT_S = 0.001  # how long the DUL loop waits for data when it has nothing to send
 
 
 @dataclass(frozen=True)
@@ -202,6 +203,21 @@ class BoundedSocket(AssociationSocket):
         self._deadline = deadline  # monotonic time by which the A-ASSOCIATE-RQ must be complete
         self.violation: str | None = None
 
+    @property
+    def ready(self) -> bool:
+        """Data to read? Waits up to IDLE_WAIT_S (nothing to send): the DUL loop wakes when a PDU arrives."""
+        sock = self.socket
+        if sock is None or not self._is_connected:
+            return False
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():  # TLS-buffered data select() cannot see
+            return True
+        try:
+            ready, _, _ = select.select([sock], [], [], IDLE_WAIT_S if self.assoc.dul.to_provider_queue.empty() else 0)
+        except (OSError, TimeoutError, ValueError):
+            self.event_queue.put("Evt17")  # the transport connection closed
+            return False
+        return bool(ready)
+
     def recv(self, nr_bytes: int) -> bytearray:
         established = self.assoc.is_established
         limit = self._policy.max_pdu_bytes if established else FIRST_PDU_LIMIT
@@ -238,6 +254,13 @@ class LimitedACSE(ACSE):
         super().__init__(assoc)
         self._policy = policy
         self.rejection_reason: str | None = None
+
+    def is_release_requested(self) -> bool:
+        """An A-RELEASE-RQ? The server's ``before_release`` (the group commit's flush) runs before the answer."""
+        requested = super().is_release_requested()
+        if requested and (before := getattr(self.assoc._server, "before_release", None)) is not None:
+            before()
+        return requested
 
     def _negotiate_as_acceptor(self) -> None:
         refusal = self._refusal()
@@ -339,6 +362,7 @@ class NodeRequestHandler(RequestHandler):
         assoc.dimse = BoundedDIMSE(assoc, server.policy.receive,
                                    lambda why: server.connection_audit.record("store-rejected", address, peer, why))
         assoc.set_socket(BoundedSocket(assoc, cast(socket.socket, self.request), server.policy, self._deadline))
+        assoc.dul._run_loop_delay = 0  # the loop waits for data in BoundedSocket.ready instead of sleeping
         assoc.acceptor.maximum_length = self.ae.maximum_pdu_size
         assoc.acceptor.ae_title = server.ae_title
         assoc.acceptor.address_info = self.local
@@ -368,12 +392,19 @@ class NodeServer(ThreadedAssociationServer):
     block_on_close = False  # stop() ends associations itself; it never waits on a silent peer
 
     def __init__(self, *args: Any, policy: ConnectionPolicy, tls: ssl.SSLContext | None,
-                 connection_audit: ConnectionAudit, **kwargs: Any) -> None:
+                 connection_audit: ConnectionAudit, reuse_port: bool = False, **kwargs: Any) -> None:
+        self.reuse_port = reuse_port
         self.policy = policy
         self.tls = tls
         self.connection_audit = connection_audit
         self.pending = PendingConnections(policy.max_associations_per_peer, policy.max_pending)
+        self.before_release: Callable[[], object] | None = None  # run before an A-RELEASE-RP is sent
         super().__init__(*args, **kwargs)
+
+    def server_bind(self) -> None:
+        if self.reuse_port:  # several listener processes on one port
+            cast(socket.socket, self.socket).setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         sock = cast(socket.socket, self.socket)

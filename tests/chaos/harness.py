@@ -46,6 +46,13 @@ def redis_reachable() -> bool:
 # -- processes ---------------------------------------------------------------------------------------------
 
 
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 def children(pid: int) -> list[int]:
     """The children of every thread of ``pid`` (``ainode serve`` starts its worker from a thread of its own)."""
     found: list[int] = []
@@ -197,15 +204,18 @@ class ServeProcess:
             pytest.fail(f"ainode serve exited with {self.proc.returncode}:\n{self.output()[-3000:]}")
 
     def wait_listening(self, timeout: float = 90.0) -> None:
-        def up() -> bool:
+        def up() -> bool:  # the port answers, and serve printed its banner (its listener processes all started)
             self.check_running()
-            return echo(self.port)
+            banner = self.root / f"serve-{self.starts}.out"
+            return echo(self.port) and banner.is_file() and "listening on" in banner.read_text(errors="replace")
 
         wait_for(up, timeout, f"the listener on port {self.port}", interval=0.5)
 
     def worker_pid(self) -> int | None:
+        """The worker among serve's children (the others are its listener processes)."""
         kids = children(self.pid) if self.proc is not None and self.proc.poll() is None else []
-        return kids[0] if kids else None
+        workers = [kid for kid in kids if b"node.cli.worker" in _cmdline(kid)]
+        return workers[0] if workers else None
 
     def wait_worker_ready(self, timeout: float = 120.0, after: int = 0) -> int:
         """Wait until the worker logged ready ``after`` + 1 times in all; its pid."""

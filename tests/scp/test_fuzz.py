@@ -519,6 +519,7 @@ def test_fuzz_corpus(start: ListenerFactory, sqlite_url: str, synth_case: SynthC
             if (status is None and not invalid_command(case)) or status == 0xC211:
                 problems.append(f"{case.category} / {case.name}: {label}")
             elif status == StoreStatus.SUCCESS:
+                listener.flush()  # the group commit: recorded within its next batch
                 known = listener.repository.find_instance(case.sop_instance)
                 if known is None:
                     problems.append(f"{case.category} / {case.name}: Success but not in the ledger")

@@ -243,26 +243,34 @@ def test_handler_survives_many_associations_in_parallel(
     assert snapshot is not None and snapshot.instance_count == len(synth_case.all)
 
 
-def test_nothing_is_acknowledged_that_the_ledger_did_not_record(
+def test_nothing_is_acknowledged_that_the_ledger_cannot_record(
     start: ListenerFactory, sqlite_url: str, synth_case: SynthCase, tmp_path: Path
 ) -> None:
+    """The group commit: an instance acknowledged before the ledger broke is durable in the spool and recorded at
+    the next start; once a commit failed, nothing more is acknowledged (0x0110) until the ledger takes rows."""
     from sqlalchemy import text
 
     listener = start(sqlite_url, FakeClock())
     assert send(listener.port, synth_case.t2[:1]) == [0]
     with listener.repository.ledger.engine.begin() as connection:
         connection.execute(text("DROP TABLE audit_events"))  # the ledger breaks under the running listener
-    assert send(listener.port, synth_case.t2[1:2]) == [StoreStatus.PROCESSING_FAILURE]
-    assert listener.repository.find_instance(
-        str(pydicom.dcmread(synth_case.t2[1], stop_before_pixels=True).SOPInstanceUID)
-    ) is None
-    assert len(spooled_files(listener.spool.root)) == 1  # the unrecorded file was removed again
+    second = str(pydicom.dcmread(synth_case.t2[1], stop_before_pixels=True).SOPInstanceUID)
+    assert send(listener.port, synth_case.t2[1:2]) == [0]  # durable in the spool; its rows fail to commit
+    assert listener.recorder is not None and not listener.flush(timeout_s=30)
+    assert listener.repository.find_instance(second) is None
+    assert len(spooled_files(listener.spool.root)) == 2
     # a refusal whose own audit row cannot be written (the broken ledger) is still answered with its status
     truncated = tmp_path / "truncated.dcm"
     truncated.write_bytes(synth_case.t2[2].read_bytes()[:-100])
     assert send(listener.port, [truncated, synth_case.t2[3]]) == [
         StoreStatus.CANNOT_UNDERSTAND, StoreStatus.PROCESSING_FAILURE,
     ]
+    assert len(spooled_files(listener.spool.root)) == 2
+    listener.stop()
+    restarted = start(sqlite_url, FakeClock())  # opening the ledger re-creates the table; the spool is reconciled
+    known = restarted.repository.find_instance(second)
+    assert known is not None and (restarted.spool.path(known.path)).is_file()
+    assert "instance-recovered" in [e.event for e in restarted.repository.audit_trail()]
 
 
 def test_interrupted_spool_write_leaves_nothing(tmp_path: Path) -> None:

@@ -1,0 +1,28 @@
+"""``python -m node.cli.listener``: one listener process of ``ainode serve``'s pool (:mod:`node.scp.pool`).
+
+It arms the parent-death signal first (``--exit-with-parent PID``: a SIGKILL of ``serve`` takes it down), then
+runs :func:`node.scp.server.main` with the rest of the command line (``--settings-file``, ``--slot``...).
+Not a sub-command: ``serve`` starts it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from node.jobs.lifetime import exit_with_parent
+from node.scp import server
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m node.cli.listener", add_help=False)
+    parser.add_argument("--exit-with-parent", type=int, metavar="PID")
+    args, rest = parser.parse_known_args(argv)
+    if args.exit_with_parent is not None:
+        exit_with_parent(args.exit_with_parent)
+    return server.main(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

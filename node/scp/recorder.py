@@ -1,0 +1,242 @@
+"""The listener's group commit: new instances are acknowledged once durable in the spool, and their ledger rows
+are committed in small batches by one writer thread per listener process.
+
+The C-STORE handler (:mod:`node.scp.handlers`) checks the dataset, finds its SOP Instance UID unknown (a read,
+no write lock), links the fsynced file into place and fsyncs its folder, hands an :class:`SpooledInstance` to
+:meth:`IntakeRecorder.submit` and answers Success. The writer thread commits what was handed over at most
+``max_delay_s`` later (or as soon as ``max_batch`` are waiting, or at once when someone calls :meth:`flush`) in
+**one** transaction, with each instance's ``stored`` audit event. A ledger that refuses the batch is retried
+(1, 2, 4 ... s); while it does, :attr:`IntakeRecorder.failing` makes the handler refuse new instances (nothing
+more is acknowledged that the ledger cannot take). A crash (even SIGKILL) between Success and the commit loses
+nothing: the file is durable, and :func:`recover_spooled` (called by :func:`node.scp.server.reconcile_spool`
+at the next start) records every spooled file the ledger lacks.
+
+:meth:`IntakeRecorder.flush` returns once everything submitted before the call is committed: the association's
+release / abort handlers call it (so completeness is judged on a ledger that has every acknowledged instance),
+and so does the listener's ``stop()``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import struct
+import threading
+import time
+from pathlib import Path
+
+from pydicom.uid import UID
+
+from node.errors import CorruptInstanceError, NodeError
+from node.ledger.intake import InstanceConflictError
+from node.ledger.records import SpooledInstance
+from node.ledger.repository import Repository
+from node.scp.header import Limits, read_header
+from node.spool import Spool
+
+logger = logging.getLogger(__name__)
+
+MAX_BATCH = 32
+MAX_DELAY_S = 0.02
+RETRY_MAX_S = 8.0
+
+
+class IntakeRecorder:
+    """One writer thread committing :class:`SpooledInstance` rows in batches; see the module docstring."""
+
+    def __init__(self, repository: Repository, spool: Spool, *, max_batch: int = MAX_BATCH,
+                 max_delay_s: float = MAX_DELAY_S) -> None:
+        self._repository = repository
+        self._spool = spool
+        self._max_batch = max_batch
+        self._max_delay_s = max_delay_s
+        self._cond = threading.Condition()
+        self._queue: list[tuple[SpooledInstance, threading.Event]] = []
+        self._inflight: dict[str, threading.Event] = {}  # SOP Instance UID -> set once its row is committed
+        self._submitted = 0
+        self._written = 0  # submitted items the writer is done with (committed, or given up at close)
+        self._flush_wanted = 0  # a flush waits for this many
+        self._closing = False
+        self._failures = 0
+        self.failing = False  # the last commit failed: the handler refuses new instances until one succeeds
+        self._thread = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, item: SpooledInstance) -> None:
+        """Queue the rows of an instance already durable in the spool."""
+        with self._cond:
+            if self._closing:
+                raise RuntimeError("the ledger writer is closed")
+            event = threading.Event()
+            self._queue.append((item, event))
+            self._inflight[item.header.sop_instance_uid] = event
+            self._submitted += 1
+            self._cond.notify_all()
+
+    def settle(self, sop_instance_uid: str, timeout_s: float = 30.0) -> None:
+        """Wait until an instance of this UID submitted earlier (not yet committed) is in the ledger, so a resend
+        right after the first copy is judged against the recorded row."""
+        with self._cond:
+            event = self._inflight.get(sop_instance_uid)
+        if event is not None:
+            self._request_flush()
+            event.wait(timeout_s)
+
+    def _request_flush(self) -> int:
+        with self._cond:
+            self._flush_wanted = max(self._flush_wanted, self._submitted)
+            self._cond.notify_all()
+            return self._submitted
+
+    def flush(self, timeout_s: float | None = None) -> bool:
+        """Commit at once everything submitted so far; ``True`` once it is in the ledger, ``False`` on timeout or
+        as soon as the ledger refuses the commit (the writer goes on retrying; nobody waits for a broken ledger)."""
+        target = self._request_flush()
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        with self._cond:
+            failures = self._failures
+            while self._written < target:
+                if self._failures > failures:
+                    return False
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                if not self._thread.is_alive():
+                    return False
+                self._cond.wait(0.5 if left is None else min(left, 0.5))
+        return True
+
+    @property
+    def pending(self) -> int:
+        """Instances acknowledged whose rows are not committed yet."""
+        with self._cond:
+            return self._submitted - self._written
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Commit what is queued (up to ``timeout_s``), then stop the writer. Rows it could not commit are
+        recorded by the start-up reconciliation (their files are durable)."""
+        self.flush(timeout_s)
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        self._thread.join(timeout_s)
+
+    def _next_batch(self) -> list[tuple[SpooledInstance, threading.Event]] | None:
+        with self._cond:
+            while not self._queue:
+                if self._closing:
+                    return None
+                self._cond.wait()
+            deadline = time.monotonic() + self._max_delay_s
+            while (len(self._queue) < self._max_batch and self._flush_wanted <= self._written
+                   and not self._closing):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            batch = self._queue[:self._max_batch]
+            del self._queue[:self._max_batch]
+            return batch
+
+    def _run(self) -> None:
+        while (batch := self._next_batch()) is not None:
+            if not self._commit([item for item, _event in batch]):
+                logger.error("%d acknowledged instance(s) not in the ledger at stop; the next start records them "
+                             "from the spool", len(batch))
+            with self._cond:
+                for item, event in batch:
+                    if self._inflight.get(item.header.sop_instance_uid) is event:
+                        del self._inflight[item.header.sop_instance_uid]
+                    event.set()
+                self._written += len(batch)
+                self._cond.notify_all()
+
+    def _commit(self, batch: list[SpooledInstance]) -> bool:
+        """Commit ``batch``, retrying until it is in the ledger (``True``) or the recorder closes (``False``)."""
+        delay = 0.5
+        while True:
+            try:
+                try:
+                    raced = [item for item, _known in self._repository.record_spooled(batch)]
+                except InstanceConflictError:  # a series of another study: settle them one by one
+                    raced = batch
+                for item in raced:
+                    self._resolve(item)
+                self.failing = False
+                return True
+            except Exception as exc:  # noqa: BLE001 - any failure: the files are durable, retry; never drop them
+                self.failing = True
+                with self._cond:
+                    self._failures += 1
+                    self._cond.notify_all()
+                logger.error("the ledger cannot record %d acknowledged instance(s) (%s); retrying in %g s",
+                             len(batch), exc.__class__.__name__, delay)
+                with self._cond:
+                    if self._closing:
+                        return False
+                    self._cond.wait(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
+
+    def _resolve(self, item: SpooledInstance) -> None:
+        if self._repository.resolve_spooled(item, self._disk_sha256):
+            return
+        try:
+            self._spool.quarantine(item.path)
+        except OSError as exc:
+            logger.error("cannot move an acknowledged copy the ledger does not list to .orphans: %s", exc.strerror)
+
+    def _disk_sha256(self, relative: str) -> str | None:
+        return file_sha256(self._spool, relative)
+
+
+def file_sha256(spool: Spool, relative: str) -> str | None:
+    """The SHA-256 of a spooled file, ``None`` if it cannot be read."""
+    try:
+        return hashlib.sha256(spool.path(relative).read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def _file_meta(path: Path) -> tuple[int, str, str, str]:
+    """(dataset offset, transfer syntax, SOP class, SOP instance) from the file meta the listener wrote."""
+    with path.open("rb") as handle:
+        head = handle.read(144)
+        if len(head) < 144 or head[128:132] != b"DICM" or head[132:138] != b"\x02\x00\x00\x00UL":
+            raise CorruptInstanceError("no Part-10 file meta")
+        (group_length,) = struct.unpack("<I", head[140:144])
+        meta = handle.read(group_length)
+    values: dict[int, str] = {}
+    position = 0
+    while position + 8 <= len(meta):
+        group, element = struct.unpack_from("<HH", meta, position)
+        vr = meta[position + 4:position + 6]
+        if vr in (b"OB", b"OW", b"UN", b"SQ", b"UT"):
+            (length,) = struct.unpack_from("<I", meta, position + 8)
+            start = position + 12
+        else:
+            (length,) = struct.unpack_from("<H", meta, position + 6)
+            start = position + 8
+        values[(group << 16) | element] = meta[start:start + length].decode("ascii", "replace").strip("\x00 ")
+        position = start + length
+    try:
+        return 144 + group_length, values[0x00020010], values[0x00020002], values[0x00020003]
+    except KeyError as exc:
+        raise CorruptInstanceError("incomplete file meta") from exc
+
+
+def recover_spooled(spool: Spool, relative: str, limits: Limits) -> SpooledInstance:
+    """The ledger rows of a spooled file the ledger lacks (acknowledged, then the process died before the group
+    commit): its file meta and dataset checked again, its place in the spool matching its UIDs. Raises
+    :class:`CorruptInstanceError` / ``OSError`` for a file that cannot be one the listener placed."""
+    path = spool.path(relative)
+    offset, syntax, sop_class, sop_instance = _file_meta(path)
+    try:
+        header = read_header(path, offset, str(UID(syntax)), sop_class, sop_instance, limits)
+    except NodeError as exc:
+        raise CorruptInstanceError(exc.message) from exc
+    expected = spool.relative_path(header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid)
+    if expected != relative:
+        raise CorruptInstanceError(f"its UIDs belong at {expected}")
+    data = path.read_bytes()
+    return SpooledInstance(header, relative, len(data), hashlib.sha256(data).hexdigest(), calling_ae_title="",
+                           peer=None, at=path.stat().st_mtime)
