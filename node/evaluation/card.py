@@ -37,6 +37,12 @@ def _ci(entry: dict[str, Any] | None) -> str:
     return f"{_fmt(entry['value'])} ({_fmt(entry['ci95_low'])}–{_fmt(entry['ci95_high'])})"
 
 
+def _p(p: float | None, n_resamples: int | None = None) -> str:
+    """``p = 0.012``, ``p < 0.001`` (below the resampling resolution or the printed precision) or ``p = n/a``."""
+    text = format_p(p, n_resamples)
+    return f"p {text}" if text.startswith("<") else f"p = {text}"
+
+
 def _selector_fit(model: dict[str, Any]) -> tuple[str, ...]:
     fit = model.get("selector_fit")
     if not fit:
@@ -66,7 +72,7 @@ def _gdi_text(gdi: dict[str, Any], base: dict[str, Any] | None) -> str:
         worse = (gee.get("p_value") is not None and gee["p_value"] < 0.05 and (gee.get("log_odds_ratio") or 0) < 0)
         if worse or boot["ci95_high"] < 0:
             text += (" **Caution: the model is significantly less accurate than the non-conversion baseline on "
-                     f"this table** (GEE p = {format_p(gee.get('p_value'))}; accuracy Δ {_fmt(boot['delta'])}, 95 % CI "
+                     f"this table** (GEE {_p(gee.get('p_value'))}; accuracy Δ {_fmt(boot['delta'])}, 95 % CI "
                      f"{_fmt(boot['ci95_low'])}–{_fmt(boot['ci95_high'])}), whatever the zone.")
     return text
 
@@ -78,24 +84,24 @@ def _baseline_blocks(metrics: dict[str, Any], base: dict[str, Any]) -> list[Bloc
     conv = base["conversion"]
     rows = [
         ("accuracy", _ci(metrics["accuracy"]), _ci(base["accuracy"]),
-         f"GEE p = {format_p(gee['p_value'])} {gee['note']}".strip()
-         + f"; Δ {_fmt(dacc['delta'])} ({_fmt(dacc['ci95_low'])}–{_fmt(dacc['ci95_high'])}), bootstrap p = "
-         f"{format_p(dacc['p_value'], n_boot)}"
-         + (f"; exact McNemar p = {format_p(base['accuracy_mcnemar_exact_p'])}"
+         f"GEE {_p(gee['p_value'])} {gee['note']}".strip()
+         + f"; Δ {_fmt(dacc['delta'])} ({_fmt(dacc['ci95_low'])}–{_fmt(dacc['ci95_high'])}), bootstrap "
+         f"{_p(dacc['p_value'], n_boot)}"
+         + (f"; exact McNemar {_p(base['accuracy_mcnemar_exact_p'])}"
             if base.get("accuracy_mcnemar_exact_p") is not None else "")),
         ("F1-macro", _ci(metrics["f1_macro"]), _ci(base["f1_macro"]),
-         f"Δ {_fmt(df1['delta'])} ({_fmt(df1['ci95_low'])}–{_fmt(df1['ci95_high'])}), bootstrap p = "
-         f"{format_p(df1['p_value'], n_boot)}"),
+         f"Δ {_fmt(df1['delta'])} ({_fmt(df1['ci95_low'])}–{_fmt(df1['ci95_high'])}), bootstrap "
+         f"{_p(df1['p_value'], n_boot)}"),
     ]
     comparison = base.get("auc_delong_vs_baseline")
     if comparison:
         for c, d in comparison["comparisons"].items():
             if d is not None:
                 rows.append((f"AUC {c}" if len(comparison["comparisons"]) > 1 else "AUC", _fmt(d["auc_a"]),
-                             _fmt(d["auc_b"]), f"DeLong p = {format_p(d['p_value'])}"))
+                             _fmt(d["auc_b"]), f"DeLong {_p(d['p_value'])}"))
     elif "auc_delong_model_vs_baseline" in base:
         d = base["auc_delong_model_vs_baseline"]
-        rows.append(("AUC", _fmt(d["auc_a"]), _fmt(d["auc_b"]), f"DeLong p = {format_p(d['p_value'])}"))
+        rows.append(("AUC", _fmt(d["auc_a"]), _fmt(d["auc_b"]), f"DeLong {_p(d['p_value'])}"))
     blocks = [
         Block("p", f"Baseline: {base['definition']}. Bootstrap p rule: {df1['p_rule']}; {n_boot} resamples, so "
                    f"'{format_p(0.0, n_boot)}' means no resample crossed zero."),
@@ -108,7 +114,7 @@ def _baseline_blocks(metrics: dict[str, Any], base: dict[str, Any]) -> list[Bloc
     if by:
         strata_rows = tuple(
             (f"{label}: {key}", f"{v['n_lesions']} / {v['n_patients']}", _fmt(v["accuracy_a"]), _fmt(v["accuracy_b"]),
-             f"p = {format_p(v['gee']['p_value'])}" + (f" ({v['gee']['note']})" if v["gee"].get("note") else ""))
+             _p(v["gee"]["p_value"]) + (f" ({v['gee']['note']})" if v["gee"].get("note") else ""))
             for label, kind in (("subtype", "true_class"), ("primary", "primary_subtype"))
             for key, v in by.get(kind, {}).items()
         )
@@ -173,8 +179,8 @@ def build_blocks(bundle: Bundle, metrics: dict[str, Any], plots: dict[str, str])
                if "nested" in tm else " Nested CV was not run.")
             + (f" Permutation null ({tm['permutation_null']['n_permutations']} patient-level label permutations): "
                f"null mean {_fmt(tm['permutation_null']['null_mean'])}, 95th percentile "
-               f"{_fmt(tm['permutation_null']['null_95th_percentile'])}, p = "
-               f"{format_p(tm['permutation_null']['p_value'], tm['permutation_null']['n_permutations'])}."
+               f"{_fmt(tm['permutation_null']['null_95th_percentile'])}, "
+               f"{_p(tm['permutation_null']['p_value'], tm['permutation_null']['n_permutations'])}."
                if "permutation_null" in tm else " No permutation null was run.")
             + (f" Cross-validated training AUC: {_fmt(tm['cv_training_auc']['auc'])} "
                f"({tm['cv_training_auc']['source']})." if tm.get("cv_training_auc") else "")

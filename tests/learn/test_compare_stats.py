@@ -188,3 +188,21 @@ def test_gdi_uses_the_cross_validated_auc_not_the_refit_one(tmp_path):
 def test_old_bundle_without_a_cv_auc_gets_a_reason_not_a_zone():
     got = stats.gdi_assess(None, 0.888, 46)
     assert got.zone is None and "retrain" in got.reason
+
+
+def test_card_prints_p_below_one_over_b_not_zero():
+    from node.evaluation.card import _baseline_blocks, render_markdown
+
+    ci = {"value": 0.9, "ci95_low": 0.8, "ci95_high": 0.95}
+    boot = {"delta": 0.1, "ci95_low": 0.05, "ci95_high": 0.15, "p_value": 0.0, "p_rule": stats.BOOTSTRAP_P_RULE}
+    base = {
+        "definition": "non-conversion", "accuracy": ci, "f1_macro": ci,
+        "accuracy_gee": {"log_odds_ratio": 1.0, "robust_se": 0.2, "z": 5.0, "p_value": 5.7e-7, "note": ""},
+        "accuracy_delta_bootstrap": boot, "f1_macro_delta_bootstrap": boot,
+        "conversion": {"n_converted": 2, "model_correct_on_converted": 1, "n_not_converted": 8,
+                       "model_correct_on_not_converted": 8},
+    }
+    metrics = {"n_bootstrap": 1000, "accuracy": ci, "f1_macro": ci}
+    text = render_markdown("card", _baseline_blocks(metrics, base))
+    assert "bootstrap p < 0.001" in text and "GEE p < 0.001" in text
+    assert "0.000" not in text
