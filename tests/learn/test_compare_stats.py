@@ -206,3 +206,20 @@ def test_card_prints_p_below_one_over_b_not_zero():
     text = render_markdown("card", _baseline_blocks(metrics, base))
     assert "bootstrap p < 0.001" in text and "GEE p < 0.001" in text
     assert "0.000" not in text
+
+
+def test_card_cautions_when_a_safe_model_is_significantly_worse_than_the_baseline():
+    from node.evaluation.card import _gdi_text
+
+    gdi = {**stats.gdi_assess(0.86, 0.888, 46).to_json(), "auc_train_source": "out-of-fold",
+           "auc_apparent_not_used": 1.0}
+    worse = {"accuracy_gee": {"p_value": 0.038, "log_odds_ratio": -0.9},
+             "accuracy_delta_bootstrap": {"delta": -0.137, "ci95_low": -0.25, "ci95_high": -0.03}}
+    text = _gdi_text(gdi, worse)
+    assert "zone **safe**" in text and "significantly less accurate than the non-conversion baseline" in text
+    assert "apparent AUC (1.000) is not used" in text
+    better = {"accuracy_gee": {"p_value": 0.004, "log_odds_ratio": 0.7},
+              "accuracy_delta_bootstrap": {"delta": 0.1, "ci95_low": 0.04, "ci95_high": 0.18}}
+    assert "significantly less accurate" not in _gdi_text(gdi, better)
+    unreadable = stats.gdi_assess(0.86, 0.45, 46).to_json()
+    assert _gdi_text(unreadable, worse).startswith("Generalisation Decay Index: not interpretable: the test AUC")
