@@ -1,7 +1,7 @@
 """Build the shipped DEMONSTRATION models from a synthetic cohort, end to end through the real pipeline.
 
     python models/make_demo_models.py [--patients 240] [--sites 4] [--seed 2026] [--workers 2]
-                                      [--grid quick] [--out models/demo] [--reuse-features]
+                                      [--grid quick] [--out models/demo] [--reuse-features] [--evaluate-only]
 
 1. ``ainode synth``: a synthetic cohort (small studies, several sites/vendors, planted subtype effect);
 2. ``ainode features``: the 200 features of every lesion (the same code path as a received study);
@@ -11,7 +11,9 @@
    the held-out result is recorded as the bundle's ``validation``.
 
 The feature and label tables are kept in ``<out>/data/`` so the models can be retrained without
-re-extracting (``--reuse-features``). Everything is seeded; bundles carry a pinned creation time, so a rerun
+re-extracting (``--reuse-features``); ``--evaluate-only`` keeps the bundles and re-renders the held-out
+evaluations and model cards (after a change to the evaluation or the card). Everything is seeded; bundles
+carry a pinned creation time, so a rerun
 gives the same models.
 
 These models were trained on SYNTHETIC data for demonstration only and must never be used on patients.
@@ -82,11 +84,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grid", default="quick", choices=["tiny", "quick", "full"])
     parser.add_argument("--reuse-features", action="store_true", help="reuse <out>/data/*.csv")
     parser.add_argument("--cohort", type=Path, help="keep (or reuse) the synthetic DICOM cohort in this folder")
+    parser.add_argument("--evaluate-only", action="store_true",
+                        help="keep the bundles in <out>; re-run the held-out evaluations and model cards only")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     data_dir = args.out / "data"
-    if not (args.reuse_features and (data_dir / "features.csv").is_file()):
+    if not ((args.reuse_features or args.evaluate_only) and (data_dir / "features.csv").is_file()):
         _build_tables(data_dir, args.patients, args.sites, args.seed, args.workers, args.cohort)
     features_csv, labels_csv = data_dir / "features.csv", data_dir / "labels.csv"
     held_out = _held_out_site(labels_csv)
@@ -95,11 +99,14 @@ def main(argv: list[str] | None = None) -> int:
     for task in Task:
         data = load_dataset(features_csv, labels_csv, task)
         is_test = data.sites == held_out
-        result = train(data.subset(~is_test), TrainOptions(task=task, seed=args.seed, grid=args.grid, progress=False))
         bundle_dir = args.out / task.value
-        if bundle_dir.exists():
-            shutil.rmtree(bundle_dir)
-        save_bundle(result, bundle_dir, data_source=DATA_SOURCE, created_utc=CREATED_UTC, training_data="synthetic")
+        if not args.evaluate_only:
+            result = train(data.subset(~is_test), TrainOptions(task=task, seed=args.seed, grid=args.grid,
+                                                               progress=False))
+            if bundle_dir.exists():
+                shutil.rmtree(bundle_dir)
+            save_bundle(result, bundle_dir, data_source=DATA_SOURCE, created_utc=CREATED_UTC,
+                        training_data="synthetic")
         bundle = load_bundle(bundle_dir)
         eval_dir = args.out / "evaluation" / task.value
         if eval_dir.exists():
@@ -112,17 +119,21 @@ def main(argv: list[str] | None = None) -> int:
             f"(95% CI {acc.get('ci95_low', float('nan')):.2f}-{acc.get('ci95_high', float('nan')):.2f}), "
             f"{metrics.get('n_lesions')} lesions"
         ), {"site": held_out, "accuracy": acc, "n_lesions": metrics.get("n_lesions")})
-        best = result.search.best
+        tm = bundle.manifest["metrics"]
+        model = bundle.manifest["model"]
         summary[task.value] = {
-            "classifier": best.classifier.kind,
-            "selector": best.selector.kind,
-            "cv_mean": round(float(best.mean), 3),
-            "cv_sd": round(float(best.sd), 3),
+            "classifier": model["classifier"]["kind"],
+            "selector": model["selector"]["kind"],
+            "n_selected": len(model["selected_features"]),
+            "cv_mean": round(float(tm["cv_best"]["mean"]), 3),
+            "cv_sd": round(float(tm["cv_best"]["sd"]), 3),
             "held_out_site": held_out,
-            "held_out": {k: metrics.get(k) for k in ("n_lesions", "accuracy", "f1_macro", "baseline")},
+            "held_out": {k: metrics.get(k) for k in ("n_lesions", "accuracy", "f1_macro", "gdi", "baseline")},
         }
-        print(f"{task.value:<18} {best.classifier.kind:<13} CV {best.mean:.3f} ± {best.sd:.3f}  "
-              f"held-out accuracy {json.dumps(metrics.get('accuracy'))}")
+        print(f"{task.value:<18} {model['classifier']['kind']:<13} {model['selector']['kind']:<8} "
+              f"{len(model['selected_features']):>3} inputs  "
+              f"CV {tm['cv_best']['mean']:.3f} ± {tm['cv_best']['sd']:.3f}  "
+              f"held-out accuracy {json.dumps(metrics.get('accuracy'))}", flush=True)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1, default=_default) + "\n", encoding="utf-8")
     return 0
 

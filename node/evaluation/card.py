@@ -15,6 +15,7 @@ from typing import Any
 
 from node.evaluation.blocks import Block
 from node.evaluation.calibration_card import calibration_blocks
+from node.evaluation.stats import format_p
 from node.model.bundle import Bundle
 
 __all__ = ["Block", "build_blocks", "card_json", "render_html", "render_markdown", "write_card"]
@@ -34,6 +35,100 @@ def _ci(entry: dict[str, Any] | None) -> str:
     if not entry:
         return "n/a"
     return f"{_fmt(entry['value'])} ({_fmt(entry['ci95_low'])}–{_fmt(entry['ci95_high'])})"
+
+
+def _p(p: float | None, n_resamples: int | None = None) -> str:
+    """``p = 0.012``, ``p < 0.001`` (below the resampling resolution or the printed precision) or ``p = n/a``."""
+    text = format_p(p, n_resamples)
+    return f"p {text}" if text.startswith("<") else f"p = {text}"
+
+
+def _selector_fit(model: dict[str, Any]) -> tuple[str, ...]:
+    fit = model.get("selector_fit")
+    if not fit:
+        return ()
+    c = fit["chosen_C"]
+    c_text = ", ".join(f"{v:.3g}" for v in c) + " (one per class)" if isinstance(c, list) else f"{c:.3g}"
+    cap = "reached: it kept the largest coefficients" if fit["cap_bound"] else "not reached"
+    return (f"LASSO penalty: {fit['method']}; chosen C {c_text}; the penalty kept {fit['n_kept_by_penalty']} "
+            f"feature(s), {fit['n_selected']} used (safety cap {fit['safety_cap']}, {cap})"
+            + (f"; {fit['note']}" if fit.get("note") else ""),)
+
+
+def _gdi_text(gdi: dict[str, Any], base: dict[str, Any] | None) -> str:
+    if gdi.get("reason"):
+        return f"Generalisation Decay Index: not interpretable: {gdi['reason']}."
+    if gdi.get("gdi") is None:  # an evaluation written before the GDI could say why
+        return "Generalisation Decay Index: not available."
+    text = (f"Generalisation Decay Index: {100 * gdi['gdi']:.1f} % (cross-validated training AUC "
+            f"{_fmt(gdi['auc_train'])} → {_fmt(gdi['auc_test'])} here), zone **{gdi['zone']}** ({gdi['bands']})")
+    if gdi.get("auc_train_source"):
+        text += f"; training side: {gdi['auc_train_source']}"
+    if gdi.get("auc_apparent_not_used") is not None:
+        text += f"; the refit model's apparent AUC ({_fmt(gdi['auc_apparent_not_used'])}) is not used"
+    text += ". The index measures decay from training to this table only, not usefulness."
+    if base:
+        gee, boot = base["accuracy_gee"], base["accuracy_delta_bootstrap"]
+        worse = (gee.get("p_value") is not None and gee["p_value"] < 0.05 and (gee.get("log_odds_ratio") or 0) < 0)
+        if worse or boot["ci95_high"] < 0:
+            text += (" **Caution: the model is significantly less accurate than the non-conversion baseline on "
+                     f"this table** (GEE {_p(gee.get('p_value'))}; accuracy Δ {_fmt(boot['delta'])}, 95 % CI "
+                     f"{_fmt(boot['ci95_low'])}–{_fmt(boot['ci95_high'])}), whatever the zone.")
+    return text
+
+
+def _baseline_blocks(metrics: dict[str, Any], base: dict[str, Any]) -> list[Block]:
+    n_boot = metrics["n_bootstrap"]
+    gee, df1 = base["accuracy_gee"], base["f1_macro_delta_bootstrap"]
+    dacc = base["accuracy_delta_bootstrap"]
+    conv = base["conversion"]
+    rows = [
+        ("accuracy", _ci(metrics["accuracy"]), _ci(base["accuracy"]),
+         f"GEE {_p(gee['p_value'])} {gee['note']}".strip()
+         + f"; Δ {_fmt(dacc['delta'])} ({_fmt(dacc['ci95_low'])}–{_fmt(dacc['ci95_high'])}), bootstrap "
+         f"{_p(dacc['p_value'], n_boot)}"
+         + (f"; exact McNemar {_p(base['accuracy_mcnemar_exact_p'])}"
+            if base.get("accuracy_mcnemar_exact_p") is not None else "")),
+        ("F1-macro", _ci(metrics["f1_macro"]), _ci(base["f1_macro"]),
+         f"Δ {_fmt(df1['delta'])} ({_fmt(df1['ci95_low'])}–{_fmt(df1['ci95_high'])}), bootstrap "
+         f"{_p(df1['p_value'], n_boot)}"),
+    ]
+    comparison = base.get("auc_delong_vs_baseline")
+    if comparison:
+        for c, d in comparison["comparisons"].items():
+            if d is not None:
+                rows.append((f"AUC {c}" if len(comparison["comparisons"]) > 1 else "AUC", _fmt(d["auc_a"]),
+                             _fmt(d["auc_b"]), f"DeLong {_p(d['p_value'])}"))
+    elif "auc_delong_model_vs_baseline" in base:
+        d = base["auc_delong_model_vs_baseline"]
+        rows.append(("AUC", _fmt(d["auc_a"]), _fmt(d["auc_b"]), f"DeLong {_p(d['p_value'])}"))
+    blocks = [
+        Block("p", f"Baseline: {base['definition']}. Bootstrap p rule: {df1['p_rule']}; {n_boot} resamples, so "
+                   f"'{format_p(0.0, n_boot)}' means no resample crossed zero."),
+        Block("table", header=("metric", "model", "baseline", "test"), rows=tuple(rows)),
+    ]
+    if comparison:
+        blocks.append(Block("p", f"AUC comparison: {comparison['scheme']}; the baseline is a hard label, so its "
+                                 "AUC is that of a single operating point."))
+    by = base.get("accuracy_gee_by_subtype")
+    if by:
+        strata_rows = tuple(
+            (f"{label}: {key}", f"{v['n_lesions']} / {v['n_patients']}", _fmt(v["accuracy_a"]), _fmt(v["accuracy_b"]),
+             _p(v["gee"]["p_value"]) + (f" ({v['gee']['note']})" if v["gee"].get("note") else ""))
+            for label, kind in (("subtype", "true_class"), ("primary", "primary_subtype"))
+            for key, v in by.get(kind, {}).items()
+        )
+        blocks += [
+            Block("p", f"Per-subtype GEE (model vs baseline accuracy within each true class and each primary "
+                       f"subtype): {by['note']}."),
+            Block("table", header=("stratum", "lesions / patients", "model accuracy", "baseline accuracy", "GEE"),
+                  rows=strata_rows),
+        ]
+    blocks.append(Block("p", (
+        f"Conversion cases corrected: {conv['model_correct_on_converted']} of {conv['n_converted']}; "
+        f"non-conversion cases kept: {conv['model_correct_on_not_converted']} of {conv['n_not_converted']}."
+    )))
+    return blocks
 
 
 def build_blocks(bundle: Bundle, metrics: dict[str, Any], plots: dict[str, str]) -> list[Block]:
@@ -65,6 +160,7 @@ def build_blocks(bundle: Bundle, metrics: dict[str, Any], plots: dict[str, str])
             f"Selected inputs ({len(model['selected_features'])}): {', '.join(model['selected_features'])}",
             f"Class imbalance: {model['class_weighting']}; seed {model['seed']}; grid '{model['grid']}' "
             f"({training['search_space']['n_candidates']} candidates); LASSO variant: {model['lasso_variant']}",
+            *_selector_fit(model),
             f"Primary-subtype encoding: {man['primary_subtype_encoding'] or 'not an input'}",
             f"Artefact format: {model['artefact_format']} (no pickle)",
         )),
@@ -83,8 +179,11 @@ def build_blocks(bundle: Bundle, metrics: dict[str, Any], plots: dict[str, str])
                if "nested" in tm else " Nested CV was not run.")
             + (f" Permutation null ({tm['permutation_null']['n_permutations']} patient-level label permutations): "
                f"null mean {_fmt(tm['permutation_null']['null_mean'])}, 95th percentile "
-               f"{_fmt(tm['permutation_null']['null_95th_percentile'])}, p = {_fmt(tm['permutation_null']['p_value'])}."
+               f"{_fmt(tm['permutation_null']['null_95th_percentile'])}, "
+               f"{_p(tm['permutation_null']['p_value'], tm['permutation_null']['n_permutations'])}."
                if "permutation_null" in tm else " No permutation null was run.")
+            + (f" Cross-validated training AUC: {_fmt(tm['cv_training_auc']['auc'])} "
+               f"({tm['cv_training_auc']['source']})." if tm.get("cv_training_auc") else "")
         )),
         Block("h2", "Evaluation performance"),
         Block("table", header=("metric", "value (95 % CI)"), rows=(
@@ -105,37 +204,12 @@ def build_blocks(bundle: Bundle, metrics: dict[str, Any], plots: dict[str, str])
         )),
     ]
     blocks += calibration_blocks(bundle, metrics)
-    gdi = metrics.get("gdi")
-    if gdi:
-        blocks.append(Block("p", (
-            f"Generalisation Decay Index: {100 * gdi['gdi']:.1f} % (AUC {_fmt(gdi['auc_train'])} → "
-            f"{_fmt(gdi['auc_test'])}), zone **{gdi['zone']}** ({gdi['bands']})."
-        )))
     base = metrics.get("baseline")
+    if metrics.get("gdi"):
+        blocks.append(Block("p", _gdi_text(metrics["gdi"], base)))
     blocks.append(Block("h2", "Comparison with the non-conversion baseline"))
     if base:
-        gee, df1 = base["accuracy_gee"], base["f1_macro_delta_bootstrap"]
-        conv = base["conversion"]
-        rows = [
-            ("accuracy", _ci(metrics["accuracy"]), _ci(base["accuracy"]),
-             f"GEE p = {_fmt(gee['p_value'])} {gee['note']}".strip()
-             + (f"; exact McNemar p = {_fmt(base['accuracy_mcnemar_exact_p'])}"
-                if base.get("accuracy_mcnemar_exact_p") is not None else "")),
-            ("F1-macro", _ci(metrics["f1_macro"]), _ci(base["f1_macro"]),
-             f"Δ {_fmt(df1['delta'])} ({_fmt(df1['ci95_low'])}–{_fmt(df1['ci95_high'])}), bootstrap p = "
-             f"{_fmt(df1['p_value'])}"),
-        ]
-        if "auc_delong_model_vs_baseline" in base:
-            d = base["auc_delong_model_vs_baseline"]
-            rows.append(("AUC", _fmt(d["auc_a"]), _fmt(d["auc_b"]), f"DeLong p = {_fmt(d['p_value'])}"))
-        blocks += [
-            Block("p", f"Baseline: {base['definition']}. Bootstrap p rule: {df1['p_rule']}."),
-            Block("table", header=("metric", "model", "baseline", "test"), rows=tuple(rows)),
-            Block("p", (
-                f"Conversion cases corrected: {conv['model_correct_on_converted']} of {conv['n_converted']}; "
-                f"non-conversion cases kept: {conv['model_correct_on_not_converted']} of {conv['n_not_converted']}."
-            )),
-        ]
+        blocks += _baseline_blocks(metrics, base)
     else:
         blocks.append(Block("p", "No non-conversion baseline exists for this task or the primary subtype is missing."))
     blocks += [

@@ -3,8 +3,10 @@
 Metrics: accuracy and F1-macro with patient-level bootstrap 95 % CIs; per-class correct rates; confusion
 matrix; one-vs-rest AUCs with DeLong CIs; Brier score; calibration; decision curves; the non-conversion
 baseline side by side (accuracy compared by GEE clustered on patient, F1-macro by paired patient bootstrap,
-AUC by DeLong for binary tasks); conversion / non-conversion cases; accuracy by site and by primary subtype;
-Generalisation Decay Index (apparent training AUC → this table's AUC); SHAP ranking.
+per-subtype GEE, AUC by DeLong (binary, or one-vs-rest per class)); conversion / non-conversion cases;
+accuracy by site and by primary subtype;
+Generalisation Decay Index (cross-validated training AUC → this table's AUC, or why it cannot be read); SHAP
+ranking.
 """
 
 from __future__ import annotations
@@ -115,12 +117,15 @@ def compute_metrics(bundle: Bundle, data: Dataset, *, n_boot: int = 1000, seed: 
             for k in dca_classes
         },
     }
-    auc_train = bundle.manifest.get("metrics", {}).get("apparent", {}).get("auc")
-    if auc_train and out["auc_macro"] is not None:
-        value, zone = stats.gdi(float(auc_train), float(out["auc_macro"]))
-        out["gdi"] = {"auc_train": float(auc_train), "auc_test": out["auc_macro"], "gdi": value, "zone": zone,
-                      "bands": "<=15 % safe, 15-20 % warning, >=20 % high risk (S4)"}
-    out["baseline"] = _baseline(data, y, pred, proba, resamples, k_classes)
+    training_metrics = bundle.manifest.get("metrics", {})
+    cv_auc = training_metrics.get("cv_training_auc") or {}
+    assessment = stats.gdi_assess(cv_auc.get("auc"), out["auc_macro"], int(np.bincount(y, minlength=k_classes).min()))
+    out["gdi"] = {
+        **assessment.to_json(),
+        "auc_train_source": cv_auc.get("source"),
+        "auc_apparent_not_used": training_metrics.get("apparent", {}).get("auc"),
+    }
+    out["baseline"] = _baseline(data, y, pred, proba, resamples, classes)
     out["subgroups"] = {
         "site": _subgroup_accuracy(data.sites, y, pred),
         "primary_subtype": _subgroup_accuracy(data.primary, y, pred),
@@ -160,13 +165,14 @@ def _baseline(
     pred: np.ndarray[Any, Any],
     proba: np.ndarray[Any, Any],
     resamples: list[np.ndarray[Any, Any]],
-    k_classes: int,
+    classes: tuple[str, ...],
 ) -> dict[str, Any] | None:
     found = baseline_labels(data.task, list(data.primary))
     if found is None:
         return None
     base, definition = found
     n = y.size
+    k_classes = len(classes)
     converted = base != y
     out: dict[str, Any] = {
         "definition": definition,
@@ -180,6 +186,15 @@ def _baseline(
             stats.accuracy_of(y, pred), stats.accuracy_of(y, base), resamples, n).to_json(),
         "f1_macro_delta_bootstrap": stats.paired_bootstrap(
             stats.f1_macro_of(y, pred, k_classes), stats.f1_macro_of(y, base, k_classes), resamples, n).to_json(),
+        "accuracy_gee_by_subtype": {
+            "note": "logistic GEE of per-lesion correctness (model vs baseline) within each stratum, clustered on "
+            "patient, exchangeable working correlation, robust SE",
+            "true_class": stats.gee_by_stratum(pred == y, base == y, data.groups, [classes[i] for i in y]),
+            "primary_subtype": stats.gee_by_stratum(
+                pred == y, base == y, data.groups, [str(p) or "unknown" for p in data.primary]),
+        },
+        "auc_delong_vs_baseline": stats.delong_compare(
+            y, proba, np.eye(k_classes)[base], k_classes, list(classes)).to_json(),
         "conversion": {
             "n_converted": int(converted.sum()),
             "model_correct_on_converted": int(np.sum((pred == y) & converted)),

@@ -5,7 +5,10 @@
   min(1, 2 · min(P*(Δ ≤ 0), P*(Δ ≥ 0))) over the bootstrap distribution (the rule is recorded in outputs).
 * GEE for paired accuracy: logistic GEE of ``correct`` on ``[1, method]``, clustered on patient, exchangeable
   working correlation, robust (sandwich) SE; Wald test of the method coefficient.
-* DeLong AUC variance and comparison with the fast algorithm of Sun & Xu (2014), midranks for ties.
+* GEE within each stratum (the per-subtype GEE of the Yonsei study): :func:`gee_by_stratum`.
+* DeLong AUC variance and comparison with the fast algorithm of Sun & Xu (2014), midranks for ties; between any
+  two models, binary or one-vs-rest per class: :func:`delong_compare`.
+* p-values as text, "< 1/B" when no bootstrap resample or permutation crossed: :func:`format_p`.
 * Brier score, calibration curve/slope/intercept, net benefit (decision curves), Generalisation Decay Index.
 """
 
@@ -142,6 +145,30 @@ def gee_paired_accuracy(correct_a: npt.ArrayLike, correct_b: npt.ArrayLike, grou
     return GeeResult(coef, se, z, float(2.0 * norm.sf(abs(z))))
 
 
+def gee_by_stratum(
+    correct_a: npt.ArrayLike, correct_b: npt.ArrayLike, groups: npt.ArrayLike, strata: npt.ArrayLike,
+) -> dict[str, dict[str, object]]:
+    """:func:`gee_paired_accuracy` within each stratum (e.g. each subtype), patients as clusters: per stratum the
+    lesion and patient counts, both accuracies and the GEE result (not estimable strata say why)."""
+    a = np.asarray(correct_a, dtype=np.float64)
+    b = np.asarray(correct_b, dtype=np.float64)
+    g = np.asarray(groups)
+    s = np.asarray(strata).astype(str)
+    if not a.size == b.size == g.size == s.size:
+        raise ValueError("correct_a, correct_b, groups and strata must have the same length")
+    out: dict[str, dict[str, object]] = {}
+    for key in sorted(set(s.tolist())):
+        sel = s == key
+        out[key] = {
+            "n_lesions": int(sel.sum()),
+            "n_patients": int(np.unique(g[sel]).size),
+            "accuracy_a": float(a[sel].mean()),
+            "accuracy_b": float(b[sel].mean()),
+            "gee": gee_paired_accuracy(a[sel], b[sel], g[sel]).to_json(),
+        }
+    return out
+
+
 def mcnemar_exact(correct_a: npt.ArrayLike, correct_b: npt.ArrayLike) -> float:
     """Exact McNemar p-value on the discordant pairs (valid for one lesion per patient): the GEE cross-check of
     docs/method.md §4, and the fallback when GEE is not estimable."""
@@ -237,6 +264,85 @@ def delong_test(y_true: Sequence[int] | IntArray, score_a: FloatArray, score_b: 
     return DelongComparison(float(aucs[0]), float(aucs[1]), z, float(2.0 * norm.sf(abs(z))))
 
 
+def _positive_scores(proba: npt.ArrayLike, n_classes: int, what: str, n: int) -> FloatArray:
+    arr = np.asarray(proba, dtype=np.float64)
+    if arr.ndim == 1 and n_classes == 2:
+        arr = np.column_stack([1.0 - arr, arr])
+    if arr.ndim != 2 or arr.shape != (n, n_classes):
+        raise ValueError(f"{what} must have shape ({n}, {n_classes}) (or ({n},) scores of the positive class for a "
+                         f"binary task), got {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{what} holds non-finite values")
+    return arr
+
+
+@dataclass(frozen=True)
+class ModelComparison:
+    """DeLong comparisons of two models' AUCs on the same cases: one for a binary task (the positive class),
+    one per class (that class against the rest) for a multi-class task; ``None`` where a class is absent or
+    is every case."""
+
+    scheme: str
+    comparisons: dict[str, DelongComparison | None]
+
+    def to_json(self) -> dict[str, object]:
+        return {"scheme": self.scheme,
+                "comparisons": {k: (v.to_json() if v is not None else None) for k, v in self.comparisons.items()}}
+
+
+def delong_compare(
+    y: Sequence[int] | IntArray,
+    proba_a: npt.ArrayLike,
+    proba_b: npt.ArrayLike,
+    n_classes: int,
+    class_names: Sequence[str] | None = None,
+) -> ModelComparison:
+    """DeLong test between any two models' probabilities on the same cases (``y``: class indices 0..K-1).
+
+    Binary: one comparison of the AUCs of the positive class (index 1). Multi-class: one-vs-rest, one
+    comparison per class (that class against all others, each model's probability of that class), with no
+    correction for multiplicity (the scheme says so)."""
+    labels = np.asarray(y, dtype=np.int64)
+    if n_classes < 2:
+        raise ValueError("a comparison needs at least two classes")
+    if labels.ndim != 1 or labels.size == 0 or labels.min() < 0 or labels.max() >= n_classes:
+        raise ValueError(f"y must be a non-empty vector of class indices 0..{n_classes - 1}")
+    names = list(class_names) if class_names is not None else [str(k) for k in range(n_classes)]
+    if len(names) != n_classes:
+        raise ValueError(f"{len(names)} class names for {n_classes} classes")
+    a = _positive_scores(proba_a, n_classes, "proba_a", labels.size)
+    b = _positive_scores(proba_b, n_classes, "proba_b", labels.size)
+    ks = [1] if n_classes == 2 else list(range(n_classes))
+    out: dict[str, DelongComparison | None] = {}
+    for k in ks:
+        positive = labels == k
+        out[names[k]] = (delong_test(positive.astype(int), a[:, k], b[:, k])
+                         if positive.any() and not positive.all() else None)
+    scheme = (f"binary: AUC of '{names[1]}' (positive class), two-sided DeLong test" if n_classes == 2 else
+              "multi-class: one-vs-rest, one two-sided DeLong test per class (its probability, that class "
+              "against all others); no multiplicity correction")
+    return ModelComparison(scheme, out)
+
+
+# --------------------------------------------------------------------------------------------- p-values
+def format_p(p: float | None, n_resamples: int | None = None, digits: int = 3) -> str:
+    """A p-value as text: ``"< 1/B"`` (e.g. ``"< 0.001"`` for B = 1000) when it is below the resolution of
+    ``n_resamples`` bootstrap resamples or permutations (no resample crossed: the p-value is not 0), ``"< 0.001"``
+    for an analytic p below the printed precision, ``"n/a"`` when missing."""
+    if p is None or not math.isfinite(p):
+        return "n/a"
+    if n_resamples is not None:
+        if n_resamples < 1:
+            raise ValueError(f"n_resamples must be positive, got {n_resamples}")
+        floor = 1.0 / n_resamples
+        if p < floor * (1 - 1e-9):
+            return f"< {floor:.2g}" if floor < 10 ** -digits else f"< {floor:.{digits}f}"
+    smallest = 10.0 ** -digits
+    if p < smallest:
+        return f"< {smallest:.{digits}f}"
+    return f"{p:.{digits}f}"
+
+
 # --------------------------------------------------------------------------------------------- calibration, DCA
 def brier_score(y_true: Sequence[int] | IntArray, prob: FloatArray) -> float:
     """Binary Brier score: mean squared difference between the probability and the 0/1 outcome."""
@@ -329,6 +435,61 @@ def gdi(auc_train: float, auc_test: float) -> tuple[float, str]:
     else:
         zone = "high risk"
     return float(value), zone
+
+
+GDI_MIN_PER_CLASS = 10
+GDI_BANDS = "<=15 % safe, 15-20 % warning, >=20 % high risk (S4)"
+NO_CV_AUC = ("the bundle records no cross-validated training AUC, only the apparent (refit) one, which is about "
+             "1.0 for tree ensembles and would make the index restate the test AUC: retrain the bundle")
+
+
+@dataclass(frozen=True)
+class GdiAssessment:
+    """The GDI from the cross-validated training-side AUC, or the reason it cannot be interpreted."""
+
+    auc_train: float | None  # cross-validated (out-of-fold or nested), never the refit model's apparent AUC
+    auc_test: float | None
+    value: float | None
+    zone: str | None
+    reason: str  # empty when interpretable
+
+    @property
+    def interpretable(self) -> bool:
+        return not self.reason
+
+    def to_json(self) -> dict[str, object]:
+        return {"auc_train": self.auc_train, "auc_test": self.auc_test, "gdi": self.value, "zone": self.zone,
+                "interpretable": self.interpretable, "reason": self.reason or None, "bands": GDI_BANDS}
+
+
+def gdi_assess(auc_cv: float | None, auc_test: float | None, min_class_count: int) -> GdiAssessment:
+    """GDI of a cross-validated training AUC against a test AUC, with the zone, unless it cannot be read:
+
+    no CV AUC recorded; the test table has one class only or fewer than ``GDI_MIN_PER_CLASS`` lesions of its
+    rarest class; the CV AUC ≤ 0.5 (nothing learned that could decay); the test AUC ≤ 0.5 (no discrimination
+    on this table: the index would only restate that)."""
+    def clean(v: float | None) -> float | None:
+        return float(v) if v is not None and math.isfinite(float(v)) else None
+
+    cv, test = clean(auc_cv), clean(auc_test)
+    reason = ""
+    if cv is None:
+        reason = NO_CV_AUC
+    elif test is None or min_class_count == 0:
+        reason = "this table has one class only: no test AUC"
+    elif min_class_count < GDI_MIN_PER_CLASS:
+        reason = (f"the test table is too small: {min_class_count} lesion(s) of its rarest class "
+                  f"(at least {GDI_MIN_PER_CLASS} needed for a stable AUC)")
+    elif cv <= 0.5:
+        reason = f"the cross-validated training AUC ({cv:.3f}) is at or below chance: there is no signal to decay"
+    elif test <= 0.5:
+        reason = (f"the test AUC ({test:.3f}) is at or below chance: the model does not discriminate on this "
+                  "table, which the index would only restate")
+    if reason:
+        return GdiAssessment(cv, test, None, None, reason)
+    assert cv is not None and test is not None
+    value, zone = gdi(cv, test)
+    return GdiAssessment(cv, test, value, zone, "")
 
 
 def confusion_matrix(y: IntArray, pred: IntArray, n_classes: int) -> IntArray:

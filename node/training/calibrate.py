@@ -48,7 +48,7 @@ def oof_probabilities(
     folds = grouped_folds(y, groups, n_splits_for(y, groups, n_splits), seed)
     oof = np.full((y.size, n_classes), np.nan)
     for train, test in folds:
-        pipe = fit_pipeline(selector, classifier, x[train], y[train], n_classes, seed)
+        pipe = fit_pipeline(selector, classifier, x[train], y[train], n_classes, seed, groups[train])
         oof[test] = full_proba(pipe, x[test], n_classes)
     return oof, folds
 

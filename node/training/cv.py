@@ -25,7 +25,7 @@ from sklearn.utils.class_weight import compute_sample_weight
 from tqdm import tqdm
 from xgboost.core import XGBoostError
 
-from node.training.grid import StepSpec, make_classifier, make_selector
+from node.training.grid import StepSpec, make_classifier, make_selector, selector_fit_params
 
 logger = logging.getLogger(__name__)
 
@@ -184,7 +184,7 @@ def grid_search(
             weights = balanced_weights(y[train])
             for si, sel_spec in enumerate(selectors):
                 selector = make_selector(sel_spec, x.shape[1], n_classes, seed)
-                ok = _quiet(selector.fit, xs_train, y[train])
+                ok = _quiet(selector.fit, xs_train, y[train], **selector_fit_params(sel_spec, groups[train]))
                 xt_train = selector.transform(xs_train) if ok else None
                 if xt_train is not None and xt_train.shape[1] == 0:
                     xt_train = None
@@ -203,15 +203,18 @@ def grid_search(
 
 
 def fit_pipeline(
-    selector: StepSpec, classifier: StepSpec, x: FloatArray, y: IntArray, n_classes: int, seed: int
+    selector: StepSpec, classifier: StepSpec, x: FloatArray, y: IntArray, n_classes: int, seed: int,
+    groups: npt.NDArray[np.str_] | None = None,
 ) -> BaseEstimator:
-    """Fit the full Pipeline (scaler → selector → classifier) on all of ``x`` with balanced sample weights."""
+    """Fit the full Pipeline (scaler → selector → classifier) on all of ``x`` with balanced sample weights;
+    ``groups`` (patient ids) reach the selector's inner CV where it has one (LASSO)."""
     from node.training.grid import make_pipeline
 
     pipe = make_pipeline(selector, classifier, x.shape[1], n_classes, seed)
+    routed = {f"select__{k}": v for k, v in selector_fit_params(selector, groups).items()}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        pipe.fit(x, y, clf__sample_weight=balanced_weights(y))
+        pipe.fit(x, y, clf__sample_weight=balanced_weights(y), **routed)
     return pipe
 
 
@@ -259,7 +262,7 @@ def nested_cv(
             desc=f"inner search {k + 1}/{len(outer)}",
         )
         best = inner.best
-        model = fit_pipeline(best.selector, best.classifier, x[train], y[train], n_classes, seed)
+        model = fit_pipeline(best.selector, best.classifier, x[train], y[train], n_classes, seed, groups[train])
         proba = full_proba(model, x[test], n_classes)
         oof[test] = proba
         scores.append(score(scoring, y[test], proba, n_classes))

@@ -154,8 +154,9 @@ def _write_files(
             "class_weighting": "balanced sample_weight (inverse class frequency)",
             "seed": result.options.seed,
             "grid": result.options.grid,
-            "lasso_variant": "LassoCV on the 0/1 target (binary tasks); L1 multinomial logistic regression, saga "
-            "(multi-class tasks)",
+            "lasso_variant": "L1 logistic regression (one-vs-rest for multi-class), C chosen by patient-grouped "
+            "inner CV (one-SE rule); the penalty, not a cap, sets the number of features",
+            "selector_fit": _jsonable(result.selector_fit),
         },
         "training": _jsonable({**result.data_summary, "elapsed_s": round(result.elapsed_s, 1)}),
         "metrics": _jsonable(result.metrics()),

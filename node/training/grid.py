@@ -1,9 +1,10 @@
 """The search space of docs/method.md §1.5: RobustScaler → feature reduction → tree-ensemble classifier.
 
-Reduction: ``SelectKBest(f_classif)``, ``SelectKBest(mutual_info_classif)``, or ``SelectFromModel`` over an L1
-model — ``LassoCV`` (regression on the 0/1 target, as in the Yonsei TAIL Auto-ML template) for binary tasks and
-an L1-penalised multinomial logistic regression (``saga``, fixed C) for multi-class tasks, since LassoCV is a
-regressor. Classifiers: AdaBoost (SAMME, depth-limited trees), XGBoost (``multi:softprob`` / ``binary:logistic``),
+Reduction: ``SelectKBest(f_classif)``, ``SelectKBest(mutual_info_classif)``, or LASSO: an L1 logistic
+regression whose penalty is chosen by patient-grouped inner cross-validation
+(:class:`node.training.lasso.GroupedLassoSelector`; the penalty decides how many features stay, a safety cap of
+100 does not bind in practice). The LASSO step needs the patient ids: :func:`selector_fit_params`.
+Classifiers: AdaBoost (SAMME, depth-limited trees), XGBoost (``multi:softprob`` / ``binary:logistic``),
 LightGBM and Random Forest; the tuned hyperparameters are learning rate, ``n_estimators``, max depth and gamma
 (XGBoost's minimum split loss).
 
@@ -22,19 +23,22 @@ from functools import partial
 from typing import Any, Literal
 
 import lightgbm as lgb
+import numpy.typing as npt
 import xgboost as xgb
 from sklearn.base import BaseEstimator
 from sklearn.ensemble import AdaBoostClassifier, RandomForestClassifier
-from sklearn.feature_selection import SelectFromModel, SelectKBest, f_classif, mutual_info_classif
-from sklearn.linear_model import LassoCV, LogisticRegression
+from sklearn.feature_selection import SelectKBest, f_classif, mutual_info_classif
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import RobustScaler
 from sklearn.tree import DecisionTreeClassifier
+
+from node.training.lasso import GroupedLassoSelector
 
 logger = logging.getLogger(__name__)
 
 GridName = Literal["tiny", "quick", "full"]
 SELECTOR_KINDS = ("kbest_f", "kbest_mi", "l1")
+LASSO_SAFETY_CAP = 100
 CLASSIFIER_KINDS = ("adaboost", "xgboost", "lightgbm", "random_forest")
 
 
@@ -73,16 +77,15 @@ def make_selector(spec: StepSpec, n_features: int, n_classes: int, seed: int) ->
     if spec.kind == "kbest_mi":
         score = partial(mutual_info_classif, random_state=seed, n_neighbors=3)
         return SelectKBest(score, k=min(int(p["k"] or 1), n_features))
-    if spec.kind == "l1":
-        max_features = min(int(p["max_features"] or n_features), n_features)
-        if n_classes == 2:
-            lasso = LassoCV(cv=5, alphas=30, random_state=seed, max_iter=5000)
-            return SelectFromModel(lasso, threshold=1e-5, max_features=max_features)
-        logistic = LogisticRegression(
-            C=float(p["C"] or 0.1), l1_ratio=1.0, solver="saga", max_iter=3000, tol=1e-3, random_state=seed
-        )
-        return SelectFromModel(logistic, threshold=1e-5, max_features=max_features)
+    if spec.kind == "l1":  # an old spec's "C" is ignored: the penalty is chosen by grouped inner CV
+        return GroupedLassoSelector(max_features=int(p.get("max_features") or LASSO_SAFETY_CAP),
+                                    rule=str(p.get("rule") or "1se"), seed=seed)
     raise ValueError(f"unknown selector kind {spec.kind!r}")
+
+
+def selector_fit_params(spec: StepSpec, groups: npt.ArrayLike | None) -> dict[str, Any]:
+    """Extra ``fit`` arguments of the selector: the patient ids for the LASSO step's grouped inner CV."""
+    return {"groups": groups} if spec.kind == "l1" and groups is not None else {}
 
 
 def make_classifier(spec: StepSpec, n_classes: int, seed: int) -> BaseEstimator:
@@ -155,7 +158,7 @@ def _product(kind: str, **axes: list[Any]) -> list[StepSpec]:
 def grid(name: GridName) -> tuple[list[StepSpec], list[StepSpec]]:
     """(selectors, classifiers) of a named grid; every selector is crossed with every classifier."""
     if name == "tiny":
-        selectors = [_spec("kbest_f", k=8), _spec("l1", C=0.2, max_features=10)]
+        selectors = [_spec("kbest_f", k=8), _spec("l1", max_features=LASSO_SAFETY_CAP)]
         classifiers = [
             _spec("xgboost", n_estimators=60, learning_rate=0.2, max_depth=2, gamma=0.0),
             _spec("random_forest", n_estimators=60, max_depth=4),
@@ -165,7 +168,7 @@ def grid(name: GridName) -> tuple[list[StepSpec], list[StepSpec]]:
         selectors = [
             _spec("kbest_f", k=10),
             _spec("kbest_mi", k=10),
-            _spec("l1", C=0.1, max_features=20),
+            _spec("l1", max_features=LASSO_SAFETY_CAP),
         ]
         classifiers = [
             *_product("xgboost", n_estimators=[100], learning_rate=[0.1], max_depth=[2, 4], gamma=[0.0]),
@@ -180,7 +183,7 @@ def grid(name: GridName) -> tuple[list[StepSpec], list[StepSpec]]:
             _spec("kbest_f", k=30),
             _spec("kbest_mi", k=10),
             _spec("kbest_mi", k=30),
-            _spec("l1", C=0.1, max_features=30),
+            _spec("l1", max_features=LASSO_SAFETY_CAP),
         ]
         classifiers = [
             *_product(

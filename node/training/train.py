@@ -18,7 +18,7 @@ from sklearn.metrics import accuracy_score, f1_score
 
 from node.model.calibration import Calibrator
 from node.model.tasks import Task
-from node.training.calibrate import calibrate_candidate
+from node.training.calibrate import fit_calibrator, oof_probabilities
 from node.training.cv import (
     NestedResult,
     PermutationResult,
@@ -74,6 +74,27 @@ class TrainResult:
     training_y: np.ndarray[Any, np.dtype[np.int64]]
     elapsed_s: float
     calibrator: Calibrator | None = None
+    #: out-of-fold probabilities of the chosen candidate on the search's patient-grouped folds
+    oof_proba: np.ndarray[Any, np.dtype[np.float64]] | None = None
+
+    @property
+    def selector_fit(self) -> dict[str, Any] | None:
+        """What the refitted selector chose (LASSO: the C from grouped inner CV, how many features it kept)."""
+        step = self.pipeline.named_steps["select"]
+        return dict(step.summary()) if hasattr(step, "summary") else None
+
+    def cv_training_auc(self) -> dict[str, Any] | None:
+        """The cross-validated training-side AUC the GDI starts from: nested pooled AUC when nested CV ran,
+        else the chosen candidate's out-of-fold AUC on the patient-grouped folds."""
+        n_classes = len(self.classes)
+        if self.nested is not None:
+            return {"auc": score("roc_auc", self.training_y, self.nested.oof_proba, n_classes),
+                    "source": "nested CV (pooled outer-fold probabilities)"}
+        if self.oof_proba is None:
+            return None
+        return {"auc": score("roc_auc", self.training_y, self.oof_proba, n_classes),
+                "source": f"out-of-fold probabilities of the chosen candidate, {self.search.n_splits} "
+                "patient-grouped folds (the folds that also chose it: mildly optimistic)"}
 
     @property
     def selected_features(self) -> list[str]:
@@ -95,6 +116,7 @@ class TrainResult:
                 for kind, c in self.search.best_per_classifier().items()
             },
             "apparent": self.apparent,
+            "cv_training_auc": self.cv_training_auc(),
             "note": "cv_best is the score that also chose the model (optimistic); nested is the honest estimate",
         }
         if self.nested is not None:
@@ -154,11 +176,10 @@ def train(data: Dataset, options: TrainOptions) -> TrainResult:
         )
         logger.info("permutation null: observed %.3f, null mean %.3f, p = %.3f", permutation.observed,
                     float(np.mean(permutation.null_scores)), permutation.p_value)
-    pipeline = fit_pipeline(best.selector, best.classifier, data.x, data.y, n_classes, options.seed)
-    calibrator = None
-    if options.calibrate:
-        calibrator = calibrate_candidate(best.selector, best.classifier, data.x, data.y, data.groups, data.classes,
-                                         seed=options.seed, n_splits=options.n_splits)
+    pipeline = fit_pipeline(best.selector, best.classifier, data.x, data.y, n_classes, options.seed, data.groups)
+    oof, folds = oof_probabilities(best.selector, best.classifier, data.x, data.y, data.groups,
+                                   n_classes=n_classes, seed=options.seed, n_splits=options.n_splits)
+    calibrator = fit_calibrator(data.y, oof, folds, data.classes) if options.calibrate else None
     proba = full_proba(pipeline, data.x, n_classes)
     pred = proba.argmax(axis=1)
     apparent = {
@@ -191,4 +212,5 @@ def train(data: Dataset, options: TrainOptions) -> TrainResult:
         training_y=data.y,
         elapsed_s=time.perf_counter() - start,
         calibrator=calibrator,
+        oof_proba=oof,
     )

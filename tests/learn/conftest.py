@@ -14,7 +14,7 @@ from node.training.grid import StepSpec
 from node.training.synthetic import SyntheticTables, write_tables
 from node.training.train import TrainOptions, TrainResult, train
 
-L1 = StepSpec("l1", (("C", 0.2), ("max_features", 10)))
+L1 = StepSpec("l1", (("max_features", 100),))
 KBEST = StepSpec("kbest_f", (("k", 8),))
 CLASSIFIERS = {
     "xgboost": StepSpec("xgboost", (("gamma", 0.0), ("learning_rate", 0.2), ("max_depth", 2), ("n_estimators", 40))),

@@ -12,7 +12,7 @@ from node.model.tasks import Task
 from node.training.cv import _permute_by_patient, grid_search, grouped_folds, n_splits_for, permutation_null, score
 from node.training.dataset import load_dataset
 from node.training.export import save_bundle
-from node.training.grid import StepSpec, describe_grid, grid, make_pipeline
+from node.training.grid import StepSpec, describe_grid, grid, make_pipeline, selector_fit_params
 from node.training.synthetic import write_tables
 from node.training.train import TrainOptions, train
 
@@ -134,6 +134,8 @@ def test_fold_scores_equal_fitting_the_whole_pipeline_per_fold(multi_lesion):
         manual = []
         for train_idx, test_idx in folds:
             pipe = make_pipeline(cand.selector, cand.classifier, data.x.shape[1], 4, 2)
-            pipe.fit(data.x[train_idx], data.y[train_idx], clf__sample_weight=balanced_weights(data.y[train_idx]))
+            routed = {f"select__{k}": v for k, v in selector_fit_params(cand.selector, data.groups[train_idx]).items()}
+            pipe.fit(data.x[train_idx], data.y[train_idx], clf__sample_weight=balanced_weights(data.y[train_idx]),
+                     **routed)
             manual.append(score("accuracy", data.y[test_idx], full_proba(pipe, data.x[test_idx], 4), 4))
         assert cand.fold_scores == pytest.approx(manual)
