@@ -15,6 +15,8 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -23,12 +25,20 @@ from node.ledger.repository import Repository
 
 logger = logging.getLogger(__name__)
 
+#: how long an association's first C-STORE of a study waits for its open row: the row is written by one thread per
+#: process, in order; a ledger that is locked or slow (the group commit is then behind too) must not stall the
+#: association, whose instances are durable in the spool: after this, it goes on and the row follows
+OPEN_WAIT_S = 2.0
+#: how long the end of an association waits for its open rows to be written before it deletes them (no orphan row)
+END_WAIT_S = 30.0
+
 
 @dataclass
 class _Open:
     association: object  # the pynetdicom Association (kept to tell a reused id() apart)
     key: str
     studies: set[str] = field(default_factory=set)
+    writes: list[Future[None]] = field(default_factory=list)
 
 
 class Arrivals:
@@ -41,6 +51,7 @@ class Arrivals:
         self.on_end = on_end
         self._open: dict[int, _Open] = {}
         self._lock = threading.Lock()
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="open-associations")
 
     def stored(self, association: object, study_instance_uid: str, calling_ae_title: str) -> None:
         """An instance of the study arrives on ``association``: record the pair in the ledger the first time."""
@@ -51,10 +62,17 @@ class Arrivals:
             if study_instance_uid in entry.studies:
                 return
             entry.studies.add(study_instance_uid)
-            key = entry.key
+            write = self._writer.submit(self._record_open, entry.key, study_instance_uid, self.clock(),
+                                        calling_ae_title)
+            entry.writes.append(write)
         try:
-            self.repository.association_opened(key, study_instance_uid, self.clock(),
-                                               calling_ae_title=calling_ae_title)
+            write.result(OPEN_WAIT_S)
+        except FutureTimeout:
+            logger.warning("the ledger is slow: an open association is recorded in the background")
+
+    def _record_open(self, key: str, study_instance_uid: str, at: float, calling_ae_title: str) -> None:
+        try:
+            self.repository.association_opened(key, study_instance_uid, at, calling_ae_title=calling_ae_title)
         except SQLAlchemyError as exc:
             logger.error("an open association could not be recorded in the ledger: %s", exc.__class__.__name__)
 
@@ -65,6 +83,11 @@ class Arrivals:
             if entry is None or entry.association is not association:
                 return []
             del self._open[id(association)]
+        for write in entry.writes:  # its rows are written before they are deleted: no row outlives it
+            try:
+                write.result(END_WAIT_S)
+            except FutureTimeout:
+                logger.error("an open association was not recorded within %g s of its end", END_WAIT_S)
         try:
             self.repository.association_ended(entry.key)
         except SQLAlchemyError as exc:  # the rows age out (force_complete_s) or die with this process
