@@ -8,6 +8,7 @@ import json
 import logging
 import shutil
 import tempfile
+import warnings
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -50,9 +51,11 @@ def export_onnx(fitted: Fitted, data: DlDataset, path: Path) -> None:
     example = (torch.from_numpy(data.images[:n]), torch.from_numpy(fitted.standardiser.apply(data.radiomics[:n])),
                torch.from_numpy(data.location[:n]))
     batch = {0: "batch"}
-    torch.onnx.export(net, example, str(path), input_names=list(INPUT_NAMES), output_names=["logits"],
-                      opset_version=OPSET, dynamo=False,
-                      dynamic_axes={"image": batch, "radiomics": batch, "location": batch, "logits": batch})
+    with warnings.catch_warnings():  # group norm's batch-size check is traced as a constant: harmless here
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        torch.onnx.export(net, example, str(path), input_names=list(INPUT_NAMES), output_names=["logits"],
+                          opset_version=OPSET, dynamo=False,
+                          dynamic_axes={"image": batch, "radiomics": batch, "location": batch, "logits": batch})
 
 
 def save_dl_bundle(fitted: Fitted, data: DlDataset, out: Path, *, name: str = "bcbm-multimodal-dl",
@@ -69,11 +72,13 @@ def save_dl_bundle(fitted: Fitted, data: DlDataset, out: Path, *, name: str = "b
             "tasks": list(DL_TASKS),
             "inputs": {
                 "image": {"channels": list(CHANNELS), "crop_size": data.crop_size, "spacing_mm": 1.0,
+                          # channels that were all zero in training (no T2 in the collection) stay zero in serving
+                          "zero_channels": [c for i, c in enumerate(CHANNELS) if not data.images[:, i].any()],
                           "intensity": "preprocessed (N4, T2 on T1CE, pons z-score) as the radiomics input"},
                 "radiomics": {"feature_names": list(data.feature_names),
                               "mean": [float(v) for v in fitted.standardiser.mean],
                               "sd": [float(v) for v in fitted.standardiser.sd]},
-                "location": {"vocabulary": list(LOCATION_VOCABULARY),
+                "location": {"vocabulary": list(LOCATION_VOCABULARY), "used": bool(data.location.any()),
                              "source": "node.imaging.sites (AAL3 region, side)"},
             },
             "outputs": {"logits": "one logit per task in 'tasks' order; probability = sigmoid; positive if >= 0.5"},
@@ -96,6 +101,7 @@ def save_dl_bundle(fitted: Fitted, data: DlDataset, out: Path, *, name: str = "b
                                         encoding="utf-8")
         if out.exists():
             shutil.rmtree(out)
+        staging.chmod(0o755)  # mkdtemp makes it private; a bundle is read by the node's other users too
         staging.rename(out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -57,6 +57,9 @@ class DlBundle:
     channels: tuple[str, ...]
     crop_size: int
     session: ort.InferenceSession
+    #: inputs the training data never had (e.g. no T2, no site: BCBM-RadioGenomics) are zeroed at serving too
+    zero_channels: tuple[str, ...] = ()
+    location_used: bool = True
 
     @property
     def name(self) -> str:
@@ -82,8 +85,10 @@ class DlBundle:
             raise LesionInputError(f"the lesion crop has shape {crop.image.shape}, the deep model needs {shape}")
         x = np.array([float(features[n]) for n in self.feature_names], dtype=np.float64)
         z = np.nan_to_num((x - self.mean) / self.sd, nan=0.0, posinf=0.0, neginf=0.0)
-        return {"image": crop.image[None].astype(np.float32), "radiomics": z[None].astype(np.float32),
-                "location": crop.location()[None]}
+        image = crop.image[None].astype(np.float32)  # a copy
+        image[:, [i for i, c in enumerate(self.channels) if c in self.zero_channels]] = 0.0
+        location = crop.location()[None] if self.location_used else np.zeros((1, len(LOCATION_VOCABULARY)), np.float32)
+        return {"image": image, "radiomics": z[None].astype(np.float32), "location": location}
 
     def probabilities(self, features: Mapping[str, float], crop: LesionCrop) -> dict[str, float]:
         """P(positive) per task (``er``, ``pr``, ``her2``) for one lesion."""
@@ -167,7 +172,9 @@ def load_dl_bundle(path: Path) -> DlBundle:
             raise BundleError(f"the deep model's ONNX input {name} has shape {shapes.get(name)}, the manifest "
                               f"says (batch, {', '.join(map(str, shape))})")
     logger.info("loaded deep-model bundle %s (%d features, crop %d)", path, len(names), size)
-    return DlBundle(path, manifest, names, mean, sd, channels, size, session)
+    zero = tuple(str(c) for c in inputs["image"].get("zero_channels", ()))
+    used = bool(inputs["location"].get("used", True))
+    return DlBundle(path, manifest, names, mean, sd, channels, size, session, zero, used)
 
 
 _cache: dict[tuple[str, float], DlBundle] = {}

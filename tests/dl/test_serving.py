@@ -102,3 +102,15 @@ def test_job_serves_the_onnx_bundle_beside_the_radiomics_models(synth_case: Synt
     assert manifest["name"] in names and len(set(names)) == 2  # a separately identified algorithm
     deep_lines = [t for t in texts if t.startswith("Deep model ")]
     assert deep_lines and all("ER " in t and "HER2 " in t and "PR " not in t for t in deep_lines)
+
+
+def test_deep_results_are_checked() -> None:
+    from node.sr.deep import DeepLesionResult, DeepModelInfo, DeepResults, deep_line
+
+    with pytest.raises(ValueError, match="deep heads"):
+        DeepLesionResult(1, {"subtype": 0.5})
+    with pytest.raises(ValueError, match="sha256"):
+        DeepModelInfo("m", "1", "xyz")
+    deep = DeepResults(DeepModelInfo("m", "1", "a" * 64), (DeepLesionResult(2, {"pr": 0.7}),))
+    assert deep_line(deep, 1) is None
+    assert deep_line(deep, 2) == "Deep model m 1 (separate algorithm), segment 2: PR positive (p positive=0.70)."
