@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.jit._trace import TracerWarning
 
 from node import __version__
 from node.dl.crops import CHANNELS, LOCATION_VOCABULARY
@@ -52,7 +53,7 @@ def export_onnx(fitted: Fitted, data: DlDataset, path: Path) -> None:
                torch.from_numpy(data.location[:n]))
     batch = {0: "batch"}
     with warnings.catch_warnings():  # group norm's batch-size check is traced as a constant: harmless here
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", TracerWarning)
         torch.onnx.export(net, example, str(path), input_names=list(INPUT_NAMES), output_names=["logits"],
                           opset_version=OPSET, dynamo=False,
                           dynamic_axes={"image": batch, "radiomics": batch, "location": batch, "logits": batch})
