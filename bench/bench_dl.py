@@ -5,7 +5,7 @@ cohort with crops (target <= 10 min on this 2-core machine), the device it ran o
 inference per lesion with onnxruntime on the CPU (target <= 50 ms) and the time the deep model adds per study in
 the node (the job's ``deep`` step: crops cut in the pipeline + ONNX per lesion; target <= 0.5 s).
 
-    python bench/bench_dl.py [--patients 200] [--lesions 1] [--max-epochs 40] [--threads 2] [--skip-train]
+    python bench/bench_dl.py [--patients 200] [--lesions 1] [--max-epochs 40] [--threads 1] [--skip-train]
                              [--study]
 
 ``--study`` also runs the job on one small synthetic DICOM study with the shipped demo bundle and reports its
@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 
-from node.dl.crops import LesionCrop
 from node.dl.data import load_dl_dataset
 from node.dl.synthetic import write_crops
+from node.imaging.crops import LesionCrop
 from node.model.dl_bundle import load_dl_bundle
 from node.training.synthetic import write_tables
 
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--patients", type=int, default=200)
     parser.add_argument("--lesions", type=int, default=1, help="lesions per patient")
     parser.add_argument("--max-epochs", type=int, default=40)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a shared machine)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-train", action="store_true", help="time inference with the shipped demo bundle")
     parser.add_argument("--study", action="store_true", help="also time the job's deep step on a DICOM study")
@@ -55,14 +55,12 @@ def main(argv: list[str] | None = None) -> int:
         data = load_dl_dataset(tables.features_csv, tables.labels_csv, root / "crops")
         bundle_dir = REPO / "models" / "demo-dl"
         if not args.skip_train:
-            import torch
-
             from node.dl.export import save_dl_bundle
             from node.dl.train import TrainConfig, fit, pick_device, spec_for
 
-            torch.set_num_threads(args.threads)
             start = time.perf_counter()
-            fitted = fit(data, spec_for(data, "fusion"), TrainConfig(seed=args.seed, max_epochs=args.max_epochs))
+            config = TrainConfig(seed=args.seed, max_epochs=args.max_epochs, threads=args.threads)
+            fitted = fit(data, spec_for(data, "fusion"), config)
             seconds = time.perf_counter() - start
             rows.append((f"train fusion, {data.n_patients} patients / {data.y.shape[0]} lesions, "
                          f"{fitted.epochs} epochs ({pick_device()}, {args.threads} threads)", f"{seconds:.1f} s",

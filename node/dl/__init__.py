@@ -2,7 +2,7 @@
 radiomic vector and the lesion-site one-hot, three heads (ER, PR, HER2) trained with a weighted multi-task loss.
 
 Torch is imported only by the training modules (:mod:`node.dl.net`, :mod:`node.dl.train`, :mod:`node.dl.export`);
-the crops (:mod:`node.dl.crops`), the synthetic crops (:mod:`node.dl.synthetic`) and the dataset join
-(:mod:`node.dl.data`) are numpy only, and the node serves the exported ONNX bundle with onnxruntime
+the crops (:mod:`node.imaging.crops`, shared with serving), the synthetic crops (:mod:`node.dl.synthetic`) and
+the dataset join (:mod:`node.dl.data`) are numpy only, and the node serves the exported ONNX bundle with onnxruntime
 (:mod:`node.model.dl_bundle`). Research use only, not for diagnosis.
 """

@@ -1,5 +1,5 @@
 """The deep model's training table: features + labels (the tree models' format, :mod:`node.training.dataset`)
-joined with the lesion crops (:mod:`node.dl.crops`), one row per lesion, ER / PR / HER2 together.
+joined with the lesion crops (:mod:`node.imaging.crops`), one row per lesion, ER / PR / HER2 together.
 
 A lesion enters when it has usable radiomic features, a crop and at least one of the three labels; a missing
 label is ``-1`` (masked out of the loss and of that task's metrics). ``groups`` is the patient of every row:
@@ -17,8 +17,8 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from node.dl.crops import CHANNELS, F32, read_crop
 from node.errors import ConfigError
+from node.imaging.crops import CHANNELS, F32, read_crop
 from node.model.tasks import Task
 from node.training.dataset import feature_columns, load_dataset
 
@@ -71,7 +71,7 @@ def _usable_features(features_csv: Path) -> list[str]:
 
 def load_dl_dataset(features_csv: Path, labels_csv: Path, crops_dir: Path,
                     feature_names: Sequence[str] | None = None) -> DlDataset:
-    """Join the three receptor tasks' tables and the crops (``crops_dir``, :mod:`node.dl.crops`)."""
+    """Join the three receptor tasks' tables and the crops (``crops_dir``, :mod:`node.imaging.crops`)."""
     if not crops_dir.is_dir():
         raise ConfigError(f"crops folder {crops_dir} not found (write it with --crops / make_dl_demo)")
     names = list(feature_names) if feature_names is not None else _usable_features(features_csv)

@@ -18,9 +18,9 @@ import torch
 from torch.jit._trace import TracerWarning
 
 from node import __version__
-from node.dl.crops import CHANNELS, LOCATION_VOCABULARY
 from node.dl.data import DlDataset
 from node.dl.train import Fitted
+from node.imaging.crops import CHANNELS, LOCATION_VOCABULARY
 from node.model.bundle import MANIFEST, sha256_file
 from node.model.dl_bundle import DL_FORMAT, DL_FORMAT_VERSION, DL_TASKS, INPUT_NAMES, ONNX_FILE
 from node.model.provenance import SYNTHETIC, SYNTHETIC_STATEMENT, UNSPECIFIED, UNSPECIFIED_STATEMENT

@@ -1,8 +1,8 @@
 """Synthetic lesion crops with a planted image signal, consistent with the labels of
 :func:`node.training.synthetic.write_tables` (for tests, benchmarks and the demonstration deep model).
 
-Per lesion (``labels.csv`` row) one :data:`~node.dl.crops.CROP_SIZE`\\ :sup:`3` crop in the dataset format of
-:mod:`node.dl.crops` is drawn: smooth background texture and noise, an ellipsoidal lesion of random size and
+Per lesion (``labels.csv`` row) one :data:`~node.imaging.crops.CROP_SIZE`\\ :sup:`3` crop in the dataset format of
+:mod:`node.imaging.crops` is drawn: smooth background texture and noise, an ellipsoidal lesion of random size and
 orientation, and three **planted** signals, each scaled by ``signal`` (0 = none: the leakage check):
 
 * **ER** — texture: fine-grained (voxel-scale) enhancement heterogeneity inside an ER-positive lesion, smooth
@@ -25,7 +25,7 @@ import numpy.typing as npt
 import pandas as pd
 from scipy.ndimage import gaussian_filter
 
-from node.dl.crops import CROP_SIZE, F32, LesionCrop, write_crop
+from node.imaging.crops import CROP_SIZE, F32, LesionCrop, write_crop
 from node.vocabulary import BrainRegion, Hemisphere
 
 logger = logging.getLogger(__name__)

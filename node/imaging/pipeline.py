@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from node import log
-from node.dl.crops import LesionCrop, lesion_crops
+from node.imaging.crops import LesionCrop, lesion_crops
 from node.imaging.features import (
     FEATURE_NAMES,
     RadiomicsParams,
@@ -88,7 +88,7 @@ class FeatureRun:
     provenance: dict[str, str] = field(default_factory=dict)
     #: the 2-D slices of the QC key image (reference, then every lesion mask), :mod:`node.imaging.keyslices`
     key_slices: tuple[KeySlice, ...] = field(default=())
-    #: per SEG segment number, the deep model's lesion-centred crop and site (:mod:`node.dl.crops`)
+    #: per SEG segment number, the deep model's lesion-centred crop and site (:mod:`node.imaging.crops`)
     crops: dict[int, LesionCrop] = field(default_factory=dict)
 
     def rows(self) -> Iterator[dict[str, object]]:

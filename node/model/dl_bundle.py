@@ -10,7 +10,7 @@ Layout::
                     output ``logits`` (B, 3) in the manifest's task order (probability = sigmoid)
 
 :func:`load_dl_bundle` verifies the hashes, the feature list against the standardisation, the location vocabulary
-against the node's (:data:`node.dl.crops.LOCATION_VOCABULARY`), the crop shape and the ONNX graph's input and
+against the node's (:data:`node.imaging.crops.LOCATION_VOCABULARY`), the crop shape and the ONNX graph's input and
 output shapes, and refuses any mismatch with a :class:`~node.model.bundle.BundleError`. Loaded bundles are kept in
 a small per-process cache keyed by path and manifest modification time (:func:`cached_dl_bundle`).
 Written by :mod:`node.dl.export`. Research use only, not for diagnosis.
@@ -31,7 +31,7 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
-from node.dl.crops import LOCATION_VOCABULARY, LesionCrop
+from node.imaging.crops import LOCATION_VOCABULARY, LesionCrop
 from node.model.bundle import MANIFEST, BundleError, LesionInputError, sha256_file
 from node.model.prediction import Prediction
 from node.vocabulary import BINARY_CLASSES

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from node.datasets.bcbm.features import ExtractOptions
 from node.datasets.bcbm.importer import ImportOptions, import_bcbm
-from node.dl.crops import CHANNELS, CROP_SIZE
 from node.dl.data import load_dl_dataset
+from node.imaging.crops import CHANNELS, CROP_SIZE
 from tests.learn.bcbm_fake import DEFAULT_PATIENTS, write_replica
 
 

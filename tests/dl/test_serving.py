@@ -14,8 +14,8 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from node.dl.crops import CHANNELS, CROP_SIZE, LOCATION_VOCABULARY, LesionCrop, cut_crop, read_crop, write_crop
 from node.errors import ConfigError
+from node.imaging.crops import CHANNELS, CROP_SIZE, LOCATION_VOCABULARY, LesionCrop, cut_crop, read_crop, write_crop
 from node.jobs.process import process_study
 from node.model.bundle import MANIFEST, BundleError
 from node.model.dl_bundle import load_dl_bundle

@@ -58,8 +58,8 @@ def test_image_branch_learns_the_planted_signal(tmp_path: Path) -> None:
 
 def test_onnx_output_equals_torch_and_cli_runs_end_to_end(tmp_path: Path) -> None:
     from node.cli import main
-    from node.dl.crops import LesionCrop
     from node.dl.export import save_dl_bundle
+    from node.imaging.crops import LesionCrop
     from node.model.dl_bundle import load_dl_bundle
 
     data = cohort(tmp_path / "data", 24)
@@ -79,7 +79,7 @@ def test_onnx_output_equals_torch_and_cli_runs_end_to_end(tmp_path: Path) -> Non
 
 
 def _site(data: DlDataset, i: int) -> tuple[str, str]:
-    from node.dl.crops import LOCATION_VOCABULARY
+    from node.imaging.crops import LOCATION_VOCABULARY
 
     on = [LOCATION_VOCABULARY[j].split("=", 1) for j in np.flatnonzero(data.location[i])]
     found = dict(on)

@@ -28,9 +28,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from node.datasets.bcbm.layout import MaskFile
-from node.dl.crops import LesionCrop, cut_crop, write_crop
 from node.errors import GeometryError, InvalidStudyError, ProcessingError, SegmentationError
 from node.imaging.brain import brain_mask
+from node.imaging.crops import LesionCrop, cut_crop, write_crop
 from node.imaging.features import (
     FEATURE_NAMES,
     Extractors,

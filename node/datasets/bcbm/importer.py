@@ -50,8 +50,8 @@ from node.datasets.bcbm.clinical import (
 from node.datasets.bcbm.features import T1CE_FEATURES, ExtractOptions, ScanJob, ScanResult, extract_scan
 from node.datasets.bcbm.layout import BcbmLayout, discover
 from node.datasets.bcbm.masks import MaskDecision, classify_mask_name, decision_counts
-from node.dl.crops import crop_name
 from node.errors import ConfigError
+from node.imaging.crops import crop_name
 from node.imaging.table import QC_COLUMNS
 
 logger = logging.getLogger(__name__)
@@ -221,7 +221,7 @@ def import_bcbm(root: Path, out: Path, options: ImportOptions | None = None) -> 
     ]  # fmt: skip
     _write_csv(labels_csv, LABEL_COLUMNS, label_rows)
     _write_csv(masks_csv, MASK_COLUMNS, mask_rows)
-    if options.extract.crops_dir is not None:  # name the crops as the tables name the lesions (node.dl.crops)
+    if options.extract.crops_dir is not None:  # name the crops as the tables name the lesions (node.imaging.crops)
         for r in results:
             for lesion in r.lesions:
                 src = options.extract.crops_dir / "by-scan" / crop_name(r.scan_id, lesion.segment_number)
