@@ -162,6 +162,9 @@ class Settings:
     # issue 11: demonstration models must be allowed explicitly; the HER2 three-tier head is experimental
     allow_demo_models: bool = False  # serve models whose manifest says training_data: synthetic
     her2_three_tier: bool = False  # run the experimental HER2 three-tier head (reported as experimental)
+    # issue 13: the multimodal deep model (ONNX bundle, node.model.dl_bundle), run beside the radiomics model
+    dl_model_dir: Path | None = None  # None = no deep model
+    dl_heads: tuple[str, ...] = ("er", "pr", "her2")  # which of its heads the SR reports
 
     @property
     def hard_time_limit(self) -> float:
@@ -296,6 +299,16 @@ class Settings:
             )
 
 
+def parse_dl_heads(value: object, where: str) -> tuple[str, ...]:
+    """Comma-separated (or YAML list of) deep-model heads: ``er``, ``pr``, ``her2`` (at least one)."""
+    items = value if isinstance(value, list | tuple) else str(value).split(",")
+    heads = tuple(dict.fromkeys(str(h).strip().lower() for h in items if str(h).strip()))
+    unknown = [h for h in heads if h not in ("er", "pr", "her2")]
+    if not heads or unknown:
+        raise ConfigError(f"{where}: name deep-model heads among er, pr, her2 (got {value!r})")
+    return heads
+
+
 _PARSERS: dict[str, Callable[[object, str], Any]] = {
     "ae_title": parse_ae_title,
     "port": parse_port,
@@ -357,6 +370,8 @@ _PARSERS: dict[str, Callable[[object, str], Any]] = {
     "index_lesion": choice(IndexLesionRule),
     "allow_demo_models": parse_bool,
     "her2_three_tier": parse_bool,
+    "dl_model_dir": parse_optional_path,
+    "dl_heads": parse_dl_heads,
 }
 assert set(_PARSERS) == {f.name for f in fields(Settings)}, "every setting needs a parser"
 

@@ -16,6 +16,7 @@ def test_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert "Research use only, not for diagnosis" in out
     assert "Lesion 1 (SEG segment 1" in out
     assert "Synthetic ground truth" in out
+    assert "Deep model bcbm-multimodal-dl-demo" in out  # the deep model beside the radiomics models (issue 13)
     assert "DEMONSTRATION models (trained on synthetic data, never for patients) are allowed for this demo" in out
     reports = sorted((tmp_path / "pacs").glob("*-SR.dcm"))
     assert len(reports) == 1

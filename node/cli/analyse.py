@@ -68,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
             config=config, companions=_companions(args.companions), primary_attributes=attributes,
             index_rule=settings.index_lesion,
             her2_three_tier=settings.her2_three_tier,
+            dl_model_dir=settings.dl_model_dir, dl_heads=settings.dl_heads,  # the deep model (issue 13), if set
         )
     except (InvalidStudyError, ProcessingError) as exc:
         failure = write_failure_report(args.study_dir, args.out, exc, models_dir=args.models)

@@ -131,6 +131,9 @@ SETTING_HELP: dict[str, str] = {
     "with a warning, when none does)",
     "allow_demo_models": "let `ainode serve` start with demonstration models (manifest `training_data: synthetic`, "
     "e.g. the shipped `models/demo`); refused otherwise (`--allow-demo-models`); never for patients",
+    "dl_model_dir": "the multimodal deep model's ONNX bundle folder (`ainode train-dl`, e.g. the shipped "
+    "`models/demo-dl`); run beside the radiomics model and reported as a separate algorithm; none = not run",
+    "dl_heads": "which of the deep model's heads the SR reports: comma-separated `er`, `pr`, `her2` (default all)",
     "her2_three_tier": "run the experimental HER2 three-tier head (developed on primary breast tumours on breast "
     "MRI, not on brain metastases); the SR marks it experimental",
 }

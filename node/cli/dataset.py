@@ -50,6 +50,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     bcbm.add_argument("--n4", action="store_true", help="apply N4 again (the collection is N4-corrected upstream)")
     bcbm.add_argument("--skip-invalid-masks", action="store_true",
                       help="record an empty or misaligned lesion mask as a QC error instead of stopping")
+    bcbm.add_argument("--crops", action="store_true",
+                      help="also write the deep model's lesion crops into OUT/crops (ainode train-dl)")
     bcbm.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
     bcbm.set_defaults(handler=run)
 
@@ -68,7 +70,8 @@ def _import(args: argparse.Namespace) -> int:
         if not args.no_progress:
             print(f"import-bcbm: {message}", file=sys.stderr)
 
-    extract = ExtractOptions(pons=args.pons, n4=args.n4, skip_invalid_masks=args.skip_invalid_masks)
+    extract = ExtractOptions(pons=args.pons, n4=args.n4, skip_invalid_masks=args.skip_invalid_masks,
+                             crops_dir=args.out.resolve() / "crops" if args.crops else None)
     options = ImportOptions(workers=args.workers, extract=extract, workbook=args.clinical, progress=progress)
     result = import_bcbm(args.path, args.out, options)
     s = result.summary

@@ -32,6 +32,8 @@ from node.errors import ProcessingError
 from node.values import Destination
 
 SR_MODALITY = "SR"
+#: the demonstration deep model (models/make_dl_demo.py), run beside the radiomics demo models
+DEMO_DL_DIR = Path(__file__).resolve().parents[2] / "models" / "demo-dl"
 RECEIVER_AE = "DEMOPACS"
 
 
@@ -83,7 +85,7 @@ def _text_items(ds: Dataset) -> list[str]:
     return lines
 
 
-_SUMMARY_LINE = re.compile(r"^(AI prediction|Lesion \d+ \(SEG segment)")
+_SUMMARY_LINE = re.compile(r"^(AI prediction|Lesion \d+ \(SEG segment|Deep model )")
 
 
 def summarise(sr_path: Path) -> str:
@@ -129,7 +131,8 @@ def _demo(work: Path, args: argparse.Namespace) -> int:
         spool_dir=work / "spool", database=None, quiet_period=2.0, broker=None,
         models=None, allow_demo_models="true",  # the demo runs the shipped demonstration models, and says so
     )
-    settings = replace(settings_from_args(namespace), broker_url=None)  # always the embedded broker
+    settings = replace(settings_from_args(namespace), broker_url=None,  # always the embedded broker
+                       dl_model_dir=DEMO_DL_DIR)  # and the demonstration deep model (issue 13)
     print(f"[2/4] starting the node (AINODE on port {node_port}, embedded broker, SQLite ledger) and a "
           f"receiving PACS ({RECEIVER_AE} on port {receiver.port})", flush=True)
     print("      DEMONSTRATION models (trained on synthetic data, never for patients) are allowed for this demo; "

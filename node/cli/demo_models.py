@@ -36,9 +36,20 @@ def demonstration_models(models_dir: Path | None) -> list[str]:
     return found
 
 
+def demonstration_deep_model(dl_model_dir: Path | None) -> list[str]:
+    """``["deep model"]`` when the deep-model bundle of setting ``dl_model_dir`` was trained on synthetic data."""
+    if dl_model_dir is None:
+        return []
+    try:
+        manifest = json.loads((dl_model_dir / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []  # the bundle's own checks report it
+    return ["deep model"] if isinstance(manifest, dict) and manifest.get("training_data") == SYNTHETIC else []
+
+
 def check_demo_models(settings: Settings) -> list[str]:
     """Refuse (``ConfigError``) demonstration models unless allowed; returns them (empty: none)."""
-    demo = demonstration_models(settings.models_dir)
+    demo = demonstration_models(settings.models_dir) + demonstration_deep_model(settings.dl_model_dir)
     if not demo:
         return []
     directory = settings.models_dir or DEFAULT_MODELS_DIR

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from node import log
+from node.imaging.crops import LesionCrop, lesion_crops
 from node.imaging.features import (
     FEATURE_NAMES,
     RadiomicsParams,
@@ -87,6 +88,8 @@ class FeatureRun:
     provenance: dict[str, str] = field(default_factory=dict)
     #: the 2-D slices of the QC key image (reference, then every lesion mask), :mod:`node.imaging.keyslices`
     key_slices: tuple[KeySlice, ...] = field(default=())
+    #: per SEG segment number, the deep model's lesion-centred crop and site (:mod:`node.imaging.crops`)
+    crops: dict[int, LesionCrop] = field(default_factory=dict)
 
     def rows(self) -> Iterator[dict[str, object]]:
         """One CSV row per lesion: QC columns then the features (core 200 first, extras after)."""
@@ -152,6 +155,8 @@ def run_features(study_dir: Path, config: PipelineConfig | None = None) -> Featu
             lesions = attach_sites(lesions, pre)
         for lesion, segment in zip(lesions, pre.lesions, strict=True):
             lesion.qc.setdefault("tracking_uid", segment.tracking_uid or "")
+        with _timed(timings, "crops"):
+            crops = lesion_crops(pre, lesions)
         stage_timings = {f"preprocess.{k}": v for k, v in pre.timings.items()}
         timings.update(stage_timings)
         timings["total"] = time.perf_counter() - total_start
@@ -168,6 +173,7 @@ def run_features(study_dir: Path, config: PipelineConfig | None = None) -> Featu
         warnings=tuple(study.warnings) + tuple(pre.warnings),
         provenance={**pre.provenance, "radiomics_params_sha256": config.radiomics.sha256},
         key_slices=key_slices(pre),
+        crops=crops,
     )
 
 

@@ -36,11 +36,14 @@ class JobOptions:
 
     primary_attributes: tuple[str, ...] = Settings.primary_subtype_attributes
     her2_three_tier: bool = False  # the experimental HER2 three-tier head (setting her2_three_tier)
+    dl_model_dir: Path | None = None  # the deep model's bundle (setting dl_model_dir); None = not run
+    dl_heads: tuple[str, ...] = ("er", "pr", "her2")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> JobOptions:
         return cls(settings.destinations, settings.models_dir, settings.failure_sr, settings.spool_dir,
-                   settings.primary_subtype_attributes, her2_three_tier=settings.her2_three_tier)
+                   settings.primary_subtype_attributes, her2_three_tier=settings.her2_three_tier,
+                   dl_model_dir=settings.dl_model_dir, dl_heads=settings.dl_heads)
 
 
 @dataclass(frozen=True)

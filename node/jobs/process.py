@@ -23,7 +23,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pydicom
@@ -33,6 +33,7 @@ from node import log
 from node.config import IndexLesionRule
 from node.errors import NodeError
 from node.imaging.pipeline import PipelineConfig, run_features
+from node.jobs.deep import load_deep_model, predict_deep
 from node.jobs.index import mark_index, patient_level
 from node.jobs.lesions import LesionSummary
 from node.jobs.model_set import load_model_set
@@ -114,6 +115,8 @@ def process_study(
     identity: ResultIdentity | None = None,
     index_rule: IndexLesionRule | str = IndexLesionRule.LARGEST,
     her2_three_tier: bool = False,
+    dl_model_dir: Path | None = None,
+    dl_heads: Sequence[str] = ("er", "pr", "her2"),
 ) -> ProcessResult:
     """Analyse the study in ``study_dir`` and write the validated SR and companions into ``out_dir``.
 
@@ -123,10 +126,12 @@ def process_study(
     (the setting ``primary_subtype_attributes``). ``ProcessResult.primary_source``
     says which. ``identity`` (the job's study version and the SR it supersedes, :mod:`node.sr.identity`) fixes the
     result's UIDs; without it they are derived from the evidence instances. ``her2_three_tier`` runs the
-    experimental HER2 three-tier head (off by default; the SR marks it experimental).
+    experimental HER2 three-tier head (off by default; the SR marks it experimental). ``dl_model_dir`` (setting
+    ``dl_model_dir``) runs the multimodal deep model's ONNX bundle beside the radiomics models, its heads
+    ``dl_heads`` reported as a separate algorithm (:mod:`node.jobs.deep`, :mod:`node.sr.deep`).
 
     Timings (seconds): ``models``, ``pipeline.*`` (the imaging pipeline's own), ``predict`` (headers, primary
-    subtype, model choice, predictions), ``sr`` (write, validate, publish), ``total``.
+    subtype, model choice, predictions), ``deep`` (the deep model), ``sr`` (write, validate, publish), ``total``.
 
     Raises :class:`~node.errors.InvalidStudyError` (permanent: the study), :class:`~node.errors.ConfigError`
     (models, settings) or :class:`~node.errors.ProcessingError` (pipeline or validation failure).
@@ -137,6 +142,7 @@ def process_study(
     config = config or PipelineConfig.load()
     with _timed(timings, "models"):
         model_set = load_model_set(models_dir, config.radiomics.sha256 or None)
+        deep_model = load_deep_model(dl_model_dir)
     run = run_features(study_dir, config)
     timings.update({f"pipeline.{k}": v for k, v in run.timings.items()})
     with log.correlated(study=log.study_key(run.identity.study_instance_uid)):
@@ -147,7 +153,14 @@ def process_study(
             models = choose_models(model_set, primary.subtype, her2_three_tier=her2_three_tier)
             scope = check_scope(run, source, config.scope)
             predictions = predict_lesions(scope.admitted(run), models, primary.subtype)
+        with _timed(timings, "deep"):
+            deep, deep_warnings = predict_deep(run, predictions.results, deep_model, tuple(dl_heads))
         content = build_content(source, run, primary, models, predictions, identity, scope)
+        if deep is not None:
+            algorithm = replace(content.algorithm,
+                                extra_parameters=(*content.algorithm.extra_parameters, deep.model.parameter()))
+            content = replace(content, deep=deep, algorithm=algorithm,
+                              warnings=tuple(dict.fromkeys((*content.warnings, *deep_warnings))))
         content = patient_level(content, primary.subtype, index_rule)  # the index lesion (setting index_lesion)
         with _timed(timings, "sr"):
             written = write_outputs(content, out_dir, options.companions)

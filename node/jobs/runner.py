@@ -138,7 +138,8 @@ def run_process_job(
                                primary_lookup=primary_lookup(ctx.repo),
                                primary_attributes=ctx.options.primary_attributes, identity=identity,
                                index_rule=ctx.settings.index_lesion,
-                               her2_three_tier=ctx.options.her2_three_tier)
+                               her2_three_tier=ctx.options.her2_three_tier,
+                               dl_model_dir=ctx.options.dl_model_dir, dl_heads=ctx.options.dl_heads)
     except InvalidStudyError as exc:
         logger.warning("study cannot be processed: %s", exc.message)
         report = None

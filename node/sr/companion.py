@@ -33,6 +33,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from node.sr import codes as C
 from node.sr.content import LesionResult, ReportContent, SubtypeModel
+from node.sr.deep import deep_line
 from node.sr.identity import fingerprint, result_identity, superseded
 from node.sr.not_assessed_page import not_assessed_lines, render_not_assessed_page
 from node.sr.patient import companion_lines, statement
@@ -121,6 +122,8 @@ def _result_lines(content: ReportContent, lesion: LesionResult) -> list[str]:
         else "without primary-tumour subtype"
     )
     lines.append(f"Subtype model: {model}.   Intensity reference: {content.pons.describe()}")
+    if (deep := deep_line(content.deep, lesion.segment_number)) is not None:  # the deep model, beside (node.sr.deep)
+        lines.append(deep)
     lines += lesion_lines(lesion) + provenance_lines(content)  # confidence, agreement, provenance (node.sr.trust)
     if lesion.out_of_distribution:
         lines.append("WARNING - out of training distribution: " + "; ".join(lesion.ood_reasons))

@@ -27,6 +27,7 @@ from pydicom.uid import generate_uid
 
 from node import __version__
 from node.sr.assessment import NotAssessedLesion
+from node.sr.deep import DeepResults
 from node.sr.identity import ResultIdentity
 from node.sr.keyimage import QcView
 from node.sr.patient import PatientLevel
@@ -312,6 +313,8 @@ class ReportContent:
     not_assessed: tuple[NotAssessedLesion, ...] = ()
     #: the patient-level answer (index lesion, discordance with the primary); None = not stated
     patient: PatientLevel | None = None
+    #: the deep model's results, a separately identified algorithm (node.sr.deep); None = not run
+    deep: DeepResults | None = None
 
     def __post_init__(self) -> None:
         if not self.lesions and not self.not_assessed:
@@ -333,6 +336,8 @@ class ReportContent:
             raise ValueError("the disclaimer must say 'research use only'")
         if self.patient is not None:
             self.patient.check(lesion.segment_number for lesion in self.lesions)  # a predicted lesion
+        if self.deep is not None and {r.segment_number for r in self.deep.lesions} - set(numbers[:len(self.lesions)]):
+            raise ValueError("the deep model reports a segment that has no predicted lesion")
 
 
 def top_contributions(

@@ -5,7 +5,9 @@ TID 1411 Volumetric ROI groups sharing the SEG segment's tracking identifiers an
 (1) classification — CODE decisions and NUM probabilities, (2) SHAP — top-k contributions and the base value,
 (3) raw values — lesion volume and the raw values of the explained features. A report-level TID 1500 row-12
 "Qualitative Evaluations" container holds the human-readable TEXT summary. Every CONTAINER is SEPARATE so text
-renderers (dsr2html, Weasis, OHIF's text view) print concept names (docs/sr-design.md §5.3).
+renderers (dsr2html, Weasis, OHIF's text view) print concept names (docs/sr-design.md §5.3). The deep model adds
+its own group per lesion (:mod:`node.sr.deep`).
+Size: the report builder and its groups read best in one place; helpers live in the modules it imports.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pydicom.uid import generate_uid
 from node.sr import codes as C
 from node.sr.assessment import not_assessed_group, reference_evaluation
 from node.sr.content import AlgorithmInfo, HeadResult, LesionResult, ReportContent, SubtypeModel
+from node.sr.deep import deep_groups, deep_line
 from node.sr.identity import PriorDocument, report_uids, superseded, supersession_text
 from node.sr.patient import document_items, lesion_items, statement
 from node.sr.sites import finding_site
@@ -324,6 +327,7 @@ def build_report(
         if shap is not None:
             groups.append(shap)
         groups.append(raw_value_group(content, lesion))
+        groups += deep_groups(content.deep, lesion.segment_number, _common(content, lesion))  # node.sr.deep
     groups += [not_assessed_group(n, **_segment_common(content, n.segment_number)) for n in content.not_assessed]
     report = hd.sr.MeasurementReport(
         observation_context=observation_context(content.algorithm),
@@ -337,6 +341,7 @@ def build_report(
     )
     texts = [report_summary(content), *statement(content.patient),
              *(lesion_summary(content, lesion) for lesion in content.lesions)]
+    texts += [t for lesion in content.lesions if (t := deep_line(content.deep, lesion.segment_number))]
     texts += [item.describe() for item in content.not_assessed]
     report[0].ContentSequence.append(qualitative_container(texts))
     qualitative = report[0].ContentSequence[-1]

@@ -216,6 +216,8 @@ def test_dockerfile_is_multistage_non_root_with_cpu_xgboost() -> None:
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["dependencies"]
     names = {re.split(r"[<>=\[ ;]", d, maxsplit=1)[0].lower() for d in deps}
     assert "xgboost-cpu" in names and "xgboost" not in names
+    # the deep model is served by onnxruntime: torch and monai stay in the training extra (issue 13)
+    assert "! pip show --quiet torch" in text and "onnxruntime" in names and not {"torch", "monai"} & names
     ignored = (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
     assert ignored[ignored.index("*")] == "*" and "!node/" in ignored and "!.venv/" not in ignored
 

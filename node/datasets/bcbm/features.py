@@ -30,6 +30,7 @@ import SimpleITK as sitk
 from node.datasets.bcbm.layout import MaskFile
 from node.errors import GeometryError, InvalidStudyError, ProcessingError, SegmentationError
 from node.imaging.brain import brain_mask
+from node.imaging.crops import LesionCrop, cut_crop, write_crop
 from node.imaging.features import (
     FEATURE_NAMES,
     Extractors,
@@ -63,6 +64,8 @@ class ExtractOptions:
     pipeline_config: Path | None = None
     radiomics_config: Path | None = None
     threads: int | None = None
+    #: write the deep model's lesion crops (T1CE only, no site) as ``<crops_dir>/by-scan/<scan>_<mask>.npz``
+    crops_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -214,6 +217,9 @@ def extract_scan(job: ScanJob, options: ExtractOptions) -> ScanResult:
         mask = resampled[lesion.index]
         voxels = int(np.count_nonzero(sitk.GetArrayViewFromImage(mask)))
         features, error = _lesion_features(mask, normalised, params, extractors)
+        if options.crops_dir is not None and voxels:
+            write_crop(options.crops_dir / "by-scan", job.scan_id, lesion.index,
+                       LesionCrop(cut_crop(normalised, None, mask)))
         if error:
             logger.warning("%s mask %d: %s", job.scan_id, lesion.index, error)
         results.append(LesionResult(lesion.index, lesion.name, features, voxels, voxels * voxel_ml, error))

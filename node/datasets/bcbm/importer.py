@@ -51,6 +51,7 @@ from node.datasets.bcbm.features import T1CE_FEATURES, ExtractOptions, ScanJob, 
 from node.datasets.bcbm.layout import BcbmLayout, discover
 from node.datasets.bcbm.masks import MaskDecision, classify_mask_name, decision_counts
 from node.errors import ConfigError
+from node.imaging.crops import crop_name
 from node.imaging.table import QC_COLUMNS
 
 logger = logging.getLogger(__name__)
@@ -220,6 +221,13 @@ def import_bcbm(root: Path, out: Path, options: ImportOptions | None = None) -> 
     ]  # fmt: skip
     _write_csv(labels_csv, LABEL_COLUMNS, label_rows)
     _write_csv(masks_csv, MASK_COLUMNS, mask_rows)
+    if options.extract.crops_dir is not None:  # name the crops as the tables name the lesions (node.imaging.crops)
+        for r in results:
+            for lesion in r.lesions:
+                src = options.extract.crops_dir / "by-scan" / crop_name(r.scan_id, lesion.segment_number)
+                if src.is_file():
+                    number = segment_number(scan_numbers[r.scan_id], lesion.segment_number)
+                    src.replace(options.extract.crops_dir / crop_name(r.patient, number))
 
     summary = _summary(layout, decisions, results, labels, label_rows, clinical)
     summary["timings_s"] = {
