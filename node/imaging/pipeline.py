@@ -87,6 +87,8 @@ class FeatureRun:
     provenance: dict[str, str] = field(default_factory=dict)
     #: the 2-D slices of the QC key image (reference, then every lesion mask), :mod:`node.imaging.keyslices`
     key_slices: tuple[KeySlice, ...] = field(default=())
+    #: the intensity reference the images were z-scored with: t1ce_mean, t1ce_sd, t2_mean, t2_sd
+    pons_stats: dict[str, float] = field(default_factory=dict)
 
     def rows(self) -> Iterator[dict[str, object]]:
         """One CSV row per lesion: QC columns then the features (core 200 first, extras after)."""
@@ -168,6 +170,12 @@ def run_features(study_dir: Path, config: PipelineConfig | None = None) -> Featu
         warnings=tuple(study.warnings) + tuple(pre.warnings),
         provenance={**pre.provenance, "radiomics_params_sha256": config.radiomics.sha256},
         key_slices=key_slices(pre),
+        pons_stats={
+            "t1ce_mean": pre.pons.t1ce_mean,
+            "t1ce_sd": pre.pons.t1ce_sd,
+            "t2_mean": pre.pons.t2_mean,
+            "t2_sd": pre.pons.t2_sd,
+        },
     )
 
 
