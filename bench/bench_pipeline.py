@@ -5,9 +5,9 @@ SEG) end to end with ``process_study`` (load -> preprocess -> features -> sites 
 a second, different study in the same process ("warm": imports, the MNI template and atlas already in memory, as in
 a warm worker). The table prints the median over ``--runs`` runs of every stage, cold and warm, and the peak RSS.
 
-Stages: load; resample, brain mask and N4 (the work of both sequences, which run in two threads); registration
-(T2 -> T1CE); pons (MNI template registration, run beside the T2 registration, and the ROI statistics);
-``preprocess wall`` is the elapsed time of all of these together; features; sites; predict; SR + companion.
+Stages: load; resample, brain mask and N4 (both sequences); registration (T2 -> T1CE); pons (MNI template
+registration and the ROI statistics); ``preprocess`` is the elapsed time of all of these together; features; sites
+(lesion location, reusing the template registration); predict; SR + companion.
 Model loading is counted separately (the warm worker caches it) and is not part of the job time.
 
 Targets (issue 12, this 2-core machine): job time (total minus model loading) <= 6 s, peak RSS <= 1.5 GB.
@@ -44,7 +44,7 @@ ROWS: tuple[tuple[str, str], ...] = (
     ("registration T2->T1CE", "pipeline.preprocess.registration"),
     ("pons (MNI template + ROI stats)", "pipeline.preprocess.pons"),
     ("normalise", "pipeline.preprocess.normalise"),
-    ("preprocess wall (rows above overlap)", "pipeline.preprocess"),
+    ("preprocess (the rows above)", "pipeline.preprocess"),
     ("features", "pipeline.features"),
     ("sites", "pipeline.sites"),
     ("predict", "predict"),

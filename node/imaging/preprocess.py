@@ -23,7 +23,6 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -188,17 +187,6 @@ def _resample_segment(seg: Segment, reference: sitk.Image) -> Segment:
     return dataclasses.replace(seg, mask=mask)
 
 
-@contextmanager
-def _itk_threads(threads: int) -> Iterator[None]:
-    """ITK's global default thread count set to ``threads`` for the block (filters created inside use it)."""
-    saved = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
-    try:
-        yield
-    finally:
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(saved)
-
-
 def _correct(image: sitk.Image, sequence: str, settings: PreprocessSettings,
              timings: dict[str, float]) -> tuple[sitk.Image, sitk.Image]:  # fmt: skip
     """One sequence's chain: 1 mm grid, its head mask, N4 inside that mask; returns (corrected, mask)."""
@@ -225,11 +213,8 @@ def _sum_stages(timings: dict[str, float], stages: tuple[str, ...]) -> None:
 def preprocess(study: LoadedStudy, settings: PreprocessSettings) -> PreprocessedStudy:
     """Run the recipe; raise ProcessingError when registration diverges or normalisation is impossible.
 
-    The T1CE and T2 chains (resample, head mask, N4) run in two threads, and the MNI template registration of
-    the pons step (it needs only the corrected T1CE) runs beside the T2 -> T1CE registration; SimpleITK releases
-    the GIL, and ITK's thread count is halved meanwhile so the two branches do not oversubscribe the cores.
-    ``timings`` holds each stage's work summed over both sequences (``n4``), per sequence (``n4.t1ce``), and
-    the wall time of the parallel part (``parallel_wall``).
+    ``timings`` holds each stage's work summed over both sequences (``n4``), per sequence (``n4.t1ce``), the
+    template registration (``pons.atlas``) and the reference statistics (``pons.stats``).
     """
     if settings.threads is not None:
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(settings.threads)
@@ -237,34 +222,23 @@ def preprocess(study: LoadedStudy, settings: PreprocessSettings) -> Preprocessed
     timings: dict[str, float] = {}
     warnings = list(study.warnings)
     spacing = settings.target_spacing_mm
-    branch_threads = max(1, sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() // 2)
     wall = time.perf_counter()
 
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="preprocess") as pool:
-        with _itk_threads(branch_threads):
-            t1ce_job = pool.submit(_correct, study.t1ce, "t1ce", settings, timings)
-            t2_job = pool.submit(_correct, study.t2, "t2", settings, timings)
-            try:
-                t1ce, brain = t1ce_job.result()
-                t2, _ = t2_job.result()
-            except BaseException:
-                for job in (t1ce_job, t2_job):
-                    job.cancel()
-                raise
-        # the registrations keep ITK's full thread count: their result depends (slightly) on it
-        atlas_job = pool.submit(_timed_call, timings, "pons.atlas", fit_atlas, t1ce, settings.pons) \
-            if settings.pons.auto else None  # fmt: skip
-        with _timed(timings, "registration"):  # a failure here leaves the pool waiting for the atlas, then raises
-            registration = register_rigid(t1ce, t2, brain, settings.registration)
-            t2_fov = sitk.Cast(sitk.Image(t2.GetSize(), sitk.sitkUInt8) + 1, sitk.sitkUInt8)
-            t2_fov.CopyInformation(t2)
-            t2_coverage = resample_onto(t2_fov, t1ce, "nearest", registration.transform)
-            t2 = resample_onto(t2, t1ce, settings.image_interpolator, registration.transform)
-        with _timed(timings, "resample.masks"):
-            lesions = tuple(_resample_segment(s, t1ce) for s in study.lesions)
-            pons_seg = _resample_segment(study.pons, t1ce) if study.pons is not None else None
-        atlas = atlas_job.result() if atlas_job is not None else None
-    timings["parallel_wall"] = round(time.perf_counter() - wall, 3)
+    # One after the other, on purpose: two SimpleITK pipelines at once in threads (even with one ITK thread each)
+    # gave run-to-run different features (1 run in 3 on the small synthetic study), which the node must not do.
+    t1ce, brain = _correct(study.t1ce, "t1ce", settings, timings)
+    t2, _ = _correct(study.t2, "t2", settings, timings)
+    with _timed(timings, "registration"):
+        registration = register_rigid(t1ce, t2, brain, settings.registration)
+        t2_fov = sitk.Cast(sitk.Image(t2.GetSize(), sitk.sitkUInt8) + 1, sitk.sitkUInt8)
+        t2_fov.CopyInformation(t2)
+        t2_coverage = resample_onto(t2_fov, t1ce, "nearest", registration.transform)
+        t2 = resample_onto(t2, t1ce, settings.image_interpolator, registration.transform)
+    with _timed(timings, "resample.masks"):
+        lesions = tuple(_resample_segment(s, t1ce) for s in study.lesions)
+        pons_seg = _resample_segment(study.pons, t1ce) if study.pons is not None else None
+    # the MNI template registration, once per study: the pons ROI and (through PonsReference) the lesion sites
+    atlas = _timed_call(timings, "pons.atlas", fit_atlas, t1ce, settings.pons) if settings.pons.auto else None
     _sum_stages(timings, ("resample", "brain_mask", "n4"))
     for seg in lesions:
         if not np.any(sitk.GetArrayViewFromImage(seg.mask)):
