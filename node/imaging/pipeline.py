@@ -90,6 +90,8 @@ class FeatureRun:
     key_slices: tuple[KeySlice, ...] = field(default=())
     #: per SEG segment number, the deep model's lesion-centred crop and site (:mod:`node.imaging.crops`)
     crops: dict[int, LesionCrop] = field(default_factory=dict)
+    #: the intensity reference the images were z-scored with: t1ce_mean, t1ce_sd, t2_mean, t2_sd
+    pons_stats: dict[str, float] = field(default_factory=dict)
 
     def rows(self) -> Iterator[dict[str, object]]:
         """One CSV row per lesion: QC columns then the features (core 200 first, extras after)."""
@@ -174,6 +176,12 @@ def run_features(study_dir: Path, config: PipelineConfig | None = None) -> Featu
         provenance={**pre.provenance, "radiomics_params_sha256": config.radiomics.sha256},
         key_slices=key_slices(pre),
         crops=crops,
+        pons_stats={
+            "t1ce_mean": pre.pons.t1ce_mean,
+            "t1ce_sd": pre.pons.t1ce_sd,
+            "t2_mean": pre.pons.t2_mean,
+            "t2_sd": pre.pons.t2_sd,
+        },
     )
 
 

@@ -195,14 +195,32 @@ def _fov_fraction(transform: sitk.Transform, image: sitk.Image) -> float:
     return inside / len(zyx)
 
 
-def _auto_roi(t1ce: sitk.Image, params: PonsParams) -> tuple[np.ndarray, float, float, float, sitk.Transform]:
-    """The warped ROI, the registration metric, the subject/template volume ratio of the affine and the fraction
-    of the ROI inside the T1CE's field of view, and the transform (T1CE points -> template points)."""
+@dataclass(frozen=True)
+class AtlasFit:
+    """The MNI template registered to one T1CE and the method's pons ROI mapped through it."""
+
+    #: the warped ROI on the T1CE grid (boolean ``[z, y, x]``)
+    roi: np.ndarray
+    metric: float
+    #: subject/template volume ratio of the affine
+    volume_ratio: float
+    #: the fraction of the template ROI that lands inside the T1CE's field of view
+    fov_fraction: float
+    #: T1CE points -> template points
+    transform: sitk.Transform
+
+
+def fit_atlas(t1ce: sitk.Image, params: PonsParams) -> AtlasFit:
+    """Register the MNI template to ``t1ce`` (the preprocessed, bias-corrected T1CE) and map the pons ROI.
+
+    It needs only the T1CE, so :mod:`node.imaging.preprocess` runs it while the T2 is still being corrected and
+    registered, and hands the result to :func:`pons_reference` (and, through it, to :mod:`node.imaging.sites`).
+    """
     moving_mask = template_brain_mask(params.template_mask_margin_mm)
     transform, metric = register_affine(t1ce, mni_template(), params.registration, moving_mask=moving_mask)
     roi = sitk.Resample(_template_roi(), t1ce, transform, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
     volume_ratio = 1.0 / abs(float(np.linalg.det(np.array(transform.GetMatrix()).reshape(3, 3))))
-    return sitk.GetArrayFromImage(roi) > 0, metric, volume_ratio, _fov_fraction(transform, t1ce), transform
+    return AtlasFit(sitk.GetArrayFromImage(roi) > 0, metric, volume_ratio, _fov_fraction(transform, t1ce), transform)
 
 
 def pons_reference(
@@ -213,11 +231,13 @@ def pons_reference(
     provided: sitk.Image | None,
     params: PonsParams,
     t2_coverage: sitk.Image | None = None,
+    atlas: AtlasFit | None = None,
 ) -> PonsReference:
     """Find the reference region (seg, else auto; see the module for failures) and its statistics.
 
     All images share the T1CE 1 mm grid; ``t2`` is already registered into it and ``t2_coverage`` marks the
-    voxels inside the T2 field of view (thick-slice T2 series often cover less than the T1CE).
+    voxels inside the T2 field of view (thick-slice T2 series often cover less than the T1CE). ``atlas`` is
+    :func:`fit_atlas` on this ``t1ce`` when the caller already ran it; otherwise it runs here when needed.
     """
     t1 = sitk.GetArrayViewFromImage(t1ce)
     t2a = sitk.GetArrayViewFromImage(t2)
@@ -241,7 +261,8 @@ def pons_reference(
         if int(seg.sum()) < params.min_seg_voxels:
             failures.append(f"the pons segment has only {int(seg.sum())} voxel(s) at 1 mm")
         if params.auto and roi.any():
-            atlas_roi, metric, ratio, _, transform = _auto_roi(t1ce, params)
+            atlas = atlas or fit_atlas(t1ce, params)
+            atlas_roi, metric, ratio, transform = atlas.roi, atlas.metric, atlas.volume_ratio, atlas.transform
             qc["registration_metric"] = metric
             # judged only against a plausible atlas registration (a failed one says nothing about the segment)
             if atlas_roi.any() and params.min_head_volume_ratio <= ratio <= params.max_head_volume_ratio:
@@ -254,7 +275,9 @@ def pons_reference(
                         f"(limit {params.max_seg_atlas_distance_mm:.0f} mm)"
                     )
     elif params.auto:
-        roi, metric, volume_ratio, fov_fraction, template_transform = _auto_roi(t1ce, params)
+        atlas = atlas or fit_atlas(t1ce, params)
+        roi, metric, volume_ratio = atlas.roi, atlas.metric, atlas.volume_ratio
+        fov_fraction, template_transform = atlas.fov_fraction, atlas.transform
         method = "auto"
         qc["registration_metric"] = metric
         qc["subject_to_template_volume_ratio"] = volume_ratio

@@ -22,11 +22,11 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import SimpleITK as sitk
@@ -34,7 +34,7 @@ import yaml
 
 from node.errors import ConfigError, ProcessingError
 from node.imaging.brain import brain_mask
-from node.imaging.pons import PonsParams, pons_reference
+from node.imaging.pons import PonsParams, fit_atlas, pons_reference
 from node.imaging.registration import (
     AffineParams,
     N4Params,
@@ -77,6 +77,8 @@ class PreprocessSettings:
             raise ConfigError("n4: shrink_factor >= 1 and a non-empty list of positive iterations are required")
         if n4.control_points < n4.spline_order + 1:
             raise ConfigError("n4: control_points must exceed spline_order")
+        if n4.field_shrink < 1:
+            raise ConfigError("n4: field_shrink must be >= 1 (1 = evaluate the bias field at every voxel)")
         reg = self.registration
         if reg.backend not in ("simpleitk", "ants"):
             raise ConfigError(f"registration backend must be 'simpleitk' or 'ants', got {reg.backend!r}")
@@ -150,7 +152,8 @@ def preprocessing_provenance(settings: PreprocessSettings) -> dict[str, str]:
         "target_spacing_mm": f"{settings.target_spacing_mm:g}",
         "image_interpolator": settings.image_interpolator,
         "mask_interpolator": settings.mask_interpolator,
-        "n4": f"SimpleITK N4, shrink {settings.n4.shrink_factor}, iterations {list(settings.n4.iterations)}",
+        "n4": f"SimpleITK N4, shrink {settings.n4.shrink_factor}, iterations {list(settings.n4.iterations)}"
+        + (f", field every {settings.n4.field_shrink} voxels" if settings.n4.field_shrink > 1 else ""),
         "registration": f"rigid T2->T1CE, {settings.registration.backend}, Mattes MI",
         "pons": "seg, else MNI152 2009a cylinder (0,-25,-36..-30 mm, r 7.5 mm) via affine; on QC failure "
         + ("whole brain (research fallback)" if settings.pons.fallback == "whole-brain" else "no prediction"),
@@ -184,47 +187,69 @@ def _resample_segment(seg: Segment, reference: sitk.Image) -> Segment:
     return dataclasses.replace(seg, mask=mask)
 
 
+def _correct(image: sitk.Image, sequence: str, settings: PreprocessSettings,
+             timings: dict[str, float]) -> tuple[sitk.Image, sitk.Image]:  # fmt: skip
+    """One sequence's chain: 1 mm grid, its head mask, N4 inside that mask; returns (corrected, mask)."""
+    with _timed(timings, f"resample.{sequence}"):
+        resampled = resample_to_spacing(image, settings.target_spacing_mm, settings.image_interpolator)
+    with _timed(timings, f"brain_mask.{sequence}"):
+        try:
+            mask = brain_mask(resampled)
+        except ValueError as exc:
+            raise ProcessingError(f"cannot find the head in the images: {exc}") from exc
+    with _timed(timings, f"n4.{sequence}"):
+        corrected = n4_correct(resampled, mask, settings.n4)
+    return corrected, mask
+
+
+def _sum_stages(timings: dict[str, float], stages: tuple[str, ...]) -> None:
+    """``timings[stage]`` = the work of that stage over both sequences (the per-sequence keys stay)."""
+    for stage in stages:
+        parts = [v for k, v in timings.items() if k.startswith(f"{stage}.")]
+        if parts:
+            timings[stage] = round(sum(parts), 3)
+
+
 def preprocess(study: LoadedStudy, settings: PreprocessSettings) -> PreprocessedStudy:
-    """Run the recipe; raise ProcessingError when registration diverges or normalisation is impossible."""
+    """Run the recipe; raise ProcessingError when registration diverges or normalisation is impossible.
+
+    ``timings`` holds each stage's work summed over both sequences (``n4``), per sequence (``n4.t1ce``), the
+    template registration (``pons.atlas``) and the reference statistics (``pons.stats``).
+    """
     if settings.threads is not None:
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(settings.threads)
         os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(settings.threads)  # ANTs reads this
     timings: dict[str, float] = {}
     warnings = list(study.warnings)
     spacing = settings.target_spacing_mm
+    wall = time.perf_counter()
 
-    with _timed(timings, "resample"):
-        t1ce = resample_to_spacing(study.t1ce, spacing, settings.image_interpolator)
-        t2 = resample_to_spacing(study.t2, spacing, settings.image_interpolator)
-        lesions = tuple(_resample_segment(s, t1ce) for s in study.lesions)
-        pons_seg = _resample_segment(study.pons, t1ce) if study.pons is not None else None
-    for seg in lesions:
-        if not np.any(sitk.GetArrayViewFromImage(seg.mask)):
-            warnings.append(f"segment {seg.segment_number} ('{seg.label}') vanished at {spacing:g} mm")
-
-    with _timed(timings, "brain_mask"):
-        try:
-            brain = brain_mask(t1ce)
-            t2_brain = brain_mask(t2)
-        except ValueError as exc:
-            raise ProcessingError(f"cannot find the head in the images: {exc}") from exc
-
-    with _timed(timings, "n4"):
-        t1ce = n4_correct(t1ce, brain, settings.n4)
-        t2 = n4_correct(t2, t2_brain, settings.n4)
-
+    # One after the other, on purpose: two SimpleITK pipelines at once in threads (even with one ITK thread each)
+    # gave run-to-run different features (1 run in 3 on the small synthetic study), which the node must not do.
+    t1ce, brain = _correct(study.t1ce, "t1ce", settings, timings)
+    t2, _ = _correct(study.t2, "t2", settings, timings)
     with _timed(timings, "registration"):
         registration = register_rigid(t1ce, t2, brain, settings.registration)
         t2_fov = sitk.Cast(sitk.Image(t2.GetSize(), sitk.sitkUInt8) + 1, sitk.sitkUInt8)
         t2_fov.CopyInformation(t2)
         t2_coverage = resample_onto(t2_fov, t1ce, "nearest", registration.transform)
         t2 = resample_onto(t2, t1ce, settings.image_interpolator, registration.transform)
+    with _timed(timings, "resample.masks"):
+        lesions = tuple(_resample_segment(s, t1ce) for s in study.lesions)
+        pons_seg = _resample_segment(study.pons, t1ce) if study.pons is not None else None
+    # the MNI template registration, once per study: the pons ROI and (through PonsReference) the lesion sites
+    atlas = _timed_call(timings, "pons.atlas", fit_atlas, t1ce, settings.pons) if settings.pons.auto else None
+    _sum_stages(timings, ("resample", "brain_mask", "n4"))
+    for seg in lesions:
+        if not np.any(sitk.GetArrayViewFromImage(seg.mask)):
+            warnings.append(f"segment {seg.segment_number} ('{seg.label}') vanished at {spacing:g} mm")
 
-    with _timed(timings, "pons"):
+    with _timed(timings, "pons.stats"):
         reference = pons_reference(
             t1ce, t2, brain, [s.mask for s in lesions], pons_seg.mask if pons_seg else None, settings.pons,
-            t2_coverage=t2_coverage,
+            t2_coverage=t2_coverage, atlas=atlas,
         )
+    _sum_stages(timings, ("pons",))
     if "warning" in reference.qc:
         warnings.append(str(reference.qc["warning"]))
     coverage_a = sitk.GetArrayViewFromImage(t2_coverage) > 0
@@ -242,7 +267,7 @@ def preprocess(study: LoadedStudy, settings: PreprocessSettings) -> Preprocessed
         t1ce = _zscore(t1ce, reference.t1ce_mean, reference.t1ce_sd, "T1CE", min_sd)
         t2 = _zscore(t2, reference.t2_mean, reference.t2_sd, "T2", min_sd)
 
-    logger.info("preprocessing done in %.1f s (%s)", sum(timings.values()), timings)
+    logger.info("preprocessing done in %.1f s (%s)", time.perf_counter() - wall, timings)
     return PreprocessedStudy(
         identity=study.identity,
         t1ce=t1ce,
@@ -255,3 +280,11 @@ def preprocess(study: LoadedStudy, settings: PreprocessSettings) -> Preprocessed
         warnings=tuple(warnings),
         provenance=preprocessing_provenance(settings),
     )
+
+
+_R = TypeVar("_R")
+
+
+def _timed_call(timings: dict[str, float], stage: str, func: Callable[..., _R], *args: Any) -> _R:
+    with _timed(timings, stage):
+        return func(*args)

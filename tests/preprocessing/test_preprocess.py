@@ -54,8 +54,12 @@ def test_pons_region_is_zero_mean_unit_sd_in_both_sequences(medium_case: Case) -
 
 def test_timings_cover_every_stage(medium_case: Case) -> None:
     timings = medium_case.pre.timings
-    assert set(timings) == {"resample", "brain_mask", "n4", "registration", "pons", "normalise"}
+    stages = {"resample", "brain_mask", "n4", "registration", "pons", "normalise"}
+    per_sequence = {f"{stage}.{seq}" for stage in ("resample", "brain_mask", "n4") for seq in ("t1ce", "t2")}
+    assert stages | per_sequence | {"pons.atlas", "pons.stats"} <= set(timings)
     assert all(v >= 0 for v in timings.values())
+    # a stage is the work of both sequences
+    assert timings["n4"] == pytest.approx(timings["n4.t1ce"] + timings["n4.t2"], abs=0.002)
 
 
 def test_n4_removes_a_known_bias_field() -> None:
