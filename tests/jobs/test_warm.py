@@ -277,5 +277,5 @@ def test_preload_names_what_it_could_not_load(tmp_path: Path) -> None:
     from node.config import Settings
 
     done = warm.preload(Settings.load(env={"AINODE_MODELS_DIR": str(tmp_path / "none")}))
-    assert any(problem.startswith("model set:") for problem in done.problems)
+    assert any(problem.startswith("model set:") for problem in done.problems), (done.problems, done.steps)
     assert done.model_bundles == 0 and "template and atlas" in done.steps
