@@ -357,7 +357,7 @@ def _other_lesions(pre: PreprocessedStudy, segment_number: int) -> sitk.Image | 
     others = [seg.mask for seg in pre.lesions if seg.segment_number != segment_number]
     if not others:
         return None
-    union = sitk.Cast(others[0] > 0, sitk.sitkUInt8)
+    union: sitk.Image = sitk.Cast(others[0] > 0, sitk.sitkUInt8)
     for mask in others[1:]:
         union = sitk.Or(union, sitk.Cast(mask > 0, sitk.sitkUInt8))
     return union

@@ -176,6 +176,9 @@ def _task_section(doc: Doc, run: TaskRun, out: Path, idx: int) -> None:
     doc.p("GDI = (AUC_train − AUC_test) / AUC_train with AUC_train the out-of-fold CV AUC of the training part "
           "(never the refit model's apparent AUC); zones ≤ 0.15 safe, 0.15–0.20 warning, ≥ 0.20 high risk. It "
           "cannot be interpreted when the CV AUC's CI includes 0.5.")
+    if any(m["cv_auc_oof"]["ci95_high"] is not None and m["cv_auc_oof"]["ci95_high"] < 0.5 for m in r["models"]):
+        doc.p("A cross-validated AUC below 0.5 on weak-signal data is the known pessimistic bias of stratified CV "
+              "(Parker, Günter & Bedo 2007, stratification bias), not a reversed signal: read it as no signal.")
     doc.h(3, "Features kept")
     for m in r["models"]:
         freq = ", ".join(f"{k} ({v})" for k, v in list(m["selection_frequency"].items())[:10])

@@ -46,6 +46,11 @@ class ModelOutcome:
     model: FoldModel | None = None
 
     @property
+    def cv_sd(self) -> float:
+        finite = [s for s in self.fold_scores if math.isfinite(s)]
+        return float(np.std(finite, ddof=1)) if len(finite) > 1 else 0.0
+
+    @property
     def cv_mean(self) -> float:
         finite = [s for s in self.fold_scores if math.isfinite(s)]
         return float(np.mean(finite)) if finite else -math.inf
@@ -291,7 +296,7 @@ def run_task(recipe: Recipe, data: TaskData, *, nested: bool, seed: int, n_boot:
         models.append({
             "label": o.spec.label, "pipeline": o.spec.describe(), "feature_set": o.spec.feature_set,
             "cv_scoring": recipe.scoring, "cv_fold_scores": o.fold_scores, "cv_mean": o.cv_mean,
-            "cv_sd": float(np.nanstd(o.fold_scores, ddof=1)) if len(o.fold_scores) > 1 else 0.0,
+            "cv_sd": o.cv_sd,
             "cv_auc_oof": cv_auc, "test": test_metrics, "gdi": _gdi(cv_auc, test_metrics["auc"]["value"]),
             "features_kept": o.kept,
             "selection_frequency": dict(sorted(o.fold_kept.items(), key=lambda kv: -kv[1])[:20]),
@@ -323,7 +328,7 @@ def run_task(recipe: Recipe, data: TaskData, *, nested: bool, seed: int, n_boot:
                   "rule": "patient-grouped, stratified hold-out; CV folds patient-grouped inside the training part"},
         "n_inputs": len(data.names), "notes": data.notes, **info,
         "candidates": [{"pipeline": o.spec.describe(), "feature_set": o.spec.feature_set, "cv_mean": o.cv_mean,
-                        "cv_sd": float(np.nanstd(o.fold_scores, ddof=1)) if len(o.fold_scores) > 1 else 0.0}
+                        "cv_sd": o.cv_sd}
                        for o in outcomes],
         "best": best.spec.label, "models": models, "comparisons": comparisons, "feature_set_comparison": set_comparison,
         "baseline": _baseline(data, best, test, n_boot, seed),

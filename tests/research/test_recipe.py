@@ -54,7 +54,7 @@ def test_bad_recipes_are_refused_with_the_field_named(tmp_path: Path, changes: d
 
 
 def test_unknown_recipe_name_lists_the_available_ones() -> None:
-    with pytest.raises(ConfigError, match="available: .*yonsei"):
+    with pytest.raises(ConfigError, match=r"available: .*yonsei"):
         load_recipe("no-such-recipe")
 
 
@@ -67,5 +67,5 @@ def test_columns_map_to_image_types_and_regions() -> None:
     names = ["shape_Sphericity", "t1ce_glcm_Contrast", "t1ce_log-sigma-1-0-mm_glcm_Contrast",
              "t2_shell1mm_firstorder_Mean", "primary_subtype=TN"]
     choice = choose_columns(names, ("original", "log", "wavelet"), (1.0, 3.0), ("tumour",))
-    assert [names[i] for i in choice.indices] == names[:3] + ["primary_subtype=TN"]
+    assert [names[i] for i in choice.indices] == [*names[:3], "primary_subtype=TN"]
     assert choice.missing == ["LoG sigma 3 mm image features", "wavelet image features"]

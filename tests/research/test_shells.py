@@ -10,7 +10,8 @@ from node.imaging.shells import shell_masks
 
 def _ball(shape: tuple[int, int, int], centre: tuple[int, int, int], radius: float) -> np.ndarray:
     zz, yy, xx = np.indices(shape)
-    return ((zz - centre[0]) ** 2 + (yy - centre[1]) ** 2 + (xx - centre[2]) ** 2 <= radius**2).astype(np.uint8)
+    inside = (zz - centre[0]) ** 2 + (yy - centre[1]) ** 2 + (xx - centre[2]) ** 2 <= radius**2
+    return np.asarray(inside, dtype=np.uint8)
 
 
 def test_shell_excludes_a_neighbouring_lesion_and_the_outside_of_the_brain() -> None:
