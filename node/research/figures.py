@@ -89,6 +89,7 @@ def shap_figure(run: TaskRun, path: Path) -> str | None:
     fig = Figure(figsize=(6.4, 0.3 * len(names) + 1.4))
     ax = fig.add_subplot()
     ax.barh(names, [run.shap[n] for n in names], color="#4477aa")
-    ax.set(xlabel="mean |SHAP| (probability)", title=f"SHAP summary, test part ({run.best.spec.label})")
+    ax.set(xlabel=f"mean |SHAP| ({run.shap_units or 'model output'})",
+           title=f"SHAP summary, test part ({run.best.spec.label})")
     ax.tick_params(axis="y", labelsize=7)
     return _save(fig, path)

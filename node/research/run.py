@@ -67,6 +67,7 @@ class TaskRun:
     results: dict[str, Any]
     nested_oof: FloatArray | None = None
     shap: dict[str, float] | None = None
+    shap_units: str = ""
 
 
 def auc_of(y: IntArray, proba: FloatArray) -> float:
@@ -235,8 +236,17 @@ def _baseline(data: TaskData, outcome: ModelOutcome, test: IntArray, n_boot: int
     }
 
 
+def shap_units(clf: object) -> str:
+    """What the SHAP values of :func:`_shap` add up to for this classifier."""
+    kind = type(clf).__name__
+    if kind in ("LogisticRegression", "XGBClassifier", "LGBMClassifier"):
+        return "log-odds"
+    return "probability"
+
+
 def _shap(outcome: ModelOutcome, data: TaskData, train: IntArray, test: IntArray, seed: int) -> dict[str, float]:
-    """Mean |SHAP| per kept feature of the model's probabilities on (up to 40) test lesions (shap permutation)."""
+    """Mean |SHAP| per kept feature on (up to 40) test lesions: LinearExplainer for LR, TreeExplainer for tree
+    models, the permutation explainer of the probabilities otherwise (units: :func:`shap_units`)."""
     import shap
 
     model = outcome.model
@@ -339,6 +349,8 @@ def run_task(recipe: Recipe, data: TaskData, *, nested: bool, seed: int, n_boot:
     if with_shap:
         try:
             run.shap = _shap(best, data, train, test, seed)
+            run.shap_units = shap_units(best.model.clf if best.model is not None else None)
+            results["shap_units"] = run.shap_units
         except (ValueError, TypeError, ImportError) as exc:  # SHAP is descriptive; its failure is reported
             logger.warning("SHAP summary failed: %s", exc)
             results["shap_error"] = str(exc)
