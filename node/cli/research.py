@@ -4,6 +4,9 @@
   recipe (``config/recipes/<NAME>.yaml``) on a dataset folder (features.csv + labels.csv, optionally a second
   segmentation; the BCBM importer's output works as is); writes report.html, report.md, results.json and PNGs.
 * ``ainode research recipes``: the available recipes.
+* ``ainode research extract --images DIR --out DIR [--recipe NAME]``: the features a recipe needs (filtered
+  images, shells minus other lesions, a second segmentation) from an image folder (layout in
+  :mod:`node.research.extract`).
 * ``ainode research synthetic --out DIR``: a synthetic research cohort (filtered-image and shell columns, a
   scanner column, a second segmentation) to try the recipes on.
 
@@ -38,6 +41,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run.set_defaults(handler=_run)
     recipes = actions.add_parser("recipes", help="list the available recipes")
     recipes.set_defaults(handler=_recipes)
+    extract = actions.add_parser("extract", help="extract a recipe's features from an image folder")
+    extract.add_argument("--images", type=Path, required=True, help="one folder per case (node.research.extract)")
+    extract.add_argument("--out", type=Path, required=True, help="where features.csv (+ features_seg2.csv) go")
+    extract.add_argument("--recipe", default="yonsei", help="recipe whose images and regions to extract")
+    extract.set_defaults(handler=_extract)
     synth = actions.add_parser("synthetic", help="write a synthetic research cohort (no images)")
     synth.add_argument("--out", type=Path, required=True)
     synth.add_argument("--patients", type=int, default=120)
@@ -63,6 +71,18 @@ def _run(args: argparse.Namespace) -> int:
     result = run_recipe(recipe, args.data, nested=args.nested, seed=args.seed, n_boot=args.bootstrap)
     html = write_report(result, args.out, data_label=args.label or args.data.name)
     print(f"report: {html} (and report.md, results.json)")
+    return 0
+
+
+def _extract(args: argparse.Namespace) -> int:
+    from node.research.extract import extract_folder
+    from node.research.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe)
+    shells = [int(r[len("shell") : -len("mm")]) for r in recipe.regions if r.startswith("shell")]
+    written = extract_folder(args.images, args.out, sigmas_mm=recipe.log_sigmas_mm if "log" in recipe.images else (),
+                             wavelet="wavelet" in recipe.images, shells_mm=shells)
+    print("wrote " + ", ".join(str(p) for p in written) + " (add labels.csv to make a dataset folder)")
     return 0
 
 
