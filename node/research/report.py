@@ -297,8 +297,20 @@ def write_report(rr: RecipeRun, out: Path, *, data_label: str) -> Path:
     html_path.write_text(doc.html(recipe.title), encoding="utf-8")
     payload = {"recipe": recipe.name, "data": data_label, "skipped": rr.skipped,
                "tasks": [run.results for run in rr.tasks]}
-    (out / "results.json").write_text(json.dumps(payload, indent=1, default=_json_default), encoding="utf-8")
+    text = json.dumps(_finite(payload), indent=1, default=_json_default, allow_nan=False)
+    (out / "results.json").write_text(text, encoding="utf-8")
     return html_path
+
+
+def _finite(value: Any) -> Any:
+    """NaN and infinities as null, so that results.json is strict JSON."""
+    if isinstance(value, dict):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    return value
 
 
 def _json_default(value: Any) -> Any:
