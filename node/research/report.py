@@ -195,11 +195,12 @@ def _task_section(doc: Doc, run: TaskRun, out: Path, idx: int) -> None:
     doc.table(["model", "positive class", "point", "threshold", "sensitivity", "specificity", "PPV", "NPV"], op_rows)
     doc.h(3, "Comparisons")
     comp_rows = []
-    for c in r["comparisons"]:
+    sc = r.get("feature_set_comparison")
+    pairs = [] if sc and len(r["models"]) == 2 else r["comparisons"]  # the feature-set row says it already
+    for c in pairs:
         for d in c["delong_test"]:
             comp_rows.append([f"{c['a']} vs {c['b']}", r["classes"][d["class"]], "test",
                               f"{_f(d['auc_a'])} vs {_f(d['auc_b'])}", _p(d["p_value"])])
-    sc = r.get("feature_set_comparison")
     if sc:
         for where in ("delong_test", "delong_cv_oof"):
             for d in sc[where]:
