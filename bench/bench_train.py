@@ -55,8 +55,9 @@ def _recipe_child(name: str, data: Path, nested: bool, seed: int) -> int:
     elapsed = time.perf_counter() - start
     best = [f"{t.results['task']}: {t.results['best']} AUC {t.results['models'][0]['test']['auc']['value']:.2f}"
             for t in result.tasks]
-    print(json.dumps({"wall_s": elapsed, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                      "best": "; ".join(best)}))
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    print(json.dumps({"wall_s": elapsed, "cpu_s": usage.ru_utime + usage.ru_stime,
+                      "peak_rss_mb": usage.ru_maxrss / 1024, "best": "; ".join(best)}))
     return 0
 
 
@@ -73,7 +74,7 @@ def bench_recipes(names: list[str], patients: int, noise: int, seed: int, nested
                    "--seed", str(seed), *(["--nested"] if nested else [])]
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if proc.returncode != 0:
-                rows.append((name, "failed", "", proc.stderr.strip().splitlines()[-1] if proc.stderr else ""))
+                rows.append((name, "failed", "", "", proc.stderr.strip().splitlines()[-1] if proc.stderr else ""))
                 ok = False
                 continue
             res = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -81,10 +82,10 @@ def bench_recipes(names: list[str], patients: int, noise: int, seed: int, nested
             met = res["wall_s"] <= target
             ok &= met
             rows.append((name, f"{res['wall_s']:.0f} (<= {target:.0f}: {'met' if met else 'NOT met'})",
-                         f"{res['peak_rss_mb']:.0f}", res["best"]))
+                         f"{res['cpu_s']:.0f}", f"{res['peak_rss_mb']:.0f}", res["best"]))
     print(f"\nainode research run, {patients} patients, {n_columns} table columns, "
           f"{'with' if nested else 'without'} nested CV, 1000 bootstrap resamples")
-    header = ("recipe", "wall s", "peak RSS MB", "best model per task (test AUC)")
+    header = ("recipe", "wall s", "CPU s", "peak RSS MB", "best model per task (test AUC)")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for r in [header, *rows]:
         print("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)))
