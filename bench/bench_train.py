@@ -83,6 +83,7 @@ def bench_recipes(names: list[str], patients: int, noise: int, seed: int, nested
             ok &= met
             rows.append((name, f"{res['wall_s']:.0f} (<= {target:.0f}: {'met' if met else 'NOT met'})",
                          f"{res['cpu_s']:.0f}", f"{res['peak_rss_mb']:.0f}", res["best"]))
+            print(f"{name}: {json.dumps(res)}", flush=True)  # as each finishes (a long run can be cut short)
     print(f"\nainode research run, {patients} patients, {n_columns} table columns, "
           f"{'with' if nested else 'without'} nested CV, 1000 bootstrap resamples")
     header = ("recipe", "wall s", "CPU s", "peak RSS MB", "best model per task (test AUC)")
