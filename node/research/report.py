@@ -70,9 +70,12 @@ def _ci(d: dict[str, Any] | None) -> str:
     return f"{_f(d.get('value'))} ({_f(d.get('ci95_low'))}–{_f(d.get('ci95_high'))})"
 
 
-def _p(p: Any) -> str:
+def _p(p: Any, n_resamples: int | None = None) -> str:
+    """A p-value; a bootstrap p of 0 is "< 1/B" (B resamples), never "0.000"."""
     if p is None or not isinstance(p, float) or not math.isfinite(p):
         return "—"
+    if n_resamples and p < 1.0 / n_resamples:
+        return f"< 1/{n_resamples} ({1.0 / n_resamples:.2g})"
     return "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
@@ -215,7 +218,7 @@ def _task_section(doc: Doc, run: TaskRun, out: Path, idx: int) -> None:
         doc.p(f"Baseline ({base['definition']}), test part: accuracy {_ci(base['accuracy'])} vs model "
               f"{_ci(best['test']['accuracy'])}, GEE p = {_p(base['accuracy_gee']['p_value'])}; F1-macro "
               f"{_ci(base['f1_macro'])} vs model {_ci(best['test']['f1_macro'])}, paired bootstrap p = "
-              f"{_p(base['f1_macro_paired_bootstrap']['p_value'])}.")
+              f"{_p(base['f1_macro_paired_bootstrap']['p_value'], r.get('n_bootstrap'))}.")
     else:
         doc.p("Baseline: no clinical baseline for this task; each AUC is compared with chance (0.5) by its CI, and "
               "the models with each other by DeLong.")

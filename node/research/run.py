@@ -336,7 +336,7 @@ def run_task(recipe: Recipe, data: TaskData, *, nested: bool, seed: int, n_boot:
         "split": {"train_patients": int(np.unique(data.groups[train]).size),
                   "test_patients": int(np.unique(data.groups[test]).size),
                   "rule": "patient-grouped, stratified hold-out; CV folds patient-grouped inside the training part"},
-        "n_inputs": len(data.names), "notes": data.notes, **info,
+        "n_inputs": len(data.names), "notes": data.notes, "n_bootstrap": n_boot, **info,
         "candidates": [{"pipeline": o.spec.describe(), "feature_set": o.spec.feature_set, "cv_mean": o.cv_mean,
                         "cv_sd": o.cv_sd}
                        for o in outcomes],
