@@ -352,6 +352,17 @@ def _lesion_qc(mask: sitk.Image, segment_number: int, label: str) -> QcDict:
     }
 
 
+def _other_lesions(pre: PreprocessedStudy, segment_number: int) -> sitk.Image | None:
+    """The union of the study's other lesion masks (removed from this lesion's shells), or None."""
+    others = [seg.mask for seg in pre.lesions if seg.segment_number != segment_number]
+    if not others:
+        return None
+    union: sitk.Image = sitk.Cast(others[0] > 0, sitk.sitkUInt8)
+    for mask in others[1:]:
+        union = sitk.Or(union, sitk.Cast(mask > 0, sitk.sitkUInt8))
+    return union
+
+
 def extract_features(
     pre: PreprocessedStudy, params: RadiomicsParams, *, shells_mm: Sequence[int] = ()
 ) -> list[LesionFeatures]:
@@ -380,7 +391,8 @@ def extract_features(
             core = compute_region_features(images, seg.mask, params, extractors=extractors)
             features.update({k: v for k, v in core.items() if k in features})
             if shells_mm:
-                for d, shell in shell_masks(seg.mask, pre.brain_mask, shells_mm).items():
+                others = _other_lesions(pre, seg.segment_number)
+                for d, shell in shell_masks(seg.mask, pre.brain_mask, shells_mm, exclude=others).items():
                     shell_voxels = int(np.count_nonzero(sitk.GetArrayViewFromImage(shell)))
                     qc[f"shell{d}mm_voxel_count"] = shell_voxels
                     if shell_voxels < params.min_lesion_voxels:

@@ -1,5 +1,6 @@
 # mypy: allow-untyped-calls
-"""Peritumoral shells (docs/method.md §2, S4): the lesion dilated by d mm, minus the lesion, inside the brain.
+"""Peritumoral shells (docs/method.md §2, S4): the lesion dilated by d mm, minus the lesion, inside the brain,
+minus every other lesion of the study (a neighbouring metastasis is not peritumoral tissue of this one).
 
 Distances come from SimpleITK's signed Maurer distance map in physical units, so a shell is the same thickness
 in mm on any grid. Work is done on the lesion's bounding box grown by the largest distance, for speed; the
@@ -18,8 +19,12 @@ import SimpleITK as sitk
 logger = logging.getLogger(__name__)
 
 
-def shell_masks(lesion: sitk.Image, brain: sitk.Image, distances_mm: Sequence[int]) -> dict[int, sitk.Image]:
-    """``{d: mask}``: voxels 0 < distance-to-lesion <= d mm, inside ``brain`` (on the lesion's grid)."""
+def shell_masks(
+    lesion: sitk.Image, brain: sitk.Image, distances_mm: Sequence[int], *, exclude: sitk.Image | None = None
+) -> dict[int, sitk.Image]:
+    """``{d: mask}``: voxels 0 < distance-to-lesion <= d mm, inside ``brain`` and outside ``exclude`` (the other
+    lesions' union), on the lesion's grid. ``brain`` should be a brain mask: an intensity head mask on an
+    unstripped head would let skull and scalp into a shell that reaches them."""
     if not distances_mm:
         return {}
     if any(d <= 0 for d in distances_mm):
@@ -46,6 +51,9 @@ def shell_masks(lesion: sitk.Image, brain: sitk.Image, distances_mm: Sequence[in
     )
     dist_a = sitk.GetArrayViewFromImage(dist)
     brain_a = sitk.GetArrayViewFromImage(brain_c) > 0
+    if exclude is not None:
+        exclude_c = sitk.RegionOfInterest(sitk.Cast(exclude, sitk.sitkUInt8), extent, index)
+        brain_a = brain_a & ~(sitk.GetArrayViewFromImage(exclude_c) > 0)
     out: dict[int, sitk.Image] = {}
     for d in distances_mm:
         shell_c = (dist_a > 0) & (dist_a <= float(d)) & brain_a
