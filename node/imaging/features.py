@@ -352,6 +352,29 @@ def _lesion_qc(mask: sitk.Image, segment_number: int, label: str) -> QcDict:
     }
 
 
+#: the skull-stripped MNI brain mapped onto the subject is grown by this much before it clips a shell: the affine
+#: template registration is a few mm off at the cortex, and a shell must keep the brain it should hold
+SHELL_BRAIN_MARGIN_MM = 2.0
+
+
+def shell_brain_region(head: sitk.Image, template_transform: sitk.Transform | None) -> sitk.Image:
+    """Where peritumoral shells may reach: the intensity mask ``head`` (on an unstripped head it keeps scalp and
+    skull), and, when the automatic pons step registered the MNI template (``template_transform``: T1CE points ->
+    template points), only inside the template's skull-stripped brain (grown by :data:`SHELL_BRAIN_MARGIN_MM`)
+    mapped onto this grid, so a shell of a cortical lesion does not take in skull or scalp. Without that
+    registration (a SEG-provided reference) the intensity mask alone clips, as before (logged)."""
+    if template_transform is None:
+        logger.info("shells clipped by the intensity mask only (no template registration): on an unstripped head "
+                    "skull and scalp may enter a shell")
+        return head
+    from node.imaging.pons import template_brain_mask
+
+    mapped = sitk.Resample(template_brain_mask(SHELL_BRAIN_MARGIN_MM), head, template_transform,
+                           sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    region: sitk.Image = sitk.And(sitk.Cast(head > 0, sitk.sitkUInt8), mapped)
+    return region
+
+
 def _other_lesions(pre: PreprocessedStudy, segment_number: int) -> sitk.Image | None:
     """The union of the study's other lesion masks (removed from this lesion's shells), or None."""
     others = [seg.mask for seg in pre.lesions if seg.segment_number != segment_number]
@@ -375,6 +398,7 @@ def extract_features(
     names = feature_names(shells_mm)
     images = {"t1ce": pre.t1ce, "t2": pre.t2}
     results: list[LesionFeatures] = []
+    region = shell_brain_region(pre.brain_mask, pre.pons.template_transform) if shells_mm else pre.brain_mask
     for seg in pre.lesions:
         qc = _lesion_qc(seg.mask, seg.segment_number, seg.label)
         features = dict.fromkeys(names, math.nan)
@@ -392,7 +416,7 @@ def extract_features(
             features.update({k: v for k, v in core.items() if k in features})
             if shells_mm:
                 others = _other_lesions(pre, seg.segment_number)
-                for d, shell in shell_masks(seg.mask, pre.brain_mask, shells_mm, exclude=others).items():
+                for d, shell in shell_masks(seg.mask, region, shells_mm, exclude=others).items():
                     shell_voxels = int(np.count_nonzero(sitk.GetArrayViewFromImage(shell)))
                     qc[f"shell{d}mm_voxel_count"] = shell_voxels
                     if shell_voxels < params.min_lesion_voxels:
