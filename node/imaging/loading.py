@@ -17,7 +17,7 @@ from node.errors import CorruptInstanceError, SegmentationError
 from node.imaging.segmentation import read_segments
 from node.imaging.series_rules import SeriesRules, load_rules
 from node.imaging.study import identify_series, scan_study
-from node.imaging.types import LoadedStudy, StudyIdentity
+from node.imaging.types import LoadedStudy, SeriesFiles, StudyIdentity
 from node.imaging.volume import read_series_volume
 
 logger = logging.getLogger(__name__)
@@ -60,6 +60,7 @@ def load_study(study_dir: Path, rules: SeriesRules | None = None) -> LoadedStudy
         len(lesions),
         "yes" if pons is not None else "no",
     )
+    files = SeriesFiles(tuple(identified.t1ce.files), tuple(identified.t2.files), identified.seg.files[0])
     return LoadedStudy(
-        identity=identity, t1ce=t1ce, t2=t2, lesions=lesions, pons=pons, warnings=tuple(warnings)
+        identity=identity, t1ce=t1ce, t2=t2, lesions=lesions, pons=pons, warnings=tuple(warnings), files=files
     )

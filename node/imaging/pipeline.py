@@ -41,7 +41,7 @@ from node.imaging.scope import ScopeParams, load_scope_params
 from node.imaging.series_rules import SeriesRules, load_rules
 from node.imaging.sites import attach_sites
 from node.imaging.table import QC_COLUMNS
-from node.imaging.types import LesionFeatures, StudyIdentity
+from node.imaging.types import LesionFeatures, SeriesFiles, StudyIdentity
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +92,8 @@ class FeatureRun:
     crops: dict[int, LesionCrop] = field(default_factory=dict)
     #: the intensity reference the images were z-scored with: t1ce_mean, t1ce_sd, t2_mean, t2_sd
     pons_stats: dict[str, float] = field(default_factory=dict)
+    #: the files the study was read from (the SR's evidence reads their headers without a second folder scan)
+    files: SeriesFiles | None = None
 
     def rows(self) -> Iterator[dict[str, object]]:
         """One CSV row per lesion: QC columns then the features (core 200 first, extras after)."""
@@ -166,6 +168,7 @@ def run_features(study_dir: Path, config: PipelineConfig | None = None) -> Featu
     return FeatureRun(
         case=study_dir.name,
         identity=study.identity,
+        files=study.files,
         lesions=tuple(lesions),
         pons_method=pre.pons.method,
         pons_qc=dict(pre.pons.qc),

@@ -55,6 +55,16 @@ class StudyIdentity:
 
 
 @dataclass(frozen=True)
+class SeriesFiles:
+    """The spooled files the study was read from: the T1CE and T2 instances and the SEG (for the SR's evidence,
+    without scanning the study folder again)."""
+
+    t1ce: tuple[Path, ...]
+    t2: tuple[Path, ...]
+    seg: Path
+
+
+@dataclass(frozen=True)
 class Segment:
     """One segment of the DICOM-SEG, resolved onto an image grid."""
 
@@ -75,6 +85,7 @@ class LoadedStudy:
     lesions: tuple[Segment, ...]
     pons: Segment | None = None
     warnings: tuple[str, ...] = ()
+    files: SeriesFiles | None = None
 
 
 @dataclass(frozen=True)

@@ -102,7 +102,10 @@ def _series_files(refs: Sequence[SeriesRef], series_uid: str, role: str) -> tupl
 
 
 def source_study(study_dir: Path, run: FeatureRun) -> SourceStudy:
-    """The SR's evidence: the exact T1CE, T2 and SEG series the pipeline analysed."""
+    """The SR's evidence: the exact T1CE, T2 and SEG series the pipeline analysed (the files the loader read;
+    a folder scan only for a run that does not carry them)."""
+    if run.files is not None:
+        return SourceStudy.from_files(run.files.t1ce, run.files.t2, run.files.seg)
     refs = scan_study(study_dir)
     ident = run.identity
     seg_files = _series_files(refs, ident.seg_series_uid, "SEG")
@@ -179,7 +182,9 @@ def predict_lesions(run: FeatureRun, models: ModelChoice, primary_subtype: str |
             continue
         try:
             subtype = models.subtype.predict(lesion.features, primary_subtype)
-            heads = {task: b.predict(lesion.features, primary_subtype) for task, b in models.receptors.items()}
+            # the SR explains the subtype model only: the receptor heads are not explained (TreeSHAP costs)
+            heads = {task: b.predict(lesion.features, primary_subtype, explain=False)
+                     for task, b in models.receptors.items()}
         except InvalidStudyError as exc:
             refuse(NotAssessedReason.MODEL_REFUSED, exc.message)
             continue

@@ -85,6 +85,10 @@ def test_prediction_contract_and_shap_additivity(loaded, subtype_data: Dataset, 
             np.testing.assert_allclose(soft / soft.sum(), proba, atol=1e-4)
     json.dumps(pred.to_json())
     assert pred.to_json()["disclaimer"] == DISCLAIMER
+    # without the explanation (the job's receptor heads): the same answer, no contributions, said so
+    plain = bundle.predict(features, data.primary[i], explain=False)
+    assert plain.probabilities == pred.probabilities and plain.label == pred.label
+    assert plain.shap_contributions == {} and plain.shap_units == "not computed"
 
 
 def bundle_input(bundle: Bundle, features: dict[str, float], primary: str) -> np.ndarray:
