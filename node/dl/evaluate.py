@@ -27,6 +27,7 @@ from sklearn.metrics import roc_auc_score
 from node.dl.data import DL_TASKS, DlDataset
 from node.evaluation.blocks import Block
 from node.evaluation.card import render_markdown
+from node.evaluation.evaluate import clean_json
 from node.evaluation.stats import bootstrap_ci, brier_score, calibration, delong_test, patient_resamples
 from node.training.cv import balanced_weights
 from node.vocabulary import DISCLAIMER
@@ -146,7 +147,7 @@ def _num(value: float | None) -> str:
 def write_report(metrics: dict[str, Any], out_dir: Path, manifest: dict[str, Any] | None = None) -> Path:
     """``metrics.json`` and ``card.md`` in ``out_dir``; returns the card's path."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "metrics.json").write_text(json.dumps(_clean(metrics), indent=2, sort_keys=True) + "\n",
+    (out_dir / "metrics.json").write_text(json.dumps(clean_json(metrics), indent=2, sort_keys=True) + "\n",
                                           encoding="utf-8")
     card = out_dir / "card.md"
     card.write_text(render_markdown("Model card: multimodal deep model (ER, PR, HER2)",
@@ -154,13 +155,3 @@ def write_report(metrics: dict[str, Any], out_dir: Path, manifest: dict[str, Any
     return card
 
 
-def _clean(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    if isinstance(value, float | np.floating):
-        return float(value) if math.isfinite(float(value)) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value

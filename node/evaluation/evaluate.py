@@ -38,17 +38,18 @@ PLOTS = {
 }
 
 
-def _clean(value: Any) -> Any:
+def clean_json(value: Any) -> Any:
+    """``value`` with numpy scalars and arrays as Python values and non-finite floats as None (strict JSON)."""
     if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
+        return {str(k): clean_json(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
+        return [clean_json(v) for v in value]
     if isinstance(value, float | np.floating):
         return float(value) if math.isfinite(float(value)) else None
     if isinstance(value, np.integer):
         return int(value)
     if isinstance(value, np.ndarray):
-        return _clean(value.tolist())
+        return clean_json(value.tolist())
     return value
 
 
@@ -294,7 +295,7 @@ def evaluate(bundle: Bundle, data: Dataset, out_dir: Path, *, n_boot: int = 1000
     metrics = compute_metrics(bundle, data, n_boot=n_boot, seed=seed)
     plots = write_plots(metrics, data, out_dir)
     metrics.pop("_arrays")
-    metrics = _clean(metrics)
+    metrics = clean_json(metrics)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, allow_nan=False) + "\n", encoding="utf-8")
     write_card(bundle, metrics, plots, out_dir)
     logger.info("evaluation of %s written to %s", bundle.task.value, out_dir)
