@@ -9,6 +9,8 @@ A process that starts another one (``ainode serve`` starting its worker) hands i
 explicitly: :meth:`Settings.write_handover` writes them to a private file (mode 0600, the database password
 may be in it) and the child loads exactly that with :meth:`Settings.read_handover`, without re-reading its
 environment. :func:`log_options` reads the two logging variables, which apply before settings are loaded.
+Size: every setting, its parser and its validation in one frozen class (docs/configuration.md is generated
+from it); splitting it would split the one place an operator reads.
 """
 
 from __future__ import annotations

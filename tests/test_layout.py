@@ -21,7 +21,7 @@ NODE = Path(__file__).resolve().parents[1] / "node"
 
 #: Top-level rooms of ``node/`` by layer. A room may import its own layer's rooms only where listed in ALLOWED.
 BASE = {"errors", "config", "values", "log", "vocabulary", "labels", "spool", "docgen", "__init__"}
-CORE = {"imaging", "model", "training", "evaluation", "datasets", "sr", "ledger", "synth", "dl"}
+CORE = {"imaging", "model", "training", "evaluation", "datasets", "sr", "ledger", "synth", "dl", "research"}
 EDGES = {"scp", "jobs", "delivery", "web", "cli"}
 LAYER = {**{r: 0 for r in BASE}, **{r: 1 for r in CORE}, **{r: 2 for r in EDGES}}
 
@@ -40,6 +40,8 @@ FORBIDDEN: dict[str, set[str]] = {
     "synth": {"ledger", "jobs", "scp", "web", "model", "training", "evaluation", "sr"},
     # the deep model's training stack (torch): only the command line uses it; the node serves ONNX (node.model)
     "dl": {"ledger", "jobs", "scp", "web", "sr", "datasets"},
+    # the research toolkit (study recipes and reports): training-side, nothing of the running node
+    "research": {"ledger", "jobs", "scp", "web", "sr", "delivery", "dl"},
 }
 
 

@@ -11,8 +11,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from node.config import Settings
+from node.jobs.dispatcher import dispatcher_factory
 from node.jobs.lifetime import exit_with_parent
+from node.jobs.sender import process_sender
 from node.scp import server
+from node.scp.arrivals import DispatcherFactory
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -21,7 +25,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, rest = parser.parse_known_args(argv)
     if args.exit_with_parent is not None:
         exit_with_parent(args.exit_with_parent)
-    return server.main(rest)
+    return server.main(rest, make_dispatcher=_dispatcher)
+
+
+def _dispatcher(settings: Settings) -> DispatcherFactory:
+    """The job layer this listener process dispatches to (the listener itself does not import it)."""
+    return dispatcher_factory(settings, process_sender(settings))
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from typing import NoReturn
 from node.cli.demo_models import check_demo_models
 from node.config import Settings, redact_url
 from node.errors import ConfigError
+from node.jobs.dispatcher import dispatcher_factory
 from node.jobs.sender import process_sender
 from node.scp.pool import ListenerPool
 from node.scp.server import ListenerHandle, start_listener
@@ -325,7 +326,8 @@ def start_node(settings: Settings, *, worker: bool = True, concurrency: int = 1,
     lock = SpoolLock(settings.spool_dir)
     processes = settings.effective_listener_processes
     try:  # the listener dispatches a study as soon as it is complete; the worker's poll is the safety net
-        listener = start_listener(settings, send_task=process_sender(settings), reuse_port=processes > 1)
+        listener = start_listener(settings, dispatcher=dispatcher_factory(settings, process_sender(settings)),
+                                  reuse_port=processes > 1)
     except BaseException:
         lock.release()
         raise

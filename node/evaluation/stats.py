@@ -10,6 +10,8 @@
   two models, binary or one-vs-rest per class: :func:`delong_compare`.
 * p-values as text, "< 1/B" when no bootstrap resample or permutation crossed: :func:`format_p`.
 * Brier score, calibration curve/slope/intercept, net benefit (decision curves), Generalisation Decay Index.
+Size: the evaluation's statistics side by side, each small and checked against a hand calculation or a
+published example; one module is the one reference the card and the research report cite.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ import SimpleITK as sitk
 import yaml
 
 from node.errors import ConfigError, ProcessingError
-from node.imaging.shells import shell_masks
+from node.imaging.shells import shell_brain_region, shell_masks
 from node.imaging.types import LesionFeatures, PreprocessedStudy
 
 logger = logging.getLogger(__name__)
@@ -350,29 +350,6 @@ def _lesion_qc(mask: sitk.Image, segment_number: int, label: str) -> QcDict:
         "volume_ml": voxels * voxel_ml,
         "error": None,
     }
-
-
-#: the skull-stripped MNI brain mapped onto the subject is grown by this much before it clips a shell: the affine
-#: template registration is a few mm off at the cortex, and a shell must keep the brain it should hold
-SHELL_BRAIN_MARGIN_MM = 2.0
-
-
-def shell_brain_region(head: sitk.Image, template_transform: sitk.Transform | None) -> sitk.Image:
-    """Where peritumoral shells may reach: the intensity mask ``head`` (on an unstripped head it keeps scalp and
-    skull), and, when the automatic pons step registered the MNI template (``template_transform``: T1CE points ->
-    template points), only inside the template's skull-stripped brain (grown by :data:`SHELL_BRAIN_MARGIN_MM`)
-    mapped onto this grid, so a shell of a cortical lesion does not take in skull or scalp. Without that
-    registration (a SEG-provided reference) the intensity mask alone clips, as before (logged)."""
-    if template_transform is None:
-        logger.info("shells clipped by the intensity mask only (no template registration): on an unstripped head "
-                    "skull and scalp may enter a shell")
-        return head
-    from node.imaging.pons import template_brain_mask
-
-    mapped = sitk.Resample(template_brain_mask(SHELL_BRAIN_MARGIN_MM), head, template_transform,
-                           sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-    region: sitk.Image = sitk.And(sitk.Cast(head > 0, sitk.sitkUInt8), mapped)
-    return region
 
 
 def _other_lesions(pre: PreprocessedStudy, segment_number: int) -> sitk.Image | None:

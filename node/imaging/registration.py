@@ -9,6 +9,8 @@
 * :func:`register_affine` aligns a template (moving) to a subject (fixed); used for the automatic pons ROI.
 
 Divergence (a final metric worse than the threshold, an absurd rotation or shift) raises ProcessingError.
+Size: the resampling, N4 and the two registration back-ends share their parameter objects and QC; they read
+best together.
 """
 
 from __future__ import annotations

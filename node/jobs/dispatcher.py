@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from node.config import Settings
 from node.ledger.repository import Repository
 from node.log import correlated
 
@@ -114,3 +115,20 @@ class ReadyDispatcher:
             self._wake.notify_all()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout_s)
+
+
+def dispatcher_factory(settings: Settings, send_task: SendTask) -> Callable[[Repository, Callable[[], float]],
+                                                                           ReadyDispatcher]:
+    """What ``start_listener(dispatcher=...)`` takes: a listener's dispatcher, judging with the completeness check of
+    ``settings`` and sending the process task with ``send_task`` (:func:`node.jobs.sender.process_sender`)."""
+
+    def build(repository: Repository, clock: Callable[[], float]) -> ReadyDispatcher:
+        from node.imaging.series_rules import load_rules
+        from node.jobs.completeness import CompletenessChecker, CompletenessPolicy
+
+        checker = CompletenessChecker(repository, load_rules(), CompletenessPolicy.from_settings(settings),
+                                      settings.spool_dir)
+        return ReadyDispatcher(repository, checker, send_task, settings.spool_dir.resolve(), settings.settle_s,
+                               clock)
+
+    return build

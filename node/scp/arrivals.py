@@ -14,10 +14,11 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -31,6 +32,21 @@ logger = logging.getLogger(__name__)
 OPEN_WAIT_S = 2.0
 #: how long the end of an association waits for its open rows to be written before it deletes them (no orphan row)
 END_WAIT_S = 30.0
+
+
+class StudyDispatcher(Protocol):
+    """What the listener needs of the job layer's dispatcher (:class:`node.jobs.dispatcher.ReadyDispatcher`): the
+    listener does not import the job layer; the command that wires the node injects it (:data:`DispatcherFactory`)."""
+
+    def schedule(self, studies: Iterable[str], delay_s: float | None = None) -> None: ...
+
+    def start(self) -> object: ...
+
+    def stop(self) -> None: ...
+
+
+#: builds a listener's dispatcher from its ledger repository and clock
+DispatcherFactory = Callable[[Repository, Callable[[], float]], StudyDispatcher]
 
 
 @dataclass

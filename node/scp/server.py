@@ -27,11 +27,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from node import log
 from node.config import Settings
 from node.errors import ConfigError, NodeError
-from node.jobs.dispatcher import ReadyDispatcher, SendTask
 from node.ledger.db import Ledger
 from node.ledger.repository import Repository
 from node.scp import handlers
-from node.scp.arrivals import Arrivals
+from node.scp.arrivals import Arrivals, DispatcherFactory, StudyDispatcher
 from node.scp.contexts import VERIFICATION, VERIFICATION_TRANSFER_SYNTAXES, storage_contexts
 from node.scp.header import Limits
 from node.scp.receive import ReceiveLimits
@@ -60,7 +59,7 @@ class ListenerHandle:
 
     def __init__(
         self, ae: AE, server: NodeServer, spool: Spool, repository: Repository, owns_ledger: bool,
-        recorder: IntakeRecorder | None = None, dispatcher: ReadyDispatcher | None = None,
+        recorder: IntakeRecorder | None = None, dispatcher: StudyDispatcher | None = None,
     ) -> None:
         self.ae = ae
         self.server = server
@@ -197,27 +196,18 @@ def build_ae(settings: Settings) -> AE:
     return ae
 
 
-def ready_dispatcher(settings: Settings, repository: Repository, send_task: SendTask,
-                     clock: Callable[[], float]) -> ReadyDispatcher:
-    """The listener's dispatcher: the completeness check of ``settings``, the process task sent by ``send_task``."""
-    from node.imaging.series_rules import load_rules
-    from node.jobs.completeness import CompletenessChecker, CompletenessPolicy
-
-    checker = CompletenessChecker(repository, load_rules(), CompletenessPolicy.from_settings(settings),
-                                  settings.spool_dir)
-    return ReadyDispatcher(repository, checker, send_task, settings.spool_dir.resolve(), settings.settle_s, clock)
-
-
 def start_listener(
     settings: Settings, ledger: Ledger | None = None, *, clock: Callable[[], float] = time.time,
-    send_task: SendTask | None = None, reconcile: bool = True, slot: int | None = None, reuse_port: bool = False,
+    dispatcher: DispatcherFactory | None = None, reconcile: bool = True, slot: int | None = None,
+    reuse_port: bool = False,
 ) -> ListenerHandle:
     """Start the C-ECHO / C-STORE SCP in background threads and return its handle.
 
     ``ledger`` defaults to one opened from ``settings.effective_database_url`` (closed again by ``stop()``);
-    ``clock`` gives the receive times recorded in the ledger (tests pass a fake one). With ``send_task`` (e.g.
-    :func:`node.jobs.sender.process_sender`), the studies of an association that ends are judged ``settle_s``
-    later and dispatched when ready, from this process (:mod:`node.jobs.dispatcher`). A listener process of a pool
+    ``clock`` gives the receive times recorded in the ledger (tests pass a fake one). With ``dispatcher`` (a factory
+    of this listener's dispatcher, e.g. :func:`node.jobs.dispatcher.dispatcher_factory`: the job layer is injected,
+    the listener does not import it), the studies of an association that ends are judged ``settle_s`` later and
+    dispatched when ready, from this process. A listener process of a pool
     (:mod:`node.scp.pool`) passes its ``slot`` (its own ``.incoming/p<slot>/``, the only one its start-up
     clean-up touches) and ``reuse_port`` (SO_REUSEPORT: the processes share the port); ``reconcile=False`` skips
     the reconciliation of the spool with the ledger (the pool's first start, after the parent's).
@@ -239,7 +229,7 @@ def start_listener(
     except SQLAlchemyError as exc:
         logger.error("the open associations of stopped listeners could not be cleared: %s", exc.__class__.__name__)
     recorder = IntakeRecorder(repository, spool)
-    dispatcher = None if send_task is None else ready_dispatcher(settings, repository, send_task, clock)
+    study_dispatcher = None if dispatcher is None else dispatcher(repository, clock)
     context = handlers.ListenerContext(
         spool=spool,
         repository=repository,
@@ -247,7 +237,7 @@ def start_listener(
         duplicate_policy=settings.duplicate_policy,
         clock=clock,
         limits=limits,
-        arrivals=Arrivals(repository, clock, None if dispatcher is None else dispatcher.schedule),
+        arrivals=Arrivals(repository, clock, None if study_dispatcher is None else study_dispatcher.schedule),
         recorder=recorder,
     )
     evt_handlers: list[Any] = [
@@ -277,8 +267,8 @@ def start_listener(
     except OSError as exc:
         audit.close()
         recorder.close()
-        if dispatcher is not None:
-            dispatcher.stop()
+        if study_dispatcher is not None:
+            study_dispatcher.stop()
         if owns_ledger:
             ledger.dispose()
         raise ConfigError(f"cannot listen on {settings.bind_address}:{settings.port}: {exc.strerror}") from exc
@@ -286,9 +276,9 @@ def start_listener(
                               daemon=True)
     thread.start()
     ae._servers.append(server)
-    if dispatcher is not None:
-        dispatcher.start()
-    handle = ListenerHandle(ae, server, spool, repository, owns_ledger, recorder, dispatcher)
+    if study_dispatcher is not None:
+        study_dispatcher.start()
+    handle = ListenerHandle(ae, server, spool, repository, owns_ledger, recorder, study_dispatcher)
     logger.info(
         "listening as %s on %s:%d%s, spool %s, ledger %s",
         settings.ae_title, handle.address, handle.port, " (TLS)" if settings.tls_enabled else "",
@@ -317,7 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None,
+         make_dispatcher: Callable[[Settings], DispatcherFactory] | None = None) -> int:
     args = build_parser().parse_args(argv)
     log.configure(max(args.verbose, 1), default=log.LogFormat.JSON)
     overrides = {
@@ -334,11 +325,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.settings_file is not None:  # a pool process: settings as the parent has them, port included
             settings = Settings.read_handover(args.settings_file)
             args.settings_file.unlink(missing_ok=True)  # read once: it may hold the database password
-            # it dispatches the studies of the associations it ends, as the parent's listener does
-            from node.jobs.sender import process_sender
-
+            # it dispatches the studies of the associations it ends, as the parent's listener does (the job layer
+            # is injected by node.cli.listener)
             handle = start_listener(settings, slot=args.slot, reuse_port=True, reconcile=args.reconcile,
-                                    send_task=process_sender(settings))
+                                    dispatcher=None if make_dispatcher is None else make_dispatcher(settings))
         else:
             settings = Settings.load(args.config, overrides=overrides)
             handle = start_listener(settings)

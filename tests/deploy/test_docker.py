@@ -6,7 +6,7 @@ What it does, in order (each wait bounded; the phases' durations are printed):
 1. a private ``dockerd`` (``tests/deploy/engine.py``; skipped with the reason where none can start: not root, no
    ``dockerd``/``debootstrap``); the base images without a registry (``deploy/local-images.sh``: debootstrap
    bookworm, Debian's Python 3.11, Redis and PostgreSQL);
-2. the node's image from ``deploy/Dockerfile`` unchanged, on the local Python base; its size (<= 1.0 GB) and that
+2. the node's image from ``deploy/Dockerfile`` unchanged, on the local Python base; its size (<= 1.05 GB) and that
    the run-time venv holds no ``shap``/``numba``/``llvmlite`` nor compilers;
 3. ``deploy/compose.yaml`` (copied beside a ``.env`` made from ``.env.example``) plus a test override: the local
    Redis/PostgreSQL images, health-check intervals of seconds, free host ports, the host's receiving AE reachable as
@@ -53,7 +53,9 @@ pytestmark = pytest.mark.slow
 IMAGE = "bcbm-ainode:docker-test"
 PYTHON_BASE = "local/python:3.11"
 PROJECT = "ainodedockertest"
-MAX_IMAGE_BYTES = 1_000_000_000
+#: 1.0 GB (issue 15) plus the deep model's runtime (issue 13: onnxruntime's Python binding, ~35 MB once its C
+#: library and tools are removed): docs/operations.md "Image size"
+MAX_IMAGE_BYTES = 1_050_000_000
 NODE_SERVICES = ("listener", "scheduler", "worker", "web")
 TEST_SETTINGS = {  # the test's time scale (as in test_topology.py)
     "AINODE_QUIET_PERIOD_S": "2",

@@ -6,9 +6,8 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from node.imaging.features import shell_brain_region
 from node.imaging.pons import mni_template, template_brain_mask
-from node.imaging.shells import shell_masks
+from node.imaging.shells import shell_brain_region, shell_masks
 
 
 def _head_on_template() -> sitk.Image:

@@ -24,6 +24,7 @@ from node.config import ForceCompleteAction, Settings
 from node.errors import ConfigError
 from node.imaging.series_rules import SeriesRules
 from node.jobs.completeness import CompletenessChecker, CompletenessPolicy
+from node.jobs.dispatcher import ReadyDispatcher
 from node.jobs.runner import dispatch_ready
 from node.ledger.associations import ProcessId, this_process
 from node.ledger.db import Ledger
@@ -57,16 +58,22 @@ def dispatching(start: ListenerFactory, url: str, **fields: object) -> tuple[Lis
     return listener, sent
 
 
+def _ready(listener: ListenerHandle) -> ReadyDispatcher:
+    """The listener's dispatcher, as the job layer built it (the listener knows it only by its protocol)."""
+    assert isinstance(listener.dispatcher, ReadyDispatcher)
+    return listener.dispatcher
+
+
 def judged(listener: ListenerHandle, count: int) -> None:
     """Wait until the listener's dispatcher has judged ``count`` times (one per association end, or merged)."""
     assert listener.dispatcher is not None
-    assert listener.dispatcher.wait_evaluations(count, WAIT_S), "the dispatcher never judged the study"
+    assert _ready(listener).wait_evaluations(count, WAIT_S), "the dispatcher never judged the study"
 
 
 def deliver(listener: ListenerHandle, files: Sequence[Path]) -> None:
     """One association: ``files``, released; then wait for the judgement it triggers."""
     assert listener.dispatcher is not None
-    before = listener.dispatcher.evaluations
+    before = _ready(listener).evaluations
     assert set(send(listener.port, files)) == {0}
     judged(listener, before + 1)
 
@@ -311,7 +318,7 @@ def test_start_node_dispatches_a_complete_study_within_the_settle_time(
         queued_at = next(e.at for e in repo.audit_trail(uid) if e.event == "job-queued")
         assert queued_at - released <= settings.settle_s + 3.0  # not by the quiet period (60 s)
         if not worker:
-            assert node.listener.dispatcher is not None and node.listener.dispatcher.dispatched == 1
+            assert node.listener.dispatcher is not None and _ready(node.listener).dispatched == 1
             assert queue_depth(resolve_broker(settings), settings.queue) == 1
             return
         deadline = time.time() + 120.0  # the worker's start on a loaded machine

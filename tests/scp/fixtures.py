@@ -17,6 +17,7 @@ from pynetdicom.association import Association
 
 from node.config import Settings
 from node.delivery.scu import wait_reactor_resumed
+from node.jobs.dispatcher import dispatcher_factory
 from node.ledger.db import Ledger
 from node.scp.contexts import STORAGE_SOP_CLASSES, VERIFICATION
 from node.scp.server import ListenerHandle, start_listener
@@ -117,7 +118,8 @@ def start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ListenerF
         values.update(fields)
         settings = Settings.load(env={}, overrides=values)
         ledger = Ledger.open(url)
-        handle = start_listener(settings, ledger, clock=clock, send_task=send_task)  # type: ignore[arg-type]
+        dispatcher = None if send_task is None else dispatcher_factory(settings, send_task)  # type: ignore[arg-type]
+        handle = start_listener(settings, ledger, clock=clock, dispatcher=dispatcher)
         handles.append((handle, ledger))
         return handle
 
