@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import multiprocessing
-import resource
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -141,7 +140,10 @@ def _full_size_run() -> tuple[str, object, float, float, dict[str, float], float
     middle = time.perf_counter()
     [lesion] = extract_features(pre, load_radiomics_params())
     end = time.perf_counter()
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM: the peak of this process's own address space (ru_maxrss survives fork + exec: it would report the
+    # test worker's earlier peak)
+    status = Path("/proc/self/status").read_text(encoding="ascii")
+    peak_mb = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) / 1024
     return pre.pons.method, lesion.qc["error"], middle - start, end - middle, dict(pre.timings), peak_mb
 
 
