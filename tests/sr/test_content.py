@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from pathlib import Path
 from typing import Any
@@ -39,13 +40,16 @@ def test_source_study_reads_identity_and_segments(source: SourceStudy, study_dir
 
 
 def test_source_study_refuses_mixed_studies(source: SourceStudy):
-    other = pydicom.Dataset()
-    other.update(source.t2[0])
+    # a deep copy: Dataset.update shares the DataElements, so setting the copy's StudyInstanceUID would change
+    # the session-wide source's header too (it did: the SR built after this test lost an instance of its evidence)
+    study = source.t2[0].StudyInstanceUID
+    other = copy.deepcopy(source.t2[0])
     other.StudyInstanceUID = "1.2.3.4"
     with pytest.raises(SegmentationError, match="one study"):
         dataclasses.replace(source, t2=(*source.t2[1:], other))
     with pytest.raises(MissingSeriesError):
         dataclasses.replace(source, t2=())
+    assert source.t2[0].StudyInstanceUID == study
 
 
 @pytest.mark.parametrize(
