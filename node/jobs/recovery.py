@@ -15,6 +15,9 @@
   it) the job fails with that reason instead of being sent again. A run open for longer than the hard time
   limit was killed by it: the job fails with that reason (the worker's main process normally records it at
   once, :func:`fail_timed_out`).
+* **Unsent messages.** Every send records ``sent_at`` on the job (:func:`send_recorded`); a send that fails
+  (broker unreachable when the listener or the poll queued the study) leaves it NULL, and the next poll sends the
+  job again (:func:`resend_unsent`) instead of leaving the study queued until an operator re-queues it.
 * **Embedded broker, one worker** (``ainode worker --recover``, which ``ainode serve`` uses): at start every
   ``queued``/``processing`` job whose message is not waiting in ``<spool>/broker/queue`` is sent again at once
   (:func:`redispatch_orphans`); no other worker can hold it then.
@@ -61,8 +64,42 @@ def queued_job_ids(queue_folder: Path) -> set[int]:
     return ids
 
 
-def _send(send_task: SendTask, spool_dir: Path, job_id: int, uid: str) -> None:
-    send_task(job_id, uid, str(spool_dir / uid_key(uid)), str(result_dir(spool_dir, uid, job_id)))
+def send_recorded(repo: Repository, send_task: SendTask, job_id: int, uid: str, study_dir: Path, out_dir: Path,
+                  at: float) -> bool:
+    """Send the job's task and record it (``sent_at``); whether it was sent. A failed send is logged and left
+    for the poll (:func:`resend_unsent`): the job stays queued with ``sent_at`` NULL, nothing is lost."""
+    try:
+        send_task(job_id, uid, str(study_dir), str(out_dir))
+    except Exception as exc:  # noqa: BLE001 - any broker/client failure: the ledger keeps the job, the poll resends
+        logger.error("job %d: its task could not be handed to the broker (%s: %s); the poll sends it again",
+                     job_id, type(exc).__name__, exc)
+        try:
+            leases.mark_sent(repo, job_id, None)
+        except (SQLAlchemyError, NodeError) as ledger_exc:
+            logger.error("job %d: could not record the failed send: %s", job_id, ledger_exc)
+        return False
+    try:
+        leases.mark_sent(repo, job_id, at)
+    except (SQLAlchemyError, NodeError) as exc:  # sent, not recorded: the poll may send a duplicate, dropped
+        logger.warning("job %d: sent, but the ledger did not record it (%s)", job_id, exc)
+    return True
+
+
+def _send(repo: Repository, send_task: SendTask, spool_dir: Path, job_id: int, uid: str, at: float) -> bool:
+    return send_recorded(repo, send_task, job_id, uid, spool_dir / uid_key(uid), result_dir(spool_dir, uid, job_id),
+                         at)
+
+
+def resend_unsent(repo: Repository, spool_dir: Path, send_task: SendTask, now: float, settings: Settings) -> list[int]:
+    """Send again every open job whose message never reached the broker (``sent_at`` NULL for longer than
+    ``job_stale_after_s``); the ids sent. A duplicate (the send had worked, its record had not) is dropped by
+    the job's lease (:func:`node.ledger.leases.claim_job`)."""
+    resent = []
+    for job in leases.unsent_jobs(repo, now, grace_s=settings.job_stale_after_s):
+        if _send(repo, send_task, spool_dir, job.job_id, job.study_instance_uid, now):
+            logger.warning("job %d: its task had not reached the broker: sent again", job.job_id)
+            resent.append(job.job_id)
+    return resent
 
 
 def _release(repo: Repository, job_id: int, now: float, settings: Settings, *, force: bool) -> leases.Redelivery:
@@ -86,8 +123,8 @@ def recover_stalled(repo: Repository, spool_dir: Path, send_task: SendTask, now:
     stalled = leases.stalled_jobs(repo, now, stale_after_s=settings.job_stale_after_s,
                                   never_leased_after_s=settings.hard_time_limit)
     for job in stalled:
-        if _release(repo, job.job_id, now, settings, force=False) is leases.Redelivery.RESEND:
-            _send(send_task, spool_dir, job.job_id, job.study_instance_uid)
+        if _release(repo, job.job_id, now, settings, force=False) is leases.Redelivery.RESEND and \
+                _send(repo, send_task, spool_dir, job.job_id, job.study_instance_uid, now):
             logger.warning("job %d: its worker stopped renewing its lease (killed?): sent again", job.job_id)
             resent.append(job.job_id)
     return resent
@@ -116,7 +153,8 @@ def redispatch_orphans(
             if job.state is JobState.PROCESSING and \
                     _release(repo, job.id, at, settings, force=True) is not leases.Redelivery.RESEND:
                 continue
-            _send(send_task, spool_dir, job.id, uid)
+            if not _send(repo, send_task, spool_dir, job.id, uid, at):
+                continue
             logger.warning("job %d (%s) had no message in the broker: sent again", job.id, job.state.value)
             resent.append(job.id)
     return resent

@@ -27,6 +27,7 @@ from node.errors import InvalidStudyError, NodeError, TransientError
 from node.jobs.completeness import CompletenessChecker
 from node.jobs.context import JobContext, fail_job, find_job, ledger_errors_are_transient
 from node.jobs.process import ProcessResult, process_study, write_failure_report
+from node.jobs.recovery import send_recorded
 from node.jobs.summary import result_json
 from node.ledger.primary import lookup_primary
 from node.ledger.repository import JobRecord, LedgerStateError, Repository
@@ -223,9 +224,9 @@ def dispatch_ready(
         if job is None:  # this exact content already has a job
             continue
         out_dir = result_dir(spool_dir, study.study_instance_uid, job.id)
-        send_task(job.id, study.study_instance_uid, str(study.study_dir), str(out_dir))
         with correlated(job=job.id, study=study_key(study.study_instance_uid)):
-            logger.info("job %d queued", job.id)
+            if send_recorded(repo, send_task, job.id, study.study_instance_uid, study.study_dir, out_dir, now):
+                logger.info("job %d queued", job.id)
         created.append(job)
     if only is not None:
         return created
@@ -233,8 +234,10 @@ def dispatch_ready(
         failure_job = repo.enqueue_failure_report(uid, now)
         if failure_job is None:
             continue
-        send_task(failure_job.id, uid, str(spool_dir / uid_key(uid)), str(result_dir(spool_dir, uid, failure_job.id)))
         with correlated(job=failure_job.id, study=study_key(uid)):
+            if not send_recorded(repo, send_task, failure_job.id, uid, spool_dir / uid_key(uid),
+                                 result_dir(spool_dir, uid, failure_job.id), now):
+                continue
             logger.info("job %d queued: failure SR of a study that failed without processing", failure_job.id)
         created.append(failure_job)
     return created

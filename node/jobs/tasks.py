@@ -41,6 +41,7 @@ from node.jobs.recovery import (
     queued_job_ids,
     recover_stalled,
     redispatch_orphans,
+    resend_unsent,
 )
 from node.jobs.runner import dispatch_ready, run_process_job
 from node.jobs.warm import job_in_this_process  # also connects the preload to the worker's signals
@@ -282,6 +283,7 @@ def poll_ready_task() -> int:
                                       ctx.settings.spool_dir)
         jobs = dispatch_ready(ctx.repo, checker, time.time(), _send_process, ctx.options.spool_dir)
         recover_stalled(ctx.repo, ctx.options.spool_dir, _send_process, time.time(), ctx.settings)
+        resend_unsent(ctx.repo, ctx.options.spool_dir, _send_process, time.time(), ctx.settings)
         return len(jobs)
 
 

@@ -72,6 +72,7 @@ ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("jobs", "running_since", "FLOAT"),
     ("jobs", "attempts", "INTEGER"),
     ("jobs", "worker_deaths", "INTEGER"),
+    ("jobs", "sent_at", "FLOAT"),  # the task message handed to the broker (NULL: not confirmed, send again)
 )
 
 

@@ -7,6 +7,9 @@ of the tasks it holds every few seconds (:func:`renew_leases`); a run records it
 previous run's process died: ``worker_deaths`` counts those, and past the cap the job fails with the reason.
 The sweep (:func:`stalled_jobs`, :func:`release_for_redelivery`) re-sends a processing job whose lease went
 stale, which is how a killed worker's job comes back within seconds on every broker.
+A job's ``sent_at`` records that its task message reached the broker (:func:`mark_sent`); a queued job whose
+message was never confirmed (the broker was unreachable when it was queued) is sent again by the poll
+(:func:`unsent_jobs`) instead of waiting for an operator.
 """
 
 from __future__ import annotations
@@ -230,5 +233,37 @@ def fail_leased_job(ops: Operations, holder: str, at: float, reason: str) -> int
             return None
         _fail_open_job(session, job, at, reason)
         return job.id
+
+    return ops._run(op)
+
+
+@dataclass(frozen=True)
+class UnsentJob:
+    job_id: int
+    study_instance_uid: str
+
+
+def mark_sent(ops: Operations, job_id: int, at: float | None) -> None:
+    """Record that the job's task message was handed to the broker at ``at`` (``None``: the send failed, so the
+    poll sends it again)."""
+
+    def op(session: Session) -> None:
+        session.execute(update(Job).where(Job.id == job_id).values(sent_at=at))
+
+    ops._run(op)
+
+
+def unsent_jobs(ops: Operations, now: float, *, grace_s: float) -> list[UnsentJob]:
+    """Open jobs no run holds whose message was not confirmed sent, unchanged for ``grace_s`` (the dispatcher
+    records the send milliseconds after queueing; the grace keeps the poll off a send in progress)."""
+
+    def op(session: Session) -> list[UnsentJob]:
+        # a processing job without a lease was released for redelivery by this release (heartbeat set); one
+        # whose heartbeat is NULL may run on a worker of an earlier release, which takes no lease: left alone
+        query = select(Job).where(
+            or_(Job.state == JobState.QUEUED, and_(Job.state == JobState.PROCESSING, Job.heartbeat_at.is_not(None))),
+            Job.lease.is_(None), Job.sent_at.is_(None), Job.updated_at < now - grace_s,
+        ).order_by(Job.id)
+        return [UnsentJob(j.id, j.study.study_instance_uid) for j in session.scalars(query)]
 
     return ops._run(op)

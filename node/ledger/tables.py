@@ -119,6 +119,10 @@ class Job(Base):
     #: Runs started, and runs that ended because their process died (the redelivery cap counts these).
     attempts: Mapped[int | None] = mapped_column(Integer)
     worker_deaths: Mapped[int | None] = mapped_column(Integer)
+    #: When the job's task message was last handed to the broker; NULL: not (yet) confirmed sent — the
+    #: dispatcher's send failed (broker unreachable), or an older release queued it. The poll sends such a
+    #: queued job again (``node.ledger.leases.unsent_jobs``). Added after the first release.
+    sent_at: Mapped[float | None] = mapped_column(Float)
 
     study: Mapped[Study] = relationship(back_populates="jobs")
     deliveries: Mapped[list[Delivery]] = relationship(back_populates="job", order_by="Delivery.id")

@@ -8,9 +8,11 @@ from dataclasses import replace
 
 import pytest
 
-from node.config import Settings
+from node.config import ForceCompleteAction, Settings
 from node.errors import ConfigError
-from node.jobs.recovery import Heartbeat, fail_timed_out, recover_stalled, redispatch_orphans
+from node.jobs.completeness import CompletenessChecker, CompletenessPolicy
+from node.jobs.recovery import Heartbeat, fail_timed_out, recover_stalled, redispatch_orphans, resend_unsent
+from node.jobs.runner import dispatch_ready
 from node.ledger import leases
 from node.ledger.states import JobState, StudyState
 from tests.jobs.conftest import Node
@@ -182,3 +184,56 @@ def test_the_heartbeat_thread_renews_what_its_worker_holds(dispatched: Dispatche
 def test_stale_after_must_exceed_two_heartbeats() -> None:
     with pytest.raises(ConfigError, match="job_stale_after_s"):
         Settings.load(env={"AINODE_JOB_HEARTBEAT_S": "10", "AINODE_JOB_STALE_AFTER_S": "15"})
+
+
+def test_a_job_whose_send_failed_is_sent_again_by_the_poll(node: Node) -> None:
+    """The broker was unreachable when the study was queued: the job stays queued in the ledger (nothing lost)
+    and the next poll after the grace sends it, once; an operator is not needed."""
+    def unreachable(*_args: object) -> None:
+        raise ConnectionError("broker down")
+
+    jobs = dispatch_ready(node.repo, _checker(node), node.clock(), unreachable, node.spool_dir)
+    assert len(jobs) == 1 and node.job(jobs[0].id).state is JobState.QUEUED
+    job_id, uid = jobs[0].id, jobs[0].study_instance_uid
+    sent: list[tuple[int, str, str, str]] = []
+    # within the grace the dispatcher may still be sending: nothing yet
+    assert resend_unsent(node.repo, node.spool_dir, lambda *a: sent.append(a), node.clock(), SETTINGS) == []
+    node.clock.advance(SETTINGS.job_stale_after_s + 1)
+    # the broker is still down at the first poll: kept for the next one
+    assert resend_unsent(node.repo, node.spool_dir, unreachable, node.clock(), SETTINGS) == []
+    assert resend_unsent(node.repo, node.spool_dir, lambda *a: sent.append(a), node.clock(), SETTINGS) == [job_id]
+    assert [s[:2] for s in sent] == [(job_id, uid)]
+    node.clock.advance(600)
+    assert resend_unsent(node.repo, node.spool_dir, lambda *a: sent.append(a), node.clock(), SETTINGS) == []
+    assert len(sent) == 1
+
+
+def test_a_sent_job_is_never_sent_again_by_the_unsent_sweep(dispatched: Dispatched) -> None:
+    """A job waiting in the broker's queue behind others (sent, not yet claimed) gets no second message."""
+    node, _args = dispatched
+    node.clock.advance(3600)
+    assert resend_unsent(node.repo, node.spool_dir, lambda *a: None, node.clock(), SETTINGS) == []
+
+
+def _checker(node: Node) -> CompletenessChecker:
+    from node.imaging.series_rules import load_rules
+
+    return CompletenessChecker(node.repo, load_rules(), CompletenessPolicy(0.0, 600.0, ForceCompleteAction.FAIL),
+                               node.spool_dir)
+
+
+def test_a_redelivery_whose_send_failed_is_sent_by_the_next_poll(dispatched: Dispatched) -> None:
+    """The sweep released a dead worker's job but the broker refused the new message: the next poll sends it
+    (before, it waited a whole hard time limit for the lease to go stale again)."""
+    node, (job_id, *_rest) = dispatched
+
+    def unreachable(*_args: object) -> None:
+        raise ConnectionError("broker down")
+
+    _start(node, job_id, "task-a")
+    node.clock.advance(SETTINGS.job_stale_after_s + 1)  # its worker is killed mid-job
+    assert recover_stalled(node.repo, node.spool_dir, unreachable, node.clock(), SETTINGS) == []
+    sent: list[tuple[int, str, str, str]] = []
+    node.clock.advance(SETTINGS.job_stale_after_s + 1)
+    assert resend_unsent(node.repo, node.spool_dir, lambda *a: sent.append(a), node.clock(), SETTINGS) == [job_id]
+    assert _claim(node, job_id, "task-b").outcome is leases.ClaimOutcome.RUN
