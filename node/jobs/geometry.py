@@ -229,8 +229,20 @@ def judge_series(instances: Sequence[InstanceGeometry], seg_references: Iterable
             if series == series_instance_uid or (series_instance_uid is None and uids & held):
                 series_refs |= uids
     unreceived = series_refs - held
-    if unreceived:
-        return Judgement(Wholeness.INCOMPLETE, f"the SEG references {len(unreceived)} instance(s) not received")
+    judged = _judge_geometry(instances, series_refs if not unreceived else set())
+    if not unreceived:
+        return judged
+    missing = f"the SEG references {len(unreceived)} instance(s) not received"
+    if judged.wholeness is Wholeness.WHOLE:
+        # whole by its own count, yet the SEG names instances beyond it (drawn on another version of the series, or
+        # on instances the sender does not route): the signals contradict, so the quiet period decides instead of
+        # holding the study for the whole force-complete time
+        return Judgement(Wholeness.UNDECIDED, f"{missing}, but the series is {judged.reason}")
+    return Judgement(Wholeness.INCOMPLETE, missing)
+
+
+def _judge_geometry(instances: Sequence[InstanceGeometry], series_refs: set[str]) -> Judgement:
+    """Contiguity and counts of a series; ``series_refs``: the held instances the SEG references (they fix the ends)."""
     positions = [p for g in instances for p in g.positions]
     orientations = [o for g in instances for o in g.orientations]
     if any(p is None for p in positions) or any(o is None for o in orientations):
@@ -290,7 +302,10 @@ def judge_study(images: Sequence[tuple[str, str, Sequence[Path]]], seg_files: Se
     elsewhere = {u for seg in segs for series, uids in seg.referenced_series if series not in required for u in uids}
     unheld = {u for seg in segs for u in seg.frame_sources} - held - elsewhere
     if unheld:  # per-frame source references to instances of a required series (or of none listed) not received
-        return Judgement(Wholeness.INCOMPLETE, f"SEG frames reference {len(unheld)} instance(s) not received")
+        missing = f"SEG frames reference {len(unheld)} instance(s) not received"
+        if all(j.wholeness is Wholeness.WHOLE for _role, j in judged):  # contradiction: as in judge_series
+            return Judgement(Wholeness.UNDECIDED, f"{missing}, but every required series is whole by its count")
+        return Judgement(Wholeness.INCOMPLETE, missing)
     for wanted in (Wholeness.INCOMPLETE, Wholeness.UNDECIDED):
         for role, judgement in judged:
             if judgement.wholeness is wanted:

@@ -81,6 +81,15 @@ def test_the_segs_references_fix_and_check_the_series() -> None:
     assert beyond.wholeness is Wholeness.INCOMPLETE and "references 1 instance(s)" in beyond.reason
     # a reference to another series says nothing about this one
     assert judge_series(slices, [seg_naming("OTHER", {"z"})], "S").wholeness is Wholeness.UNDECIDED
+    # whole by its own count, yet the SEG names an instance beyond it: the signals contradict, so the quiet period
+    # decides (before: INCOMPLETE, which held the study for the whole force-complete time, 1 h by default)
+    counted = stack([0.0, 2.0, 4.0, 6.0], count=4)
+    contradiction = judge_series(counted, [seg_naming("S", everything | {"elsewhere"})], "S")
+    assert contradiction.wholeness is Wholeness.UNDECIDED and "references 1 instance(s)" in contradiction.reason
+    # ... but a count not reached, or a hole, with the SEG naming more: certainly incomplete
+    assert judge_series(counted[:3], [seg_naming("S", everything)], "S").wholeness is Wholeness.INCOMPLETE
+    holed = counted[:1] + counted[2:]
+    assert judge_series(holed, [seg_naming("S", everything)], "S").wholeness is Wholeness.INCOMPLETE
 
 
 def test_study_judgement_on_the_synthetic_study(synth_case: SynthCase) -> None:
