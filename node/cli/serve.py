@@ -151,8 +151,8 @@ class WorkerSupervisor:
     """Runs the node's worker process, restarts it when it stops, and stops it (and all its children) on demand.
 
     The worker runs in a session (process group) of its own, so a terminal's Ctrl-C or a SIGTERM to this node's
-    process group reaches only ``serve``, which stops the worker itself: SIGTERM to the worker's whole group
-    (Celery's warm shutdown, its pool and beat), then SIGKILL to the group after ``stop_timeout_s``. When the
+    process group reaches only ``serve``, which stops the worker itself: SIGTERM to the worker's main process
+    (Celery's warm shutdown stops its pool and beat), then SIGKILL to the group after ``stop_timeout_s``. When the
     worker exits on its own, its group is killed (nothing it started survives it) and it is started again after
     1, 2, 4 ... s (at most :data:`RESTART_BACKOFF_MAX_S`); the listener keeps running meanwhile. The worker arms
     a parent-death signal (``--exit-with-parent``), so a SIGKILL of ``serve`` takes it down too; its pool
@@ -238,7 +238,11 @@ class WorkerSupervisor:
         if process is None:
             return
         if process.poll() is None:
-            self._kill_group(process.pid, signal.SIGTERM)  # Celery warm shutdown; the pool and beat stop too
+            # SIGTERM to the main process alone: Celery's warm shutdown stops its pool and beat itself (a SIGTERM
+            # to the whole group killed the idle pool processes under it, the pool started new ones during the
+            # shutdown, and the stop ran into the timeout)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signal.SIGTERM)
             try:
                 process.wait(self.stop_timeout_s)
             except subprocess.TimeoutExpired:
