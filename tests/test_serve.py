@@ -110,10 +110,11 @@ def test_serve_listens_and_stops_on_sigterm(serve: ServeProcess) -> None:
     assert elapsed < STOP_BUDGET_S, f"ainode serve took {elapsed:.1f} s to stop"
     assert (serve.spool / "ledger.sqlite3").is_file() and (serve.spool / "worker.log").is_file()
     assert serve.node_processes() == []
-    # the idle worker stopped by itself (Celery's warm shutdown), not killed at the timeout: a SIGTERM to its
-    # whole group killed its pool processes, the pool started new ones, and the stop always ran into the kill
-    out = serve.output()
-    assert "did not stop within" not in out, out[-2000:]
+    # the SIGTERM reached the worker's main process only, whose warm shutdown closes the pool: a SIGTERM to the
+    # whole group killed the pool processes under it, Celery started new ones during the shutdown, and the demo's
+    # every stop ran into the kill at worker_stop_timeout_s
+    log = (serve.spool / "worker.log").read_text()
+    assert "exited with 'signal 15 (SIGTERM)'" not in log, log[-3000:]
 
 
 def test_a_dead_worker_is_restarted_and_leaves_nothing_behind(serve: ServeProcess) -> None:
