@@ -31,11 +31,15 @@ def _pil_font(path: str, size_px: float) -> ImageFont.FreeTypeFont:
     return ImageFont.truetype(path, size_px, layout_engine=ImageFont.Layout.BASIC)
 
 
-@functools.lru_cache(maxsize=1024)
+@functools.lru_cache(maxsize=4096)
+def _has_glyph(path: str, char: str) -> bool:
+    return bool(get_font(path).get_char_index(ord(char)))
+
+
 def _covers(path: str, text: str) -> bool:
-    """Whether the font file has a glyph for every character of ``text`` (else matplotlib picks a fallback)."""
-    face = get_font(path)
-    return all(face.get_char_index(ord(c)) for c in set(text))
+    """Whether the font file has a glyph for every character of ``text`` (else matplotlib picks a fallback).
+    Cached by character, so that no page text outlives its job in a warm worker."""
+    return all(_has_glyph(path, c) for c in set(text))
 
 
 class TextRenderer(RendererAgg):
