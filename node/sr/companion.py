@@ -38,6 +38,7 @@ from node.sr.identity import fingerprint, result_identity, superseded
 from node.sr.not_assessed_page import not_assessed_lines, render_not_assessed_page
 from node.sr.patient import companion_lines, statement
 from node.sr.qcpage import qc_pages, render_qc_page
+from node.sr.raster import rasterise
 from node.sr.report import PROCESSING_EQUIPMENT_DESCRIPTION, lesion_summary, report_summary, write_instance
 from node.sr.sites import site_line
 from node.sr.trust import lesion_lines, lesion_text, provenance_lines, provenance_texts
@@ -184,10 +185,10 @@ def render_png(content: ReportContent, lesion: LesionResult, path: Path) -> Path
 
 
 def _rgb(fig: Figure) -> npt.NDArray[np.uint8]:
-    fig.canvas.draw()
-    rgba = np.asarray(fig.canvas.buffer_rgba())  # type: ignore[attr-defined]
-    plt.close(fig)
-    return np.ascontiguousarray(rgba[..., :3], dtype=np.uint8)
+    try:
+        return rasterise(fig)  # Agg shapes and images, Pillow text (node.sr.raster)
+    finally:
+        plt.close(fig)
 
 
 def _equipment(content: ReportContent) -> Any:

@@ -3,7 +3,8 @@
 =================  ===========================================================================================
 check              what it catches
 =================  ===========================================================================================
-``roundtrip``      pydicom re-read; for SRs highdicom ``srread`` and the TID 1411 groups parse (segment refs)
+``roundtrip``      pydicom re-read; for SRs highdicom ``srread`` (the whole TID 1500 tree parsed into its content
+                   item types) and every TID 1411 group of it: a tracking UID and one complete segment reference
 ``dsrdump``        dcmtk ``dsrdump -v``: SR encoding and relationship constraints (``E:`` lines, exit status)
 ``dciodvfy``       dicom3tools: IOD / module / attribute errors (``Error`` lines; 99BCMETS "unrecognized" dropped)
 ``pixelmed``       PixelMed ``DicomSRValidator``: SR *templates* (TID 1500/1411/300; ``Error:`` lines)
@@ -11,7 +12,10 @@ check              what it catches
 =================  ===========================================================================================
 
 A check whose tool is not installed is skipped (see :func:`available_tools`); callers that require a tool ask
-:func:`available_tools` first. Research use only, not for diagnosis.
+:func:`available_tools` first. The external tools of every file given to one :class:`Validation` run at once, in
+the background (each is its own process: they use another core while this process re-reads the files, or goes
+on rendering the companions in :func:`write_results`); the problems come back in a fixed order. Research use
+only, not for diagnosis.
 """
 
 from __future__ import annotations
@@ -24,12 +28,16 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import highdicom as hd
 import pydicom
+from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
 
 from node.errors import ProcessingError
 from node.sr.companion import Companion, write_companions
@@ -44,6 +52,8 @@ JAVA_FLAGS = ("-Djdk.xml.xpathExprOpLimit=0", "-Djdk.xml.xpathExprGrpLimit=0", "
 TIMEOUT_S = 300.0
 SR_CHECKS: tuple[str, ...] = ("roundtrip", "dsrdump", "dciodvfy", "pixelmed", "tid1500reader")
 OBJECT_CHECKS: tuple[str, ...] = ("roundtrip", "dciodvfy")
+#: external validators running at once (an SR's three tools plus a companion's dciodvfy)
+PARALLEL_TOOLS = 4
 
 
 def _tid1500reader() -> str | None:
@@ -69,20 +79,60 @@ def _run(args: Sequence[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(args), capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
 
 
+def _children(item: Dataset, name: Code, value_type: str, relationship: str | None = None) -> list[Dataset]:
+    """The content items directly under ``item`` with this concept name, value type (and relationship)."""
+    found = []
+    for child in item.get("ContentSequence", []):
+        concept = child.ConceptNameCodeSequence[0]
+        if (concept.get("CodeValue"), concept.CodingSchemeDesignator, child.ValueType) == (
+            name.value, name.scheme_designator, value_type
+        ) and relationship in (None, child.get("RelationshipType")):
+            found.append(child)
+    return found
+
+
+def _volumetric_groups(root: Dataset) -> list[Dataset]:
+    """The TID 1411 groups under Imaging Measurements: template 1411, or no template and a segment reference."""
+    groups = []
+    for container in _children(root, codes.DCM.ImagingMeasurements, "CONTAINER"):
+        for group in _children(container, codes.DCM.MeasurementGroup, "CONTAINER"):
+            templates = [str(t.TemplateIdentifier) for t in group.get("ContentTemplateSequence", [])]
+            if templates == ["1411"] or (not templates and _children(group, codes.DCM.ReferencedSegment, "IMAGE")):
+                groups.append(group)
+    return groups
+
+
+def _group_problems(group: Dataset) -> list[str]:
+    """A tracking UID, and one Referenced Segment (SEG instance and segment number) with its source: image(s) or
+    one series, not both (what highdicom's ``ReferencedSegment`` requires)."""
+    uids = [str(i.UID) for i in _children(group, codes.DCM.TrackingUniqueIdentifier, "UIDREF") if i.get("UID")]
+    problems = [] if uids else ["a measurement group has no Tracking Unique Identifier"]
+    segments = [
+        ref for i in _children(group, codes.DCM.ReferencedSegment, "IMAGE", "CONTAINS")
+        for ref in i.get("ReferencedSOPSequence", [])[:1]
+        if ref.get("ReferencedSOPInstanceUID") and ref.get("ReferencedSegmentNumber") is not None
+    ]
+    images = _children(group, codes.DCM.SourceImageForSegmentation, "IMAGE", "CONTAINS")
+    series = _children(group, codes.DCM.SourceSeriesForSegmentation, "UIDREF", "CONTAINS")
+    if len(segments) != 1 or bool(images) == bool(series) or len(series) > 1:
+        problems.append(f"group {uids[0] if uids else '(no tracking UID)'} does not reference a segment "
+                        f"({len(segments)} segment reference(s), {len(images)} source image(s), "
+                        f"{len(series)} source series)")
+    return problems
+
+
 def check_roundtrip_sr(path: Path) -> list[str]:
-    """highdicom ``srread`` and the parsed content: every TID 1411 group references a SEG segment."""
+    """highdicom ``srread`` of the file (every content item parsed into its highdicom type, the root as a TID 1500
+    Measurement Report) and, on the parsed tree, every TID 1411 group: a tracking UID and a SEG segment reference.
+    """
     try:
-        report: Any = hd.sr.srread(path).content  # a MeasurementReport for TID 1500 documents
-        groups = report.get_volumetric_roi_measurement_groups(reference_type=codes.DCM.ReferencedSegment)
+        sr: Any = hd.sr.srread(path)
+        if not isinstance(sr.content, hd.sr.MeasurementReport):
+            return ["highdicom srread: the document is not a TID 1500 Measurement Report"]
+        groups = _volumetric_groups(sr.content[0])
+        return [problem for group in groups for problem in _group_problems(group)]
     except Exception as exc:  # noqa: BLE001 - a validator reports any parser failure as the finding itself
         return [f"highdicom srread failed: {type(exc).__name__}: {exc}"]
-    problems = []
-    for g in groups:
-        if not g.tracking_uid:
-            problems.append("a measurement group has no Tracking Unique Identifier")
-        if not g.referenced_segment:
-            problems.append(f"group {g.tracking_uid} does not reference a segment")
-    return problems
 
 
 def check_roundtrip_object(path: Path) -> list[str]:
@@ -149,27 +199,73 @@ _CHECKS: dict[str, Callable[[Path], list[str]]] = {
 }
 
 
-def _validate(path: Path, roundtrip: Callable[[Path], list[str]], checks: Sequence[str]) -> list[str]:
-    tools = available_tools()
-    problems = roundtrip(path) if "roundtrip" in checks else []
-    for name in checks:
-        if name == "roundtrip":
-            continue
-        if not tools[name]:
-            logger.info("validator %s not installed: skipped for %s", name, path.name)
-            continue
-        problems += _CHECKS[name](path)
-    return problems
+class Validation:
+    """Validate written files; the external tools of every file added run at once in the background (threads
+    waiting on the tools' processes), the re-reads in this thread when :meth:`problems` is asked.
+
+    Use as a context manager (the threads end on leaving it)::
+
+        with Validation() as validation:
+            validation.add_sr(sr_path)          # its tools start now
+            ...                                 # write more objects meanwhile
+            validation.add_object(sc_path)
+            problems = validation.problems()    # every re-read, then every tool's findings, file by file
+    """
+
+    def __init__(self) -> None:
+        self._tools = available_tools()
+        self._pool = ThreadPoolExecutor(max_workers=PARALLEL_TOOLS, thread_name_prefix="validate")
+        self._files: list[tuple[Path, Callable[[Path], list[str]] | None, list[Future[list[str]]]]] = []
+
+    def __enter__(self) -> Validation:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _add(self, path: Path, roundtrip: Callable[[Path], list[str]], checks: Sequence[str]) -> None:
+        futures = []
+        for name in checks:
+            if name == "roundtrip":
+                continue
+            if not self._tools[name]:
+                logger.info("validator %s not installed: skipped for %s", name, path.name)
+                continue
+            futures.append(self._pool.submit(_CHECKS[name], path))
+        self._files.append((path, roundtrip if "roundtrip" in checks else None, futures))
+
+    def add_sr(self, path: Path, checks: Sequence[str] = SR_CHECKS) -> None:
+        """Start the SR's external checks (``roundtrip`` runs in :meth:`problems`)."""
+        self._add(path, check_roundtrip_sr, checks)
+
+    def add_object(self, path: Path, checks: Sequence[str] = OBJECT_CHECKS) -> None:
+        """Start a Secondary Capture's or Encapsulated PDF's external checks."""
+        self._add(path, check_roundtrip_object, checks)
+
+    def problems(self) -> list[str]:
+        """Every problem found, file by file in the order added: the re-read first, then each tool in check
+        order (waits for the tools; an exception of a check is raised here)."""
+        problems: list[str] = []
+        for path, roundtrip, futures in self._files:
+            if roundtrip is not None:
+                problems += roundtrip(path)
+            for future in futures:
+                problems += future.result()
+        return problems
 
 
 def validate_sr(path: Path, checks: Sequence[str] = SR_CHECKS) -> list[str]:
     """Problems found in a written SR by the re-read and every installed validator (empty list: valid)."""
-    return _validate(path, check_roundtrip_sr, checks)
+    with Validation() as validation:
+        validation.add_sr(path, checks)
+        return validation.problems()
 
 
 def validate_object(path: Path, checks: Sequence[str] = OBJECT_CHECKS) -> list[str]:
     """Problems in a written Secondary Capture or Encapsulated PDF (re-read + dciodvfy)."""
-    return _validate(path, check_roundtrip_object, checks)
+    with Validation() as validation:
+        validation.add_object(path, checks)
+        return validation.problems()
 
 
 FAST_SR_CHECKS: tuple[str, ...] = ("roundtrip", "dsrdump", "dciodvfy", "tid1500reader")
@@ -184,19 +280,29 @@ def write_results(
 ) -> list[Path]:
     """Build, write, re-read and validate the SR and the configured companions; SR first in the returned list.
 
+    The SR's external validators start as soon as it is written and run while the companions are rendered.
     Raises :class:`~node.errors.ProcessingError` (see :func:`require_valid`) when an object fails a check.
     """
     sr_path = write_instance(build_report(content), directory)
-    paths = [sr_path, *write_companions(content, directory, companions)]
-    require_valid(sr_path, paths[1:], sr_checks)
+    with Validation() as validation:
+        validation.add_sr(sr_path, sr_checks)
+        paths = [sr_path, *write_companions(content, directory, companions)]
+        for path in paths[1:]:
+            validation.add_object(path)
+        _raise_on(validation.problems(), sr_path)
     return paths
 
 
 def require_valid(sr_path: Path, object_paths: Sequence[Path], sr_checks: Sequence[str] = FAST_SR_CHECKS) -> None:
     """Raise :class:`~node.errors.ProcessingError` naming the problems of any written object (nothing invalid
     should be sent to a PACS); the files stay where they are, for inspection."""
-    problems = validate_sr(sr_path, sr_checks)
-    for path in object_paths:
-        problems += validate_object(path)
+    with Validation() as validation:
+        validation.add_sr(sr_path, sr_checks)
+        for path in object_paths:
+            validation.add_object(path)
+        _raise_on(validation.problems(), sr_path)
+
+
+def _raise_on(problems: list[str], sr_path: Path) -> None:
     if problems:
         raise ProcessingError(f"result objects in {sr_path.parent} failed validation: " + "; ".join(problems[:5]))

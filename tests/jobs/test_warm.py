@@ -279,3 +279,14 @@ def test_preload_names_what_it_could_not_load(tmp_path: Path) -> None:
     done = warm.preload(Settings.load(env={"AINODE_MODELS_DIR": str(tmp_path / "none")}))
     assert any(problem.startswith("model set:") for problem in done.problems), (done.problems, done.steps)
     assert done.model_bundles == 0 and "template and atlas" in done.steps
+
+
+def test_preload_has_highdicom_read_its_tables_of_the_standard() -> None:
+    """highdicom reads its IOD / module tables (JSON, ~0.2 s) on the first object a process builds: the preload
+    does it before the fork, not each pool process's first SR (the cache is highdicom's own, cleared first so that
+    an earlier test in this process cannot have filled it)."""
+    from highdicom import _standard_utils
+
+    _standard_utils.get_module_attribute_map.cache_clear()
+    warm._warm_highdicom()
+    assert _standard_utils.get_module_attribute_map.cache_info().currsize == 1

@@ -3,6 +3,7 @@ is meant to catch (so a green result means something). PixelMed takes ~25 s per 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import cast
@@ -12,10 +13,12 @@ import pytest
 from pydicom.dataset import Dataset
 
 from node.errors import ProcessingError, SegmentationError
+from node.sr import validate
 from node.sr.content import ReportContent
 from node.sr.failure import FailureContent, build_failure_report
 from node.sr.report import write_instance
 from node.sr.validate import (
+    Validation,
     available_tools,
     check_dciodvfy,
     check_dsrdump,
@@ -165,3 +168,78 @@ def test_require_valid_refuses_invalid_output(written: Written, tmp_path: Path):
     bad_pdf = _mutated(written.pdf, tmp_path, lambda ds: delattr(ds, "MIMETypeOfEncapsulatedDocument"))
     with pytest.raises(ProcessingError, match="dciodvfy"):
         require_valid(written.sr, (bad_pdf,))
+
+
+def _first_group(ds: Dataset) -> Dataset:
+    measurements = next(i for i in ds.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "126010")
+    return cast(Dataset, measurements.ContentSequence[0])
+
+
+def _drop_items(code_value: str) -> Callable[[Dataset], None]:
+    def change(ds: Dataset) -> None:
+        group = _first_group(ds)
+        kept = [i for i in group.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue != code_value]
+        assert len(kept) < len(group.ContentSequence)
+        group.ContentSequence = kept
+
+    return change
+
+
+def _add_source_image(ds: Dataset) -> None:
+    group = _first_group(ds)
+    segment = next(i for i in group.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "121191")
+    image = Dataset()
+    image.RelationshipType, image.ValueType = "CONTAINS", "IMAGE"
+    code = Dataset()
+    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "121233", "DCM", "Source image for segmentation"
+    image.ConceptNameCodeSequence = [code]
+    ref = Dataset()
+    ref.ReferencedSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
+    ref.ReferencedSOPInstanceUID = segment.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+    image.ReferencedSOPSequence = [ref]
+    group.ContentSequence.append(image)
+
+
+@pytest.mark.parametrize(
+    ("change", "finding"),
+    [
+        (_drop_items("112040"), "no Tracking Unique Identifier"),  # the tracking UID
+        (_drop_items("121191"), "does not reference a segment"),  # the Referenced Segment item
+        (_drop_items("121232"), "does not reference a segment"),  # its source series
+        (_add_source_image, "does not reference a segment"),  # source image and source series both
+    ],
+)
+def test_roundtrip_checks_every_volumetric_group(written: Written, tmp_path: Path, change, finding: str):
+    assert check_roundtrip_sr(written.sr) == []
+    problems = check_roundtrip_sr(_mutated(written.sr, tmp_path, change))
+    assert any(finding in p for p in problems), problems
+
+
+def test_roundtrip_refuses_a_document_that_is_not_tid_1500(written: Written, tmp_path: Path):
+    def other_template(ds: Dataset) -> None:
+        ds.ContentTemplateSequence[0].TemplateIdentifier = "2000"
+
+    problems = check_roundtrip_sr(_mutated(written.sr, tmp_path, other_template))
+    assert problems and "TID 1500" in problems[0]
+
+
+def test_validation_runs_the_tools_at_once_and_reports_in_order(written: Written, monkeypatch: pytest.MonkeyPatch):
+    """Two tools that wait for each other finish only when they run at the same time; the problems still come
+    back file by file, re-read first, then the tools in check order."""
+    both = threading.Barrier(2, timeout=20)
+
+    def tool(name: str) -> Callable[[Path], list[str]]:
+        def run(path: Path) -> list[str]:
+            both.wait()
+            return [f"{name} {path.name}"]
+
+        return run
+
+    monkeypatch.setattr(validate, "_CHECKS", {"dsrdump": tool("dsrdump"), "dciodvfy": tool("dciodvfy")})
+    monkeypatch.setattr(validate, "available_tools", lambda: {"roundtrip": True, "dsrdump": True, "dciodvfy": True})
+    monkeypatch.setattr(validate, "check_roundtrip_sr", lambda path: [f"roundtrip {path.name}"])
+    with Validation() as validation:
+        validation.add_sr(written.sr, ("roundtrip", "dsrdump", "dciodvfy"))
+        problems = validation.problems()
+    sr = written.sr.name
+    assert problems == [f"roundtrip {sr}", f"dsrdump {sr}", f"dciodvfy {sr}"]
