@@ -1,8 +1,10 @@
 """Group the files of a received study into series and pick the T1CE, T2 and DICOM-SEG among them.
 
 ``scan_study`` reads every file's header (recursively); a file that is not readable DICOM raises
-:class:`CorruptInstanceError` naming it, so nothing is silently skipped. ``identify_series`` applies the
-configurable :class:`SeriesRules`; errors name series by description, number and UID, never the patient.
+:class:`CorruptInstanceError` naming it, so nothing is silently skipped. Each ``SeriesRef`` keeps the headers it
+read (``headers``), so that neither the series rules, the volume reader nor the SR's evidence parse them again.
+``identify_series`` applies the configurable :class:`SeriesRules`; errors name series by description, number
+and UID, never the patient.
 """
 
 from __future__ import annotations
@@ -29,8 +31,8 @@ from node.imaging.series_rules import (
     has_contrast_evidence,
     matches_any,
 )
-from node.imaging.types import SeriesRef
-from node.imaging.volume import read_instance
+from node.imaging.types import InstanceHeader, SeriesRef
+from node.imaging.volume import read_header
 
 logger = logging.getLogger(__name__)
 
@@ -77,10 +79,6 @@ def _values(ds: Dataset, keyword: str) -> tuple[str, ...]:
 # scanning
 
 
-def _read_header(path: Path) -> Dataset:
-    return read_instance(path, stop_before_pixels=True)
-
-
 def _text(ds: Dataset, keyword: str) -> str:
     value = ds.get(keyword)
     return "" if value is None else str(value)
@@ -90,9 +88,10 @@ def scan_study(study_dir: Path) -> list[SeriesRef]:
     """Group every file below ``study_dir`` by SeriesInstanceUID (files sorted by path within a series)."""
     if not study_dir.is_dir():
         raise InvalidStudyError(f"study folder {study_dir} does not exist")
-    grouped: dict[str, list[tuple[Path, Dataset]]] = {}
+    grouped: dict[str, list[InstanceHeader]] = {}
     for path in sorted(p for p in study_dir.rglob("*") if p.is_file()):
-        ds = _read_header(path)
+        header = read_header(path)
+        ds = header.dataset
         sop_class = _text(ds, "SOPClassUID")
         if sop_class == MEDIA_STORAGE_DIRECTORY:
             logger.info("ignoring DICOMDIR %s", path)
@@ -102,10 +101,10 @@ def scan_study(study_dir: Path) -> list[SeriesRef]:
             raise CorruptInstanceError(
                 f"{path} lacks SOPClassUID, StudyInstanceUID or SeriesInstanceUID and cannot be assigned to a series"
             )
-        grouped.setdefault(series_uid, []).append((path, ds))
+        grouped.setdefault(series_uid, []).append(header)
     refs = []
     for series_uid, items in grouped.items():
-        first = items[0][1]
+        first = items[0].dataset
         number = first.get("SeriesNumber")
         refs.append(
             SeriesRef(
@@ -116,7 +115,8 @@ def scan_study(study_dir: Path) -> list[SeriesRef]:
                 series_description=_text(first, "SeriesDescription"),
                 series_number=int(number) if number not in (None, "") else None,
                 frame_of_reference_uid=_text(first, "FrameOfReferenceUID") or None,
-                files=tuple(path for path, _ in items),
+                files=tuple(h.path for h in items),
+                headers=tuple(items),
             )
         )
     refs.sort(key=lambda r: (r.series_number if r.series_number is not None else 1 << 30, r.series_instance_uid))
@@ -143,7 +143,7 @@ def _referenced_series(ds: Dataset) -> tuple[str, ...]:
 
 
 def _info(ref: SeriesRef) -> _SeriesInfo:
-    ds = _read_header(ref.files[0])
+    ds = ref.headers[0].dataset if ref.headers else read_header(ref.files[0]).dataset
     return _SeriesInfo(
         ref=ref,
         image_type=tuple(v.upper() for v in _values(ds, "ImageType")),

@@ -7,20 +7,36 @@ Conventions (every stage relies on them):
   Direction columns are the row cosine, the column cosine and the slice normal of the acquisition.
 * Intensity images are float32 in the modality's real-world units (rescale slope/intercept applied).
 * Masks are uint8 with values {0, 1} and *exactly* the geometry of the image they belong to.
-* Nothing here carries patient name, ID or birth date: only UIDs, series descriptions and numbers.
+* Nothing here carries patient name, ID or birth date: only UIDs, series descriptions and numbers. The one
+  exception is the file headers the loader keeps so that no file is parsed twice (:class:`InstanceHeader`:
+  ``SeriesRef.headers``, ``SeriesFiles.headers``, the SR's evidence): they never appear in a ``repr`` and a pickled
+  copy (another process) leaves them behind.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import SimpleITK as sitk
+from pydicom.dataset import Dataset
 
 from node.vocabulary import LesionSite
 
 PonsMethod = Literal["seg", "auto", "whole-brain", "none"]  # "none": no usable reference (lesions not assessed)
+
+
+@dataclass(frozen=True)
+class InstanceHeader:
+    """One file's header as the study scan read it: the dataset without its pixel data (``stop_before_pixels``)
+    and the file offset where the pixel data element starts, so that the pixels can be read without parsing the
+    header again (None: not known, e.g. a deflated file: read the whole file)."""
+
+    path: Path
+    dataset: Dataset = field(repr=False)
+    pixel_offset: int | None = None
 
 
 @dataclass(frozen=True)
@@ -35,6 +51,11 @@ class SeriesRef:
     series_number: int | None
     frame_of_reference_uid: str | None
     files: tuple[Path, ...]
+    #: the headers the study scan read, for the files of ``files`` (matched by path; a file without one is read)
+    headers: tuple[InstanceHeader, ...] = field(default=(), compare=False, repr=False)
+
+    def __getstate__(self) -> dict[str, object]:
+        return {**self.__dict__, "headers": ()}  # another process reads the files itself
 
     def describe(self) -> str:
         """Short PHI-free description for messages: ``'T1 MPRAGE +C' (series 5, 176 files)``."""
@@ -62,6 +83,12 @@ class SeriesFiles:
     t1ce: tuple[Path, ...]
     t2: tuple[Path, ...]
     seg: Path
+    #: the headers (no pixel data) the loader read from these files, by path: the SR's evidence without parsing
+    #: the files again (a file missing here is read); a pickled copy (another process) leaves them behind
+    headers: Mapping[Path, Dataset] = field(default_factory=dict, compare=False, repr=False)
+
+    def __getstate__(self) -> dict[str, object]:
+        return {**self.__dict__, "headers": {}}
 
 
 @dataclass(frozen=True)

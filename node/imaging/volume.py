@@ -25,12 +25,19 @@ import pydicom
 import SimpleITK as sitk
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.filereader import read_dataset
+from pydicom.tag import Tag
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 
 from node.errors import CorruptInstanceError, GeometryError, UnsupportedInstanceError
 from node.imaging.photometric import to_monochrome2
 from node.imaging.stacks import choose_volume, split_stacks
-from node.imaging.types import SeriesRef
+from node.imaging.types import InstanceHeader, SeriesRef
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +56,8 @@ class _Frame:
 
 
 _READ_ERRORS = (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError, IndexError, struct.error)
+#: Pixel Data, Float Pixel Data, Double Float Pixel Data: where ``stop_before_pixels`` stops
+_PIXEL_TAGS = (Tag(0x7FE0, 0x0010), Tag(0x7FE0, 0x0008), Tag(0x7FE0, 0x0009))
 
 
 def read_instance(path: Path, *, stop_before_pixels: bool = False) -> Dataset:
@@ -56,16 +65,32 @@ def read_instance(path: Path, *, stop_before_pixels: bool = False) -> Dataset:
 
     Raises :class:`CorruptInstanceError` naming the file when it is not readable DICOM.
     """
+    return _read(Path(path), stop_before_pixels)[0]
+
+
+def read_header(path: Path) -> InstanceHeader:
+    """The file's header (:func:`read_instance` with ``stop_before_pixels``, same errors) and where its pixel data
+    element starts, for :func:`_dataset` to add the pixels later without parsing the header again."""
+    ds, offset = _read(Path(path), True)
+    deflated = ds.file_meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian  # offset in the inflated
+    return InstanceHeader(path, ds, None if deflated else offset)
+
+
+def _read(path: Path, stop_before_pixels: bool) -> tuple[Dataset, int]:
+    """The dataset and the file position where reading stopped (``stop_before_pixels``: the pixel data element)."""
     try:
-        return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
-    except InvalidDicomError:
-        pass
+        with path.open("rb") as fp:
+            try:
+                return pydicom.dcmread(fp, stop_before_pixels=stop_before_pixels), fp.tell()
+            except InvalidDicomError:
+                pass
     except _READ_ERRORS as exc:
         raise CorruptInstanceError(f"{path} is not a readable DICOM file ({type(exc).__name__}: {exc})") from exc
     try:  # no preamble / "DICM" prefix: some exporters write the bare dataset
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), path.open("rb") as fp:
             warnings.simplefilter("ignore")  # pydicom guesses at VR/encoding of non-DICOM bytes
-            ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, force=True)
+            ds = pydicom.dcmread(fp, stop_before_pixels=stop_before_pixels, force=True)
+            offset = fp.tell()
     except _READ_ERRORS as exc:
         raise CorruptInstanceError(f"{path} is not a DICOM file (no DICOM header: {exc})") from exc
     if "SOPClassUID" not in ds or "SOPInstanceUID" not in ds:
@@ -76,7 +101,30 @@ def read_instance(path: Path, *, stop_before_pixels: bool = False) -> Dataset:
             ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
         )
     logger.info("%s has no DICOM preamble; read it as a bare dataset", path)
-    return ds
+    return ds, offset
+
+
+def _dataset(path: Path, header: InstanceHeader | None) -> Dataset:
+    """The file's whole dataset: the scan's header with the pixel data element (and anything after it) read from
+    the recorded offset, parsed as a full read parses it, so the header is parsed once. A full read
+    (:func:`read_instance`, its errors) when no header was kept or the rest of the file is not a pixel data
+    element. The result shares the header's elements (read, never changed) but not the header itself, which stays
+    without pixel data (the SR's evidence)."""
+    if header is None or header.pixel_offset is None:
+        return read_instance(path)
+    head = header.dataset
+    implicit, little = head.original_encoding
+    try:
+        with path.open("rb") as fp:
+            fp.seek(header.pixel_offset)
+            tail = read_dataset(fp, bool(implicit), bool(little), parent_encoding=head.original_character_set)
+    except _READ_ERRORS:
+        return read_instance(path)
+    if not any(tag in tail for tag in _PIXEL_TAGS):
+        return read_instance(path)
+    full = Dataset({**dict(head.items()), **dict(tail.items())})
+    full.file_meta = head.file_meta
+    return full
 
 
 def _decode(ds: Dataset, path: Path) -> npt.NDArray[np.generic]:
@@ -165,8 +213,9 @@ def _multi_frames(ds: Dataset, path: Path) -> Iterator[_Frame]:
 
 def _frames(ref: SeriesRef) -> list[_Frame]:
     frames: list[_Frame] = []
+    headers = {h.path: h for h in ref.headers}  # what the scan read (by path: a ref may reorder its files)
     for path in ref.files:
-        ds = read_instance(path)
+        ds = _dataset(path, headers.get(path))
         multi = "PerFrameFunctionalGroupsSequence" in ds or int(ds.get("NumberOfFrames", 1) or 1) > 1
         frames.extend(_multi_frames(ds, path) if multi else _single_frames(ds, path))
     return frames

@@ -102,10 +102,10 @@ def _series_files(refs: Sequence[SeriesRef], series_uid: str, role: str) -> tupl
 
 
 def source_study(study_dir: Path, run: FeatureRun) -> SourceStudy:
-    """The SR's evidence: the exact T1CE, T2 and SEG series the pipeline analysed (the files the loader read;
-    a folder scan only for a run that does not carry them)."""
+    """The SR's evidence: the exact T1CE, T2 and SEG series the pipeline analysed (the files the loader read,
+    with the headers it parsed: no file is read again; a folder scan only for a run that does not carry them)."""
     if run.files is not None:
-        return SourceStudy.from_files(run.files.t1ce, run.files.t2, run.files.seg)
+        return SourceStudy.from_files(run.files.t1ce, run.files.t2, run.files.seg, run.files.headers)
     refs = scan_study(study_dir)
     ident = run.identity
     seg_files = _series_files(refs, ident.seg_series_uid, "SEG")

@@ -9,7 +9,12 @@ the numba/llvmlite compiler it pulls in, ~190 MB of the container image) at run 
 * LightGBM: the booster's own exact TreeSHAP, ``predict(..., pred_contrib=True)``;
 * Random Forest / AdaBoost (:class:`node.model.trees.TreeEnsemble`): :func:`ensemble_shap` below, the same
   algorithm in numpy over the exported arrays (node weights are the covers, splits go left on ``x <= t`` in
-  float32 like scikit-learn).
+  float32 like scikit-learn). Rather than recursing through every tree for every row, it works on the ensemble's
+  root-to-leaf paths (:attr:`TreeEnsemble.leaf_paths`, built once per loaded model): a leaf's SHAP values depend
+  only on its path's distinct features, their cover fractions and whether the row satisfies the path's splits on
+  each, so Algorithm 2's EXTEND and UNWOUND-SUM steps run for all leaves with the same number of distinct
+  features at once (~10 ms instead of ~0.35 s for one row of the demo's 200-tree Random Forest).
+  ``tests/learn/treeshap_oracle.py`` keeps the recursion, and the tests hold the two to 1e-12.
 
 The last column of a booster's contributions is the bias, the cover-weighted mean output: ``shap``'s
 ``expected_value``. ``tests/learn/test_treeshap.py`` checks all four kinds against ``shap.TreeExplainer``
@@ -23,9 +28,10 @@ import numpy as np
 import numpy.typing as npt
 import xgboost as xgb
 
-from node.model.trees import JsonTree, TreeEnsemble
+from node.model.trees import LeafPaths, TreeEnsemble
 
 FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
 
 
 def booster_shap(model: xgb.Booster | lgb.Booster, z: FloatArray) -> tuple[FloatArray, FloatArray]:
@@ -51,114 +57,55 @@ def ensemble_shap(ensemble: TreeEnsemble, x: FloatArray) -> tuple[FloatArray, Fl
     x32 = np.asarray(x, dtype=np.float32).astype(np.float64)
     if x32.ndim != 2 or x32.shape[1] != ensemble.n_features:
         raise ValueError(f"expected {ensemble.n_features} model inputs, got shape {x32.shape}")
-    values = np.zeros((x32.shape[0], ensemble.n_features, ensemble.n_classes))
-    base = np.zeros(ensemble.n_classes)
-    for tree in ensemble.trees:
-        base += _expected_value(tree)
-        for row in range(x32.shape[0]):
-            _TreeShap(tree, x32[row], values[row]).run()
-    return values, base
+    n, f, c = x32.shape[0], ensemble.n_features, ensemble.n_classes
+    paths = ensemble.leaf_paths  # built on the first call, then cached on the (loaded, reused) ensemble
+    per_row = max((p.value.shape[0] * (p.length + 1) * c for p in paths), default=1)  # the largest group's
+    chunk = max(1, _CHUNK_ELEMENTS // per_row)
+    values = np.zeros(n * f * c)
+    for first in range(0, n, chunk):
+        rows = x32[first:first + chunk]
+        span = slice(first * f * c, (first + rows.shape[0]) * f * c)
+        for group in paths:
+            index, weights = _path_shap(group, rows, f)
+            values[span] += np.bincount(index, weights, minlength=span.stop - span.start)
+    return values.reshape(n, f, c), ensemble.expected_raw.copy()
 
 
-def _expected_value(tree: JsonTree) -> FloatArray:
-    """The cover-weighted mean of the tree's leaves (what the root holds when covers are consistent)."""
-    leaf = tree.children_left < 0
-    weights = tree.node_weight[leaf]
-    return np.asarray(weights @ tree.value[leaf] / weights.sum(), dtype=np.float64)
+#: rows are explained in chunks of about this many path elements (a few arrays of this size at a time)
+_CHUNK_ELEMENTS = 1 << 20
 
 
-class _TreeShap:
-    """Algorithm 2 for one tree and one row, accumulating into ``phi`` (inputs, classes)."""
+def _path_shap(group: LeafPaths, x32: FloatArray, n_features: int) -> tuple[IntArray, FloatArray]:
+    """One group's contributions as (flat index into values (rows, inputs, classes), weight) for ``np.bincount``.
 
-    def __init__(self, tree: JsonTree, x: FloatArray, phi: FloatArray) -> None:
-        self.tree = tree
-        self.x = x
-        self.phi = phi
-        depth = _depth(tree) + 2
-        # the unique path: feature index, zero fraction, one fraction, permutation weight
-        self.feature = np.zeros(depth * (depth + 1) // 2, dtype=np.int64)
-        self.zero = np.zeros(self.feature.size)
-        self.one = np.zeros(self.feature.size)
-        self.weight = np.zeros(self.feature.size)
-
-    def run(self) -> None:
-        self._recurse(0, 0, 0, 1.0, 1.0, -1)
-
-    def _extend(self, start: int, depth: int, zero: float, one: float, feature: int) -> None:
-        f, z, o, w = self.feature, self.zero, self.one, self.weight
-        p = start + depth
-        f[p], z[p], o[p], w[p] = feature, zero, one, (1.0 if depth == 0 else 0.0)
-        for i in range(depth - 1, -1, -1):
-            w[start + i + 1] += one * w[start + i] * (i + 1) / (depth + 1)
-            w[start + i] = zero * w[start + i] * (depth - i) / (depth + 1)
-
-    def _unwind(self, start: int, depth: int, index: int) -> None:
-        f, z, o, w = self.feature, self.zero, self.one, self.weight
-        one, zero = o[start + index], z[start + index]
-        next_one = w[start + depth]
-        for i in range(depth - 1, -1, -1):
-            if one != 0:
-                tmp = w[start + i]
-                w[start + i] = next_one * (depth + 1) / ((i + 1) * one)
-                next_one = tmp - w[start + i] * zero * (depth - i) / (depth + 1)
-            else:
-                w[start + i] = w[start + i] * (depth + 1) / (zero * (depth - i))
-        for i in range(index, depth):
-            p = start + i
-            f[p], z[p], o[p] = f[p + 1], z[p + 1], o[p + 1]
-
-    def _unwound_sum(self, start: int, depth: int, index: int) -> float:
-        z, o, w = self.zero, self.one, self.weight
-        one, zero = o[start + index], z[start + index]
-        next_one = w[start + depth]
-        total = 0.0
-        for i in range(depth - 1, -1, -1):
-            if one != 0:
-                tmp = next_one * (depth + 1) / ((i + 1) * one)
-                total += tmp
-                next_one = w[start + i] - tmp * zero * (depth - i) / (depth + 1)
-            else:
-                total += w[start + i] / (zero * (depth - i) / (depth + 1))
-        return float(total)
-
-    def _recurse(self, node: int, start: int, depth: int, zero: float, one: float, feature: int) -> None:
-        tree = self.tree
-        # each level works on its own copy of the parent's path (shap's layout: one block per depth)
-        if depth > 0:
-            new = start + depth
-            for arr in (self.feature, self.zero, self.one, self.weight):
-                arr[new:new + depth] = arr[start:start + depth]
-            start = new
-        self._extend(start, depth, zero, one, feature)
-        left = int(tree.children_left[node])
-        if left < 0:
-            for i in range(1, depth + 1):
-                w = self._unwound_sum(start, depth, i)
-                p = start + i
-                self.phi[self.feature[p]] += w * (self.one[p] - self.zero[p]) * tree.value[node]
-            return
-        right = int(tree.children_right[node])
-        split = int(tree.feature[node])
-        hot, cold = (left, right) if self.x[split] <= tree.threshold[node] else (right, left)
-        cover = tree.node_weight[node]
-        incoming_zero, incoming_one = 1.0, 1.0
-        for k in range(1, depth + 1):
-            if self.feature[start + k] == split:  # the feature was split on above: undo it, carry its fractions
-                incoming_zero, incoming_one = self.zero[start + k], self.one[start + k]
-                self._unwind(start, depth, k)
-                depth -= 1
-                break
-        self._recurse(hot, start, depth + 1, incoming_zero * tree.node_weight[hot] / cover, incoming_one, split)
-        self._recurse(cold, start, depth + 1, incoming_zero * tree.node_weight[cold] / cover, 0.0, split)
-
-
-def _depth(tree: JsonTree) -> int:
-    """The tree's depth (edges on the longest root-to-leaf path)."""
-    deepest, stack = 0, [(0, 0)]
-    while stack:
-        node, d = stack.pop()
-        deepest = max(deepest, d)
-        if tree.children_left[node] >= 0:
-            stack.append((int(tree.children_left[node]), d + 1))
-            stack.append((int(tree.children_right[node]), d + 1))
-    return deepest
+    Algorithm 2 of Lundberg et al. 2020 for every (row, leaf) of the group at once: EXTEND the leaf's unique path
+    (a dummy root element, then its distinct features with their zero fraction ``cover`` and one fraction
+    ``follows``), then UNWOUND-SUM each feature out of it; its contribution is that sum times (one - zero) times
+    the leaf value. The operations and their order are the recursion's, so the values agree with it to rounding.
+    """
+    n, m = x32.shape[0], group.length
+    one = group.follows(x32).astype(np.float64)  # (n, leaves, m)
+    zero = group.cover  # (leaves, m)
+    # EXTEND: w[..., i] the permutation weight of the subsets holding i of the elements so far
+    w = np.zeros((*one.shape[:2], m + 1))
+    w[..., 0] = 1.0
+    for depth in range(1, m + 1):
+        k = np.arange(depth, dtype=np.float64)
+        old = w[..., :depth].copy()
+        w[..., :depth] = zero[:, depth - 1:depth] * old * (depth - k) / (depth + 1)
+        w[..., 1:depth + 1] += one[..., depth - 1:depth] * old * (k + 1) / (depth + 1)
+    # UNWOUND SUM of every element 1..m at once (one is 0 or 1: the recursion's two branches)
+    total = np.zeros_like(one)
+    next_one = np.repeat(w[..., m:], m, axis=-1)
+    hot = one != 0
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        for i in range(m - 1, -1, -1):
+            w_i = w[..., i:i + 1]
+            tmp = next_one * (m + 1) / (i + 1)
+            total += np.where(hot, tmp, w_i / (zero * (m - i) / (m + 1)))
+            next_one = w_i - tmp * zero * (m - i) / (m + 1)
+    contribution = (total * (one - zero))[..., None] * group.value[None, :, None, :]  # (n, leaves, m, classes)
+    c = group.value.shape[1]
+    rows = np.arange(n)[:, None, None, None]
+    index = ((rows * n_features + group.feature[None, :, :, None]) * c + np.arange(c)).ravel()
+    return index, contribution.ravel()

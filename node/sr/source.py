@@ -3,7 +3,7 @@ skipped) — patient and study identity, the evidence, and each SEG segment's nu
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,15 +74,23 @@ class SourceStudy:
             raise SegmentationError("the SEG has no segments")
 
     @classmethod
-    def from_files(cls, t1ce: Iterable[Path], t2: Iterable[Path], seg: Path) -> SourceStudy:
-        """Read the headers (no pixel data) of the T1CE and T2 instances and of the SEG."""
-        seg_ds = _read_header(seg)
+    def from_files(cls, t1ce: Iterable[Path], t2: Iterable[Path], seg: Path,
+                   headers: Mapping[Path, Dataset] | None = None) -> SourceStudy:
+        """Read the headers (no pixel data) of the T1CE and T2 instances and of the SEG; ``headers`` are those
+        already read (by the loader: pixel data not read), taken as they are instead of parsing the file again."""
+        known = headers or {}
+
+        def header(path: Path) -> Dataset:
+            ds = known.get(path)
+            return ds if ds is not None else _read_header(path)
+
+        seg_ds = header(seg)
         return cls(
-            t1ce=tuple(_read_header(p) for p in sorted(t1ce)),
-            t2=tuple(_read_header(p) for p in sorted(t2)),
+            t1ce=tuple(header(p) for p in sorted(t1ce)),
+            t2=tuple(header(p) for p in sorted(t2)),
             seg=seg_ds,
             segments=_segments(seg_ds),
-        )
+        )  # fmt: skip
 
     @classmethod
     def from_directories(cls, t1ce_dir: Path, t2_dir: Path, seg_file: Path) -> SourceStudy:

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pydicom
+import pytest
 import SimpleITK as sitk
 from pydicom.uid import generate_uid
 
@@ -160,3 +164,16 @@ def write_study(
         manufacturer="Test", uid_seed="seg", fractional=fractional,
     )
     return Study(root, image, t1_files, t2_files, seg_path, lesion)
+
+
+def count_reads(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    """Every ``pydicom.dcmread`` from now on, counted by file path."""
+    reads: Counter[str] = Counter()
+    real = pydicom.dcmread
+
+    def counting(source: Any, *args: Any, **kwargs: Any) -> Any:
+        reads[str(getattr(source, "name", source))] += 1
+        return real(source, *args, **kwargs)
+
+    monkeypatch.setattr(pydicom, "dcmread", counting)
+    return reads

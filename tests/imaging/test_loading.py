@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import pickle
 import time
 from pathlib import Path
 
@@ -14,6 +15,8 @@ import SimpleITK as sitk
 from node.errors import CorruptInstanceError, SegmentationError
 from node.imaging.loading import load_study
 from node.imaging.series_rules import SeriesRules
+from node.imaging.study import scan_study
+from node.sr.source import SourceStudy
 from node.synth.dicom_series import SegmentSpec, write_mr_series, write_segmentation
 from tests.imaging import factory
 
@@ -124,3 +127,38 @@ def test_load_study_with_enhanced_t1ce_and_compressed_t2(tmp_path: Path, series_
     assert loaded.t2.GetSize() == (40, 36, 8)
     assert np.array_equal(sitk.GetArrayFromImage(loaded.lesions[0].mask), sitk.GetArrayFromImage(lesion))
     assert loaded.warnings == ()
+
+
+def test_every_file_is_parsed_once_and_the_sr_evidence_reuses_the_headers(
+    tmp_path: Path, series_rules: SeriesRules, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The scan parses each file's header once: the series rules, the pixel pass and the SR's evidence reuse it.
+    The evidence is the same instances, headers only, as reading the files gives."""
+    study = factory.write_study(tmp_path)
+    reads = factory.count_reads(monkeypatch)
+    loaded = load_study(tmp_path, series_rules)
+    images = [*study.t1ce_files, *study.t2_files]
+    assert {str(p): reads[str(p)] for p in images} == {str(p): 1 for p in images}
+    assert reads[str(study.seg_path)] <= 1
+    assert loaded.files is not None
+    assert set(loaded.files.headers) == {*images, study.seg_path}
+    before = sum(reads.values())
+    source = SourceStudy.from_files(loaded.files.t1ce, loaded.files.t2, loaded.files.seg, loaded.files.headers)
+    assert sum(reads.values()) == before  # nothing read again
+    monkeypatch.undo()
+    from_files = SourceStudy.from_files(loaded.files.t1ce, loaded.files.t2, loaded.files.seg)
+    uids = [[str(ds.SOPInstanceUID) for ds in s.evidence] for s in (source, from_files)]
+    assert uids[0] == uids[1] and len(uids[0]) == len(images) + 1
+    assert all("PixelData" not in ds for ds in source.evidence)
+    assert source.segments == from_files.segments
+
+
+def test_a_copy_for_another_process_leaves_the_headers_behind(tmp_path: Path, series_rules: SeriesRules) -> None:
+    """``ainode features --workers`` sends each study's run back from a worker process: the headers stay there."""
+    factory.write_study(tmp_path)
+    files = load_study(tmp_path, series_rules).files
+    assert files is not None and files.headers
+    copied = pickle.loads(pickle.dumps(files))
+    assert copied == files and copied.headers == {}
+    ref = scan_study(tmp_path)[0]
+    assert ref.headers and pickle.loads(pickle.dumps(ref)).headers == ()

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 from pathlib import Path
 
@@ -12,7 +13,11 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
     EnhancedMRImageStorage,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGLSLossless,
     RLELossless,
@@ -193,3 +198,75 @@ def test_file_without_preamble_is_read(tmp_path: Path) -> None:
     pydicom.dcmwrite(files[1], ds, implicit_vr=True, little_endian=True, enforce_file_format=False)
     assert files[1].read_bytes()[128:132] != b"DICM"
     _assert_same_volume(read_series_volume(_only_series(tmp_path / "s")), image)
+
+
+# -- the pixel pass reuses the scan's headers ---------------------------------------------------------------
+
+
+def _encode(path: Path, syntax: pydicom.uid.UID) -> None:
+    """Rewrite one file in ``syntax`` (big endian: the 16-bit pixel data swapped as the syntax says)."""
+    ds = pydicom.dcmread(path)
+    if syntax == ExplicitVRBigEndian:
+        pixels = ds.pixel_array
+        ds.file_meta.TransferSyntaxUID = syntax
+        ds.PixelData = pixels.astype(pixels.dtype.newbyteorder(">")).tobytes()
+        pydicom.dcmwrite(path, ds, implicit_vr=False, little_endian=False, force_encoding=True)
+    elif syntax.is_compressed:
+        ds.compress(syntax)
+        ds.save_as(path, enforce_file_format=True)
+    else:
+        ds.file_meta.TransferSyntaxUID = syntax
+        ds.save_as(path, enforce_file_format=True, implicit_vr=syntax.is_implicit_VR, little_endian=True)
+
+
+@pytest.mark.parametrize(
+    "syntax",
+    [ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian, RLELossless, DeflatedExplicitVRLittleEndian],
+    ids=lambda s: s.name,
+)
+def test_pixels_are_read_without_parsing_the_header_again(
+    tmp_path: Path, syntax: pydicom.uid.UID, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The study scan's headers (no pixel data) and the offset where their pixel data starts give the volume a
+    whole-file read gives, without another ``dcmread`` (a deflated file, whose offset is in the inflated stream,
+    is read whole); the headers stay without pixel data (they are the SR's evidence)."""
+    image = factory.phantom(size=(16, 12, 5))
+    files = _write(tmp_path, image)
+    for path in files:
+        _encode(path, syntax)
+    ref = _only_series(tmp_path / "s")
+    assert [h.path for h in ref.headers] == list(ref.files)
+    whole = read_series_volume(dataclasses.replace(ref, headers=()))  # no headers kept: every file read whole
+    reads = factory.count_reads(monkeypatch)
+    volume = read_series_volume(ref)
+    assert sum(reads.values()) == (len(files) if syntax == DeflatedExplicitVRLittleEndian else 0)
+    assert np.array_equal(sitk.GetArrayFromImage(volume), sitk.GetArrayFromImage(whole))
+    assert volume.GetOrigin() == whole.GetOrigin() and volume.GetSpacing() == whole.GetSpacing()
+    assert volume.GetDirection() == whole.GetDirection()
+    _assert_same_volume(volume, image)
+    assert all("PixelData" not in h.dataset for h in ref.headers)
+
+
+def test_multiframe_pixels_from_the_scan_header(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    image = factory.phantom(direction=factory.oblique_direction(15.0))
+    _multiframe(tmp_path, image, enhanced=True)
+    ref = _only_series(tmp_path / "mf")
+    whole = read_series_volume(dataclasses.replace(ref, headers=()))
+    reads = factory.count_reads(monkeypatch)
+    volume = read_series_volume(ref)
+    assert not reads
+    assert np.array_equal(sitk.GetArrayFromImage(volume), sitk.GetArrayFromImage(whole))
+
+
+@pytest.mark.parametrize("cut", [50, 600], ids=["pixel-data-short", "into-the-header"])
+def test_a_bad_file_gives_the_same_error_with_or_without_the_scan_header(tmp_path: Path, cut: int) -> None:
+    """A file cut short after the scan (pixel data short, or the header itself) fails as a whole-file read does."""
+    files = _write(tmp_path, factory.phantom(size=(12, 10, 5)))
+    ref = _only_series(tmp_path / "s")
+    data = files[2].read_bytes()
+    files[2].write_bytes(data[: len(data) - cut] if cut < 100 else data[:cut])
+    with pytest.raises(CorruptInstanceError, match=r"0002\.dcm") as whole:
+        read_series_volume(dataclasses.replace(ref, headers=()))
+    with pytest.raises(CorruptInstanceError, match=r"0002\.dcm") as scanned:
+        read_series_volume(ref)
+    assert str(scanned.value) == str(whole.value)

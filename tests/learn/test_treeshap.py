@@ -22,9 +22,10 @@ from sklearn.ensemble import AdaBoostClassifier, RandomForestClassifier
 from sklearn.tree import DecisionTreeClassifier
 
 from node.model.bundle import Bundle, load_bundle
-from node.model.trees import TreeEnsemble
+from node.model.trees import JsonTree, TreeEnsemble, with_internal_means
 from node.model.treeshap import booster_shap, ensemble_shap
 from node.training.export import from_sklearn
+from tests.learn.treeshap_oracle import recursive_shap
 
 DEMO = Path(__file__).parents[2] / "models" / "demo"
 TOL = 1e-6
@@ -136,3 +137,109 @@ def test_shipped_demo_models():
     for path in paths:
         bundle = load_bundle(path)
         assert_same(bundle.model, bundle.model_inputs(model_rows(bundle)))
+
+
+# -- the numpy path form against the recursion it replaced (tests/learn/treeshap_oracle.py), to 1e-12 -----------
+
+
+def random_tree(rng: np.random.Generator, n_features: int, n_classes: int, max_depth: int,
+                consistent: bool) -> JsonTree:
+    """A random binary tree in pre-order: few features (so paths split on one feature again and again), thresholds
+    on a coarse grid (so rows land on them). Covers shrink from the root: split between the two children
+    (``consistent``) or each child a random part of its parent (Algorithm 2 only uses the child / parent ratios)."""
+    left: list[int] = []
+    right: list[int] = []
+    feature: list[int] = []
+    threshold: list[float] = []
+    weight: list[float] = []
+
+    def grow(depth: int, cover: float) -> int:
+        node = len(left)
+        left.append(-1)
+        right.append(-1)
+        feature.append(-2)
+        threshold.append(-2.0)
+        weight.append(cover)
+        if depth < max_depth and (depth < 2 or rng.random() < 0.75):
+            feature[node] = int(rng.integers(n_features))
+            threshold[node] = float(rng.integers(-4, 5)) / 2
+            share = float(rng.uniform(0.02, 0.98))
+            shares = (share, 1.0 - share) if consistent else tuple(rng.uniform(0.02, 1.0, 2))
+            left[node] = grow(depth + 1, cover * shares[0])
+            right[node] = grow(depth + 1, cover * shares[1])
+        return node
+
+    grow(0, 100.0)
+    left_a, right_a = np.asarray(left, dtype=np.int64), np.asarray(right, dtype=np.int64)
+    weight_a = np.asarray(weight)
+    leaf_value = rng.normal(size=(left_a.size, n_classes))
+    return JsonTree(left_a, right_a, np.asarray(feature, dtype=np.int64), np.asarray(threshold),
+                    with_internal_means(left_a, right_a, leaf_value, weight_a), weight_a)  # fmt: skip
+
+
+def random_rows(rng: np.random.Generator, n: int, n_features: int) -> np.ndarray:
+    """Rows on and between the thresholds' grid, with a few NaN and +-inf (NaN goes right, -inf left)."""
+    x = np.where(rng.random((n, n_features)) < 0.5, rng.integers(-5, 6, (n, n_features)) / 2,
+                 rng.normal(scale=1.5, size=(n, n_features)))  # fmt: skip
+    odd = rng.random((n, n_features))
+    x[odd < 0.03] = np.nan
+    x[(odd >= 0.03) & (odd < 0.05)] = np.inf
+    x[(odd >= 0.05) & (odd < 0.07)] = -np.inf
+    return x
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_paths_equal_the_recursion_on_random_trees(seed):
+    rng = np.random.default_rng(seed)
+    n_features, n_classes = int(rng.integers(1, 12)), int(rng.integers(1, 5))
+    trees = tuple(random_tree(rng, n_features, n_classes, int(rng.integers(1, 13)), consistent=seed % 2 == 0)
+                  for _ in range(12))  # fmt: skip
+    ensemble = TreeEnsemble("random_forest", n_classes, n_features, trees)
+    x = random_rows(rng, 40, n_features)
+    values, base = ensemble_shap(ensemble, x)
+    expected, expected_base = recursive_shap(ensemble, x)
+    assert values.shape == expected.shape == (40, n_features, n_classes)
+    np.testing.assert_allclose(values, expected, rtol=0, atol=1e-12 * max(1.0, float(np.abs(expected).max())))
+    np.testing.assert_allclose(base, expected_base, rtol=0, atol=1e-12)
+    assert np.abs(values).max() > 0
+    if seed % 2 == 0:  # consistent covers: additivity, the raw output
+        finite = np.isfinite(x).all(axis=1)
+        np.testing.assert_allclose(values.sum(axis=1)[finite] + base, ensemble.raw(x[finite]), atol=1e-9)
+
+
+def test_paths_equal_the_recursion_on_the_shipped_ensembles():
+    """The demo's deep Random Forests (paths of up to 16 distinct features) and AdaBoost stumps, a few rows."""
+    paths = sorted(p.parent for p in DEMO.glob("*/trees.json"))
+    assert paths
+    for path in paths:
+        bundle = load_bundle(path)
+        assert isinstance(bundle.model, TreeEnsemble)
+        z = bundle.model_inputs(model_rows(bundle, n=3))
+        values, base = ensemble_shap(bundle.model, z)
+        expected, expected_base = recursive_shap(bundle.model, z)
+        np.testing.assert_allclose(values, expected, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(base, expected_base, rtol=0, atol=1e-12)
+
+
+def test_many_rows_are_explained_in_chunks(monkeypatch):
+    """Rows beyond one chunk give the values they give one by one."""
+    import node.model.treeshap as treeshap
+
+    rng = np.random.default_rng(7)
+    trees = tuple(random_tree(rng, 4, 3, 8, consistent=True) for _ in range(5))
+    ensemble = TreeEnsemble("random_forest", 3, 4, trees)
+    x = random_rows(rng, 9, 4)
+    alone = np.concatenate([ensemble_shap(ensemble, x[i:i + 1])[0] for i in range(9)])
+    monkeypatch.setattr(treeshap, "_CHUNK_ELEMENTS", 1)  # one row per chunk
+    np.testing.assert_allclose(ensemble_shap(ensemble, x)[0], alone, rtol=0, atol=1e-15)
+    monkeypatch.setattr(treeshap, "_CHUNK_ELEMENTS", 10**9)  # all rows in one chunk
+    np.testing.assert_allclose(ensemble_shap(ensemble, x)[0], alone, rtol=0, atol=1e-15)
+
+
+def test_the_paths_are_built_once_per_ensemble():
+    """The warm worker's loaded ensemble keeps its paths: later explanations do not rebuild them."""
+    rng = np.random.default_rng(3)
+    ensemble = TreeEnsemble("random_forest", 2, 3, (random_tree(rng, 3, 2, 6, consistent=True),))
+    first = ensemble.leaf_paths
+    ensemble_shap(ensemble, random_rows(rng, 2, 3))
+    assert ensemble.leaf_paths is first
