@@ -20,17 +20,23 @@ import logging
 import os
 import re
 import shutil
+import struct
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from pydicom.uid import UID
+from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION, evt
+from pynetdicom._handlers import (
+    standard_dimse_recv_handler,
+    standard_dimse_sent_handler,
+    standard_pdu_recv_handler,
+    standard_pdu_sent_handler,
+)
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import C_STORE_RQ, DIMSEMessage
 from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.dsutils import create_file_meta, encode_file_meta
 
 from node.scp.status import StoreStatus
 
@@ -165,9 +171,48 @@ def _request_prefix(message: DIMSEMessage, assoc: Association) -> bytes | Refusa
     context = assoc._accepted_cx.get(message.context_id)
     if context is None or not context.transfer_syntax:
         return Refusal(StoreStatus.CANNOT_UNDERSTAND, "the dataset's presentation context was not accepted")
-    meta = create_file_meta(sop_class_uid=UID(sop_class), sop_instance_uid=UID(sop_instance),
-                            transfer_syntax=UID(context.transfer_syntax[0]))
-    return b"\x00" * 128 + b"DICM" + encode_file_meta(meta)
+    return file_meta_prefix(sop_class, sop_instance, str(context.transfer_syntax[0]))
+
+
+def _element(tag: bytes, vr: bytes, value: bytes, pad: bytes) -> bytes:
+    if len(value) % 2:
+        value += pad
+    return tag + vr + struct.pack("<H", len(value)) + value
+
+
+def file_meta_prefix(sop_class: str, sop_instance: str, transfer_syntax: str) -> bytes:
+    """Preamble, ``DICM`` and the file meta (Explicit VR Little Endian), byte for byte what pynetdicom's
+    ``encode_file_meta(create_file_meta(...))`` writes, without building and encoding a pydicom dataset for every
+    instance (that took more CPU than the rest of the prefix and the spill file together)."""
+    body = b"".join((
+        b"\x02\x00\x01\x00OB\x00\x00\x02\x00\x00\x00\x00\x01",  # File Meta Information Version
+        _element(b"\x02\x00\x02\x00", b"UI", sop_class.encode("ascii"), b"\x00"),
+        _element(b"\x02\x00\x03\x00", b"UI", sop_instance.encode("ascii"), b"\x00"),
+        _element(b"\x02\x00\x10\x00", b"UI", transfer_syntax.encode("ascii"), b"\x00"),
+        _IMPLEMENTATION,
+    ))
+    return _PREAMBLE + b"\x02\x00\x00\x00UL\x04\x00" + struct.pack("<I", len(body)) + body
+
+
+_PREAMBLE = b"\x00" * 128 + b"DICM"
+_IMPLEMENTATION = (_element(b"\x02\x00\x12\x00", b"UI", PYNETDICOM_IMPLEMENTATION_UID.encode("ascii"), b"\x00")
+                   + _element(b"\x02\x00\x13\x00", b"SH", PYNETDICOM_IMPLEMENTATION_VERSION.encode("ascii"), b" "))
+
+
+_MESSAGE_DUMPS = ((evt.EVT_DIMSE_RECV, standard_dimse_recv_handler), (evt.EVT_DIMSE_SENT, standard_dimse_sent_handler),
+                  (evt.EVT_PDU_RECV, standard_pdu_recv_handler), (evt.EVT_PDU_SENT, standard_pdu_sent_handler))
+
+
+def quiet_message_dumps(assoc: Association) -> None:
+    """Unbind pynetdicom's standard logging handlers of every message and PDU unless its log shows DEBUG (``-vv``).
+
+    They format a dump of each message whatever the log level, and log ``Received Store Request`` at INFO for every
+    instance: a log line per instance in a listener process (it logs at INFO), which the audit already records.
+    """
+    if logging.getLogger("pynetdicom").isEnabledFor(logging.DEBUG):
+        return
+    for event, handler in _MESSAGE_DUMPS:
+        assoc.unbind(event, handler)
 
 
 class BoundedDIMSE(DIMSEServiceProvider):

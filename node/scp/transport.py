@@ -46,7 +46,7 @@ from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAsso
 
 from node.ledger.repository import Repository
 from node.scp.handlers import audit_quietly
-from node.scp.receive import BoundedDIMSE, ReceiveLimits
+from node.scp.receive import BoundedDIMSE, ReceiveLimits, quiet_message_dumps
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -376,6 +376,7 @@ class NodeRequestHandler(RequestHandler):
             elif isinstance(event, evt.NotificationEvent):
                 for handler, args in cast(list[tuple[Any, Any]], bound):
                     assoc.bind(event, handler, args)
+        quiet_message_dumps(assoc)
         return assoc
 
 
@@ -407,9 +408,7 @@ class NodeServer(ThreadedAssociationServer):
         super().server_bind()
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
-        sock = cast(socket.socket, self.socket)
-        client, address = sock.accept()
-        return client, address
+        return cast(socket.socket, self.socket).accept()
 
     def shutdown(self) -> None:
         """Stop accepting, close pending connections and abort the open associations."""
