@@ -37,13 +37,14 @@ from pynetdicom._handlers import (
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import C_STORE_RQ, DIMSEMessage
 from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.pdu_primitives import P_DATA
 
 from node.scp.status import StoreStatus
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
     from pynetdicom.association import Association
-    from pynetdicom.pdu_primitives import P_DATA
+    from pynetdicom.dimse_primitives import DimsePrimitiveType
 
 logger = logging.getLogger(__name__)
 
@@ -215,6 +216,36 @@ def quiet_message_dumps(assoc: Association) -> None:
         assoc.unbind(event, handler)
 
 
+def _implicit(tag: int, value: bytes) -> bytes:
+    """One element of a command set (Implicit VR Little Endian; group 0000)."""
+    return struct.pack("<HHI", 0, tag, len(value)) + value
+
+
+def _uid(value: object) -> bytes:
+    encoded = str(value).encode("ascii")
+    return encoded + b"\x00" if len(encoded) % 2 else encoded
+
+
+def store_response(primitive: C_STORE) -> bytes | None:
+    """The encoded command set of a C-STORE-RSP, byte for byte as pynetdicom's ``C_STORE_RSP`` encodes it, or
+    ``None`` when it carries more than the plain elements (Offending Element, Error Comment: pynetdicom's way)."""
+    if primitive.OffendingElement is not None or primitive.ErrorComment is not None or primitive.Status is None:
+        return None
+    elements = []
+    if primitive.AffectedSOPClassUID is not None:
+        elements.append(_implicit(0x0002, _uid(primitive.AffectedSOPClassUID)))
+    elements += [
+        _implicit(0x0100, b"\x01\x80"),  # Command Field: C-STORE-RSP
+        _implicit(0x0120, struct.pack("<H", primitive.MessageIDBeingRespondedTo)),
+        _implicit(0x0800, b"\x01\x01"),  # Command Data Set Type: no data set
+        _implicit(0x0900, struct.pack("<H", primitive.Status)),
+    ]
+    if primitive.AffectedSOPInstanceUID is not None:
+        elements.append(_implicit(0x1000, _uid(primitive.AffectedSOPInstanceUID)))
+    body = b"".join(elements)
+    return _implicit(0x0000, struct.pack("<I", len(body))) + body
+
+
 class BoundedDIMSE(DIMSEServiceProvider):
     """pynetdicom's DIMSE provider with every incoming message's dataset in a :class:`SpillBuffer`.
 
@@ -246,6 +277,21 @@ class BoundedDIMSE(DIMSEServiceProvider):
             self.send_msg(response, context_id)
             return None, None
         return context_id, message
+
+    def send_msg(self, primitive: DimsePrimitiveType, context_id: int) -> None:
+        """pynetdicom's ``send_msg``; a plain C-STORE response (no Error Comment or Offending Element) nobody
+        watches being sent (no ``EVT_DIMSE_SENT`` handler) is encoded by :func:`store_response` instead of
+        through a pydicom dataset (0.35 ms of CPU per instance)."""
+        if (isinstance(primitive, C_STORE) and primitive.MessageIDBeingRespondedTo is not None
+                and not self.assoc.get_handlers(evt.EVT_DIMSE_SENT)):
+            encoded = store_response(primitive)
+            maximum = self.maximum_pdu_size
+            if encoded is not None and (not maximum or len(encoded) <= maximum - 6):
+                pdata = P_DATA()
+                pdata.presentation_data_value_list.append((context_id, b"\x03" + encoded))
+                self.dul.send_pdu(pdata)
+                return
+        super().send_msg(primitive, context_id)
 
     def receive_primitive(self, primitive: P_DATA) -> None:
         if self.message is None:

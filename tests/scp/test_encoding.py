@@ -6,9 +6,11 @@ import logging
 
 import pytest
 from pydicom.uid import UID
-from pynetdicom.dsutils import create_file_meta, encode_file_meta
+from pynetdicom.dimse_messages import C_STORE_RSP
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dsutils import create_file_meta, encode, encode_file_meta
 
-from node.scp.receive import file_meta_prefix
+from node.scp.receive import file_meta_prefix, store_response
 from node.scp.status import StoreStatus
 from tests.scp.fixtures import FakeClock, ListenerFactory, send
 from tests.support.studies import SynthCase
@@ -39,3 +41,31 @@ def test_message_dumps_only_when_pynetdicom_logs_debug(
         assert send(listener.port, synth_case.all[:2]) == [StoreStatus.SUCCESS] * 2
     received = [r for r in caplog.records if r.getMessage() == "Received Store Request"]
     assert len(received) == (2 if dumped else 0)
+
+
+def _response(status: int, message_id: int, sop_class: str | None, sop_instance: str | None) -> C_STORE:
+    response = C_STORE()
+    response.MessageIDBeingRespondedTo = message_id
+    response.Status = status
+    if sop_class is not None:
+        response.AffectedSOPClassUID = sop_class
+    if sop_instance is not None:
+        response.AffectedSOPInstanceUID = sop_instance
+    return response
+
+
+@pytest.mark.parametrize("status", [0x0000, 0xB007, 0xA700, 0xC211])
+@pytest.mark.parametrize("message_id", [1, 300, 65535])
+@pytest.mark.parametrize(("sop_class", "sop_instance"), [(MR, "1.2.3.4"), (SEG, "1.2.3.45"), (None, None)])
+def test_store_response_is_what_pynetdicom_encodes(status: int, message_id: int, sop_class: str | None,
+                                                   sop_instance: str | None) -> None:
+    response = _response(status, message_id, sop_class, sop_instance)
+    message = C_STORE_RSP()
+    message.primitive_to_message(response)
+    assert store_response(response) == encode(message.command_set, True, True)
+
+
+def test_store_response_leaves_error_comments_to_pynetdicom() -> None:
+    response = _response(0xC000, 1, MR, "1.2.3.4")
+    response.ErrorComment = "cannot understand"
+    assert store_response(response) is None
