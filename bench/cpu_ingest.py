@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_ingest import SENDER_AE, _tool  # noqa: E402
+from bench_ingest import SENDER_AE, _tool
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -33,16 +33,16 @@ def tree_cpu_s(root: int, fields_at: tuple[int, ...] = (11, 12)) -> float:
     live descendants, in seconds."""
     parents: dict[int, int] = {}
     times: dict[int, float] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
             continue
         try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
+            stat = (entry / "stat").read_text()
         except OSError:
             continue
         fields = stat[stat.rindex(")") + 2:].split()
-        parents[int(entry)] = int(fields[1])
-        times[int(entry)] = sum(int(fields[i]) for i in fields_at) / TICK
+        parents[int(entry.name)] = int(fields[1])
+        times[int(entry.name)] = sum(int(fields[i]) for i in fields_at) / TICK
     total, todo = 0.0, [root]
     while todo:
         pid = todo.pop()

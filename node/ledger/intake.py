@@ -52,6 +52,7 @@ _SERIES_STUDY = (
 )
 _INSTANCE_ID = select(Instance.id).where(Instance.sop_instance_uid == bindparam("sop"))
 _INSERT_INSTANCE = insert(Instance)
+_PLAINLY_NEW = select(_INSTANCE_ID.scalar_subquery().label("instance"), _SERIES_STUDY.scalar_subquery().label("owner"))
 _INSTANCE_SERIES = (
     select(Instance.series_id, Series.study_id).join(Series, Instance.series_id == Series.id)
     .where(Instance.sop_instance_uid == bindparam("sop"))
@@ -114,11 +115,10 @@ class IntakeOperations(Operations):
         """Whether the ledger has neither this SOP Instance UID nor its series under another study, read without a
         write lock (it never waits for a writer): such an instance needs no duplicate or conflict rule, and the
         listener's group commit may record it after answering."""
-        with self.ledger.read() as connection:
-            if connection.execute(_INSTANCE_ID, {"sop": header.sop_instance_uid}).first() is not None:
-                return False
-            owner = connection.execute(_SERIES_STUDY, {"uid": header.series_instance_uid}).scalar()
-        return owner is None or owner == header.study_instance_uid
+        with self.ledger.read() as connection:  # one statement: both lookups in one round trip
+            row = connection.execute(_PLAINLY_NEW, {"sop": header.sop_instance_uid,
+                                                    "uid": header.series_instance_uid}).one()
+        return row.instance is None and (row.owner is None or row.owner == header.study_instance_uid)
 
     def record_spooled(self, batch: Sequence[SpooledInstance]) -> list[tuple[SpooledInstance, KnownInstance]]:
         """Record a batch of new instances already durable in the spool (and acknowledged) in **one** transaction.

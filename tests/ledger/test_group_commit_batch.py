@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import Table, select
+from sqlalchemy import select
 
 from node.ledger.db import Ledger
 from node.ledger.records import SpooledInstance
@@ -34,7 +34,7 @@ BATCH = [
 
 
 def _dump(ledger: Ledger) -> dict[str, list[tuple[object, ...]]]:
-    tables: dict[str, Table] = {t.__tablename__: t.__table__ for t in (Study, Series, Instance, AuditEvent)}
+    tables = {t.__tablename__: t.__table__ for t in (Study, Series, Instance, AuditEvent)}
     dump = {}
     with ledger.read() as connection:
         for name, table in tables.items():

@@ -67,5 +67,5 @@ def test_store_response_is_what_pynetdicom_encodes(status: int, message_id: int,
 
 def test_store_response_leaves_error_comments_to_pynetdicom() -> None:
     response = _response(0xC000, 1, MR, "1.2.3.4")
-    response.ErrorComment = "cannot understand"
+    setattr(response, "ErrorComment", "cannot understand")  # noqa: B010 - pynetdicom types the attribute None
     assert store_response(response) is None
