@@ -160,6 +160,18 @@ class Spool:
         _fsync_dir(target.parent)
         return StoredFile(relative_path=relative_path, size=size, sha256=sha256)
 
+    def adopt(self, relative_path: str, source: Path, size: int, sha256: str) -> StoredFile:
+        """Move a received file (already fsynced, on the spool's file system) to ``relative_path`` durably: one
+        rename (replacing any file there) and the folder fsynced; ``source`` is gone afterwards. What
+        :meth:`place` does without the hard link and its removal, for a file that needs no retry.
+        Raises ``OSError`` (e.g. ENOSPC) with nothing left behind at the target path.
+        """
+        target = self.path(relative_path)
+        _make_dirs(target.parent)
+        source.replace(target)
+        _fsync_dir(target.parent)
+        return StoredFile(relative_path=relative_path, size=size, sha256=sha256)
+
     def remove(self, relative_path: str) -> None:
         """Remove a spooled file (one the ledger could not record), durably."""
         target = self.path(relative_path)

@@ -52,7 +52,40 @@ _SERIES_STUDY = (
 )
 _INSTANCE_ID = select(Instance.id).where(Instance.sop_instance_uid == bindparam("sop"))
 _INSERT_INSTANCE = insert(Instance)
+_PLAINLY_NEW = select(_INSTANCE_ID.scalar_subquery().label("instance"), _SERIES_STUDY.scalar_subquery().label("owner"))
+_INSTANCE_SERIES = (
+    select(Instance.series_id, Series.study_id).join(Series, Instance.series_id == Series.id)
+    .where(Instance.sop_instance_uid == bindparam("sop"))
+)
 _UPDATE_INSTANCE = update(Instance).where(Instance.id == bindparam("instance_id"))
+
+
+class _Receiving:
+    """A series of a receiving study that a group-commit batch already recorded an instance of: the batch's next
+    instances of it need only their own rows and audit events (what :meth:`IntakeOperations._record` would write
+    for them: the study stays receiving, the series exists), the study and series touched once at the end."""
+
+    def __init__(self, study_id: int, series_id: int, version: int) -> None:
+        self.study_id, self.series_id, self.version = study_id, series_id, version
+        self.latest: float | None = None
+
+    def add(self, session: Session, item: SpooledInstance) -> None:
+        header = item.header
+        session.connection().execute(_INSERT_INSTANCE, {
+            "sop_instance_uid": header.sop_instance_uid, "series_id": self.series_id,
+            "sop_class_uid": header.sop_class_uid, "transfer_syntax_uid": header.transfer_syntax_uid,
+            "path": item.path, "size_bytes": item.size_bytes, "sha256": item.sha256, "received_at": item.at,
+            "calling_ae_title": item.calling_ae_title, "study_version": self.version,
+        })
+        write_audit(session, "stored", item.at, calling_ae_title=item.calling_ae_title, peer=item.peer,
+                    study_instance_uid=header.study_instance_uid, sop_instance_uid=header.sop_instance_uid, status=0,
+                    detail=f"{item.size_bytes} bytes, {item.path}")
+        self.latest = item.at if self.latest is None else max(self.latest, item.at)
+
+    def touch(self, session: Session) -> None:
+        if self.latest is not None:
+            session.connection().execute(_TOUCH_STUDY, {"study_id": self.study_id, "now": self.latest})
+            session.connection().execute(_TOUCH_SERIES, {"series_id": self.series_id, "now": self.latest})
 
 
 class InstanceConflictError(CorruptInstanceError):
@@ -82,11 +115,10 @@ class IntakeOperations(Operations):
         """Whether the ledger has neither this SOP Instance UID nor its series under another study, read without a
         write lock (it never waits for a writer): such an instance needs no duplicate or conflict rule, and the
         listener's group commit may record it after answering."""
-        with self.ledger.read() as connection:
-            if connection.execute(_INSTANCE_ID, {"sop": header.sop_instance_uid}).first() is not None:
-                return False
-            owner = connection.execute(_SERIES_STUDY, {"uid": header.series_instance_uid}).scalar()
-        return owner is None or owner == header.study_instance_uid
+        with self.ledger.read() as connection:  # one statement: both lookups in one round trip
+            row = connection.execute(_PLAINLY_NEW, {"sop": header.sop_instance_uid,
+                                                    "uid": header.series_instance_uid}).one()
+        return row.instance is None and (row.owner is None or row.owner == header.study_instance_uid)
 
     def record_spooled(self, batch: Sequence[SpooledInstance]) -> list[tuple[SpooledInstance, KnownInstance]]:
         """Record a batch of new instances already durable in the spool (and acknowledged) in **one** transaction.
@@ -101,13 +133,25 @@ class IntakeOperations(Operations):
 
         def op(session: Session) -> list[tuple[SpooledInstance, KnownInstance]]:
             raced: list[tuple[SpooledInstance, KnownInstance]] = []
+            receiving: dict[tuple[str, str], _Receiving] = {}
             for item in batch:
-                known = self._known_instance(session, item.header.sop_instance_uid)
+                header = item.header
+                known = self._known_instance(session, header.sop_instance_uid)
                 if known is not None:
                     raced.append((item, known))
                     continue
-                self._record(session, item.header, path=item.path, size_bytes=item.size_bytes, sha256=item.sha256,
-                             calling_ae_title=item.calling_ae_title, peer=item.peer, at=item.at)
+                key = (header.study_instance_uid, header.series_instance_uid)
+                if (into := receiving.get(key)) is not None:
+                    into.add(session, item)
+                    continue
+                recorded = self._record(session, header, path=item.path, size_bytes=item.size_bytes,
+                                        sha256=item.sha256, calling_ae_title=item.calling_ae_title, peer=item.peer,
+                                        at=item.at)
+                if recorded.study_state is StudyState.RECEIVING:
+                    ids = session.connection().execute(_INSTANCE_SERIES, {"sop": header.sop_instance_uid}).one()
+                    receiving[key] = _Receiving(ids.study_id, ids.series_id, recorded.study_version)
+            for into in receiving.values():
+                into.touch(session)
             return raced
 
         return self._run(op)

@@ -177,7 +177,7 @@ def _store(ctx: ListenerContext, header: InstanceHeader, received: Received, cal
         if ctx.repository.is_plainly_new(header):  # the fast path: no duplicate, no conflict
             if recorder.failing:
                 raise LedgerBehindError("the ledger cannot record instances at the moment")
-            stored = ctx.spool.place(new_path, received.path, received.size, received.sha256)
+            stored = ctx.spool.adopt(new_path, received.path, received.size, received.sha256)  # no retry here
             recorder.submit(SpooledInstance(header, stored.relative_path, stored.size, stored.sha256,
                                             calling_ae_title=calling, peer=peer, at=now))
             return StoreStatus.SUCCESS  # durable in the spool; the rows follow in the writer's next batch

@@ -126,7 +126,13 @@ def reconcile_spool(spool: Spool, repository: Repository, at: float, limits: Lim
         except (NodeError, OSError) as exc:
             logger.warning("a spooled file unknown to the ledger cannot be recorded: %s", exc)
         else:
-            if repository.resolve_spooled(item, partial(file_sha256, spool)):
+            try:
+                recorded = repository.resolve_spooled(item, partial(file_sha256, spool))
+            except SQLAlchemyError as exc:  # a full disk, a ledger down: start anyway, record it at the next start
+                logger.error("a spooled file unknown to the ledger cannot be recorded now (%s); it stays for the "
+                             "next start", exc.__class__.__name__)
+                continue
+            if recorded:
                 handlers.audit_quietly(repository, "instance-recovered", at,
                                        study_instance_uid=item.header.study_instance_uid,
                                        sop_instance_uid=item.header.sop_instance_uid,

@@ -19,6 +19,10 @@ keeps each dataset in memory. :class:`NodeServer` and :class:`NodeRequestHandler
   once associated; 1 MiB for the A-ASSOCIATE-RQ), requires the whole A-ASSOCIATE-RQ within the handshake
   deadline, and afterwards a byte at least every ``NETWORK_TIMEOUT_S``.
 * **Datasets** go to the spool as they arrive (:class:`node.scp.receive.BoundedDIMSE`).
+* **The DUL loop** waits for the peer's data or for something to send (:mod:`node.scp.wake`), not polling.
+
+Size: one module for pynetdicom's transport classes the node replaces (socket, ACSE, request handler, server),
+each a few lines over pynetdicom's own; splitting them apart would scatter one policy over several files.
 """
 
 from __future__ import annotations
@@ -46,7 +50,8 @@ from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAsso
 
 from node.ledger.repository import Repository
 from node.scp.handlers import audit_quietly
-from node.scp.receive import BoundedDIMSE, ReceiveLimits
+from node.scp.receive import BoundedDIMSE, ReceiveLimits, quiet_message_dumps
+from node.scp.wake import Wakeup, WakingQueue
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -57,7 +62,7 @@ FIRST_PDU_LIMIT = 1 << 20  # bytes: the A-ASSOCIATE-RQ (before a maximum PDU len
 MIN_PDU_LIMIT = 1 << 20  # bytes: tolerated for P-DATA even when max_pdu is smaller
 AUDIT_WINDOW_S = 10.0
 _READ_CHUNK = 1 << 16
-IDLE_WAIT_S = 0.001  # how long the DUL loop waits for data when it has nothing to send
+IDLE_WAIT_S = 0.02  # the DUL loop's longest wait for data (woken at once when there is something to send)
 
 
 @dataclass(frozen=True)
@@ -202,6 +207,8 @@ class BoundedSocket(AssociationSocket):
         self._policy = policy
         self._deadline = deadline  # monotonic time by which the A-ASSOCIATE-RQ must be complete
         self.violation: str | None = None
+        self._wakeup = Wakeup()
+        assoc.dul.to_provider_queue = WakingQueue(self._wakeup)
 
     @property
     def ready(self) -> bool:
@@ -212,11 +219,18 @@ class BoundedSocket(AssociationSocket):
         if isinstance(sock, ssl.SSLSocket) and sock.pending():  # TLS-buffered data select() cannot see
             return True
         try:
-            ready, _, _ = select.select([sock], [], [], IDLE_WAIT_S if self.assoc.dul.to_provider_queue.empty() else 0)
+            ready, _, _ = select.select([sock, self._wakeup.reader], [], [],
+                                        IDLE_WAIT_S if self.assoc.dul.to_provider_queue.empty() else 0)
         except (OSError, TimeoutError, ValueError):
             self.event_queue.put("Evt17")  # the transport connection closed
             return False
-        return bool(ready)
+        if self._wakeup.reader in ready:
+            self._wakeup.drain()
+        return sock in ready
+
+    def close(self) -> None:
+        super().close()
+        self._wakeup.close()
 
     def recv(self, nr_bytes: int) -> bytearray:
         established = self.assoc.is_established
@@ -376,6 +390,7 @@ class NodeRequestHandler(RequestHandler):
             elif isinstance(event, evt.NotificationEvent):
                 for handler, args in cast(list[tuple[Any, Any]], bound):
                     assoc.bind(event, handler, args)
+        quiet_message_dumps(assoc)
         return assoc
 
 
@@ -407,9 +422,7 @@ class NodeServer(ThreadedAssociationServer):
         super().server_bind()
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
-        sock = cast(socket.socket, self.socket)
-        client, address = sock.accept()
-        return client, address
+        return cast(socket.socket, self.socket).accept()
 
     def shutdown(self) -> None:
         """Stop accepting, close pending connections and abort the open associations."""

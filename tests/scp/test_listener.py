@@ -18,7 +18,7 @@ from node.ledger.db import Ledger
 from node.ledger.repository import Repository
 from node.ledger.states import StudyState
 from node.scp.status import StoreStatus
-from tests.scp.fixtures import FakeClock, ListenerFactory, associate, dataset_bytes, send
+from tests.scp.fixtures import T0, FakeClock, ListenerFactory, associate, dataset_bytes, send
 from tests.support.studies import SynthCase
 
 
@@ -341,3 +341,37 @@ def test_restart_quarantines_files_the_ledger_never_recorded(
     assert len(spooled_files(second.spool.root)) == 2
     assert len(list((second.spool.root / ".orphans").iterdir())) == 1
     assert "orphan-quarantined" in [e.event for e in second.repository.audit_trail()]
+
+
+def test_start_up_reconciliation_survives_a_ledger_that_cannot_record(
+    tmp_path: Path, sqlite_url: str, synth_case: SynthCase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An acknowledged file the ledger lacks, at a start whose ledger cannot take rows (a disk still full after a
+    crash): the listener starts all the same and the file stays in place, valid, for the next start."""
+    from sqlalchemy.exc import OperationalError
+
+    from node.scp.server import reconcile_spool
+    from node.spool import Spool
+
+    source = synth_case.t2[0]
+    header = pydicom.dcmread(source, stop_before_pixels=True)
+    spool = Spool(tmp_path / "spool")
+    relative = spool.relative_path(str(header.StudyInstanceUID), str(header.SeriesInstanceUID),
+                                   str(header.SOPInstanceUID))
+    spool.path(relative).parent.mkdir(parents=True)
+    spool.path(relative).write_bytes(source.read_bytes())
+    ledger = Ledger.open(sqlite_url)
+    try:
+        repository = Repository(ledger)
+
+        def full(*_args: object) -> bool:
+            raise OperationalError("INSERT", {}, Exception("database or disk is full"))
+
+        monkeypatch.setattr(repository, "resolve_spooled", full)
+        assert reconcile_spool(spool, repository, T0) == []
+        assert spool.path(relative).is_file() and spool.stored_paths() == [relative]
+        monkeypatch.undo()
+        assert reconcile_spool(spool, repository, T0) == []  # the next start records it
+        assert repository.known_paths() == {relative}
+    finally:
+        ledger.dispose()

@@ -1,0 +1,69 @@
+"""The group commit's batch (Repository.record_spooled) writes exactly what recording its instances one at a time
+writes: the rows, the study and series times, the audit trail."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import select
+
+from node.ledger.db import Ledger
+from node.ledger.records import SpooledInstance
+from node.ledger.repository import Repository
+from node.ledger.tables import AuditEvent, Instance, Series, Study
+from tests.ledger.test_repository import header, record
+
+OTHER = "1.2.3.5"
+
+
+def _item(series: str, sop: str, at: float, study: str = "1.2.3.4") -> SpooledInstance:
+    return SpooledInstance(header(series, sop, study), f"s/{sop}.dcm", 10 + int(at), f"{int(at):064d}",
+                           calling_ae_title="PACS", peer="127.0.0.1:1", at=at)
+
+
+BATCH = [
+    _item("1.2.3.4.1", "1.2.3.4.1.2", 21.0),  # the ready study: revoked, then receiving
+    _item("1.2.3.4.1", "1.2.3.4.1.3", 23.0),
+    _item("1.2.3.4.2", "1.2.3.4.2.1", 22.0),  # a new series of it
+    _item("1.2.3.4.1", "1.2.3.4.1.4", 22.5),  # earlier than the last one: the series keeps 23.0
+    _item("1.2.3.5.1", "1.2.3.5.1.1", 24.0, OTHER),  # a new study
+    _item("1.2.3.5.1", "1.2.3.5.1.2", 25.0, OTHER),
+    _item("1.2.3.5.1", "1.2.3.5.1.2", 26.0, OTHER),  # the same SOP instance again: raced
+    _item("1.2.3.4.2", "1.2.3.4.2.2", 27.0),
+]
+
+
+def _dump(ledger: Ledger) -> dict[str, list[tuple[object, ...]]]:
+    tables = {t.__tablename__: t.__table__ for t in (Study, Series, Instance, AuditEvent)}
+    dump = {}
+    with ledger.read() as connection:
+        for name, table in tables.items():
+            columns = [c for c in table.columns if not c.name.endswith("id") or c.name.endswith("_uid")]
+            dump[name] = sorted(tuple(row) for row in connection.execute(select(*columns)))
+    return dump
+
+
+def _ready_study(tmp_path: Path, name: str) -> tuple[Ledger, Repository]:
+    ledger = Ledger.open(f"sqlite:///{tmp_path / name}")
+    repo = Repository(ledger)
+    record(repo, "1.2.3.4.1", "1.2.3.4.1.1", 10.0)
+    snapshot = repo.study("1.2.3.4")
+    assert snapshot is not None and repo.mark_ready(snapshot, 20.0)
+    return ledger, repo
+
+
+def test_a_batch_writes_what_single_instances_write(tmp_path: Path) -> None:
+    batched, repo = _ready_study(tmp_path, "batched.sqlite3")
+    raced = repo.record_spooled(BATCH)
+    assert [(item.header.sop_instance_uid, item.at) for item, _known in raced] == [("1.2.3.5.1.2", 26.0)]
+    single, one_by_one = _ready_study(tmp_path, "single.sqlite3")
+    for item in BATCH:
+        one_by_one.record_spooled([item])
+    try:
+        expected = _dump(single)
+        assert _dump(batched) == expected
+        assert len(expected["instances"]) == len(BATCH)  # the ready study's first instance + 7 new, one raced
+        assert any("ready-revoked" in map(str, row) for row in expected["audit_events"])
+    finally:
+        batched.dispose()
+        single.dispose()
