@@ -17,12 +17,14 @@ Settings come from ``config/pipeline.yaml`` (``preprocess`` block) via :func:`lo
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import logging
 import math
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -214,7 +216,8 @@ def preprocess(study: LoadedStudy, settings: PreprocessSettings) -> Preprocessed
     """Run the recipe; raise ProcessingError when registration diverges or normalisation is impossible.
 
     ``timings`` holds each stage's work summed over both sequences (``n4``), per sequence (``n4.t1ce``), the
-    template registration (``pons.atlas``) and the reference statistics (``pons.stats``).
+    template registration (``pons.atlas``, which overlaps ``registration`` and ``resample.masks``) and the
+    reference statistics (``pons.stats``).
     """
     if settings.threads is not None:
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(settings.threads)
@@ -224,21 +227,30 @@ def preprocess(study: LoadedStudy, settings: PreprocessSettings) -> Preprocessed
     spacing = settings.target_spacing_mm
     wall = time.perf_counter()
 
-    # One after the other, on purpose: two SimpleITK pipelines at once in threads (even with one ITK thread each)
-    # gave run-to-run different features (1 run in 3 on the small synthetic study), which the node must not do.
+    # The two sequences' chains run one after the other (each filter uses every ITK thread). The two registrations
+    # (T2 -> T1CE, and the MNI template -> T1CE for the pons ROI and the lesion sites) are independent and each
+    # single-threaded (that makes them reproducible: registration.single_threaded_itk), so they run side by side.
+    # (Two whole chains in threads once gave run-to-run different features: the multi-threaded registrations
+    # were not reproducible even one at a time; resampling, masks and N4 are.)
     t1ce, brain = _correct(study.t1ce, "t1ce", settings, timings)
     t2, _ = _correct(study.t2, "t2", settings, timings)
-    with _timed(timings, "registration"):
-        registration = register_rigid(t1ce, t2, brain, settings.registration)
-        t2_fov = sitk.Cast(sitk.Image(t2.GetSize(), sitk.sitkUInt8) + 1, sitk.sitkUInt8)
-        t2_fov.CopyInformation(t2)
-        t2_coverage = resample_onto(t2_fov, t1ce, "nearest", registration.transform)
-        t2 = resample_onto(t2, t1ce, settings.image_interpolator, registration.transform)
-    with _timed(timings, "resample.masks"):
-        lesions = tuple(_resample_segment(s, t1ce) for s in study.lesions)
-        pons_seg = _resample_segment(study.pons, t1ce) if study.pons is not None else None
-    # the MNI template registration, once per study: the pons ROI and (through PonsReference) the lesion sites
-    atlas = _timed_call(timings, "pons.atlas", fit_atlas, t1ce, settings.pons) if settings.pons.auto else None
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="atlas") as pool:
+        pending = (
+            pool.submit(contextvars.copy_context().run, _timed_call, timings, "pons.atlas", fit_atlas, t1ce,
+                        settings.pons)
+            if settings.pons.auto else None
+        )  # fmt: skip
+        with _timed(timings, "registration"):
+            registration = register_rigid(t1ce, t2, brain, settings.registration)
+            t2_fov = sitk.Cast(sitk.Image(t2.GetSize(), sitk.sitkUInt8) + 1, sitk.sitkUInt8)
+            t2_fov.CopyInformation(t2)
+            t2_coverage = resample_onto(t2_fov, t1ce, "nearest", registration.transform)
+            t2 = resample_onto(t2, t1ce, settings.image_interpolator, registration.transform)
+        with _timed(timings, "resample.masks"):
+            lesions = tuple(_resample_segment(s, t1ce) for s in study.lesions)
+            pons_seg = _resample_segment(study.pons, t1ce) if study.pons is not None else None
+        # the MNI template registration, once per study: the pons ROI and (through PonsReference) the lesion sites
+        atlas = pending.result() if pending is not None else None
     _sum_stages(timings, ("resample", "brain_mask", "n4"))
     for seg in lesions:
         if not np.any(sitk.GetArrayViewFromImage(seg.mask)):
