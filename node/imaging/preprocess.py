@@ -206,14 +206,24 @@ def _correct(image: sitk.Image, sequence: str, settings: PreprocessSettings,
 
 
 def _t2_branch(study: LoadedStudy, settings: PreprocessSettings, timings: dict[str, float],
-               t1ce_ready: Future[tuple[sitk.Image, sitk.Image]]
-               ) -> tuple[sitk.Image, RegistrationResult]:  # fmt: skip
-    """The T2 chain, then (once the T1CE chain is done) T2 -> T1CE: (corrected T2, registration)."""
-    t2, _ = _correct(study.t2, "t2", settings, timings)
-    t1ce, brain = t1ce_ready.result()
-    with _timed(timings, "registration"):
-        registration = register_rigid(t1ce, t2, brain, settings.registration)
-    return t2, registration
+               t1ce_ready: Future[tuple[sitk.Image, sitk.Image]],
+               registered: Future[tuple[sitk.Image, RegistrationResult]]) -> sitk.Image:  # fmt: skip
+    """The T2 chain, then (once the T1CE chain is done) T2 -> T1CE, then the T2 resampled into the T1CE grid.
+
+    ``registered`` receives the corrected T2 on its own grid and the registration as soon as they are known (the
+    other branch computes the T2 field of view meanwhile); returns the registered T2 on the T1CE grid.
+    """
+    try:
+        t2, _ = _correct(study.t2, "t2", settings, timings)
+        t1ce, brain = t1ce_ready.result()
+        with _timed(timings, "registration"):
+            registration = register_rigid(t1ce, t2, brain, settings.registration)
+    except BaseException as exc:
+        registered.set_exception(exc)
+        raise
+    registered.set_result((t2, registration))
+    with _timed(timings, "registration.resample"):
+        return resample_onto(t2, t1ce, settings.image_interpolator, registration.transform)
 
 
 def _sum_stages(timings: dict[str, float], stages: tuple[str, ...]) -> None:
@@ -248,7 +258,9 @@ def preprocess(study: LoadedStudy, settings: PreprocessSettings) -> Preprocessed
     # whatever the other branch is doing; two branches keep both cores of the node busy.
     with single_threaded_itk(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="t2") as pool:
         t1ce_ready: Future[tuple[sitk.Image, sitk.Image]] = Future()
-        t2_branch = pool.submit(contextvars.copy_context().run, _t2_branch, study, settings, timings, t1ce_ready)
+        registered: Future[tuple[sitk.Image, RegistrationResult]] = Future()
+        t2_branch = pool.submit(contextvars.copy_context().run, _t2_branch, study, settings, timings, t1ce_ready,
+                                registered)  # fmt: skip
         try:
             t1ce, brain = _correct(study.t1ce, "t1ce", settings, timings)
         except BaseException as exc:
@@ -259,13 +271,14 @@ def preprocess(study: LoadedStudy, settings: PreprocessSettings) -> Preprocessed
         with _timed(timings, "resample.masks"):
             lesions = tuple(_resample_segment(s, t1ce) for s in study.lesions)
             pons_seg = _resample_segment(study.pons, t1ce) if study.pons is not None else None
-        t2, registration = t2_branch.result()
-        with _timed(timings, "registration.resample"):  # here: the T2 branch is the longer one
-            t2_fov = sitk.Cast(sitk.Image(t2.GetSize(), sitk.sitkUInt8) + 1, sitk.sitkUInt8)
-            t2_fov.CopyInformation(t2)
+        t2_native, registration = registered.result()
+        with _timed(timings, "registration.coverage"):  # the T1CE voxels inside the T2 field of view
+            t2_fov = sitk.Cast(sitk.Image(t2_native.GetSize(), sitk.sitkUInt8) + 1, sitk.sitkUInt8)
+            t2_fov.CopyInformation(t2_native)
             t2_coverage = resample_onto(t2_fov, t1ce, "nearest", registration.transform)
-            t2 = resample_onto(t2, t1ce, settings.image_interpolator, registration.transform)
-        timings["registration"] = round(timings["registration"] + timings["registration.resample"], 3)
+        t2 = t2_branch.result()
+    timings["registration"] = round(sum(timings[k] for k in ("registration", "registration.resample",
+                                                             "registration.coverage")), 3)  # fmt: skip
     _sum_stages(timings, ("resample", "brain_mask", "n4"))
     for seg in lesions:
         if not np.any(sitk.GetArrayViewFromImage(seg.mask)):
