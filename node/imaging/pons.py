@@ -164,11 +164,11 @@ def _centroid_mm(mask: np.ndarray, image: sitk.Image) -> np.ndarray:
 def _midline_offset_mm(roi: np.ndarray, brain: np.ndarray, image: sitk.Image) -> float:
     """Left-right distance between the ROI centroid and the centre of the brain in the ROI's axial slab."""
     centroid = _centroid_mm(roi, image)
-    zyx = np.argwhere(brain)
-    if zyx.size == 0:
+    flat = np.flatnonzero(brain)  # the order of np.argwhere, one index array instead of three
+    if flat.size == 0:
         return float("inf")
     # physical coordinates of the brain voxels (subsampled: the centre needs few)
-    zyx = zyx[:: max(1, len(zyx) // 200_000)]
+    zyx = np.column_stack(np.unravel_index(flat[:: max(1, flat.size // 200_000)], brain.shape))
     direction = np.array(image.GetDirection(), dtype=float).reshape(3, 3)
     phys = np.array(image.GetOrigin()) + (zyx[:, ::-1] * np.array(image.GetSpacing())) @ direction.T
     slab = np.abs(phys[:, 2] - centroid[2]) <= 10.0

@@ -17,12 +17,14 @@ Settings come from ``config/pipeline.yaml`` (``preprocess`` block) via :func:`lo
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import logging
 import math
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,8 +45,9 @@ from node.imaging.registration import (
     register_rigid,
     resample_onto,
     resample_to_spacing,
+    single_threaded_itk,
 )
-from node.imaging.types import LoadedStudy, PreprocessedStudy, Segment
+from node.imaging.types import LoadedStudy, PreprocessedStudy, RegistrationResult, Segment
 
 logger = logging.getLogger(__name__)
 
@@ -202,6 +205,27 @@ def _correct(image: sitk.Image, sequence: str, settings: PreprocessSettings,
     return corrected, mask
 
 
+def _t2_branch(study: LoadedStudy, settings: PreprocessSettings, timings: dict[str, float],
+               t1ce_ready: Future[tuple[sitk.Image, sitk.Image]],
+               registered: Future[tuple[sitk.Image, RegistrationResult]]) -> sitk.Image:  # fmt: skip
+    """The T2 chain, then (once the T1CE chain is done) T2 -> T1CE, then the T2 resampled into the T1CE grid.
+
+    ``registered`` receives the corrected T2 on its own grid and the registration as soon as they are known (the
+    other branch computes the T2 field of view meanwhile); returns the registered T2 on the T1CE grid.
+    """
+    try:
+        t2, _ = _correct(study.t2, "t2", settings, timings)
+        t1ce, brain = t1ce_ready.result()
+        with _timed(timings, "registration"):
+            registration = register_rigid(t1ce, t2, brain, settings.registration)
+    except BaseException as exc:
+        registered.set_exception(exc)
+        raise
+    registered.set_result((t2, registration))
+    with _timed(timings, "registration.resample"):
+        return resample_onto(t2, t1ce, settings.image_interpolator, registration.transform)
+
+
 def _sum_stages(timings: dict[str, float], stages: tuple[str, ...]) -> None:
     """``timings[stage]`` = the work of that stage over both sequences (the per-sequence keys stay)."""
     for stage in stages:
@@ -214,7 +238,9 @@ def preprocess(study: LoadedStudy, settings: PreprocessSettings) -> Preprocessed
     """Run the recipe; raise ProcessingError when registration diverges or normalisation is impossible.
 
     ``timings`` holds each stage's work summed over both sequences (``n4``), per sequence (``n4.t1ce``), the
-    template registration (``pons.atlas``) and the reference statistics (``pons.stats``).
+    template registration (``pons.atlas``) and the reference statistics (``pons.stats``). The two branches overlap
+    (T1CE chain, ``pons.atlas``, ``resample.masks`` beside the T2 chain and ``registration``), so the stages add up
+    to more than the elapsed time.
     """
     if settings.threads is not None:
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(settings.threads)
@@ -224,21 +250,35 @@ def preprocess(study: LoadedStudy, settings: PreprocessSettings) -> Preprocessed
     spacing = settings.target_spacing_mm
     wall = time.perf_counter()
 
-    # One after the other, on purpose: two SimpleITK pipelines at once in threads (even with one ITK thread each)
-    # gave run-to-run different features (1 run in 3 on the small synthetic study), which the node must not do.
-    t1ce, brain = _correct(study.t1ce, "t1ce", settings, timings)
-    t2, _ = _correct(study.t2, "t2", settings, timings)
-    with _timed(timings, "registration"):
-        registration = register_rigid(t1ce, t2, brain, settings.registration)
-        t2_fov = sitk.Cast(sitk.Image(t2.GetSize(), sitk.sitkUInt8) + 1, sitk.sitkUInt8)
-        t2_fov.CopyInformation(t2)
-        t2_coverage = resample_onto(t2_fov, t1ce, "nearest", registration.transform)
-        t2 = resample_onto(t2, t1ce, settings.image_interpolator, registration.transform)
-    with _timed(timings, "resample.masks"):
-        lesions = tuple(_resample_segment(s, t1ce) for s in study.lesions)
-        pons_seg = _resample_segment(study.pons, t1ce) if study.pons is not None else None
-    # the MNI template registration, once per study: the pons ROI and (through PonsReference) the lesion sites
-    atlas = _timed_call(timings, "pons.atlas", fit_atlas, t1ce, settings.pons) if settings.pons.auto else None
+    # Two branches side by side, every ITK filter in them single-threaded (registration.single_threaded_itk):
+    # the T1CE chain then the MNI template registration (the pons ROI and the lesion sites) here, the T2 chain then
+    # the T2 -> T1CE registration in a worker thread. One thread per filter is what makes the registrations
+    # reproducible (multi-threaded Mattes MI is not, even alone: that, not the threads, is why two whole chains
+    # in threads once gave run-to-run different features), and it gives each filter the same thread count
+    # whatever the other branch is doing; two branches keep both cores of the node busy.
+    with single_threaded_itk(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="t2") as pool:
+        t1ce_ready: Future[tuple[sitk.Image, sitk.Image]] = Future()
+        registered: Future[tuple[sitk.Image, RegistrationResult]] = Future()
+        t2_branch = pool.submit(contextvars.copy_context().run, _t2_branch, study, settings, timings, t1ce_ready,
+                                registered)  # fmt: skip
+        try:
+            t1ce, brain = _correct(study.t1ce, "t1ce", settings, timings)
+        except BaseException as exc:
+            t1ce_ready.set_exception(exc)
+            raise
+        t1ce_ready.set_result((t1ce, brain))
+        atlas = _timed_call(timings, "pons.atlas", fit_atlas, t1ce, settings.pons) if settings.pons.auto else None
+        with _timed(timings, "resample.masks"):
+            lesions = tuple(_resample_segment(s, t1ce) for s in study.lesions)
+            pons_seg = _resample_segment(study.pons, t1ce) if study.pons is not None else None
+        t2_native, registration = registered.result()
+        with _timed(timings, "registration.coverage"):  # the T1CE voxels inside the T2 field of view
+            t2_fov = sitk.Cast(sitk.Image(t2_native.GetSize(), sitk.sitkUInt8) + 1, sitk.sitkUInt8)
+            t2_fov.CopyInformation(t2_native)
+            t2_coverage = resample_onto(t2_fov, t1ce, "nearest", registration.transform)
+        t2 = t2_branch.result()
+    timings["registration"] = round(sum(timings[k] for k in ("registration", "registration.resample",
+                                                             "registration.coverage")), 3)  # fmt: skip
     _sum_stages(timings, ("resample", "brain_mask", "n4"))
     for seg in lesions:
         if not np.any(sitk.GetArrayViewFromImage(seg.mask)):

@@ -18,6 +18,9 @@ from __future__ import annotations
 import logging
 import math
 import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TypeVar
@@ -73,6 +76,36 @@ def resample_onto(image: sitk.Image, reference: sitk.Image, interpolator: Interp
         image, reference, transform or sitk.Transform(), _INTERPOLATORS[interpolator], 0.0, pixel
     )
     return out
+
+
+_threads_lock = threading.Lock()
+_threads_users = 0
+_threads_saved = 0
+
+
+@contextmanager
+def single_threaded_itk() -> Iterator[None]:
+    """ITK filters created inside run on one thread (ITK's global default); the last thread to leave restores it.
+
+    The registrations need it to be reproducible: with several threads, ITK 5.4's Mattes mutual information
+    combines the threads' partial sums in whatever order they finish, so the same input gave a bitwise-different
+    transform (and, through the pons ROI and the T2 resampling, different features) from run to run; one thread
+    gives one answer. Several threads may hold it at once (:mod:`node.imaging.preprocess` runs the two
+    registrations side by side); no other ITK work should run meanwhile, since it would be single-threaded too.
+    """
+    global _threads_users, _threads_saved
+    with _threads_lock:
+        if _threads_users == 0:
+            _threads_saved = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+            sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+        _threads_users += 1
+    try:
+        yield
+    finally:
+        with _threads_lock:
+            _threads_users -= 1
+            if _threads_users == 0:
+                sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(_threads_saved)
 
 
 @dataclass(frozen=True)
@@ -206,8 +239,13 @@ def _configure(
     seed: int,
     fixed_mask: sitk.Image | None,
     moving_mask: sitk.Image | None = None,
+    gradient_filter: bool = True,
 ) -> None:
     reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=bins)
+    # the moving image's gradient (Mattes MI uses no fixed-image gradient): precomputed by a whole-image
+    # recursive-Gaussian filter at every level; central differences at the samples instead would save ~40 % of a
+    # rigid registration but moved the T2 features beyond the tolerance of tests/pipeline/test_fast_pipeline.py
+    reg.SetMetricUseMovingImageGradientFilter(gradient_filter)
     reg.SetMetricSamplingStrategy(reg.RANDOM)
     reg.SetMetricSamplingPercentage(sampling, seed)
     if fixed_mask is not None:
@@ -228,11 +266,16 @@ def mattes_metric(
     seed: int = 42,
     moving_mask: sitk.Image | None = None,
 ) -> float:
-    """Mattes mutual information of ``moving`` under ``transform`` against ``fixed`` (more negative = better)."""
+    """Mattes mutual information of ``moving`` under ``transform`` against ``fixed`` (more negative = better).
+
+    The value needs no image gradient, so none is precomputed (the same value, a whole-image filter less).
+    """
     reg = sitk.ImageRegistrationMethod()
-    _configure(reg, bins=bins, sampling=sampling, seed=seed, fixed_mask=fixed_mask, moving_mask=moving_mask)
+    _configure(reg, bins=bins, sampling=sampling, seed=seed, fixed_mask=fixed_mask, moving_mask=moving_mask,
+               gradient_filter=False)  # fmt: skip
     reg.SetInitialTransform(transform, inPlace=False)
-    return float(reg.MetricEvaluate(sitk.Cast(fixed, sitk.sitkFloat32), sitk.Cast(moving, sitk.sitkFloat32)))
+    with single_threaded_itk():
+        return float(reg.MetricEvaluate(sitk.Cast(fixed, sitk.sitkFloat32), sitk.Cast(moving, sitk.sitkFloat32)))
 
 
 def rotation_angle_deg(transform: sitk.Transform) -> float:
@@ -323,7 +366,8 @@ def _rigid_sitk(fixed: sitk.Image, moving: sitk.Image, fixed_mask: sitk.Image | 
     reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
     reg.SetInitialTransform(init, inPlace=True)
     try:
-        reg.Execute(fixed_r, moving_r)
+        with single_threaded_itk():
+            reg.Execute(fixed_r, moving_r)
     except RuntimeError as exc:
         raise ProcessingError(f"T2-to-T1CE registration failed inside SimpleITK: {exc}") from exc
     logger.debug("rigid registration stopped: %s", reg.GetOptimizerStopConditionDescription())
@@ -442,7 +486,8 @@ def _run_stage(
     reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
     reg.SetInitialTransform(initial, inPlace=True)  # optimised in place: keeps the transform's type
     try:
-        reg.Execute(fixed, moving)
+        with single_threaded_itk():
+            reg.Execute(fixed, moving)
     except RuntimeError as exc:
         raise ProcessingError(f"template-to-T1CE registration failed inside SimpleITK: {exc}") from exc
     logger.debug("affine stage stopped: %s", reg.GetOptimizerStopConditionDescription())
