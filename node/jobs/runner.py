@@ -235,9 +235,8 @@ def dispatch_ready(
         if failure_job is None:
             continue
         with correlated(job=failure_job.id, study=study_key(uid)):
-            if not send_recorded(repo, send_task, failure_job.id, uid, spool_dir / uid_key(uid),
-                                 result_dir(spool_dir, uid, failure_job.id), now):
-                continue
-            logger.info("job %d queued: failure SR of a study that failed without processing", failure_job.id)
-        created.append(failure_job)
+            if send_recorded(repo, send_task, failure_job.id, uid, spool_dir / uid_key(uid),
+                             result_dir(spool_dir, uid, failure_job.id), now):
+                logger.info("job %d queued: failure SR of a study that failed without processing", failure_job.id)
+        created.append(failure_job)  # queued in the ledger either way: a failed send is the poll's to repeat
     return created

@@ -16,7 +16,6 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import highdicom as hd
 import pydicom
 import pytest
 
@@ -32,7 +31,7 @@ from node.ledger.repository import Repository
 from node.ledger.states import StudyState
 from node.scp.server import ListenerHandle
 from tests.scp.fixtures import FakeClock, ListenerFactory, associate, send
-from tests.support.studies import SynthCase
+from tests.support.studies import SynthCase, multi_frame_t1ce, seg_on_multi_frame
 
 SETTLE = 0.2
 QUIET = 60.0
@@ -190,29 +189,11 @@ def test_geometric_completeness_off_is_the_quiet_period_alone(
 def test_an_enhanced_multi_frame_t1ce(
     start: ListenerFactory, sqlite_url: str, synth_case: SynthCase, tmp_path: Path
 ) -> None:
-    from node.synth.dicom_series import SegmentSpec, write_segmentation
-
-    source = [pydicom.dcmread(f) for f in synth_case.t1ce]
-    mf = hd.legacy.LegacyConvertedEnhancedMRImage(
-        legacy_datasets=source, series_instance_uid=pydicom.uid.generate_uid(entropy_srcs=["event-mf"]),
-        series_number=source[0].SeriesNumber, sop_instance_uid=pydicom.uid.generate_uid(entropy_srcs=["event-sop"]),
-        instance_number=1)
     mf_path = tmp_path / "mf" / "mf.dcm"
-    mf_path.parent.mkdir()
-    mf.save_as(mf_path, enforce_file_format=True)
-    import SimpleITK as sitk
-
-    from node.imaging.types import SeriesRef
-    from node.imaging.volume import read_series_volume
-
-    image = read_series_volume(SeriesRef(str(mf.SeriesInstanceUID), str(mf.StudyInstanceUID), "MR",
-                                         str(mf.SOPClassUID), "", 1, None, (mf_path,)))
-    lesion = sitk.Image(image.GetSize(), sitk.sitkUInt8)
-    lesion.CopyInformation(image)
-    lesion[10:16, 10:16, 30:36] = 1
-    seg_path = tmp_path / "seg" / "seg.dcm"
-    write_segmentation([mf_path], [SegmentSpec("Metastasis 1", lesion, "lesion")], seg_path, series_number=100,
-                       series_description="SEG", manufacturer="Test", uid_seed="event-seg")
+    number = int(pydicom.dcmread(synth_case.t1ce[0], stop_before_pixels=True).SeriesNumber)
+    mf = multi_frame_t1ce(synth_case, mf_path, "event", series_number=number)
+    seg_path = seg_on_multi_frame(mf, mf_path, tmp_path / "seg" / "seg.dcm", "event", "Metastasis 1",
+                                  (slice(10, 16), slice(10, 16), slice(30, 36)), series_number=100)
     listener, sent = dispatching(start, sqlite_url)
     deliver(listener, (seg_path, mf_path))
     assert sent.calls == []  # the T2 is missing

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import highdicom as hd
 import pydicom
 
 from node.jobs.geometry import (
@@ -17,8 +16,7 @@ from node.jobs.geometry import (
     judge_series,
     judge_study,
 )
-from node.synth.dicom_series import SegmentSpec, write_segmentation
-from tests.support.studies import SynthCase
+from tests.support.studies import SynthCase, multi_frame_t1ce, seg_on_multi_frame
 
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 
@@ -112,12 +110,8 @@ def test_study_judgement_on_the_synthetic_study(synth_case: SynthCase) -> None:
 
 
 def test_enhanced_multi_frame_series_and_its_seg(synth_case: SynthCase, tmp_path: Path) -> None:
-    mf = hd.legacy.LegacyConvertedEnhancedMRImage(
-        legacy_datasets=[pydicom.dcmread(f) for f in synth_case.t1ce],
-        series_instance_uid=pydicom.uid.generate_uid(entropy_srcs=["geometry-mf"]), series_number=5,
-        sop_instance_uid=pydicom.uid.generate_uid(entropy_srcs=["geometry-mf-sop"]), instance_number=1)
     mf_path = tmp_path / "mf.dcm"
-    mf.save_as(mf_path, enforce_file_format=True)
+    mf = multi_frame_t1ce(synth_case, mf_path, "geometry")
     geometry = geometry_of(pydicom.dcmread(mf_path, stop_before_pixels=True))
     assert geometry.number_of_frames == len(synth_case.t1ce) == len(geometry.positions)
     assert judge_series([geometry]).wholeness is Wholeness.WHOLE  # one instance holds the series
@@ -131,30 +125,10 @@ def test_enhanced_multi_frame_series_and_its_seg(synth_case: SynthCase, tmp_path
 
 
 def test_a_seg_drawn_on_the_multi_frame_instance(synth_case: SynthCase, tmp_path: Path) -> None:
-    import SimpleITK as sitk
-
-    from node.imaging.types import SeriesRef
-    from node.imaging.volume import read_series_volume
-
-    mf = hd.legacy.LegacyConvertedEnhancedMRImage(
-        legacy_datasets=[pydicom.dcmread(f) for f in synth_case.t1ce],
-        series_instance_uid=pydicom.uid.generate_uid(entropy_srcs=["geometry-mf2"]), series_number=5,
-        sop_instance_uid=pydicom.uid.generate_uid(entropy_srcs=["geometry-mf2-sop"]), instance_number=1)
-    mf.SOPClassUID = pydicom.uid.EnhancedMRImageStorage
-    mf.file_meta.MediaStorageSOPClassUID = pydicom.uid.EnhancedMRImageStorage
     mf_path = tmp_path / "mf" / "mf.dcm"
-    mf_path.parent.mkdir()
-    mf.save_as(mf_path, enforce_file_format=True)
-    ref = SeriesRef(series_instance_uid=str(mf.SeriesInstanceUID), study_instance_uid=str(mf.StudyInstanceUID),
-                    modality="MR", sop_class_uid=str(mf.SOPClassUID), series_description="", series_number=5,
-                    frame_of_reference_uid=None, files=(mf_path,))
-    image = read_series_volume(ref)
-    lesion = sitk.Image(image.GetSize(), sitk.sitkUInt8)
-    lesion.CopyInformation(image)
-    lesion[5:9, 5:9, 3:6] = 1
-    seg_path = tmp_path / "seg" / "seg.dcm"
-    write_segmentation([mf_path], [SegmentSpec("Lesion 1", lesion, "lesion")], seg_path, series_number=9,
-                       series_description="SEG", manufacturer="Test", uid_seed="geometry-mfseg")
+    mf = multi_frame_t1ce(synth_case, mf_path, "geometry-2", enhanced_mr=True)
+    seg_path = seg_on_multi_frame(mf, mf_path, tmp_path / "seg" / "seg.dcm", "geometry", "Lesion 1",
+                                  (slice(5, 9), slice(5, 9), slice(3, 6)), series_number=9)
     judged = judge_study([("T1CE", str(mf.SeriesInstanceUID), [mf_path])], [seg_path], GeometryCache())
     assert judged.wholeness is Wholeness.WHOLE, judged.reason
 

@@ -46,6 +46,11 @@ class FakeClock:
         return self.now
 
 
+def sop_instance_uid(path: Path) -> str:
+    """The SOP Instance UID in the header of the file at ``path``."""
+    return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+
+
 def dataset_bytes(path: Path) -> bytes:
     """The bytes of a Part-10 file after its preamble and file meta (the dataset as sent over the network)."""
     raw = path.read_bytes()

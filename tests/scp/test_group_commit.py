@@ -14,13 +14,12 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-import pydicom
 import pytest
 
 from node.delivery.scu import wait_reactor_resumed
 from node.ledger.db import Ledger
 from node.ledger.repository import Repository
-from tests.scp.fixtures import associate
+from tests.scp.fixtures import associate, sop_instance_uid
 from tests.support.studies import SynthCase
 
 LISTENING = re.compile(r"listening as \S+ on [0-9.]+:(\d+)")
@@ -68,10 +67,6 @@ def listeners(tmp_path: Path) -> Iterator[list[ListenerProcess]]:
         listener.stop()
 
 
-def _sop(path: Path) -> str:
-    return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
-
-
 def _store_without_release(port: int, files: Sequence[Path]) -> list[int]:
     """C-STORE ``files`` and leave the association open (the listener is killed under it)."""
     assoc = associate(port)
@@ -103,10 +98,11 @@ def test_sigkill_after_success_before_the_batch_commit_loses_nothing(
     ledger = Ledger.open(f"sqlite:///{spool / 'ledger.sqlite3'}")
     try:
         repository = Repository(ledger)
-        assert all(repository.find_instance(_sop(path)) is None for path in files), "committed before the kill"
+        unrecorded = all(repository.find_instance(sop_instance_uid(path)) is None for path in files)
+        assert unrecorded, "committed before the kill"
         listeners.append(ListenerProcess(spool))  # the start-up reconciliation records the spooled files
         for path in files:
-            known = repository.find_instance(_sop(path))
+            known = repository.find_instance(sop_instance_uid(path))
             assert known is not None, "an acknowledged instance is missing from the ledger after the restart"
             assert hashlib.sha256((spool / known.path).read_bytes()).hexdigest() == known.sha256
         events = [e.event for e in repository.audit_trail()]

@@ -19,7 +19,7 @@ from pynetdicom.association import Association
 from node.cli.serve import RunningNode, start_node
 from node.config import Settings
 from node.delivery.scu import wait_reactor_resumed
-from tests.scp.fixtures import associate, send
+from tests.scp.fixtures import associate, send, sop_instance_uid
 from tests.support.studies import SynthCase
 
 
@@ -60,15 +60,11 @@ def node_factory(tmp_path: Path) -> Iterator[Callable[[int], RunningNode]]:
         node.stop()
 
 
-def _sop(path: Path) -> str:
-    return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
-
-
 def _lost(node: RunningNode, files: list[Path]) -> list[Path]:
     """Files whose instance is not in the ledger, or whose spooled copy is gone or differs from the ledger."""
     lost = []
     for path in files:
-        known = node.listener.repository.find_instance(_sop(path))
+        known = node.listener.repository.find_instance(sop_instance_uid(path))
         spooled = node.listener.spool.path(known.path) if known else None
         if known is None or spooled is None or not spooled.is_file() or \
                 hashlib.sha256(spooled.read_bytes()).hexdigest() != known.sha256:

@@ -11,6 +11,7 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
+import pydicom
 import pytest
 
 from node.cli import synth as synth_command
@@ -52,3 +53,40 @@ def synth_case(tmp_path_factory: pytest.TempPathFactory) -> SynthCase:
         t2=tuple(sorted((case / "t2").iterdir())),
         seg=tuple(sorted((case / "seg").iterdir())),
     )
+
+
+def multi_frame_t1ce(case: SynthCase, path: Path, seed: str, *, series_number: int = 5,
+                     enhanced_mr: bool = False) -> pydicom.Dataset:
+    """``case``'s T1CE as one legacy-converted enhanced multi-frame instance written to ``path`` (UIDs from
+    ``seed``); ``enhanced_mr``: labelled Enhanced MR Image Storage instead. Returns the written dataset."""
+    import highdicom as hd
+
+    mf = hd.legacy.LegacyConvertedEnhancedMRImage(
+        legacy_datasets=[pydicom.dcmread(f) for f in case.t1ce],
+        series_instance_uid=pydicom.uid.generate_uid(entropy_srcs=[f"{seed}-mf"]), series_number=series_number,
+        sop_instance_uid=pydicom.uid.generate_uid(entropy_srcs=[f"{seed}-sop"]), instance_number=1)
+    if enhanced_mr:
+        mf.SOPClassUID = pydicom.uid.EnhancedMRImageStorage
+        mf.file_meta.MediaStorageSOPClassUID = pydicom.uid.EnhancedMRImageStorage
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mf.save_as(path, enforce_file_format=True)
+    return mf
+
+
+def seg_on_multi_frame(mf: pydicom.Dataset, mf_path: Path, seg_path: Path, seed: str, label: str,
+                       box: tuple[slice, slice, slice], *, series_number: int) -> Path:
+    """A one-segment SEG (a cuboid ``box`` of the volume, x/y/z) drawn on the multi-frame instance at ``mf_path``."""
+    import SimpleITK as sitk
+
+    from node.imaging.types import SeriesRef
+    from node.imaging.volume import read_series_volume
+    from node.synth.dicom_series import SegmentSpec, write_segmentation
+
+    image = read_series_volume(SeriesRef(str(mf.SeriesInstanceUID), str(mf.StudyInstanceUID), "MR",
+                                         str(mf.SOPClassUID), "", int(mf.SeriesNumber), None, (mf_path,)))
+    lesion = sitk.Image(image.GetSize(), sitk.sitkUInt8)
+    lesion.CopyInformation(image)
+    lesion[box] = 1
+    write_segmentation([mf_path], [SegmentSpec(label, lesion, "lesion")], seg_path, series_number=series_number,
+                       series_description="SEG", manufacturer="Test", uid_seed=f"{seed}-seg")
+    return seg_path
