@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
+from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 from sqlalchemy.exc import SQLAlchemyError
@@ -96,12 +97,31 @@ def handle_echo(event: Event, ctx: ListenerContext) -> int:
     return EchoStatus.SUCCESS
 
 
+@dataclass(frozen=True)
+class StoreRequest:
+    """A C-STORE request as the handler needs it, from pynetdicom's event or from :mod:`node.scp.lane`."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax: str
+    assoc: Association
+    calling: str  # the calling AE title
+    peer: str  # address:port
+
+
 def handle_store(event: Event, ctx: ListenerContext) -> int:
-    """Check, spool durably, record, answer; every refusal is audited with the status returned."""
-    now = ctx.clock()
-    calling, peer = _requestor(event)
+    """pynetdicom's EVT_C_STORE: :func:`store` with the request taken from the event."""
     request = cast(C_STORE, event.request)
-    sop_uid = str(request.AffectedSOPInstanceUID)
+    calling, peer = _requestor(event)
+    return store(ctx, StoreRequest(str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID),
+                                   str(event.context.transfer_syntax), event.assoc, calling, peer), request.DataSet)
+
+
+def store(ctx: ListenerContext, request: StoreRequest, spill: object) -> int:
+    """Check, spool durably, record, answer; every refusal is audited with the status returned. The received
+    file is removed afterwards unless it was moved into place."""
+    now = ctx.clock()
+    calling, peer, sop_uid = request.calling, request.peer, request.sop_instance_uid
 
     def refuse(status: StoreStatus, why: str, event_name: str = "store-refused", study: str | None = None) -> int:
         logger.warning("C-STORE of instance %s from %s (%s) refused 0x%04X: %s", _key(sop_uid), calling, peer,
@@ -110,20 +130,17 @@ def handle_store(event: Event, ctx: ListenerContext) -> int:
                       sop_instance_uid=sop_uid, study_instance_uid=study, status=status, detail=why)
         return status
 
-    spill = request.DataSet
     if not isinstance(spill, SpillBuffer):  # the association was not built by node.scp.transport
         return refuse(StoreStatus.PROCESSING_FAILURE, "the dataset was not received into the spool")
     try:
-        return _handle(event, ctx, spill, refuse, calling, peer, now)
+        return _handle(request, ctx, spill, refuse, now)
     finally:
         spill.discard()
 
 
-def _handle(
-    event: Event, ctx: ListenerContext, spill: SpillBuffer, refuse: Callable[..., int], calling: str, peer: str,
-    now: float,
-) -> int:
-    request = cast(C_STORE, event.request)
+def _handle(request: StoreRequest, ctx: ListenerContext, spill: SpillBuffer, refuse: Callable[..., int],
+            now: float) -> int:
+    calling, peer = request.calling, request.peer
     try:
         received = spill.finish()
     except OSError as exc:
@@ -133,8 +150,8 @@ def _handle(
         name = "store-rejected" if received.status == StoreStatus.CANNOT_UNDERSTAND else "store-refused"
         return refuse(received.status, received.reason, name)
     try:
-        header = read_header(received.path, received.offset, str(event.context.transfer_syntax),
-                             str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID), ctx.limits)
+        header = read_header(received.path, received.offset, request.transfer_syntax, request.sop_class_uid,
+                             request.sop_instance_uid, ctx.limits)
     except LimitExceededError as exc:
         return refuse(StoreStatus.LIMIT_EXCEEDED, exc.message)
     except CorruptInstanceError as exc:
@@ -144,7 +161,7 @@ def _handle(
         return refuse(StoreStatus.OUT_OF_RESOURCES,
                       f"free disk in the spool ({free} bytes) is below min_free_disk_bytes ({ctx.min_free_disk_bytes})")
     if ctx.arrivals is not None:  # before the instance is recorded: the study never looks finished meanwhile
-        ctx.arrivals.stored(event.assoc, header.study_instance_uid, calling)
+        ctx.arrivals.stored(request.assoc, header.study_instance_uid, calling)
     try:
         return _store(ctx, header, received, calling, peer, now)
     except InstanceConflictError as exc:

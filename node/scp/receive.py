@@ -164,15 +164,20 @@ def _request_prefix(message: DIMSEMessage, assoc: Association) -> bytes | Refusa
     if not isinstance(message, C_STORE_RQ) or message.context_id is None:
         return Refusal(StoreStatus.CANNOT_UNDERSTAND, "a dataset arrived that belongs to no C-STORE request")
     command = message.command_set
-    sop_class = str(command.get("AffectedSOPClassUID", ""))
-    sop_instance = str(command.get("AffectedSOPInstanceUID", ""))
+    context = assoc._accepted_cx.get(message.context_id)
+    return checked_prefix(str(command.get("AffectedSOPClassUID", "")), str(command.get("AffectedSOPInstanceUID", "")),
+                          None if context is None or not context.transfer_syntax else str(context.transfer_syntax[0]))
+
+
+def checked_prefix(sop_class: str, sop_instance: str, transfer_syntax: str | None) -> bytes | Refusal:
+    """:func:`file_meta_prefix` of a request whose UIDs are valid and whose presentation context was accepted
+    (``transfer_syntax``), else the refusal."""
     for value, name in ((sop_class, "Affected SOP Class UID"), (sop_instance, "Affected SOP Instance UID")):
         if not value or len(value) > 64 or not _UID.match(value):
             return Refusal(StoreStatus.CANNOT_UNDERSTAND, f"the request's {name} is not a valid UID")
-    context = assoc._accepted_cx.get(message.context_id)
-    if context is None or not context.transfer_syntax:
+    if not transfer_syntax:
         return Refusal(StoreStatus.CANNOT_UNDERSTAND, "the dataset's presentation context was not accepted")
-    return file_meta_prefix(sop_class, sop_instance, str(context.transfer_syntax[0]))
+    return file_meta_prefix(sop_class, sop_instance, transfer_syntax)
 
 
 def _element(tag: bytes, vr: bytes, value: bytes, pad: bytes) -> bytes:
@@ -229,19 +234,27 @@ def _uid(value: object) -> bytes:
 def store_response(primitive: C_STORE) -> bytes | None:
     """The encoded command set of a C-STORE-RSP, byte for byte as pynetdicom's ``C_STORE_RSP`` encodes it, or
     ``None`` when it carries more than the plain elements (Offending Element, Error Comment: pynetdicom's way)."""
-    if primitive.OffendingElement is not None or primitive.ErrorComment is not None or primitive.Status is None:
+    if (primitive.OffendingElement is not None or primitive.ErrorComment is not None or primitive.Status is None
+            or primitive.MessageIDBeingRespondedTo is None):
         return None
+    return store_response_command(primitive.AffectedSOPClassUID, primitive.MessageIDBeingRespondedTo,
+                                  primitive.Status, primitive.AffectedSOPInstanceUID)
+
+
+def store_response_command(sop_class: object, message_id: int, status: int, sop_instance: object) -> bytes:
+    """The command set of a plain C-STORE-RSP (Implicit VR Little Endian), as pynetdicom encodes it; a ``None`` UID
+    is left out."""
     elements = []
-    if primitive.AffectedSOPClassUID is not None:
-        elements.append(_implicit(0x0002, _uid(primitive.AffectedSOPClassUID)))
+    if sop_class is not None:
+        elements.append(_implicit(0x0002, _uid(sop_class)))
     elements += [
         _implicit(0x0100, b"\x01\x80"),  # Command Field: C-STORE-RSP
-        _implicit(0x0120, struct.pack("<H", primitive.MessageIDBeingRespondedTo)),
+        _implicit(0x0120, struct.pack("<H", message_id)),
         _implicit(0x0800, b"\x01\x01"),  # Command Data Set Type: no data set
-        _implicit(0x0900, struct.pack("<H", primitive.Status)),
+        _implicit(0x0900, struct.pack("<H", status)),
     ]
-    if primitive.AffectedSOPInstanceUID is not None:
-        elements.append(_implicit(0x1000, _uid(primitive.AffectedSOPInstanceUID)))
+    if sop_instance is not None:
+        elements.append(_implicit(0x1000, _uid(sop_instance)))
     body = b"".join(elements)
     return _implicit(0x0000, struct.pack("<I", len(body))) + body
 
@@ -258,6 +271,10 @@ class BoundedDIMSE(DIMSEServiceProvider):
         super().__init__(assoc)
         self._limits = limits
         self._report = report
+
+    @property
+    def limits(self) -> ReceiveLimits:
+        return self._limits
 
     def get_msg(self, block: bool = False) -> Any:
         context_id, message = super().get_msg(block)

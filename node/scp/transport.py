@@ -50,6 +50,8 @@ from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAsso
 
 from node.ledger.repository import Repository
 from node.scp.handlers import audit_quietly
+from node.scp.lane import LaneDUL
+from node.scp.reactor import WakingAssociation
 from node.scp.receive import BoundedDIMSE, ReceiveLimits, quiet_message_dumps
 from node.scp.wake import Wakeup, WakingQueue
 
@@ -207,6 +209,7 @@ class BoundedSocket(AssociationSocket):
         self._policy = policy
         self._deadline = deadline  # monotonic time by which the A-ASSOCIATE-RQ must be complete
         self.violation: str | None = None
+        self._unread = b""  # bytes put back by node.scp.lane, read again first
         self._wakeup = Wakeup()
         assoc.dul.to_provider_queue = WakingQueue(self._wakeup)
 
@@ -232,7 +235,15 @@ class BoundedSocket(AssociationSocket):
         super().close()
         self._wakeup.close()
 
+    def unread(self, data: bytes) -> None:
+        """Put ``data`` (just read) back: the next :meth:`recv` returns it first."""
+        self._unread = data + self._unread
+
     def recv(self, nr_bytes: int) -> bytearray:
+        if self._unread:
+            data = bytearray(self._unread[:nr_bytes])
+            self._unread = self._unread[nr_bytes:]
+            return data + self.recv(nr_bytes - len(data)) if len(data) < nr_bytes else data
         established = self.assoc.is_established
         limit = self._policy.max_pdu_bytes if established else FIRST_PDU_LIMIT
         if nr_bytes > limit + 6:
@@ -338,6 +349,8 @@ class NodeRequestHandler(RequestHandler):
         assoc.start()
         assoc.join()  # this thread waits, so the spill file of a message cut off mid-way is removed
         cast(BoundedDIMSE, assoc.dimse).discard_partial()
+        if isinstance(assoc.dul, LaneDUL) and assoc.dul.lane is not None:
+            assoc.dul.lane.close()
 
     @staticmethod
     def _handshake(server: NodeServer, entry: Pending, deadline: float) -> tuple[socket.socket | None, str]:
@@ -368,13 +381,14 @@ class NodeRequestHandler(RequestHandler):
     def _create_association(self) -> Association:
         """pynetdicom's ``RequestHandler._create_association`` with the node's ACSE, DIMSE and socket."""
         server = cast(NodeServer, self.server)
-        assoc = Association(self.ae, MODE_ACCEPTOR)
+        assoc = WakingAssociation(self.ae, MODE_ACCEPTOR)
         assoc._server = server
         assoc.name = f"AcceptorThread@{datetime.now():%Y%m%d%H%M%S}"
         assoc.acse = LimitedACSE(assoc, server.policy)
         address, peer = str(self.client_address[0]), f"{self.client_address[0]}:{self.client_address[1]}"
         assoc.dimse = BoundedDIMSE(assoc, server.policy.receive,
                                    lambda why: server.connection_audit.record("store-rejected", address, peer, why))
+        assoc.install_queues()
         assoc.set_socket(BoundedSocket(assoc, cast(socket.socket, self.request), server.policy, self._deadline))
         assoc.dul._run_loop_delay = 0  # the loop waits for data in BoundedSocket.ready instead of sleeping
         assoc.acceptor.maximum_length = self.ae.maximum_pdu_size

@@ -1,0 +1,216 @@
+"""The C-STORE fast lane (node.scp.lane) and the woken reactor (node.scp.reactor), against a real listener."""
+
+from __future__ import annotations
+
+import struct
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from pydicom.filewriter import write_dataset
+from pynetdicom import evt
+from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_messages import C_STORE_RQ
+
+from node.scp.lane import LaneDUL, parse_command
+from node.scp.reactor import WakingAssociation
+from node.scp.status import StoreStatus
+from tests.scp.fixtures import FakeClock, ListenerFactory, associate, dataset_bytes, send
+from tests.support.studies import SynthCase
+
+
+def _store_command(message_id: int = 7, sop_instance: str = "1.2.3.4.5") -> bytes:
+    message = C_STORE_RQ()
+    command = message.command_set
+    command.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
+    command.CommandField = 0x0001
+    command.MessageID = message_id
+    command.Priority = 0
+    command.CommandDataSetType = 0x0001
+    command.AffectedSOPInstanceUID = sop_instance
+    from pydicom.filebase import DicomBytesIO
+
+    out = DicomBytesIO()
+    out.is_little_endian, out.is_implicit_VR = True, True
+    write_dataset(out, command)
+    return bytes(out.getvalue())
+
+
+def test_parse_command_reads_what_pynetdicom_encodes() -> None:
+    elements = parse_command(_store_command(message_id=513))
+    assert elements is not None
+    assert struct.unpack("<H", elements[0x0100])[0] == 0x0001
+    assert struct.unpack("<H", elements[0x0110])[0] == 513
+    assert elements[0x1000].rstrip(b"\x00") == b"1.2.3.4.5"
+
+
+@pytest.mark.parametrize("damage", ["cut", "group", "length"])
+def test_parse_command_leaves_a_malformed_command_to_pynetdicom(damage: str) -> None:
+    command = bytearray(_store_command())
+    if damage == "cut":
+        command = command[:-3]
+    elif damage == "group":
+        command[0:2] = b"\x08\x00"
+    else:
+        command[4:8] = struct.pack("<L", 10_000)
+    assert parse_command(command) is None
+
+
+@pytest.fixture
+def pynetdicom_assembled(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the P-DATA primitives pynetdicom's DIMSE provider assembles in the listener (and in the test SCU,
+    which receives only responses)."""
+    calls: list[int] = []
+    original = DIMSEServiceProvider.receive_primitive
+
+    def counted(self: DIMSEServiceProvider, primitive: object) -> None:
+        if self.assoc.is_acceptor:
+            calls.append(1)
+        original(self, primitive)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(DIMSEServiceProvider, "receive_primitive", counted)
+    return calls
+
+
+def test_c_store_requests_take_the_lane_and_store_byte_identical(
+    start: ListenerFactory, sqlite_url: str, synth_case: SynthCase, pynetdicom_assembled: list[int]
+) -> None:
+    """Old code: every fragment of every C-STORE went through pynetdicom's DIMSE assembly and reactor."""
+    listener = start(sqlite_url, FakeClock(), max_pdu=4096)  # a small maximum PDU: many PDUs per instance
+    files = list(synth_case.t2[:3]) + list(synth_case.seg)
+    assert send(listener.port, files) == [StoreStatus.SUCCESS] * len(files)
+    assert pynetdicom_assembled == []
+    listener.flush()
+    stored = sorted(listener.spool.root.glob("[!.]*/*/*.dcm"))
+    assert sorted(dataset_bytes(p) for p in stored) == sorted(dataset_bytes(p) for p in files)
+    assert list((listener.spool.root / ".incoming").rglob("rx-*.part")) == []
+
+
+def test_echo_and_an_invalid_store_request_still_go_to_pynetdicom(
+    start: ListenerFactory, sqlite_url: str, synth_case: SynthCase, pynetdicom_assembled: list[int]
+) -> None:
+    listener = start(sqlite_url, FakeClock())
+    assoc = associate(listener.port)
+    assert assoc.is_established
+    try:
+        assert assoc.send_c_echo().Status == 0
+        assert len(pynetdicom_assembled) == 1
+        good = send(listener.port, synth_case.t2[:1])
+        assert good == [StoreStatus.SUCCESS]
+        assert len(pynetdicom_assembled) == 1  # the C-STORE took the lane
+        assert assoc.send_c_echo().Status == 0  # and the association is fine after it
+    finally:
+        assoc.release()
+
+
+def test_a_store_request_without_instance_uid_is_answered_0xc000_through_pynetdicom(
+    start: ListenerFactory, sqlite_url: str, synth_case: SynthCase, pynetdicom_assembled: list[int]
+) -> None:
+    listener = start(sqlite_url, FakeClock())
+    assoc = associate(listener.port)
+    assert assoc.is_established
+    try:
+        raw = assoc.dul.socket.socket
+        assert raw is not None
+        context = next(c for c in assoc.accepted_contexts if c.abstract_syntax == "1.2.840.10008.5.1.4.1.1.4")
+        command = _store_command(message_id=9, sop_instance="")
+        pdvs = (struct.pack(">LBB", len(command) + 2, context.context_id, 0x03) + command
+                + struct.pack(">LBB", 10, context.context_id, 0x02) + b"\x08\x00\x16\x00\x00\x00\x00\x00")
+        raw.sendall(struct.pack(">BBL", 4, 0, len(pdvs)) + pdvs)
+        _, response = assoc.dimse.get_msg(block=True)
+        assert response is not None and response.MessageIDBeingRespondedTo == 9
+        assert int(response.Status) == StoreStatus.CANNOT_UNDERSTAND
+        assert pynetdicom_assembled  # pynetdicom's DIMSE provider decided, as before
+        assert send(listener.port, synth_case.t2[:1]) == [StoreStatus.SUCCESS]
+    finally:
+        assoc.release()
+
+
+def test_a_malformed_p_data_pdu_aborts_the_association(start: ListenerFactory, sqlite_url: str) -> None:
+    listener = start(sqlite_url, FakeClock())
+    assoc = associate(listener.port)
+    assert assoc.is_established
+    raw = assoc.dul.socket.socket
+    assert raw is not None
+    # a P-DATA-TF whose one presentation data value claims more bytes than the PDU holds
+    raw.sendall(struct.pack(">BBL", 4, 0, 8) + struct.pack(">LBB", 500, 1, 0x03) + b"\x00\x00")
+    deadline = time.monotonic() + 10
+    while not assoc.is_aborted and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert assoc.is_aborted
+
+
+def test_no_lane_while_pynetdicom_dumps_every_pdu(start: ListenerFactory, sqlite_url: str, synth_case: SynthCase,
+                                                   pynetdicom_assembled: list[int]) -> None:
+    listener = start(sqlite_url, FakeClock())
+    server = listener.server
+    server._handlers[evt.EVT_PDU_RECV] = [(lambda event: None, None)]
+    assert send(listener.port, synth_case.t2[:1]) == [StoreStatus.SUCCESS]
+    assert pynetdicom_assembled  # pynetdicom's own path, as before
+
+
+def test_the_lane_is_chosen_only_with_the_nodes_store_handler() -> None:
+    from pynetdicom import AE
+    from pynetdicom._globals import MODE_ACCEPTOR
+
+    from node.scp.lane import lane_for
+
+    assoc = WakingAssociation(AE(), MODE_ACCEPTOR)
+    assert isinstance(assoc.dul, LaneDUL)
+    assoc.bind(evt.EVT_C_STORE, lambda event: 0)
+    assert lane_for(assoc, assoc.dul) is None  # a C-STORE handler that is not the node's: pynetdicom's path
+
+
+def test_the_reactor_sleeps_until_something_arrives(
+    start: ListenerFactory, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Old code: pynetdicom's reactor looked for a message every millisecond (~300 looks in 0.3 s)."""
+    looks: list[float] = []
+    listener = start(sqlite_url, FakeClock())
+    assoc = associate(listener.port)
+    assert assoc.is_established
+    try:
+        acceptor = next(a for a in listener.server.active_associations)
+        get_msg = acceptor.dimse.get_msg
+
+        def counted(block: bool = False) -> object:
+            looks.append(time.monotonic())
+            return get_msg(block)
+
+        monkeypatch.setattr(acceptor.dimse, "get_msg", counted)
+        time.sleep(0.3)
+        idle_looks = len(looks)
+        started = time.monotonic()
+        assert assoc.send_c_echo().Status == 0  # a message wakes it at once
+        assert any(t >= started for t in looks)
+    finally:
+        assoc.release()
+    assert idle_looks <= 12  # one every REACTOR_WAIT_S (50 ms) at most
+
+
+def test_a_stopped_sender_mid_message_does_not_hold_the_listener(
+    start: ListenerFactory, sqlite_url: str, synth_case: SynthCase
+) -> None:
+    """The lane reads a message's next PDUs itself only while they are already there: a sender that stops
+    half-way leaves the DUL loop free, and stopping the listener aborts the association at once."""
+    listener = start(sqlite_url, FakeClock())
+    assoc = associate(listener.port)
+    assert assoc.is_established
+    raw = assoc.dul.socket.socket
+    assert raw is not None
+    context = assoc.accepted_contexts[0]
+    command = _store_command()
+    pdv = struct.pack(">LBB", len(command) + 2, context.context_id, 0x03) + command
+    raw.sendall(struct.pack(">BBL", 4, 0, len(pdv)) + pdv)
+    half = struct.pack(">LBB", 1002, context.context_id, 0x00) + b"\x00" * 1000  # a first data set fragment
+    raw.sendall(struct.pack(">BBL", 4, 0, len(half)) + half)
+    time.sleep(0.2)
+    started = time.monotonic()
+    stopper = threading.Thread(target=listener.stop)
+    stopper.start()
+    stopper.join(timeout=20)
+    assert not stopper.is_alive()
+    assert time.monotonic() - started < 10
+    assert list((Path(listener.spool.root) / ".incoming").rglob("rx-*.part")) == []
+    raw.close()
