@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, inspect
+from sqlalchemy import Connection, Engine, Select, create_engine, event, inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -124,6 +125,9 @@ class Ledger:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._quick: sqlite3.Connection | None = None  # read_row's own connection (SQLite)
+        self._quick_lock = threading.Lock()
+        self._compiled: dict[int, tuple[Select[Any], str, tuple[str, ...]]] = {}
 
     @classmethod
     def open(cls, url: str, *, create: bool = True) -> Ledger:
@@ -164,7 +168,35 @@ class Ledger:
             with connection.begin():
                 yield connection
 
+    def read_row(self, statement: Select[Any], params: dict[str, Any]) -> tuple[Any, ...]:
+        """The one row of a one-row ``SELECT``, as a tuple: on SQLite from a connection of its own in autocommit
+        (each statement sees the last commit; ~4 us instead of ~85 us through a pooled connection and its
+        transaction: the listener asks once per instance); elsewhere through :meth:`read`."""
+        if self.engine.dialect.name != "sqlite" or self.engine.url.database in (None, "", ":memory:"):
+            with self.read() as connection:
+                return tuple(connection.execute(statement, params).one())
+        entry = self._compiled.get(id(statement))
+        if entry is None or entry[0] is not statement:
+            compiled = statement.compile(dialect=self.engine.dialect)
+            entry = self._compiled[id(statement)] = (statement, compiled.string, tuple(compiled.positiontup or ()))
+        _, sql, order = entry
+        with self._quick_lock:
+            if self._quick is None:
+                quick = sqlite3.connect(str(self.engine.url.database), check_same_thread=False,
+                                        isolation_level=None)
+                quick.execute("PRAGMA busy_timeout=30000")
+                quick.execute("PRAGMA query_only=ON")
+                self._quick = quick
+            rows = self._quick.execute(sql, [params[name] for name in order]).fetchall()
+        if len(rows) != 1:
+            raise ValueError(f"expected one row, got {len(rows)}")
+        return tuple(rows[0])
+
     def dispose(self) -> None:
+        with self._quick_lock:
+            if self._quick is not None:
+                self._quick.close()
+                self._quick = None
         self.engine.dispose()
 
     @property

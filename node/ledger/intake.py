@@ -115,10 +115,9 @@ class IntakeOperations(Operations):
         """Whether the ledger has neither this SOP Instance UID nor its series under another study, read without a
         write lock (it never waits for a writer): such an instance needs no duplicate or conflict rule, and the
         listener's group commit may record it after answering."""
-        with self.ledger.read() as connection:  # one statement: both lookups in one round trip
-            row = connection.execute(_PLAINLY_NEW, {"sop": header.sop_instance_uid,
-                                                    "uid": header.series_instance_uid}).one()
-        return row.instance is None and (row.owner is None or row.owner == header.study_instance_uid)
+        instance, owner = self.ledger.read_row(  # one statement: both lookups in one round trip
+            _PLAINLY_NEW, {"sop": header.sop_instance_uid, "uid": header.series_instance_uid})
+        return instance is None and (owner is None or owner == header.study_instance_uid)
 
     def record_spooled(self, batch: Sequence[SpooledInstance]) -> list[tuple[SpooledInstance, KnownInstance]]:
         """Record a batch of new instances already durable in the spool (and acknowledged) in **one** transaction.

@@ -168,3 +168,28 @@ def test_url_normalisation() -> None:
 
     with pytest.raises(ConfigError):
         normalise_url("mysql://u@h/db")
+
+
+def test_plainly_new_sees_every_commit_from_any_thread(repo: Repository) -> None:
+    """The listener's per-instance lookup (``Ledger.read_row``: on SQLite its own autocommit connection) never
+    answers from an old snapshot, and several association threads may ask at once."""
+    first = header("1.2.3.1", "1.2.3.1.1")
+    assert repo.is_plainly_new(first)
+    record(repo, "1.2.3.1", "1.2.3.1.1", 1.0)
+    assert not repo.is_plainly_new(first)  # recorded: a duplicate now
+    assert not repo.is_plainly_new(header("1.2.3.1", "1.2.3.1.2", study="1.2.3.9"))  # series owned by another study
+    assert repo.is_plainly_new(header("1.2.3.1", "1.2.3.1.2"))
+    answers: list[bool] = []
+
+    def ask() -> None:
+        for n in range(50):
+            answers.append(repo.is_plainly_new(header("1.2.3.1", f"1.2.3.1.{100 + n}")))
+
+    threads = [threading.Thread(target=ask) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert answers == [True] * 200
+    repo.ledger.dispose()
+    assert not repo.is_plainly_new(first)  # works again after dispose (a new connection)
