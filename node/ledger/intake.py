@@ -23,7 +23,7 @@ from node.ledger.records import (
 )
 from node.ledger.states import LATE_STATES, StudyState
 from node.ledger.tables import Instance, Series, Study
-from node.ledger.transaction import Operations, write_audit
+from node.ledger.transaction import Operations, audit_row, write_audit, write_audits
 
 # The listener's per-instance statements, built once: building a statement and its cache key costs more than
 # running it on SQLite, and this runs inside every C-STORE handler.
@@ -32,6 +32,12 @@ _KNOWN_INSTANCE = (
     .join(Series, Instance.series_id == Series.id)
     .join(Study, Series.study_id == Study.id)
     .where(Instance.sop_instance_uid == bindparam("sop"))
+)
+_KNOWN_INSTANCES = (
+    select(Instance.sop_instance_uid, Study.study_instance_uid, Instance.path, Instance.sha256)
+    .join(Series, Instance.series_id == Series.id)
+    .join(Study, Series.study_id == Study.id)
+    .where(Instance.sop_instance_uid.in_(bindparam("sops", expanding=True)))
 )
 _STUDY_BY_UID = select(Study.id, Study.state, Study.version).where(Study.study_instance_uid == bindparam("uid"))
 _INSERT_STUDY = insert(Study).returning(Study.id)
@@ -69,23 +75,34 @@ class _Receiving:
         self.study_id, self.series_id, self.version = study_id, series_id, version
         self.latest: float | None = None
 
-    def add(self, session: Session, item: SpooledInstance) -> None:
+    def add(self, item: SpooledInstance, instances: list[dict[str, object]], audits: list[dict[str, object]]) -> None:
+        """Queue the instance's row and its ``stored`` audit event (inserted with the batch's others at once)."""
         header = item.header
-        session.connection().execute(_INSERT_INSTANCE, {
+        instances.append({
             "sop_instance_uid": header.sop_instance_uid, "series_id": self.series_id,
             "sop_class_uid": header.sop_class_uid, "transfer_syntax_uid": header.transfer_syntax_uid,
             "path": item.path, "size_bytes": item.size_bytes, "sha256": item.sha256, "received_at": item.at,
             "calling_ae_title": item.calling_ae_title, "study_version": self.version,
         })
-        write_audit(session, "stored", item.at, calling_ae_title=item.calling_ae_title, peer=item.peer,
-                    study_instance_uid=header.study_instance_uid, sop_instance_uid=header.sop_instance_uid, status=0,
-                    detail=f"{item.size_bytes} bytes, {item.path}")
+        audits.append(audit_row("stored", item.at, calling_ae_title=item.calling_ae_title, peer=item.peer,
+                                study_instance_uid=header.study_instance_uid,
+                                sop_instance_uid=header.sop_instance_uid, status=0,
+                                detail=f"{item.size_bytes} bytes, {item.path}"))
         self.latest = item.at if self.latest is None else max(self.latest, item.at)
 
     def touch(self, session: Session) -> None:
         if self.latest is not None:
             session.connection().execute(_TOUCH_STUDY, {"study_id": self.study_id, "now": self.latest})
             session.connection().execute(_TOUCH_SERIES, {"series_id": self.series_id, "now": self.latest})
+
+
+def _insert_queued(session: Session, instances: list[dict[str, object]], audits: list[dict[str, object]]) -> None:
+    """Insert the instance rows and audit events :meth:`_Receiving.add` queued (one executemany each)."""
+    if instances:
+        session.connection().execute(_INSERT_INSTANCE, instances)
+        instances.clear()
+    write_audits(session, audits)
+    audits.clear()
 
 
 class InstanceConflictError(CorruptInstanceError):
@@ -107,6 +124,12 @@ class IntakeOperations(Operations):
         if row is None:
             return None
         return KnownInstance(sop_instance_uid, row.study_instance_uid, row.path, row.sha256)
+
+    @staticmethod
+    def _known_instances(session: Session, sop_instance_uids: Sequence[str]) -> dict[str, KnownInstance]:
+        rows = session.connection().execute(_KNOWN_INSTANCES, {"sops": list(sop_instance_uids)})
+        return {row.sop_instance_uid: KnownInstance(row.sop_instance_uid, row.study_instance_uid, row.path,
+                                                    row.sha256) for row in rows}
 
     def find_instance(self, sop_instance_uid: str) -> KnownInstance | None:
         return self._run(lambda session: self._known_instance(session, sop_instance_uid))
@@ -133,22 +156,35 @@ class IntakeOperations(Operations):
         def op(session: Session) -> list[tuple[SpooledInstance, KnownInstance]]:
             raced: list[tuple[SpooledInstance, KnownInstance]] = []
             receiving: dict[tuple[str, str], _Receiving] = {}
+            uids = [item.header.sop_instance_uid for item in batch]
+            known_before: dict[str, KnownInstance] | None = self._known_instances(session, uids)  # one query
+            if len(set(uids)) != len(uids):  # the same UID twice in a batch: look each up after the ones before
+                known_before = None
+            instances: list[dict[str, object]] = []
+            audits: list[dict[str, object]] = []
             for item in batch:
                 header = item.header
-                known = self._known_instance(session, header.sop_instance_uid)
+                if known_before is None:
+                    known = self._known_instance(session, header.sop_instance_uid)
+                else:
+                    known = known_before.get(header.sop_instance_uid)
                 if known is not None:
                     raced.append((item, known))
                     continue
                 key = (header.study_instance_uid, header.series_instance_uid)
                 if (into := receiving.get(key)) is not None:
-                    into.add(session, item)
+                    into.add(item, instances, audits)
+                    if known_before is None:  # the next lookup must see this row
+                        _insert_queued(session, instances, audits)
                     continue
+                _insert_queued(session, instances, audits)  # _record sees every row before it (series claims)
                 recorded = self._record(session, header, path=item.path, size_bytes=item.size_bytes,
                                         sha256=item.sha256, calling_ae_title=item.calling_ae_title, peer=item.peer,
                                         at=item.at)
                 if recorded.study_state is StudyState.RECEIVING:
                     ids = session.connection().execute(_INSTANCE_SERIES, {"sop": header.sop_instance_uid}).one()
                     receiving[key] = _Receiving(ids.study_id, ids.series_id, recorded.study_version)
+            _insert_queued(session, instances, audits)
             for into in receiving.values():
                 into.touch(session)
             return raced

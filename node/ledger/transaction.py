@@ -59,7 +59,30 @@ def write_audit(
     detail: str | None = None,
 ) -> None:
     """Append one audit event in ``session``'s transaction (committed, or rolled back, with the change it records)."""
-    session.connection().execute(_INSERT_AUDIT, {
+    session.connection().execute(_INSERT_AUDIT, audit_row(
+        event, at, calling_ae_title=calling_ae_title, peer=peer, study_instance_uid=study_instance_uid,
+        sop_instance_uid=sop_instance_uid, status=status, detail=detail))
+
+
+def write_audits(session: Session, rows: list[dict[str, object]]) -> None:
+    """Append several :func:`audit_row` events in one statement (an executemany)."""
+    if rows:
+        session.connection().execute(_INSERT_AUDIT, rows)
+
+
+def audit_row(
+    event: str,
+    at: float,
+    *,
+    calling_ae_title: str | None = None,
+    peer: str | None = None,
+    study_instance_uid: str | None = None,
+    sop_instance_uid: str | None = None,
+    status: int | None = None,
+    detail: str | None = None,
+) -> dict[str, object]:
+    """The column values of one audit event."""
+    return {
         "at": at,
         "event": event,
         "calling_ae_title": _clip(calling_ae_title, 16),
@@ -68,7 +91,7 @@ def write_audit(
         "sop_instance_uid": _clip(sop_instance_uid, 64),
         "status": status,
         "detail": detail,
-    })
+    }
 
 
 class Operations:
