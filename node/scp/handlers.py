@@ -151,7 +151,7 @@ def _handle(request: StoreRequest, ctx: ListenerContext, spill: SpillBuffer, ref
         return refuse(received.status, received.reason, name)
     try:
         header = read_header(received.path, received.offset, request.transfer_syntax, request.sop_class_uid,
-                             request.sop_instance_uid, ctx.limits)
+                             request.sop_instance_uid, ctx.limits, head=received.head, size=received.size)
     except LimitExceededError as exc:
         return refuse(StoreStatus.LIMIT_EXCEEDED, exc.message)
     except CorruptInstanceError as exc:

@@ -19,7 +19,7 @@ from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 from node.errors import CorruptInstanceError
 from node.ledger.repository import InstanceHeader
 from node.scp.dataset import Walked, Walker
-from node.scp.source import FileReader, InflateReader, Reader
+from node.scp.source import FileReader, HeadReader, InflateReader, Reader
 from node.spool import check_uid
 
 STUDY_UID, SERIES_UID, SOP_UID, SOP_CLASS = 0x0020000D, 0x0020000E, 0x00080018, 0x00080016
@@ -36,10 +36,20 @@ class Limits:
 
 
 def read_header(
-    path: Path, offset: int, transfer_syntax: str, sop_class_uid: str, sop_instance_uid: str, limits: Limits
+    path: Path, offset: int, transfer_syntax: str, sop_class_uid: str, sop_instance_uid: str, limits: Limits,
+    *, head: bytes = b"", size: int | None = None,
 ) -> InstanceHeader:
-    """Check the dataset stored in ``path`` from ``offset`` and return the values the ledger needs."""
+    """Check the dataset stored in ``path`` from ``offset`` and return the values the ledger needs. With ``head``
+    (the dataset's first bytes, as received) and ``size`` (the file's), the file is read only past ``head``."""
     syntax = UID(transfer_syntax)
+    if head and size is not None and syntax != DeflatedExplicitVRLittleEndian:
+        head_reader = HeadReader(head, path, offset, size)
+        try:
+            walked = Walker(head_reader, explicit=not syntax.is_implicit_VR, little=syntax.is_little_endian,
+                            encapsulated=syntax.is_encapsulated, max_element_bytes=limits.max_element_bytes).walk()
+        finally:
+            head_reader.close()
+        return _header(walked, syntax, sop_class_uid, sop_instance_uid)
     with path.open("rb") as handle:
         size = handle.seek(0, 2)
         handle.seek(offset)

@@ -50,6 +50,7 @@ logger = logging.getLogger(__name__)
 
 DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 SPACE_CHECK_BYTES = 64 << 20  # free disk is checked at the first fragment and then every 64 MiB
+HEAD_BYTES = 64 << 10  # the dataset's first bytes kept in memory: the header check reads them without the file
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
 
@@ -76,6 +77,7 @@ class Received:
     offset: int
     size: int  # the whole file
     sha256: str
+    head: bytes = b""  # the dataset's first bytes (up to HEAD_BYTES), kept in memory as they arrived
 
 
 class SpillBuffer(io.BytesIO):
@@ -88,6 +90,7 @@ class SpillBuffer(io.BytesIO):
         self._file: BinaryIO | None = None
         self._digest = hashlib.sha256()
         self._next_space_check = 0
+        self._head = bytearray()
         self.path: Path | None = None
         self.offset = 0
         self.received = 0  # dataset bytes received, kept or not
@@ -109,6 +112,8 @@ class SpillBuffer(io.BytesIO):
             if self._file is not None and self.refusal is None:
                 self._file.write(chunk)
                 self._digest.update(chunk)
+                if len(self._head) < HEAD_BYTES:
+                    self._head += chunk[:HEAD_BYTES - len(self._head)]
         except OSError as exc:
             status = StoreStatus.OUT_OF_RESOURCES if exc.errno in DISK_FULL else StoreStatus.PROCESSING_FAILURE
             self._refuse(status, f"receiving into the spool failed: {exc.strerror or exc}")
@@ -146,7 +151,8 @@ class SpillBuffer(io.BytesIO):
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
-        return Received(self.path, self.offset, self.offset + self.received, self._digest.hexdigest())
+        return Received(self.path, self.offset, self.offset + self.received, self._digest.hexdigest(),
+                        bytes(self._head))
 
     def discard(self) -> None:
         """Close and remove the spill file (idempotent; nothing raises)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import zlib
+from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from node.errors import CorruptInstanceError, NodeError
@@ -62,6 +63,50 @@ class FileReader:
 
     def at_end(self) -> bool:
         return self.pos >= self._end
+
+
+class HeadReader:
+    """A dataset's bytes from ``offset`` to ``end`` of the file at ``path``, the first ones (``head``) from memory:
+    the file is opened only if the walk reads past them (a header longer than the kept bytes)."""
+
+    def __init__(self, head: bytes, path: Path, offset: int, end: int) -> None:
+        self._head = head
+        self._path = path
+        self._offset = offset
+        self._end = end
+        self._handle: BinaryIO | None = None
+        self.pos = offset
+
+    def read(self, size: int) -> bytes:
+        at = self.pos - self._offset
+        if at + size <= len(self._head):
+            data = self._head[at:at + size]
+        else:
+            if self._handle is None:
+                self._handle = self._path.open("rb")
+            self._handle.seek(self.pos)
+            data = self._handle.read(size)
+        if len(data) != size:
+            raise CorruptInstanceError(
+                f"the dataset is truncated: it ends {size - len(data)} byte(s) short of a declared length"
+            )
+        self.pos += size
+        return data
+
+    def skip(self, size: int) -> None:
+        if self.pos + size > self._end:
+            raise CorruptInstanceError(
+                f"the dataset is truncated: a value of {size} bytes runs {self.pos + size - self._end} byte(s) past "
+                "its end"
+            )
+        self.pos += size
+
+    def at_end(self) -> bool:
+        return self.pos >= self._end
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
 
 
 class InflateReader:

@@ -132,6 +132,8 @@ def test_rejections_are_audited_with_the_reason(start: ListenerFactory, sqlite_u
     assoc = AE(ae_title="PACS")
     assoc.add_requested_context(VERIFICATION)
     assert assoc.associate("127.0.0.1", listener.port, ae_title="SOMEONE").is_rejected
+    # the A-ASSOCIATE-RJ is sent before the rejection's audit row is written: wait for both rows
+    wait_for(lambda: len(events(listener, "association-rejected")) >= 2)
     reasons = events(listener, "association-rejected")
     assert any("'ROGUE' is not in accepted_calling_aets" in r for r in reasons), reasons
     assert any("called AE title 'SOMEONE'" in r for r in reasons), reasons

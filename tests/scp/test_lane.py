@@ -117,8 +117,14 @@ def test_a_store_request_without_instance_uid_is_answered_0xc000_through_pynetdi
         command = _store_command(message_id=9, sop_instance="")
         pdvs = (struct.pack(">LBB", len(command) + 2, context.context_id, 0x03) + command
                 + struct.pack(">LBB", 10, context.context_id, 0x02) + b"\x08\x00\x16\x00\x00\x00\x00\x00")
-        raw.sendall(struct.pack(">BBL", 4, 0, len(pdvs)) + pdvs)
-        _, response = assoc.dimse.get_msg(block=True)
+        assoc._reactor_checkpoint.clear()  # the SCU's own reactor must not take the response (as send_c_store)
+        while not assoc._is_paused:
+            time.sleep(0.001)
+        try:
+            raw.sendall(struct.pack(">BBL", 4, 0, len(pdvs)) + pdvs)
+            _, response = assoc.dimse.get_msg(block=True)
+        finally:
+            assoc._reactor_checkpoint.set()
         assert response is not None and response.MessageIDBeingRespondedTo == 9
         assert int(response.Status) == StoreStatus.CANNOT_UNDERSTAND
         assert pynetdicom_assembled  # pynetdicom's DIMSE provider decided, as before
