@@ -2,6 +2,10 @@
 
 This is the listener's hot path (one transaction per C-STORE): the per-instance statements are Core statements
 built once, not the ORM unit of work.
+
+Size: the three ways an instance enters the ledger (one transaction, the group commit's batch, the settling of a
+raced instance) share these statements and the state rules of :meth:`IntakeOperations._record`; apart, each
+would need the other's internals.
 """
 
 from __future__ import annotations
