@@ -4,12 +4,14 @@ inside the transaction of the change they record."""
 
 from __future__ import annotations
 
+from typing import Unpack
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from node.ledger.records import AuditRecord
 from node.ledger.tables import AuditEvent
-from node.ledger.transaction import Operations, write_audit
+from node.ledger.transaction import AuditFields, Operations, write_audit
 
 
 def audit_record_of(row: AuditEvent) -> AuditRecord:
@@ -18,27 +20,9 @@ def audit_record_of(row: AuditEvent) -> AuditRecord:
 
 
 class AuditOperations(Operations):
-    def audit(
-        self,
-        event: str,
-        at: float,
-        *,
-        calling_ae_title: str | None = None,
-        peer: str | None = None,
-        study_instance_uid: str | None = None,
-        sop_instance_uid: str | None = None,
-        status: int | None = None,
-        detail: str | None = None,
-    ) -> None:
+    def audit(self, event: str, at: float, **fields: Unpack[AuditFields]) -> None:
         """Append one audit event (association rejected, C-ECHO, duplicate kept, ...)."""
-
-        def op(session: Session) -> None:
-            write_audit(
-                session, event, at, calling_ae_title=calling_ae_title, peer=peer,
-                study_instance_uid=study_instance_uid, sop_instance_uid=sop_instance_uid, status=status, detail=detail,
-            )
-
-        self._run(op)
+        self._run(lambda session: write_audit(session, event, at, **fields))
 
     def audit_trail(self, study_instance_uid: str | None = None) -> list[AuditRecord]:
         """Audit events in order, for one study or (``None``) all of them."""

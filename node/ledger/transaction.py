@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TypedDict, TypeVar, Unpack
 
 from sqlalchemy import insert
 from sqlalchemy.exc import IntegrityError
@@ -46,22 +46,20 @@ def _clip(text: str | None, size: int) -> str | None:
     return None if text is None else text[:size]
 
 
-def write_audit(
-    session: Session,
-    event: str,
-    at: float,
-    *,
-    calling_ae_title: str | None = None,
-    peer: str | None = None,
-    study_instance_uid: str | None = None,
-    sop_instance_uid: str | None = None,
-    status: int | None = None,
-    detail: str | None = None,
-) -> None:
+class AuditFields(TypedDict, total=False):
+    """The optional columns of an audit event."""
+
+    calling_ae_title: str | None
+    peer: str | None
+    study_instance_uid: str | None
+    sop_instance_uid: str | None
+    status: int | None
+    detail: str | None
+
+
+def write_audit(session: Session, event: str, at: float, **fields: Unpack[AuditFields]) -> None:
     """Append one audit event in ``session``'s transaction (committed, or rolled back, with the change it records)."""
-    session.connection().execute(_INSERT_AUDIT, audit_row(
-        event, at, calling_ae_title=calling_ae_title, peer=peer, study_instance_uid=study_instance_uid,
-        sop_instance_uid=sop_instance_uid, status=status, detail=detail))
+    session.connection().execute(_INSERT_AUDIT, audit_row(event, at, **fields))
 
 
 def write_audits(session: Session, rows: list[dict[str, object]]) -> None:
@@ -70,27 +68,17 @@ def write_audits(session: Session, rows: list[dict[str, object]]) -> None:
         session.connection().execute(_INSERT_AUDIT, rows)
 
 
-def audit_row(
-    event: str,
-    at: float,
-    *,
-    calling_ae_title: str | None = None,
-    peer: str | None = None,
-    study_instance_uid: str | None = None,
-    sop_instance_uid: str | None = None,
-    status: int | None = None,
-    detail: str | None = None,
-) -> dict[str, object]:
-    """The column values of one audit event."""
+def audit_row(event: str, at: float, **fields: Unpack[AuditFields]) -> dict[str, object]:
+    """The column values of one audit event (the text columns clipped to their sizes)."""
     return {
         "at": at,
         "event": event,
-        "calling_ae_title": _clip(calling_ae_title, 16),
-        "peer": _clip(peer, 64),
-        "study_instance_uid": _clip(study_instance_uid, 64),
-        "sop_instance_uid": _clip(sop_instance_uid, 64),
-        "status": status,
-        "detail": detail,
+        "calling_ae_title": _clip(fields.get("calling_ae_title"), 16),
+        "peer": _clip(fields.get("peer"), 64),
+        "study_instance_uid": _clip(fields.get("study_instance_uid"), 64),
+        "sop_instance_uid": _clip(fields.get("sop_instance_uid"), 64),
+        "status": fields.get("status"),
+        "detail": fields.get("detail"),
     }
 
 

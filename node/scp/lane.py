@@ -258,23 +258,17 @@ class LaneDUL(DULServiceProvider):
             super()._read_pdu_data()
             return
         sock = cast(Any, self.socket)
-        try:
-            header = bytes(sock.recv(6))
-        except (OSError, TimeoutError):
-            logger.error("Connection closed before the entire PDU was received")
-            self.event_queue.put("Evt17")
-            return
-        if len(header) != 6 or header[0] != P_DATA_TF:
-            sock.unread(header)
-            super()._read_pdu_data()
-            return
         while True:
+            header = self._read(sock, 6)
+            if header is None:
+                return
+            if len(header) != 6 or header[0] != P_DATA_TF:
+                sock.unread(bytes(header))
+                super()._read_pdu_data()
+                return
             length = _PDU_HEADER.unpack(header)[2]
-            try:
-                body = sock.recv(length)
-            except (OSError, TimeoutError):
-                logger.error("Connection closed before the entire PDU was received")
-                self.event_queue.put("Evt17")
+            body = self._read(sock, length)
+            if body is None:
                 return
             if len(body) != length:
                 logger.error("The received PDU is shorter than expected (%d of %d bytes)", len(body) + 6, length + 6)
@@ -291,17 +285,16 @@ class LaneDUL(DULServiceProvider):
             # through pynetdicom's loop as usual)
             if not lane.mid_message or not self.to_provider_queue.empty() or not sock.ready:
                 return
-            try:
-                header = bytes(sock.recv(6))
-            except (OSError, TimeoutError):
-                logger.error("Connection closed before the entire PDU was received")
-                self.event_queue.put("Evt17")
-                return
             self._idle_timer.restart()
-            if len(header) != 6 or header[0] != P_DATA_TF:
-                sock.unread(header)
-                super()._read_pdu_data()
-                return
+
+    def _read(self, sock: Any, size: int) -> bytearray | None:
+        """``size`` bytes (fewer if the peer closed), or ``None`` after a read error (Evt17, as pynetdicom)."""
+        try:
+            return cast(bytearray, sock.recv(size))
+        except (OSError, TimeoutError):
+            logger.error("Connection closed before the entire PDU was received")
+            self.event_queue.put("Evt17")
+            return None
 
     def send_raw(self, pdu: bytes) -> None:
         """Send an encoded PDU from this thread (a P-DATA-TF in Sta6: no state change)."""

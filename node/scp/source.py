@@ -35,6 +35,20 @@ class Reader(Protocol):
     def at_end(self) -> bool: ...
 
 
+def _whole(data: bytes, size: int) -> None:
+    if len(data) != size:
+        raise CorruptInstanceError(
+            f"the dataset is truncated: it ends {size - len(data)} byte(s) short of a declared length"
+        )
+
+
+def _within(position: int, size: int, end: int) -> None:
+    if position + size > end:
+        raise CorruptInstanceError(
+            f"the dataset is truncated: a value of {size} bytes runs {position + size - end} byte(s) past its end"
+        )
+
+
 class FileReader:
     """The bytes of ``handle`` from its current position to ``end`` (an absolute file offset)."""
 
@@ -45,19 +59,12 @@ class FileReader:
 
     def read(self, size: int) -> bytes:
         data = self._handle.read(size)
-        if len(data) != size:
-            raise CorruptInstanceError(
-                f"the dataset is truncated: it ends {size - len(data)} byte(s) short of a declared length"
-            )
+        _whole(data, size)
         self.pos += size
         return data
 
     def skip(self, size: int) -> None:
-        if self.pos + size > self._end:
-            raise CorruptInstanceError(
-                f"the dataset is truncated: a value of {size} bytes runs {self.pos + size - self._end} byte(s) past "
-                "its end"
-            )
+        _within(self.pos, size, self._end)
         self._handle.seek(size, io.SEEK_CUR)
         self.pos += size
 
@@ -86,19 +93,12 @@ class HeadReader:
                 self._handle = self._path.open("rb")
             self._handle.seek(self.pos)
             data = self._handle.read(size)
-        if len(data) != size:
-            raise CorruptInstanceError(
-                f"the dataset is truncated: it ends {size - len(data)} byte(s) short of a declared length"
-            )
+        _whole(data, size)
         self.pos += size
         return data
 
     def skip(self, size: int) -> None:
-        if self.pos + size > self._end:
-            raise CorruptInstanceError(
-                f"the dataset is truncated: a value of {size} bytes runs {self.pos + size - self._end} byte(s) past "
-                "its end"
-            )
+        _within(self.pos, size, self._end)
         self.pos += size
 
     def at_end(self) -> bool:

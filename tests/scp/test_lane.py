@@ -5,16 +5,19 @@ from __future__ import annotations
 import struct
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from pydicom.filewriter import write_dataset
 from pynetdicom import evt
+from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import C_STORE_RQ
 
 from node.scp.lane import LaneDUL, parse_command
 from node.scp.reactor import WakingAssociation
+from node.scp.server import ListenerHandle
 from node.scp.status import StoreStatus
 from tests.scp.fixtures import FakeClock, ListenerFactory, associate, dataset_bytes, send
 from tests.support.studies import SynthCase
@@ -87,56 +90,53 @@ def test_c_store_requests_take_the_lane_and_store_byte_identical(
     assert list((listener.spool.root / ".incoming").rglob("rx-*.part")) == []
 
 
-def test_echo_and_an_invalid_store_request_still_go_to_pynetdicom(
-    start: ListenerFactory, sqlite_url: str, synth_case: SynthCase, pynetdicom_assembled: list[int]
-) -> None:
+@pytest.fixture
+def connected(start: ListenerFactory, sqlite_url: str) -> Iterator[tuple[ListenerHandle, Association]]:
+    """A listener and an established association to it (released at the end unless it ended)."""
     listener = start(sqlite_url, FakeClock())
     assoc = associate(listener.port)
     assert assoc.is_established
-    try:
-        assert assoc.send_c_echo().Status == 0
-        assert len(pynetdicom_assembled) == 1
-        good = send(listener.port, synth_case.t2[:1])
-        assert good == [StoreStatus.SUCCESS]
-        assert len(pynetdicom_assembled) == 1  # the C-STORE took the lane
-        assert assoc.send_c_echo().Status == 0  # and the association is fine after it
-    finally:
+    yield listener, assoc
+    if assoc.is_established:
         assoc.release()
+
+
+def test_echo_still_goes_to_pynetdicom(connected: tuple[ListenerHandle, Association], synth_case: SynthCase,
+                                       pynetdicom_assembled: list[int]) -> None:
+    listener, assoc = connected
+    assert assoc.send_c_echo().Status == 0
+    assert len(pynetdicom_assembled) == 1
+    assert send(listener.port, synth_case.t2[:1]) == [StoreStatus.SUCCESS]
+    assert len(pynetdicom_assembled) == 1  # the C-STORE took the lane
+    assert assoc.send_c_echo().Status == 0  # and the association is fine after it
 
 
 def test_a_store_request_without_instance_uid_is_answered_0xc000_through_pynetdicom(
-    start: ListenerFactory, sqlite_url: str, synth_case: SynthCase, pynetdicom_assembled: list[int]
+    connected: tuple[ListenerHandle, Association], synth_case: SynthCase, pynetdicom_assembled: list[int]
 ) -> None:
-    listener = start(sqlite_url, FakeClock())
-    assoc = associate(listener.port)
-    assert assoc.is_established
+    listener, assoc = connected
+    raw = assoc.dul.socket.socket
+    assert raw is not None
+    context = next(c for c in assoc.accepted_contexts if c.abstract_syntax == "1.2.840.10008.5.1.4.1.1.4")
+    command = _store_command(message_id=9, sop_instance="")
+    pdvs = (struct.pack(">LBB", len(command) + 2, context.context_id, 0x03) + command
+            + struct.pack(">LBB", 10, context.context_id, 0x02) + b"\x08\x00\x16\x00\x00\x00\x00\x00")
+    assoc._reactor_checkpoint.clear()  # the SCU's own reactor must not take the response (as send_c_store)
+    while not assoc._is_paused:
+        time.sleep(0.001)
     try:
-        raw = assoc.dul.socket.socket
-        assert raw is not None
-        context = next(c for c in assoc.accepted_contexts if c.abstract_syntax == "1.2.840.10008.5.1.4.1.1.4")
-        command = _store_command(message_id=9, sop_instance="")
-        pdvs = (struct.pack(">LBB", len(command) + 2, context.context_id, 0x03) + command
-                + struct.pack(">LBB", 10, context.context_id, 0x02) + b"\x08\x00\x16\x00\x00\x00\x00\x00")
-        assoc._reactor_checkpoint.clear()  # the SCU's own reactor must not take the response (as send_c_store)
-        while not assoc._is_paused:
-            time.sleep(0.001)
-        try:
-            raw.sendall(struct.pack(">BBL", 4, 0, len(pdvs)) + pdvs)
-            _, response = assoc.dimse.get_msg(block=True)
-        finally:
-            assoc._reactor_checkpoint.set()
-        assert response is not None and response.MessageIDBeingRespondedTo == 9
-        assert int(response.Status) == StoreStatus.CANNOT_UNDERSTAND
-        assert pynetdicom_assembled  # pynetdicom's DIMSE provider decided, as before
-        assert send(listener.port, synth_case.t2[:1]) == [StoreStatus.SUCCESS]
+        raw.sendall(struct.pack(">BBL", 4, 0, len(pdvs)) + pdvs)
+        _, response = assoc.dimse.get_msg(block=True)
     finally:
-        assoc.release()
+        assoc._reactor_checkpoint.set()
+    assert response is not None and response.MessageIDBeingRespondedTo == 9
+    assert int(response.Status) == StoreStatus.CANNOT_UNDERSTAND
+    assert pynetdicom_assembled  # pynetdicom's DIMSE provider decided, as before
+    assert send(listener.port, synth_case.t2[:1]) == [StoreStatus.SUCCESS]
 
 
-def test_a_malformed_p_data_pdu_aborts_the_association(start: ListenerFactory, sqlite_url: str) -> None:
-    listener = start(sqlite_url, FakeClock())
-    assoc = associate(listener.port)
-    assert assoc.is_established
+def test_a_malformed_p_data_pdu_aborts_the_association(connected: tuple[ListenerHandle, Association]) -> None:
+    _, assoc = connected
     raw = assoc.dul.socket.socket
     assert raw is not None
     # a P-DATA-TF whose one presentation data value claims more bytes than the PDU holds
@@ -195,14 +195,10 @@ def test_the_reactor_sleeps_until_something_arrives(
     assert idle_looks <= 12  # one every REACTOR_WAIT_S (50 ms) at most
 
 
-def test_a_stopped_sender_mid_message_does_not_hold_the_listener(
-    start: ListenerFactory, sqlite_url: str, synth_case: SynthCase
-) -> None:
+def test_a_stopped_sender_mid_message_does_not_hold_the_listener(connected: tuple[ListenerHandle, Association]) -> None:
     """The lane reads a message's next PDUs itself only while they are already there: a sender that stops
     half-way leaves the DUL loop free, and stopping the listener aborts the association at once."""
-    listener = start(sqlite_url, FakeClock())
-    assoc = associate(listener.port)
-    assert assoc.is_established
+    listener, assoc = connected
     raw = assoc.dul.socket.socket
     assert raw is not None
     context = assoc.accepted_contexts[0]
