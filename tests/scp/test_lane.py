@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import struct
 import threading
 import time
@@ -90,6 +91,12 @@ def test_c_store_requests_take_the_lane_and_store_byte_identical(
     assert list((listener.spool.root / ".incoming").rglob("rx-*.part")) == []
 
 
+def _raw_socket(assoc: Association) -> socket.socket:
+    """The SCU association's TCP socket, to send PDUs pynetdicom would not."""
+    assert assoc.dul.socket is not None and assoc.dul.socket.socket is not None
+    return assoc.dul.socket.socket
+
+
 @pytest.fixture
 def connected(start: ListenerFactory, sqlite_url: str) -> Iterator[tuple[ListenerHandle, Association]]:
     """A listener and an established association to it (released at the end unless it ended)."""
@@ -115,8 +122,7 @@ def test_a_store_request_without_instance_uid_is_answered_0xc000_through_pynetdi
     connected: tuple[ListenerHandle, Association], synth_case: SynthCase, pynetdicom_assembled: list[int]
 ) -> None:
     listener, assoc = connected
-    raw = assoc.dul.socket.socket
-    assert raw is not None
+    raw = _raw_socket(assoc)
     context = next(c for c in assoc.accepted_contexts if c.abstract_syntax == "1.2.840.10008.5.1.4.1.1.4")
     command = _store_command(message_id=9, sop_instance="")
     pdvs = (struct.pack(">LBB", len(command) + 2, context.context_id, 0x03) + command
@@ -130,15 +136,14 @@ def test_a_store_request_without_instance_uid_is_answered_0xc000_through_pynetdi
     finally:
         assoc._reactor_checkpoint.set()
     assert response is not None and response.MessageIDBeingRespondedTo == 9
-    assert int(response.Status) == StoreStatus.CANNOT_UNDERSTAND
+    assert response.Status == StoreStatus.CANNOT_UNDERSTAND
     assert pynetdicom_assembled  # pynetdicom's DIMSE provider decided, as before
     assert send(listener.port, synth_case.t2[:1]) == [StoreStatus.SUCCESS]
 
 
 def test_a_malformed_p_data_pdu_aborts_the_association(connected: tuple[ListenerHandle, Association]) -> None:
     _, assoc = connected
-    raw = assoc.dul.socket.socket
-    assert raw is not None
+    raw = _raw_socket(assoc)
     # a P-DATA-TF whose one presentation data value claims more bytes than the PDU holds
     raw.sendall(struct.pack(">BBL", 4, 0, 8) + struct.pack(">LBB", 500, 1, 0x03) + b"\x00\x00")
     deadline = time.monotonic() + 10
@@ -199,8 +204,7 @@ def test_a_stopped_sender_mid_message_does_not_hold_the_listener(connected: tupl
     """The lane reads a message's next PDUs itself only while they are already there: a sender that stops
     half-way leaves the DUL loop free, and stopping the listener aborts the association at once."""
     listener, assoc = connected
-    raw = assoc.dul.socket.socket
-    assert raw is not None
+    raw = _raw_socket(assoc)
     context = assoc.accepted_contexts[0]
     command = _store_command()
     pdv = struct.pack(">LBB", len(command) + 2, context.context_id, 0x03) + command
