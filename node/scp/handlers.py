@@ -64,9 +64,10 @@ def _key(uid: str) -> str:
     return hashlib.sha256(uid.encode("utf-8", "replace")).hexdigest()[:12]
 
 
-def _requestor(event: Event) -> tuple[str, str]:
-    requestor = event.assoc.requestor
-    return str(requestor.ae_title).strip(), f"{requestor.address}:{requestor.port}"
+def requestor(assoc: Association) -> tuple[str, str]:
+    """The calling AE title and the peer's address:port of an association."""
+    peer = assoc.requestor
+    return str(peer.ae_title).strip(), f"{peer.address}:{peer.port}"
 
 
 def audit_quietly(
@@ -92,7 +93,7 @@ def is_disk_full(exc: BaseException) -> bool:
 
 
 def handle_echo(event: Event, ctx: ListenerContext) -> int:
-    calling, peer = _requestor(event)
+    calling, peer = requestor(event.assoc)
     audit_quietly(ctx.repository, "echo", ctx.clock(), calling_ae_title=calling, peer=peer, status=EchoStatus.SUCCESS)
     return EchoStatus.SUCCESS
 
@@ -112,7 +113,7 @@ class StoreRequest:
 def handle_store(event: Event, ctx: ListenerContext) -> int:
     """pynetdicom's EVT_C_STORE: :func:`store` with the request taken from the event."""
     request = cast(C_STORE, event.request)
-    calling, peer = _requestor(event)
+    calling, peer = requestor(event.assoc)
     return store(ctx, StoreRequest(str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID),
                                    str(event.context.transfer_syntax), event.assoc, calling, peer), request.DataSet)
 
@@ -226,7 +227,7 @@ def association_ended(ctx: ListenerContext) -> None:
 
 def handle_rejected(event: Event, ctx: ListenerContext) -> None:
     """Audit an association the node refused, with the reason (:mod:`node.scp.transport` notes it)."""
-    calling, peer = _requestor(event)
+    calling, peer = requestor(event.assoc)
     reason = getattr(event.assoc.acse, "rejection_reason", None)
     logger.warning("association from %s (%s) rejected: %s", calling, peer, reason)
     audit_quietly(ctx.repository, "association-rejected", ctx.clock(), calling_ae_title=calling, peer=peer,
@@ -238,7 +239,7 @@ def handle_aborted(event: Event, ctx: ListenerContext) -> None:
     its instances are committed (:func:`association_ended`), then its studies are judged
     (:func:`node.scp.arrivals.on_association_end`)."""
     association_ended(ctx)
-    calling, peer = _requestor(event)
+    calling, peer = requestor(event.assoc)
     reason = getattr(event.assoc.dul.socket, "violation", None)
     audit_quietly(ctx.repository, "association-aborted", ctx.clock(), calling_ae_title=calling, peer=peer,
                   detail=reason)

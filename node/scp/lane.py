@@ -123,7 +123,6 @@ class StoreLane:
         self._context = context
         self._limits = limits
         self._command = bytearray()
-        self._command_context: int | None = None
         self._store: _Store | None = None
         self._to_pynetdicom = False  # the rest of the current message goes to pynetdicom's DIMSE provider
 
@@ -158,7 +157,6 @@ class StoreLane:
                 self._forward(context_id, control, fragment)
                 return
             self._command += fragment
-            self._command_context = context_id
             if control & 2:
                 self._command_complete(context_id)
             return
@@ -201,9 +199,7 @@ class StoreLane:
                 or not is_storage_class(sop_class)):
             return None
         transfer_syntax = str(accepted.transfer_syntax[0])
-        requestor = assoc.requestor
-        request = handlers.StoreRequest(sop_class, sop_instance, transfer_syntax, assoc,
-                                        str(requestor.ae_title).strip(), f"{requestor.address}:{requestor.port}")
+        request = handlers.StoreRequest(sop_class, sop_instance, transfer_syntax, assoc, *handlers.requestor(assoc))
         spill = SpillBuffer(self._limits, lambda: checked_prefix(sop_class, sop_instance, transfer_syntax))
         return _Store(context_id, message_id, request, spill)
 
