@@ -60,7 +60,11 @@ class BrokerConfig:
 
 
 def embedded_broker(folder: Path) -> BrokerConfig:
-    """The filesystem transport in ``folder`` (created): ``queue/`` for messages, ``control/`` for fanout."""
+    """The filesystem transport in ``folder`` (created): ``queue/`` for messages, ``control/`` for fanout; each
+    message written whole before a consumer can see it (:mod:`node.jobs.atomic_filesystem`)."""
+    from node.jobs.atomic_filesystem import install
+
+    install()
     queue = folder / "queue"
     control = folder / "control"
     for path in (queue, control):
