@@ -109,7 +109,7 @@ class Settings:
     max_instance_bytes: int = 1 << 30  # one C-STORE dataset as received
     max_inflated_bytes: int = 256 << 20  # a Deflated Explicit VR Little Endian dataset once inflated
     max_element_bytes: int = 16 << 20  # any element but Pixel Data
-    listener_processes: int = 0  # listener processes sharing the port (SO_REUSEPORT); 0 = min(CPUs, 4)
+    listener_processes: int = 0  # listener processes sharing the port; 0 = min(CPUs, 4)
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_ca: Path | None = None  # set = client certificates are required and checked against it

@@ -35,11 +35,11 @@ SETTING_HELP: dict[str, str] = {
     "max_associations_per_peer": "concurrent associations from one IP address (1-10000); more are rejected "
     "(A-ASSOCIATE-RJ, transient, local limit exceeded). Also the most connections one address may hold before "
     "sending its A-ASSOCIATE-RQ: the oldest of them is closed when a new one arrives",
-    "listener_processes": "listener processes of `ainode serve` sharing the DICOM port (SO_REUSEPORT: the kernel "
-    "spreads new associations over them), so parallel associations use several cores; `0` = min(CPUs, 4), `1` = "
-    "the listener in the `serve` process alone. Each process has the association limits above and its own ledger "
-    "writer; a process that dies is restarted (its unconfirmed instances fail at the sender; confirmed ones are "
-    "durable and recorded at its restart)",
+    "listener_processes": "listener processes of `ainode serve` sharing the DICOM port (one listening socket; "
+    "each new association goes to the least busy process), so parallel associations use several cores; `0` = "
+    "min(CPUs, 4), `1` = the listener in the `serve` process alone. Each process has the association limits "
+    "above and its own ledger writer; a process that dies is restarted (its unconfirmed instances fail at the "
+    "sender; confirmed ones are durable and recorded at its restart)",
     "handshake_timeout_s": "seconds from TCP accept until the TLS handshake is done and the A-ASSOCIATE-RQ has "
     "arrived; a connection that stays silent longer is closed and audited",
     "max_pdu": "maximum PDU size we receive, in bytes; `0` = unlimited, else at least 4096. A peer's PDU larger "

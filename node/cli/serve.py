@@ -35,6 +35,7 @@ from node.config import Settings, redact_url
 from node.errors import ConfigError
 from node.jobs.dispatcher import dispatcher_factory
 from node.jobs.sender import process_sender
+from node.scp.balance import SharedPort
 from node.scp.pool import ListenerPool
 from node.scp.server import ListenerHandle, start_listener
 
@@ -107,6 +108,8 @@ def settings_from_args(args: argparse.Namespace, env: Mapping[str, str] | None =
 
 #: the lock file a running node holds on its spool (``flock``), inside RUN_DIRNAME
 LOCK_NAME = "node.lock"
+#: the listener processes' connection counts (node.scp.balance), inside RUN_DIRNAME
+LOAD_TABLE_NAME = "listener-load"
 #: the worker is restarted after 1, 2, 4 ... s, at most this long after it stopped
 RESTART_BACKOFF_MAX_S = 30.0
 #: a worker that ran this long before it stopped is restarted after the first delay again
@@ -329,16 +332,20 @@ def start_node(settings: Settings, *, worker: bool = True, concurrency: int = 1,
     settings.spool_dir.mkdir(parents=True, exist_ok=True)
     lock = SpoolLock(settings.spool_dir)
     processes = settings.effective_listener_processes
+    # with a pool, this process's listener opens the port (slot 0) and the pool's processes take its socket
+    shared = SharedPort(settings.spool_dir / RUN_DIRNAME / LOAD_TABLE_NAME, 0, processes) if processes > 1 else None
     try:  # the listener dispatches a study as soon as it is complete; the worker's poll is the safety net
         listener = start_listener(settings, dispatcher=dispatcher_factory(settings, process_sender(settings)),
-                                  reuse_port=processes > 1)
+                                  shared=shared)
     except BaseException:
         lock.release()
         raise
     pool: ListenerPool | None = None
     if processes > 1:
+        assert listener.server.load is not None
         pool = ListenerPool(settings, listener.port, processes, run_dir=settings.spool_dir / RUN_DIRNAME,
-                            log_path=settings.spool_dir / "listener.log", pass_fds=(lock.fd,))
+                            log_path=settings.spool_dir / "listener.log", listen_fd=listener.server.fileno(),
+                            load=listener.server.load, pass_fds=(lock.fd,))
         try:
             pool.start()
         except BaseException:

@@ -2,7 +2,8 @@
 
 ``ainode serve`` runs the listener in its own process (slot 0) and, with ``listener_processes`` > 1, this pool of
 ``python -m node.cli.listener`` processes (slots 1..n-1: :func:`node.scp.server.main` behind the parent-death
-signal). All bind the port with ``SO_REUSEPORT``: the kernel hands each new connection to one of them. Each process
+signal). They accept from the listening socket slot 0 opened (inherited) and spread new connections by load
+(:mod:`node.scp.balance`). Each process
 has its own pynetdicom AE (so ``max_associations`` and ``max_associations_per_peer`` count per process), its own
 ledger connection and group-commit writer (:mod:`node.scp.recorder`) and its own ``.incoming/p<slot>/`` folder; they
 share the spool and the ledger (SQLite WAL with a busy timeout, or PostgreSQL), whose unique keys settle two
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import IO
 
 from node.config import Settings
+from node.scp.balance import LoadTable
 
 logger = logging.getLogger(__name__)
 
@@ -64,9 +66,11 @@ class ListenerPool:
     """Listener processes for slots 1..``count``-1 on ``port``; see the module docstring."""
 
     def __init__(self, settings: Settings, port: int, count: int, *, run_dir: Path, log_path: Path,
-                 pass_fds: tuple[int, ...] = (), stop_timeout_s: float = 10.0) -> None:
+                 listen_fd: int, load: LoadTable, pass_fds: tuple[int, ...] = (), stop_timeout_s: float = 10.0) -> None:
         self.settings = replace(settings, port=port)
         self.count = count
+        self.listen_fd = listen_fd
+        self.load = load
         self.run_dir = run_dir
         self.log_path = log_path
         self.pass_fds = pass_fds
@@ -95,11 +99,13 @@ class ListenerPool:
     def _spawn(self, slot: int, *, reconcile: bool) -> _Process:
         handover = self.settings.write_handover(self.run_dir)
         argv = [sys.executable, "-m", "node.cli.listener", "--settings-file", str(handover), "--slot", str(slot),
+                "--slots", str(self.count), "--listen-fd", str(self.listen_fd), "--load-table", str(self.load.path),
                 "--exit-with-parent", str(os.getpid())]
         if reconcile:
             argv.append("--reconcile")
         with self.log_path.open("ab") as log:
-            process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, text=True, pass_fds=self.pass_fds,
+            process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, text=True,
+                                       pass_fds=(*self.pass_fds, self.listen_fd),
                                        start_new_session=True)  # a Ctrl-C reaches serve, which stops them
         return _Process(slot, process)
 
@@ -130,6 +136,7 @@ class ListenerPool:
                     continue
                 now = time.monotonic()
                 if slot not in due:
+                    self.load.mark_gone(slot)  # the others stop leaving connections to it
                     if now - running.started_at > 60:
                         delays[slot] = 1.0
                     due[slot] = now + delays[slot]

@@ -31,6 +31,7 @@ from node.ledger.db import Ledger
 from node.ledger.repository import Repository
 from node.scp import handlers
 from node.scp.arrivals import Arrivals, DispatcherFactory, StudyDispatcher
+from node.scp.balance import SharedPort
 from node.scp.contexts import VERIFICATION, VERIFICATION_TRANSFER_SYNTAXES, storage_contexts
 from node.scp.header import Limits
 from node.scp.receive import ReceiveLimits
@@ -204,8 +205,7 @@ def build_ae(settings: Settings) -> AE:
 
 def start_listener(
     settings: Settings, ledger: Ledger | None = None, *, clock: Callable[[], float] = time.time,
-    dispatcher: DispatcherFactory | None = None, reconcile: bool = True, slot: int | None = None,
-    reuse_port: bool = False,
+    dispatcher: DispatcherFactory | None = None, reconcile: bool = True, shared: SharedPort | None = None,
 ) -> ListenerHandle:
     """Start the C-ECHO / C-STORE SCP in background threads and return its handle.
 
@@ -213,10 +213,11 @@ def start_listener(
     ``clock`` gives the receive times recorded in the ledger (tests pass a fake one). With ``dispatcher`` (a factory
     of this listener's dispatcher, e.g. :func:`node.jobs.dispatcher.dispatcher_factory`: the job layer is injected,
     the listener does not import it), the studies of an association that ends are judged ``settle_s`` later and
-    dispatched when ready, from this process. A listener process of a pool
-    (:mod:`node.scp.pool`) passes its ``slot`` (its own ``.incoming/p<slot>/``, the only one its start-up
-    clean-up touches) and ``reuse_port`` (SO_REUSEPORT: the processes share the port); ``reconcile=False`` skips
-    the reconciliation of the spool with the ledger (the pool's first start, after the parent's).
+    dispatched when ready, from this process. With ``shared`` (:mod:`node.scp.balance`) it is one process of
+    ``ainode serve``'s listeners on one port: slot 0 opens the port, a pool process (:mod:`node.scp.pool`) takes
+    the socket slot 0 opened; each has its own ``.incoming/p<slot>/`` (the only one its start-up clean-up touches)
+    for slots above 0. ``reconcile=False`` skips the reconciliation of the spool with the ledger (the pool's first
+    start, after the parent's).
     """
     if _config.STORE_RECV_CHUNKED_DATASET:
         raise ConfigError("pynetdicom's STORE_RECV_CHUNKED_DATASET must stay off: the listener receives datasets "
@@ -224,7 +225,7 @@ def start_listener(
     owns_ledger = ledger is None
     if ledger is None:
         ledger = Ledger.open(settings.effective_database_url)
-    spool = Spool(settings.spool_dir, None if slot is None else f"p{slot}")
+    spool = Spool(settings.spool_dir, None if shared is None or shared.slot == 0 else f"p{shared.slot}")
     limits = Limits(max_inflated_bytes=settings.max_inflated_bytes, max_element_bytes=settings.max_element_bytes)
     repository = Repository(ledger, settings.late_instance_policy)
     spool.clean_incoming()
@@ -266,7 +267,7 @@ def start_listener(
             policy=connection_policy(settings, spool),
             tls=tls,
             connection_audit=audit,
-            reuse_port=reuse_port,
+            shared=shared,
         )
         assert isinstance(server, NodeServer)
         server.before_release = partial(recorder.flush, RELEASE_FLUSH_TIMEOUT_S)
@@ -309,6 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
     # a listener process of ainode serve's pool (node.scp.pool, started as python -m node.cli.listener)
     parser.add_argument("--settings-file", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--slot", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--slots", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--load-table", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--reconcile", action="store_true", help=argparse.SUPPRESS)
     return parser
 
@@ -333,7 +337,11 @@ def main(argv: Sequence[str] | None = None,
             args.settings_file.unlink(missing_ok=True)  # read once: it may hold the database password
             # it dispatches the studies of the associations it ends, as the parent's listener does (the job layer
             # is injected by node.cli.listener)
-            handle = start_listener(settings, slot=args.slot, reuse_port=True, reconcile=args.reconcile,
+            if args.slot is None or args.slots is None or args.listen_fd is None or args.load_table is None:
+                raise ConfigError("a listener process of ainode serve needs --slot, --slots, --listen-fd and "
+                                  "--load-table")
+            shared = SharedPort(args.load_table, args.slot, args.slots, args.listen_fd)
+            handle = start_listener(settings, shared=shared, reconcile=args.reconcile,
                                     dispatcher=None if make_dispatcher is None else make_dispatcher(settings))
         else:
             settings = Settings.load(args.config, overrides=overrides)

@@ -49,6 +49,7 @@ from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from node.ledger.repository import Repository
+from node.scp.balance import LoadTable, SharedPort, shared_socket, take_turn
 from node.scp.handlers import audit_quietly
 from node.scp.lane import LaneDUL
 from node.scp.reactor import WakingAssociation
@@ -421,8 +422,9 @@ class NodeServer(ThreadedAssociationServer):
     block_on_close = False  # stop() ends associations itself; it never waits on a silent peer
 
     def __init__(self, *args: Any, policy: ConnectionPolicy, tls: ssl.SSLContext | None,
-                 connection_audit: ConnectionAudit, reuse_port: bool = False, **kwargs: Any) -> None:
-        self.reuse_port = reuse_port
+                 connection_audit: ConnectionAudit, shared: SharedPort | None = None, **kwargs: Any) -> None:
+        self.shared = shared
+        self.load: LoadTable | None = None
         self.policy = policy
         self.tls = tls
         self.connection_audit = connection_audit
@@ -431,12 +433,48 @@ class NodeServer(ThreadedAssociationServer):
         super().__init__(*args, **kwargs)
 
     def server_bind(self) -> None:
-        if self.reuse_port:  # several listener processes on one port
-            cast(socket.socket, self.socket).setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
+        """Bind the port, or (a pool process) take the listening socket slot 0 bound; see :mod:`node.scp.balance`."""
+        shared = self.shared
+        if shared is None:
+            super().server_bind()
+            return
+        if shared.fd is None:  # slot 0: it opens the socket and the load table
+            super().server_bind()
+            self.load = LoadTable(shared.table, shared.slots, shared.slot, create=True)
+        else:
+            cast(socket.socket, self.socket).close()
+            self.socket = shared_socket(shared.fd)
+            self.server_address = self.socket.getsockname()
+            self.load = LoadTable(shared.table, shared.slots, shared.slot)
+        cast(socket.socket, self.socket).setblocking(False)
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
-        return cast(socket.socket, self.socket).accept()
+        sock = cast(socket.socket, self.socket)
+        if self.load is None:
+            return sock.accept()
+        if not take_turn(self.load, sock):
+            raise BlockingIOError("a less busy listener process took the connection")
+        conn, address = sock.accept()  # BlockingIOError when a sibling was quicker: the accept loop goes on
+        conn.setblocking(True)
+        self.load.opened()
+        return conn, address
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:  # NodeRequestHandler returns when the connection's association has ended
+            if self.load is not None:
+                self.load.closed()
+
+    def server_close(self) -> None:
+        """Close the listening socket; a shared one only here (``shutdown`` would stop every process's accepts)."""
+        if self.shared is None:
+            super().server_close()
+            return
+        cast(socket.socket, self.socket).close()
+        if self.load is not None:
+            self.load.close()
+            self.load = None
 
     def shutdown(self) -> None:
         """Stop accepting, close pending connections and abort the open associations."""

@@ -299,7 +299,7 @@ def test_start_node_dispatches_a_complete_study_within_the_settle_time(
         queued_at = next(e.at for e in repo.audit_trail(uid) if e.event == "job-queued")
         assert queued_at - released <= settings.settle_s + 3.0  # not by the quiet period (60 s)
         if not worker:
-            # whichever listener process of the pool took the association sent it (SO_REUSEPORT): one message
+            # whichever listener process of the pool took the association sent it: one message
             assert node.listener.dispatcher is not None
             deadline = time.time() + 5.0
             while queue_depth(resolve_broker(settings), settings.queue) < 1 and time.time() < deadline:

@@ -1,4 +1,4 @@
-"""Several listener processes on one port (``listener_processes``, SO_REUSEPORT; node/scp/pool.py), started by
+"""Several listener processes on one port (``listener_processes``; node/scp/pool.py, node/scp/balance.py), started by
 ``start_node`` as ``ainode serve`` does: parallel associations all stored once, and a killed listener process
 loses nothing it confirmed while the others go on."""
 
@@ -120,6 +120,29 @@ def _server_pid(assoc: Association, pids: list[int]) -> int | None:
     return None
 
 
+def test_parallel_associations_are_spread_evenly_over_the_processes(
+    node_factory: Callable[[int], RunningNode],
+) -> None:
+    """Each new connection goes to a least busy process (with SO_REUSEPORT's hash, two or three of four parallel
+    associations often shared one process while another idled)."""
+    node = node_factory(2)
+    assert node.pool is not None
+    pids = [os.getpid(), node.pool.pids[1]]
+    for _ in range(2):  # and again once the first ones ended: the counts went back down
+        held = [associate(node.listener.port, calling=f"PACS{n}") for n in range(6)]
+        assert all(assoc.is_established for assoc in held)
+        owners = [_server_pid(assoc, pids) for assoc in held]
+        assert sorted(owners.count(pid) for pid in pids) == [3, 3], owners
+        for assoc in held:
+            assoc.release()
+        load = node.listener.server.load
+        assert load is not None
+        deadline = time.monotonic() + 30
+        while load.counts() != [0, 0] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert load.counts() == [0, 0]
+
+
 def test_a_killed_listener_process_loses_nothing_it_confirmed(
     tmp_path: Path, synth_case: SynthCase, node_factory: Callable[[int], RunningNode],
 ) -> None:
@@ -129,7 +152,7 @@ def test_a_killed_listener_process_loses_nothing_it_confirmed(
     child = node.pool.pids[1]
     victim = survivor = None
     spare = []
-    for _ in range(40):  # the kernel spreads connections over the two processes: find one on each
+    for _ in range(40):  # connections are spread over the two processes: find one on each
         assoc = associate(node.listener.port)
         assert assoc.is_established
         pid = _server_pid(assoc, [child, os.getpid()])
