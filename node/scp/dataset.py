@@ -71,6 +71,7 @@ class Walker:
         self._u16 = struct.Struct(order + "H").unpack
         self._u32 = struct.Struct(order + "L").unpack
         self._item = struct.Struct(order + "HHL").unpack
+        self._explicit_head = struct.Struct(order + "HH2sH").unpack
         self.walked = Walked()
 
     def walk(self) -> Walked:
@@ -92,11 +93,15 @@ class Walker:
                     raise CorruptInstanceError(f"an element runs {reader.pos - end} byte(s) past its item")
             elif top and reader.at_end():
                 return
-            group, element = self._tag(self._read(4))
+            # the tag, then the VR and a 16-bit length (explicit VR) or a 32-bit length (implicit VR, delimiters)
+            raw = self._read(8)
+            if explicit:
+                group, element, vr_bytes, length = self._explicit_head(raw)
+            else:
+                group, element, length = self._item(raw)
             tag = group << 16 | element
             if group == 0xFFFE:
                 if tag == ITEM_END and delimited:
-                    self._read(4)
                     return
                 raise CorruptInstanceError(f"unexpected item tag {tag_text(tag)} inside a dataset")
             if tag <= last:
@@ -107,14 +112,13 @@ class Walker:
             if group in (0x0000, 0x0002):
                 raise CorruptInstanceError(f"command or file meta element {tag_text(tag)} inside the dataset")
             if explicit:
-                head = self._read(4)
-                vr = head[:2].decode("ascii", "replace")
+                vr = vr_bytes.decode("ascii", "replace")
                 if vr not in VRS:
                     raise CorruptInstanceError(f"element {tag_text(tag)} has no valid VR ({vr!r})")
-                length = self._u32(self._read(4))[0] if vr in LONG_VRS else self._u16(head[2:])[0]
+                if vr in LONG_VRS:  # two reserved bytes, then a 32-bit length
+                    length = self._u32(self._read(4))[0]
             else:
                 vr = implicit_vr(tag)
-                length = self._u32(self._read(4))[0]
             charset = self._element(tag, vr, length, depth, explicit, charset, top)
 
     def _items(self, tag: int, length: int, depth: int, explicit: bool, charset: Charset) -> None:

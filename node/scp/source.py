@@ -86,13 +86,13 @@ class HeadReader:
 
     def read(self, size: int) -> bytes:
         at = self.pos - self._offset
-        if at + size <= len(self._head):
-            data = self._head[at:at + size]
-        else:
-            if self._handle is None:
-                self._handle = self._path.open("rb")
-            self._handle.seek(self.pos)
-            data = self._handle.read(size)
+        if at + size <= len(self._head):  # all there: no truncation check
+            self.pos += size
+            return self._head[at:at + size]
+        if self._handle is None:
+            self._handle = self._path.open("rb")
+        self._handle.seek(self.pos)
+        data = self._handle.read(size)
         _whole(data, size)
         self.pos += size
         return data
