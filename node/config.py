@@ -150,7 +150,7 @@ class Settings:
     job_heartbeat_s: float = 5.0
     job_stale_after_s: float = 15.0
     job_max_redeliveries: int = 3
-    worker_stop_timeout_s: float = 5.0
+    worker_stop_timeout_s: float = 7.0  # an idle worker's warm shutdown takes ~4-5 s (Celery's timer, billiard's pool)
     # warm workers (node.jobs.warm): a pool process serves many jobs; these bound it
     worker_max_memory_mb: int = 1536  # peak resident size after which a pool process is replaced; 0 = no bound
     worker_max_tasks_per_child: int = 50  # jobs (tasks) after which a pool process is replaced; 0 = no limit

@@ -115,6 +115,10 @@ def test_serve_listens_and_stops_on_sigterm(serve: ServeProcess) -> None:
     # every stop ran into the kill at worker_stop_timeout_s
     log = (serve.spool / "worker.log").read_text()
     assert "exited with 'signal 15 (SIGTERM)'" not in log, log[-3000:]
+    # and the idle worker stopped by itself: the embedded broker's wait for a message ends with the stop (it ran
+    # 2 s, twice, and every stop ended with the worker killed at worker_stop_timeout_s)
+    stderr = (serve.root / "serve-1.err").read_text()
+    assert "did not stop within" not in stderr, stderr[-3000:]
 
 
 def test_a_dead_worker_is_restarted_and_leaves_nothing_behind(serve: ServeProcess) -> None:
