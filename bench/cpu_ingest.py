@@ -1,12 +1,14 @@
 """CPU cost of ingest: CPU milliseconds the receiver's processes spend per instance received (issue 12).
 
 Wall-clock ingest rates are noisy on a shared machine; the CPU time the receiving processes consume is not (much).
-The receiver (``node``: ``start_node`` with its defaults, or ``bare``: pynetdicom's floor, see
-``bench_ingest.py``) runs in a child process; its process tree's utime + stime (``/proc/<pid>/stat``) is read
-before and after DCMTK ``storescu`` sends the studies (one association each, all at once).
+The receiver (``node``: ``start_node`` with its defaults, ``orthanc``: Orthanc with its defaults, or ``bare``:
+pynetdicom's floor, see ``bench_ingest.py``) runs in a child process; its process tree's utime + stime
+(``/proc/<pid>/stat``) is read before and after DCMTK ``storescu`` sends the studies (one association each, all
+at once). On a host shared with other machines the CPU time per instance itself varies by tens of per cent from
+one hour to the next: compare receivers measured in the same minutes.
 
-    python bench/cpu_ingest.py --studies /work/bench-data/ingest/study [--receiver node] [--assocs 1] [--runs 3]
-        [--max-pdu 16382] [--profile out.prof]
+    python bench/cpu_ingest.py --studies /work/bench-data/ingest/study [--receiver node|orthanc|bare] [--assocs 1]
+        [--runs 3] [--max-pdu 16382] [--profile out.prof]
 
 ``--profile`` (node only) runs the listener in the child process alone (``listener_processes`` 1) with cProfile
 in every thread and writes the merged stats to the file.
@@ -53,7 +55,7 @@ def tree_cpu_s(root: int, fields_at: tuple[int, ...] = (11, 12)) -> float:
 
 def child(receiver: str, spool: Path, max_pdu: int, profile: Path | None) -> None:
     """Run the receiver; print its port; stop when stdin closes."""
-    from bench_ingest import bare_receiver, node_receiver
+    from bench_ingest import bare_receiver, node_receiver, orthanc_receiver
 
     os.environ["AINODE_MAX_PDU"] = str(max_pdu)
     if profile is not None:
@@ -69,7 +71,7 @@ def child(receiver: str, spool: Path, max_pdu: int, profile: Path | None) -> Non
             original(self, *args, **kwargs)  # type: ignore[arg-type]
 
         node.config.Settings.__init__ = patched  # type: ignore[method-assign]
-    factory = bare_receiver if receiver == "bare" else node_receiver
+    factory = {"bare": bare_receiver, "orthanc": orthanc_receiver}.get(receiver, node_receiver)
     with factory(spool) as (ae, port, count):
         print(ae, port, flush=True)
         for _line in sys.stdin:
@@ -165,7 +167,7 @@ def main() -> int:
     parser.add_argument("--child")
     parser.add_argument("--spool", type=Path)
     parser.add_argument("--studies", type=Path, default=Path("/work/bench-data/ingest/study"))
-    parser.add_argument("--receiver", default="node", choices=("node", "bare"))
+    parser.add_argument("--receiver", default="node", choices=("node", "orthanc", "bare"))
     parser.add_argument("--assocs", type=int, default=1)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--max-pdu", type=int, default=16382)
