@@ -68,19 +68,22 @@ class LoadTable:
         self._counts = memoryview(self._map).cast("i")
         self._lock = threading.Lock()
         self._own = 0
+        self._open = True
         self._counts[slot] = 0
 
     def opened(self) -> None:
         """This process took a connection."""
         with self._lock:
             self._own += 1
-            self._counts[self.slot] = self._own
+            if self._open:
+                self._counts[self.slot] = self._own
 
     def closed(self) -> None:
         """A connection of this process ended (its association, or the wait for one)."""
         with self._lock:
             self._own = max(self._own - 1, 0)
-            self._counts[self.slot] = self._own
+            if self._open:
+                self._counts[self.slot] = self._own
 
     def counts(self) -> list[int]:
         """Every slot's count (:data:`GONE` for a process not running)."""
@@ -93,11 +96,17 @@ class LoadTable:
 
     def mark_gone(self, slot: int) -> None:
         """The process of ``slot`` exited: no connection waits for it (its restart sets its slot again)."""
-        self._counts[slot] = GONE
+        with self._lock:
+            if self._open:
+                self._counts[slot] = GONE
 
     def close(self) -> None:
-        self._counts.release()
-        self._map.close()
+        """Unmap the table (a connection ending afterwards, in a thread still winding down, changes nothing)."""
+        with self._lock:
+            if self._open:
+                self._open = False
+                self._counts.release()
+                self._map.close()
 
 
 def take_turn(table: LoadTable, sock: socket.socket, *, yield_s: float = YIELD_S) -> bool:

@@ -2,12 +2,11 @@
 
 ``ainode serve`` runs the listener in its own process (slot 0) and, with ``listener_processes`` > 1, this pool of
 ``python -m node.cli.listener`` processes (slots 1..n-1: :func:`node.scp.server.main` behind the parent-death
-signal). They accept from the listening socket slot 0 opened (inherited) and spread new connections by load
-(:mod:`node.scp.balance`). Each process
-has its own pynetdicom AE (so ``max_associations`` and ``max_associations_per_peer`` count per process), its own
-ledger connection and group-commit writer (:mod:`node.scp.recorder`) and its own ``.incoming/p<slot>/`` folder; they
-share the spool and the ledger (SQLite WAL with a busy timeout, or PostgreSQL), whose unique keys settle two
-processes receiving the same instance.
+signal). They accept from the listening socket slot 0 opened (inherited), each new connection going to the least
+busy of them (:mod:`node.scp.balance`). Each process has its own pynetdicom AE (so ``max_associations`` and
+``max_associations_per_peer`` count per process), its own ledger connection and group-commit writer
+(:mod:`node.scp.recorder`) and its own ``.incoming/p<slot>/`` folder; they share the spool and the ledger (SQLite
+WAL with a busy timeout, or PostgreSQL), whose unique keys settle two processes receiving the same instance.
 
 Supervision: a process that exits is started again after 1, 2, 4 ... s (at most 30 s) while the others go on
 receiving; the new one removes its half-received files and records any file its predecessor acknowledged but had not

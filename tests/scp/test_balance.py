@@ -100,3 +100,14 @@ def test_a_busier_process_accepts_when_no_sibling_does(tmp_path: Path,
     started = time.monotonic()
     assert take_turn(table, server, yield_s=5.0)
     assert time.monotonic() - started < 1.0
+
+
+def test_a_closed_table_ignores_late_updates(tmp_path: Path) -> None:
+    """A connection thread still winding down after the listener stopped must not fail on the unmapped table."""
+    table = LoadTable(tmp_path / "load", 2, 0, create=True)
+    table.opened()
+    table.close()
+    table.closed()
+    table.opened()
+    table.mark_gone(1)
+    table.close()
