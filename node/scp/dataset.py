@@ -15,7 +15,7 @@ import struct
 from dataclasses import dataclass, field
 
 from node.errors import CorruptInstanceError
-from node.scp.source import LimitExceededError, Reader
+from node.scp.source import HeadReader, LimitExceededError, Reader
 from node.scp.vr import (
     BINARY_SIZE,
     LONG_VRS,
@@ -36,12 +36,30 @@ ITEM, ITEM_END, SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 SPECIFIC_CHARACTER_SET = 0x00080005
 PIXEL_DATA = 0x7FE00010
 PIXEL_TAGS = frozenset({PIXEL_DATA, 0x7FE00008, 0x7FE00009})  # Pixel Data, Float and Double Float Pixel Data
+_ESCAPE = 0x1B
 
 #: Top-level elements whose raw values the listener reads after the walk (header, pixel-data check).
 KEPT = frozenset({
     0x00080016, 0x00080018, 0x00080060, 0x0008103E, 0x0020000D, 0x0020000E, 0x00200011, 0x00200052,
     0x00280002, 0x00280008, 0x00280010, 0x00280011, 0x00280100,
 })
+
+
+#: The explicit VR bytes of every VR, decoded once.
+_VR_NAMES = {name.encode("ascii"): name for name in VRS}
+#: Text VRs whose check depends on the value alone and is more than "ASCII" (a number or a UID): values found
+#: valid are remembered (most repeat from one instance of a series to the next), at most _REMEMBERED of them.
+_REMEMBERED_VRS = frozenset({"IS", "DS", "UI"})
+_REMEMBERED = 1 << 16
+_valid: set[tuple[str, bytes]] = set()
+
+
+def _remember(vr: str, value: bytes) -> None:
+    """Note a value :func:`check_value` accepted (numbers and UIDs only: their check ignores the character set)."""
+    if vr in _REMEMBERED_VRS:
+        if len(_valid) >= _REMEMBERED:
+            _valid.clear()
+        _valid.add((vr, value))
 
 
 @dataclass
@@ -72,6 +90,12 @@ class Walker:
         self._u32 = struct.Struct(order + "L").unpack
         self._item = struct.Struct(order + "HHL").unpack
         self._explicit_head = struct.Struct(order + "HH2sH").unpack
+        self._explicit_from = struct.Struct(order + "HH2sH").unpack_from
+        self._implicit_from = struct.Struct(order + "HHL").unpack_from
+        # the bytes a HeadReader holds in memory: element headers and values inside them are taken from here
+        # directly (the reader's own read() does the same, one call per read more)
+        self._buffer = reader.head if isinstance(reader, HeadReader) else b""
+        self._base = reader.offset if isinstance(reader, HeadReader) else 0
         self.walked = Walked()
 
     def walk(self) -> Walked:
@@ -84,6 +108,9 @@ class Walker:
                  top: bool = False) -> None:
         """Elements until ``end`` (defined-length item), an item delimiter (``delimited``) or the end (top)."""
         reader = self._reader
+        buffer, base, in_memory = self._buffer, self._base, len(self._buffer)
+        explicit_from, implicit_from = self._explicit_from, self._implicit_from
+        stop = reader.end if isinstance(reader, HeadReader) else None
         last = -1
         while True:
             if end is not None:
@@ -91,14 +118,20 @@ class Walker:
                     return
                 if reader.pos > end:
                     raise CorruptInstanceError(f"an element runs {reader.pos - end} byte(s) past its item")
-            elif top and reader.at_end():
+            elif top and (reader.pos >= stop if stop is not None else reader.at_end()):
                 return
             # the tag, then the VR and a 16-bit length (explicit VR) or a 32-bit length (implicit VR, delimiters)
-            raw = self._read(8)
-            if explicit:
-                group, element, vr_bytes, length = self._explicit_head(raw)
+            at = reader.pos - base
+            if at + 8 <= in_memory:
+                reader.pos += 8
+                if explicit:
+                    group, element, vr_bytes, length = explicit_from(buffer, at)
+                else:
+                    group, element, length = implicit_from(buffer, at)
+            elif explicit:
+                group, element, vr_bytes, length = self._explicit_head(self._read(8))
             else:
-                group, element, length = self._item(raw)
+                group, element, length = self._item(self._read(8))
             tag = group << 16 | element
             if group == 0xFFFE:
                 if tag == ITEM_END and delimited:
@@ -112,13 +145,46 @@ class Walker:
             if group in (0x0000, 0x0002):
                 raise CorruptInstanceError(f"command or file meta element {tag_text(tag)} inside the dataset")
             if explicit:
-                vr = vr_bytes.decode("ascii", "replace")
+                vr = _VR_NAMES.get(vr_bytes) or vr_bytes.decode("ascii", "replace")
                 if vr not in VRS:
                     raise CorruptInstanceError(f"element {tag_text(tag)} has no valid VR ({vr!r})")
                 if vr in LONG_VRS:  # two reserved bytes, then a 32-bit length
                     length = self._u32(self._read(4))[0]
+                    plain = False
+                elif group & 1 or not element:  # private or group length: no dictionary VR to agree with
+                    plain = True
+                else:
+                    allowed = dictionary_vrs(tag)
+                    plain = (not allowed or vr in allowed) and tag not in PIXEL_TAGS
             else:
                 vr = implicit_vr(tag)
+                plain = length != UNDEFINED and vr != "SQ" and tag not in PIXEL_TAGS
+            if plain and length <= self._max_element and tag != SPECIFIC_CHARACTER_SET and not (top and tag in KEPT):
+                # the commonest element: no sequence, no pixel data, a VR the dictionary agrees with, not kept;
+                # checked here as _element would, without the call
+                if vr in STRING_VRS:
+                    at = reader.pos - base
+                    if at + length <= in_memory:
+                        value = buffer[at:at + length]
+                        reader.pos += length
+                    else:
+                        value = self._read(length)
+                    # passes check_value without the full check: ASCII text (no ISO 2022 escape) in a VR that asks
+                    # nothing more, or a number / UID found valid before; else the full check decides
+                    known = (vr, value) in _valid if vr in _REMEMBERED_VRS else value.isascii() and _ESCAPE not in value
+                    if not known:
+                        reason = check_value(vr, value, charset)
+                        if reason is not None:
+                            raise CorruptInstanceError(f"element {tag_text(tag)}: {reason}")
+                        _remember(vr, value)
+                else:
+                    size = BINARY_SIZE.get(vr)
+                    if size and length % size:
+                        raise CorruptInstanceError(
+                            f"element {tag_text(tag)}: {length} bytes is not a whole number of {vr} values"
+                        )
+                    self._skip(length)
+                continue
             charset = self._element(tag, vr, length, depth, explicit, charset, top)
 
     def _items(self, tag: int, length: int, depth: int, explicit: bool, charset: Charset) -> None:

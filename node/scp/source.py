@@ -77,18 +77,18 @@ class HeadReader:
     the file is opened only if the walk reads past them (a header longer than the kept bytes)."""
 
     def __init__(self, head: bytes, path: Path, offset: int, end: int) -> None:
-        self._head = head
+        self.head = head
         self._path = path
-        self._offset = offset
-        self._end = end
+        self.offset = offset
+        self.end = end
         self._handle: BinaryIO | None = None
         self.pos = offset
 
     def read(self, size: int) -> bytes:
-        at = self.pos - self._offset
-        if at + size <= len(self._head):  # all there: no truncation check
+        at = self.pos - self.offset
+        if at + size <= len(self.head):  # all there: no truncation check
             self.pos += size
-            return self._head[at:at + size]
+            return self.head[at:at + size]
         if self._handle is None:
             self._handle = self._path.open("rb")
         self._handle.seek(self.pos)
@@ -98,11 +98,11 @@ class HeadReader:
         return data
 
     def skip(self, size: int) -> None:
-        _within(self.pos, size, self._end)
+        _within(self.pos, size, self.end)
         self.pos += size
 
     def at_end(self) -> bool:
-        return self.pos >= self._end
+        return self.pos >= self.end
 
     def close(self) -> None:
         if self._handle is not None:
