@@ -4,7 +4,7 @@ are committed in small batches by one writer thread per listener process.
 The C-STORE handler (:mod:`node.scp.handlers`) checks the dataset, finds its SOP Instance UID unknown (a read,
 no write lock), links the fsynced file into place and fsyncs its folder, hands an :class:`SpooledInstance` to
 :meth:`IntakeRecorder.submit` and answers Success. The writer thread commits what was handed over at most
-``max_delay_s`` (50 ms) later (or as soon as ``max_batch`` are waiting, or at once when someone calls :meth:`flush`) in
+``max_delay_s`` (100 ms) later (or as soon as ``max_batch`` are waiting, or at once when someone calls :meth:`flush`) in
 **one** transaction, with each instance's ``stored`` audit event. A ledger that refuses the batch is retried
 (1, 2, 4 ... s); while it does, :attr:`IntakeRecorder.failing` makes the handler refuse new instances (nothing
 more is acknowledged that the ledger cannot take). A crash (even SIGKILL) between Success and the commit loses
@@ -36,8 +36,8 @@ from node.spool import Spool
 
 logger = logging.getLogger(__name__)
 
-MAX_BATCH = 32
-MAX_DELAY_S = 0.05  # a wider window: bigger batches, less ledger CPU per instance (rows are flushed at release)
+MAX_BATCH = 128
+MAX_DELAY_S = 0.1  # a wider window: bigger batches, less ledger CPU per instance (rows are flushed at release)
 RETRY_MAX_S = 8.0
 
 

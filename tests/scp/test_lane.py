@@ -220,3 +220,77 @@ def test_a_stopped_sender_mid_message_does_not_hold_the_listener(connected: tupl
     assert time.monotonic() - started < 10
     assert list((Path(listener.spool.root) / ".incoming").rglob("rx-*.part")) == []
     raw.close()
+
+
+def _associate_rq(sop_class: str, transfer_syntax: str) -> bytes:
+    """An A-ASSOCIATE-RQ PDU (calling PACS, called AINODE) with one presentation context (ID 1)."""
+    from pynetdicom.pdu import A_ASSOCIATE_RQ
+    from pynetdicom.pdu_primitives import (
+        A_ASSOCIATE,
+        ImplementationClassUIDNotification,
+        MaximumLengthNotification,
+    )
+    from pynetdicom.presentation import build_context
+    from pynetdicom.transport import AddressInformation
+
+    primitive = A_ASSOCIATE()
+    primitive.application_context_name = "1.2.840.10008.3.1.1.1"
+    primitive.calling_ae_title, primitive.called_ae_title = "PACS", "AINODE"
+    primitive.calling_presentation_address = AddressInformation("127.0.0.1", 0)
+    primitive.called_presentation_address = AddressInformation("127.0.0.1", 0)
+    context = build_context(sop_class, [transfer_syntax])
+    context.context_id = 1
+    primitive.presentation_context_definition_list = [context]
+    maximum, implementation = MaximumLengthNotification(), ImplementationClassUIDNotification()
+    maximum.maximum_length_received = 16382
+    implementation.implementation_class_uid = "1.2.826.0.1.3680043.9.3811.2"
+    primitive.user_information = [maximum, implementation]
+    pdu = A_ASSOCIATE_RQ()
+    pdu.from_primitive(primitive)
+    return bytes(pdu.encode())
+
+
+def _read_pdu(sock: socket.socket) -> tuple[int, bytes]:
+    def exactly(size: int) -> bytes:
+        data = b""
+        while len(data) < size:
+            chunk = sock.recv(size - len(data))
+            assert chunk, "the listener closed the connection"
+            data += chunk
+        return data
+
+    kind, _, length = struct.unpack(">BBL", exactly(6))
+    return kind, exactly(length)
+
+
+def test_a_whole_association_in_one_write_is_answered(start: ListenerFactory, sqlite_url: str,
+                                                       synth_case: SynthCase) -> None:
+    """The listener reads ahead of the PDU it needs: a C-STORE in many small PDUs and the A-RELEASE-RQ, arriving
+    in one segment, are all answered (nothing read ahead waits for more bytes from the peer)."""
+    import pydicom
+
+    listener = start(sqlite_url, FakeClock())
+    path = synth_case.t2[0]
+    info = pydicom.dcmread(path, stop_before_pixels=True)
+    with socket.create_connection(("127.0.0.1", listener.port), timeout=10) as sock:
+        sock.sendall(_associate_rq(str(info.SOPClassUID), str(info.file_meta.TransferSyntaxUID)))
+        kind, _ = _read_pdu(sock)
+        assert kind == 0x02  # A-ASSOCIATE-AC
+        command = _store_command(message_id=3, sop_instance=str(info.SOPInstanceUID))
+        pdus = [struct.pack(">BBL", 4, 0, len(command) + 6) + struct.pack(">LBB", len(command) + 2, 1, 0x03) + command]
+        data = dataset_bytes(path)
+        fragments = [data[i:i + 4000] for i in range(0, len(data), 4000)]
+        for number, fragment in enumerate(fragments):
+            control = 0x02 if number == len(fragments) - 1 else 0x00
+            pdv = struct.pack(">LBB", len(fragment) + 2, 1, control) + fragment
+            pdus.append(struct.pack(">BBL", 4, 0, len(pdv)) + pdv)
+        pdus.append(struct.pack(">BBL", 5, 0, 4) + b"\x00" * 4)  # A-RELEASE-RQ
+        sock.sendall(b"".join(pdus))
+        kind, body = _read_pdu(sock)
+        assert kind == 0x04  # the C-STORE response
+        status = body.find(b"\x00\x00\x00\x09\x02\x00\x00\x00")  # (0000,0900) Status, 2 bytes
+        assert status > 0 and struct.unpack_from("<H", body, status + 8)[0] == StoreStatus.SUCCESS
+        kind, _ = _read_pdu(sock)
+        assert kind == 0x06  # A-RELEASE-RP, without waiting for anything more from the peer
+    listener.flush()
+    assert [s.instance_count for s in listener.repository.studies()] == [1]
