@@ -21,6 +21,7 @@ import shutil
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from node.errors import CorruptInstanceError
@@ -41,6 +42,7 @@ def check_uid(uid: str, keyword: str) -> str:
     return uid
 
 
+@lru_cache(maxsize=1024)  # a study's and a series' UIDs come with every one of their instances
 def uid_key(uid: str) -> str:
     """The file-system name derived from a UID (32 hex digits of its SHA-256)."""
     return hashlib.sha256(uid.encode("ascii")).hexdigest()[:32]
@@ -167,8 +169,13 @@ class Spool:
         Raises ``OSError`` (e.g. ENOSPC) with nothing left behind at the target path.
         """
         target = self.path(relative_path)
-        _make_dirs(target.parent)
-        source.replace(target)
+        try:  # the series folder is there for all but a series' first instance: no look first
+            source.replace(target)
+        except FileNotFoundError:
+            if not source.exists():
+                raise
+            _make_dirs(target.parent)
+            source.replace(target)
         _fsync_dir(target.parent)
         return StoredFile(relative_path=relative_path, size=size, sha256=sha256)
 

@@ -194,8 +194,9 @@ class StoreLane:
         if message_id is None or priority is None or not sop_class or not sop_instance:
             return None
         accepted = assoc._accepted_cx.get(context_id)
+        extended = assoc.acceptor.accepted_common_extended
         if (accepted is None or not accepted.transfer_syntax or assoc._sent_release
-                or UID(sop_class) in assoc.acceptor.accepted_common_extended
+                or (extended and UID(sop_class) in extended)
                 or not is_storage_class(sop_class)):
             return None
         transfer_syntax = str(accepted.transfer_syntax[0])

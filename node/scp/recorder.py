@@ -51,8 +51,8 @@ class IntakeRecorder:
         self._max_batch = max_batch
         self._max_delay_s = max_delay_s
         self._cond = threading.Condition()
-        self._queue: list[tuple[SpooledInstance, threading.Event]] = []
-        self._inflight: dict[str, threading.Event] = {}  # SOP Instance UID -> set once its row is committed
+        self._queue: list[tuple[SpooledInstance, int]] = []  # (item, its number: the count submitted before it)
+        self._inflight: dict[str, int] = {}  # SOP Instance UID -> the number of its latest copy not yet written
         self._submitted = 0
         self._written = 0  # submitted items the writer is done with (committed, or given up at close)
         self._flush_wanted = 0  # a flush waits for this many
@@ -67,20 +67,29 @@ class IntakeRecorder:
         with self._cond:
             if self._closing:
                 raise RuntimeError("the ledger writer is closed")
-            event = threading.Event()
-            self._queue.append((item, event))
-            self._inflight[item.header.sop_instance_uid] = event
+            self._queue.append((item, self._submitted))
+            self._inflight[item.header.sop_instance_uid] = self._submitted
             self._submitted += 1
-            self._cond.notify_all()
+            # the writer waits for a first item, then for a full batch or its window's end: only those wake it
+            # (a wake-up per instance cost a thread switch and the GIL each time)
+            if len(self._queue) == 1 or len(self._queue) >= self._max_batch:
+                self._cond.notify_all()
 
     def settle(self, sop_instance_uid: str, timeout_s: float = 30.0) -> None:
         """Wait until an instance of this UID submitted earlier (not yet committed) is in the ledger, so a resend
         right after the first copy is judged against the recorded row."""
         with self._cond:
-            event = self._inflight.get(sop_instance_uid)
-        if event is not None:
-            self._request_flush()
-            event.wait(timeout_s)
+            number = self._inflight.get(sop_instance_uid)
+        if number is None:
+            return
+        self._request_flush()
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while self._written <= number and self._thread.is_alive():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                self._cond.wait(min(left, 0.5))
 
     def _request_flush(self) -> int:
         with self._cond:
@@ -121,7 +130,7 @@ class IntakeRecorder:
             self._cond.notify_all()
         self._thread.join(timeout_s)
 
-    def _next_batch(self) -> list[tuple[SpooledInstance, threading.Event]] | None:
+    def _next_batch(self) -> list[tuple[SpooledInstance, int]] | None:
         with self._cond:
             while not self._queue:
                 if self._closing:
@@ -140,14 +149,13 @@ class IntakeRecorder:
 
     def _run(self) -> None:
         while (batch := self._next_batch()) is not None:
-            if not self._commit([item for item, _event in batch]):
+            if not self._commit([item for item, _number in batch]):
                 logger.error("%d acknowledged instance(s) not in the ledger at stop; the next start records them "
                              "from the spool", len(batch))
             with self._cond:
-                for item, event in batch:
-                    if self._inflight.get(item.header.sop_instance_uid) is event:
+                for item, number in batch:
+                    if self._inflight.get(item.header.sop_instance_uid) == number:
                         del self._inflight[item.header.sop_instance_uid]
-                    event.set()
                 self._written += len(batch)
                 self._cond.notify_all()
 
