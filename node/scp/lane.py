@@ -125,6 +125,7 @@ class StoreLane:
         self._command = bytearray()
         self._store: _Store | None = None
         self._to_pynetdicom = False  # the rest of the current message goes to pynetdicom's DIMSE provider
+        self._scratch = bytearray()  # the spill buffers' gathering space, one message at a time
 
     def p_data(self, body: bytearray) -> None:
         """One P-DATA-TF PDU's body (after the 6-byte header); raises :class:`MalformedPDUError`."""
@@ -201,7 +202,8 @@ class StoreLane:
             return None
         transfer_syntax = str(accepted.transfer_syntax[0])
         request = handlers.StoreRequest(sop_class, sop_instance, transfer_syntax, assoc, *handlers.requestor(assoc))
-        spill = SpillBuffer(self._limits, lambda: checked_prefix(sop_class, sop_instance, transfer_syntax))
+        spill = SpillBuffer(self._limits, lambda: checked_prefix(sop_class, sop_instance, transfer_syntax),
+                            self._scratch)
         return _Store(context_id, message_id, request, spill)
 
     def _answer(self, store: _Store) -> None:

@@ -6,8 +6,8 @@ whole dataset in memory). :class:`BoundedDIMSE` (installed on each association b
 writes each fragment to ``<spool>/.incoming/rx-*.part`` behind the Part-10 preamble and file meta built from the
 request, hashing as it goes. Past ``max_instance_bytes``, or when free disk drops below ``min_free_disk_bytes``,
 or when a write fails, the file is removed and later fragments are only counted: the refusal is noted on the
-buffer, and the C-STORE handler answers it once the message is complete. Memory per association is one PDU
-plus a little, whatever the instance's size.
+buffer, and the C-STORE handler answers it once the message is complete. Memory per association is at most
+FLUSH_BYTES (256 KiB) plus one PDU, whatever the instance's size.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION, evt
 from pynetdicom._handlers import (
@@ -51,6 +51,7 @@ logger = logging.getLogger(__name__)
 DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 SPACE_CHECK_BYTES = 64 << 20  # free disk is checked at the first fragment and then every 64 MiB
 HEAD_BYTES = 64 << 10  # the dataset's first bytes kept in memory: the header check reads them without the file
+FLUSH_BYTES = 256 << 10  # received bytes gathered before they are written to the spill file
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
 
@@ -81,16 +82,23 @@ class Received:
 
 
 class SpillBuffer(io.BytesIO):
-    """The ``data_set`` pynetdicom writes a message's dataset fragments to; see the module docstring."""
+    """The ``data_set`` pynetdicom writes a message's dataset fragments to; see the module docstring.
 
-    def __init__(self, limits: ReceiveLimits, prefix: Callable[[], bytes | Refusal]) -> None:
+    Fragments are gathered in ``scratch`` (the association's, reused from one message to the next, or the
+    buffer's own) and written and hashed FLUSH_BYTES at a time: a PDU costs a copy, not a system call and a
+    hash call of its own (each of which let another association's thread take the GIL)."""
+
+    def __init__(self, limits: ReceiveLimits, prefix: Callable[[], bytes | Refusal],
+                 scratch: bytearray | None = None) -> None:
         super().__init__()
         self._limits = limits
         self._prefix = prefix
-        self._file: BinaryIO | None = None
+        self._fd: int | None = None
         self._digest = hashlib.sha256()
         self._next_space_check = 0
-        self._head = bytearray()
+        self._pending = bytearray() if scratch is None else scratch
+        self._fill = 0  # bytes of _pending not yet written
+        self._head: bytes | None = None  # the dataset's first HEAD_BYTES, taken at the first write to the file
         self.path: Path | None = None
         self.offset = 0
         self.received = 0  # dataset bytes received, kept or not
@@ -98,26 +106,32 @@ class SpillBuffer(io.BytesIO):
 
     def write(self, data: ReadableBuffer) -> int:
         chunk = memoryview(data)
-        self.received += len(chunk)
+        size = len(chunk)
+        self.received += size
         if self.refusal is not None:
-            return len(chunk)
+            return size
         try:
-            if self._file is None:
+            if self._fd is None:
                 self._open()
             if self.received > self._limits.max_instance_bytes:
                 self._refuse(StoreStatus.LIMIT_EXCEEDED,
                              f"the dataset is larger than max_instance_bytes ({self._limits.max_instance_bytes} bytes)")
             elif self.received >= self._next_space_check:
                 self._check_space()
-            if self._file is not None and self.refusal is None:
-                self._file.write(chunk)
-                self._digest.update(chunk)
-                if len(self._head) < HEAD_BYTES:
-                    self._head += chunk[:HEAD_BYTES - len(self._head)]
+            if self._fd is not None and self.refusal is None:
+                fill = self._fill
+                try:
+                    self._pending[fill:fill + size] = chunk
+                except BufferError:  # a view of the shared scratch outlived its write (a kept traceback): let it be
+                    self._pending = self._pending[:fill]
+                    self._pending[fill:fill + size] = chunk
+                self._fill = fill + size
+                if self._fill >= FLUSH_BYTES:
+                    self._drain()
         except OSError as exc:
             status = StoreStatus.OUT_OF_RESOURCES if exc.errno in DISK_FULL else StoreStatus.PROCESSING_FAILURE
             self._refuse(status, f"receiving into the spool failed: {exc.strerror or exc}")
-        return len(chunk)
+        return size
 
     def _open(self) -> None:
         prefix = self._prefix()
@@ -125,11 +139,21 @@ class SpillBuffer(io.BytesIO):
             self.refusal = prefix
             return
         fd, name = tempfile.mkstemp(prefix="rx-", suffix=".part", dir=self._limits.incoming)
+        self._fd = fd
         self.path = Path(name)
-        self._file = os.fdopen(fd, "wb", buffering=1 << 20)
-        self._file.write(prefix)
+        _write_all(fd, memoryview(prefix))
         self._digest.update(prefix)
         self.offset = len(prefix)
+
+    def _drain(self) -> None:
+        """Write and hash what is gathered."""
+        assert self._fd is not None
+        with memoryview(self._pending) as whole, whole[:self._fill] as view:
+            if self._head is None:
+                self._head = bytes(view[:HEAD_BYTES])
+            self._digest.update(view)
+            _write_all(self._fd, view)
+        self._fill = 0
 
     def _check_space(self) -> None:
         self._next_space_check = self.received + SPACE_CHECK_BYTES
@@ -143,26 +167,36 @@ class SpillBuffer(io.BytesIO):
         self.discard()
 
     def finish(self) -> Received | Refusal:
-        """The refusal noted while receiving, or the file flushed and fsynced; raises ``OSError``."""
-        if self.refusal is None and self._file is None:  # an empty dataset never opened a file
+        """The refusal noted while receiving, or the file written and fsynced; raises ``OSError``."""
+        if self.refusal is None and self._fd is None:  # an empty dataset never opened a file
             self._open()
-        if self.refusal is not None or self._file is None or self.path is None:
+        if self.refusal is not None or self._fd is None or self.path is None:
             return self.refusal or Refusal(StoreStatus.CANNOT_UNDERSTAND, "no dataset was received")
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
+        if self._fill or self._head is None:
+            self._drain()
+        os.fsync(self._fd)
+        fd, self._fd = self._fd, None
+        os.close(fd)
         return Received(self.path, self.offset, self.offset + self.received, self._digest.hexdigest(),
-                        bytes(self._head))
+                        self._head or b"")
 
     def discard(self) -> None:
         """Close and remove the spill file (idempotent; nothing raises)."""
-        handle, self._file = self._file, None
+        fd, self._fd = self._fd, None
         path, self.path = self.path, None
-        if handle is not None:
-            with contextlib.suppress(OSError):  # a full disk fails the final flush: the file goes anyway
-                handle.close()
+        self._fill = 0
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
         if path is not None:
             path.unlink(missing_ok=True)
+
+
+def _write_all(fd: int, data: memoryview) -> None:
+    """``os.write`` until all of ``data`` is written (a regular file may take less at once)."""
+    while data:
+        written = os.write(fd, data)
+        data = data[written:]
 
 
 def _request_prefix(message: DIMSEMessage, assoc: Association) -> bytes | Refusal:
