@@ -95,6 +95,7 @@ def test_serve_starts_with_the_flag(tmp_path: Path) -> None:
     try:
         node.start().wait_listening()
         assert "serving DEMONSTRATION models" in node.output()
+        node.wait_worker_ready()  # a stop while the worker still imports waits out its stop timeout (7 s) first
         assert node.stop() < STOP_BUDGET_S
     finally:
         node.cleanup()
