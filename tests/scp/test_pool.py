@@ -128,11 +128,15 @@ def test_parallel_associations_are_spread_evenly_over_the_processes(
     node = node_factory(2)
     assert node.pool is not None
     pids = [os.getpid(), node.pool.pids[1]]
-    for _ in range(2):  # and again once the first ones ended: the counts went back down
+    splits = []
+    # four rounds, each once the one before ended (the counts went back down); a process that stays busier than
+    # its sibling for 50 ms takes the connection itself, which a loaded CI machine can make happen in one round:
+    # three of four rounds must split 3 + 3 (SO_REUSEPORT's hash did in 31 % of rounds: 9 % passed three of four)
+    for _ in range(4):
         held = [associate(node.listener.port, calling=f"PACS{n}") for n in range(6)]
         assert all(assoc.is_established for assoc in held)
         owners = [_server_pid(assoc, pids) for assoc in held]
-        assert sorted(owners.count(pid) for pid in pids) == [3, 3], owners
+        splits.append(sorted(owners.count(pid) for pid in pids))
         for assoc in held:
             assoc.release()
         load = node.listener.server.load
@@ -141,6 +145,7 @@ def test_parallel_associations_are_spread_evenly_over_the_processes(
         while load.counts() != [0, 0] and time.monotonic() < deadline:
             time.sleep(0.05)
         assert load.counts() == [0, 0]
+    assert splits.count([3, 3]) >= 3, splits
 
 
 def test_a_killed_listener_process_loses_nothing_it_confirmed(
