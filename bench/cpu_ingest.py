@@ -108,6 +108,13 @@ def _profile_node(spool: Path, max_pdu: int, out: Path) -> None:
         stats.dump_stats(str(out))
 
 
+def host_cpu() -> tuple[float, float, float]:
+    """The whole host's (busy, iowait, idle) CPU seconds since boot, from ``/proc/stat``."""
+    fields = [int(v) / TICK for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, idle, iowait, irq, softirq, steal = (fields + [0.0] * 8)[:8]
+    return user + nice + system + irq + softirq + steal, iowait, idle
+
+
 def send(studies: list[list[Path]], ae: str, port: int) -> None:
     env = {**os.environ, "TCP_NODELAY": "1"}
     processes = [subprocess.Popen([_tool("storescu"), "-aet", f"{SENDER_AE}{n}", "-aec", ae, "--required",
@@ -132,7 +139,8 @@ def _settled(pid: int, timeout_s: float = 30.0) -> float:
 
 
 def measure(args: argparse.Namespace, studies: list[list[Path]], run: int) -> tuple[float, float, float]:
-    """(CPU ms per instance, wall seconds, system CPU ms per instance) of one fresh receiver."""
+    """(CPU ms per instance, wall seconds, system CPU ms per instance) of one fresh receiver; prints how busy the
+    whole host was during the send (all processes: the receiver, the senders, anything else running)."""
     spool = args.work / f"{args.receiver}-{args.assocs}-{run}"
     command = [sys.executable, __file__, "--child", args.receiver, "--spool", str(spool), "--max-pdu",
                str(args.max_pdu)]
@@ -144,9 +152,11 @@ def measure(args: argparse.Namespace, studies: list[list[Path]], run: int) -> tu
         ae, port = process.stdout.readline().split()
         before = _settled(process.pid)
         system_before = tree_cpu_s(process.pid, (12,))
+        host_before = host_cpu()
         start = time.perf_counter()
         send(studies, ae, int(port))
         seconds = time.perf_counter() - start
+        host = [b - a for a, b in zip(host_before, host_cpu(), strict=True)]
         time.sleep(0.3)
         after = tree_cpu_s(process.pid)
         system = tree_cpu_s(process.pid, (12,)) - system_before
@@ -159,6 +169,9 @@ def measure(args: argparse.Namespace, studies: list[list[Path]], run: int) -> tu
     instances = sum(len(files) for files in studies)
     if count != instances:
         raise RuntimeError(f"{count} of {instances} stored")
+    capacity = sum(host)
+    print(f"  host during the send: {100 * host[0] / capacity:.0f} % busy, {100 * host[1] / capacity:.0f} % iowait, "
+          f"{100 * host[2] / capacity:.0f} % idle", flush=True)
     return (after - before) * 1000 / instances, seconds, system * 1000 / instances
 
 

@@ -67,3 +67,41 @@ def test_a_batch_writes_what_single_instances_write(tmp_path: Path) -> None:
     finally:
         batched.dispose()
         single.dispose()
+
+
+RECEIVING_BATCH = [
+    _item("1.2.3.4.1", "1.2.3.4.1.2", 31.0),  # a series of the receiving study: the batch's steady state
+    _item("1.2.3.5.1", "1.2.3.5.1.2", 32.0, OTHER),  # a series of the ready study: revoked by _record's rules
+    _item("1.2.3.4.1", "1.2.3.4.1.3", 30.5),  # earlier than the one before: the series keeps 31.0
+    _item("1.2.3.4.2", "1.2.3.4.2.1", 33.0),  # a new series of the receiving study
+    _item("1.2.3.4.1", "1.2.3.4.1.4", 34.0),
+    _item("1.2.3.5.1", "1.2.3.5.1.3", 35.0, OTHER),
+]
+
+
+def _receiving_and_ready(tmp_path: Path, name: str) -> tuple[Ledger, Repository]:
+    ledger = Ledger.open(f"sqlite:///{tmp_path / name}")
+    repo = Repository(ledger)
+    record(repo, "1.2.3.4.1", "1.2.3.4.1.1", 10.0)  # study 1.2.3.4 stays receiving
+    repo.record_spooled([_item("1.2.3.5.1", "1.2.3.5.1.1", 11.0, OTHER)])
+    snapshot = repo.study(OTHER)
+    assert snapshot is not None and repo.mark_ready(snapshot, 20.0)
+    return ledger, repo
+
+
+def test_a_batch_into_series_already_receiving_writes_what_single_instances_write(tmp_path: Path) -> None:
+    batched, repo = _receiving_and_ready(tmp_path, "batched.sqlite3")
+    assert repo.record_spooled(RECEIVING_BATCH) == []
+    single, one_by_one = _receiving_and_ready(tmp_path, "single.sqlite3")
+    for item in RECEIVING_BATCH:
+        one_by_one.record_spooled([item])
+    try:
+        expected = _dump(single)
+        assert _dump(batched) == expected
+        assert len(expected["instances"]) == 2 + len(RECEIVING_BATCH)
+        assert any("ready-revoked" in map(str, row) for row in expected["audit_events"])
+        series_times = {row[0]: row for row in expected["series"]}
+        assert series_times["1.2.3.4.1"][-2:] == (10.0, 34.0)  # first and last received
+    finally:
+        batched.dispose()
+        single.dispose()
