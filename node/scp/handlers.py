@@ -136,7 +136,7 @@ def store(ctx: ListenerContext, request: StoreRequest, spill: object) -> int:
     try:
         return _handle(request, ctx, spill, refuse, now)
     finally:
-        spill.discard()
+        spill.discard()  # unless moved into place
 
 
 def _handle(request: StoreRequest, ctx: ListenerContext, spill: SpillBuffer, refuse: Callable[..., int],
@@ -157,14 +157,16 @@ def _handle(request: StoreRequest, ctx: ListenerContext, spill: SpillBuffer, ref
         return refuse(StoreStatus.LIMIT_EXCEEDED, exc.message)
     except CorruptInstanceError as exc:
         return refuse(StoreStatus.CANNOT_UNDERSTAND, exc.message, "store-rejected")
-    free = ctx.spool.free_bytes()
+    # free disk after this file: measured when its first bytes arrived, less what was written since (one statfs
+    # per instance, not two); measured now when receiving never did (an empty dataset)
+    free = received.free_bytes if received.free_bytes is not None else ctx.spool.free_bytes()
     if free < ctx.min_free_disk_bytes:
         return refuse(StoreStatus.OUT_OF_RESOURCES,
                       f"free disk in the spool ({free} bytes) is below min_free_disk_bytes ({ctx.min_free_disk_bytes})")
     if ctx.arrivals is not None:  # before the instance is recorded: the study never looks finished meanwhile
         ctx.arrivals.stored(request.assoc, header.study_instance_uid, calling)
     try:
-        return _store(ctx, header, received, calling, peer, now)
+        return _store(ctx, header, spill, received, calling, peer, now)
     except InstanceConflictError as exc:
         return refuse(StoreStatus.UID_CONFLICT, f"{exc.message}; stored in study {exc.study_instance_uid}",
                       "store-rejected", study=header.study_instance_uid)
@@ -180,8 +182,8 @@ def _handle(request: StoreRequest, ctx: ListenerContext, spill: SpillBuffer, ref
         return StoreStatus.PROCESSING_FAILURE
 
 
-def _store(ctx: ListenerContext, header: InstanceHeader, received: Received, calling: str, peer: str,
-           now: float) -> int:
+def _store(ctx: ListenerContext, header: InstanceHeader, spill: SpillBuffer, received: Received, calling: str,
+           peer: str, now: float) -> int:
     """Apply the duplicate policy, link the file into place and record it in one ledger transaction.
 
     A file placed by this request whose transaction then fails (for whatever reason) is removed again: the
@@ -196,6 +198,7 @@ def _store(ctx: ListenerContext, header: InstanceHeader, received: Received, cal
             if recorder.failing:
                 raise LedgerBehindError("the ledger cannot record instances at the moment")
             stored = ctx.spool.adopt(new_path, received.path, received.size, received.sha256)  # no retry here
+            spill.moved()
             recorder.submit(SpooledInstance(header, stored.relative_path, stored.size, stored.sha256,
                                             calling_ae_title=calling, peer=peer, at=now))
             return StoreStatus.SUCCESS  # durable in the spool; the rows follow in the writer's next batch

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
@@ -41,26 +42,31 @@ def read_header(
 ) -> InstanceHeader:
     """Check the dataset stored in ``path`` from ``offset`` and return the values the ledger needs. With ``head``
     (the dataset's first bytes, as received) and ``size`` (the file's), the file is read only past ``head``."""
-    syntax = UID(transfer_syntax)
-    if head and size is not None and syntax != DeflatedExplicitVRLittleEndian:
+    transfer_syntax, explicit, little, encapsulated, deflated = _syntax(transfer_syntax)
+    if head and size is not None and not deflated:
         head_reader = HeadReader(head, path, offset, size)
         try:
-            walked = Walker(head_reader, explicit=not syntax.is_implicit_VR, little=syntax.is_little_endian,
-                            encapsulated=syntax.is_encapsulated, max_element_bytes=limits.max_element_bytes).walk()
+            walked = Walker(head_reader, explicit=explicit, little=little, encapsulated=encapsulated,
+                            max_element_bytes=limits.max_element_bytes).walk()
         finally:
             head_reader.close()
-        return _header(walked, syntax, sop_class_uid, sop_instance_uid)
+        return _header(walked, transfer_syntax, little, sop_class_uid, sop_instance_uid)
     with path.open("rb") as handle:
         size = handle.seek(0, 2)
         handle.seek(offset)
-        reader: Reader
-        if syntax == DeflatedExplicitVRLittleEndian:
-            reader = InflateReader(handle, limits.max_inflated_bytes)
-        else:
-            reader = FileReader(handle, size)
-        walked = Walker(reader, explicit=not syntax.is_implicit_VR, little=syntax.is_little_endian,
-                        encapsulated=syntax.is_encapsulated, max_element_bytes=limits.max_element_bytes).walk()
-    return _header(walked, syntax, sop_class_uid, sop_instance_uid)
+        reader: Reader = InflateReader(handle, limits.max_inflated_bytes) if deflated else FileReader(handle, size)
+        walked = Walker(reader, explicit=explicit, little=little, encapsulated=encapsulated,
+                        max_element_bytes=limits.max_element_bytes).walk()
+    return _header(walked, transfer_syntax, little, sop_class_uid, sop_instance_uid)
+
+
+@lru_cache(maxsize=64)
+def _syntax(transfer_syntax: str) -> tuple[str, bool, bool, bool, bool]:
+    """(the UID as pydicom reads it, explicit VR, little endian, encapsulated, deflated) of a transfer syntax,
+    worked out once."""
+    uid = UID(transfer_syntax)
+    return (str(uid), not uid.is_implicit_VR, uid.is_little_endian, uid.is_encapsulated,
+            uid == DeflatedExplicitVRLittleEndian)
 
 
 def _text(walked: Walked, tag: int) -> str:
@@ -117,7 +123,8 @@ def _check_pixels(walked: Walked, little: bool) -> None:
         )
 
 
-def _header(walked: Walked, syntax: UID, sop_class_uid: str, sop_instance_uid: str) -> InstanceHeader:
+def _header(walked: Walked, transfer_syntax: str, little: bool, sop_class_uid: str,
+            sop_instance_uid: str) -> InstanceHeader:
     study = check_uid(_text(walked, STUDY_UID), "StudyInstanceUID")
     series = check_uid(_text(walked, SERIES_UID), "SeriesInstanceUID")
     sop = check_uid(_text(walked, SOP_UID), "SOPInstanceUID")
@@ -126,16 +133,16 @@ def _header(walked: Walked, syntax: UID, sop_class_uid: str, sop_instance_uid: s
         raise CorruptInstanceError("SOPInstanceUID in the dataset differs from the request's Affected SOP Instance UID")
     if sop_class != sop_class_uid:
         raise CorruptInstanceError("SOPClassUID in the dataset differs from the request's Affected SOP Class UID")
-    _check_pixels(walked, syntax.is_little_endian)
+    _check_pixels(walked, little)
     frame_of_reference = _text(walked, FRAME_OF_REFERENCE)
     return InstanceHeader(
         study_instance_uid=study,
         series_instance_uid=series,
         sop_instance_uid=sop,
         sop_class_uid=sop_class,
-        transfer_syntax_uid=str(syntax),
+        transfer_syntax_uid=transfer_syntax,
         modality=_text(walked, MODALITY)[:16],
         series_description=_text(walked, SERIES_DESCRIPTION),
-        series_number=_number(walked, SERIES_NUMBER, syntax.is_little_endian, "SeriesNumber"),
+        series_number=_number(walked, SERIES_NUMBER, little, "SeriesNumber"),
         frame_of_reference_uid=frame_of_reference[:64] or None,
     )

@@ -16,12 +16,12 @@ import contextlib
 import errno
 import hashlib
 import io
+import itertools
 import logging
 import os
 import re
-import shutil
+import secrets
 import struct
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +53,17 @@ SPACE_CHECK_BYTES = 64 << 20  # free disk is checked at the first fragment and t
 HEAD_BYTES = 64 << 10  # the dataset's first bytes kept in memory: the header check reads them without the file
 FLUSH_BYTES = 256 << 10  # received bytes gathered before they are written to the spill file
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+_SPILL_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+_numbers = itertools.count()  # spill file names: rx-<pid>-<token>-<number>.part (what tempfile.mkstemp would
+_name_prefix = f"rx-{os.getpid()}-{secrets.token_hex(3)}-"  # make, without its random names and Path objects)
+
+
+def _new_name_prefix() -> None:
+    global _name_prefix
+    _name_prefix = f"rx-{os.getpid()}-{secrets.token_hex(3)}-"
+
+
+os.register_at_fork(after_in_child=_new_name_prefix)
 
 
 @dataclass(frozen=True)
@@ -79,6 +90,7 @@ class Received:
     size: int  # the whole file
     sha256: str
     head: bytes = b""  # the dataset's first bytes (up to HEAD_BYTES), kept in memory as they arrived
+    free_bytes: int | None = None  # free disk once this file was written, as last measured less what was written since
 
 
 class SpillBuffer(io.BytesIO):
@@ -96,6 +108,9 @@ class SpillBuffer(io.BytesIO):
         self._fd: int | None = None
         self._digest = hashlib.sha256()
         self._next_space_check = 0
+        self._free_at_check = 0  # free disk measured at the last check, when the file held _checked_at bytes
+        self._checked_at = 0
+        self._on_disk = 0  # bytes written to the file
         self._pending = bytearray() if scratch is None else scratch
         self._fill = 0  # bytes of _pending not yet written
         self._head: bytes | None = None  # the dataset's first HEAD_BYTES, taken at the first write to the file
@@ -138,26 +153,41 @@ class SpillBuffer(io.BytesIO):
         if isinstance(prefix, Refusal):
             self.refusal = prefix
             return
-        fd, name = tempfile.mkstemp(prefix="rx-", suffix=".part", dir=self._limits.incoming)
-        self._fd = fd
+        incoming = os.fspath(self._limits.incoming)
+        for _attempt in range(100):  # a name left by an earlier process of the same pid: the next number
+            name = f"{incoming}/{_name_prefix}{next(_numbers)}.part"
+            try:
+                self._fd = os.open(name, _SPILL_FLAGS, 0o600)
+                break
+            except FileExistsError:
+                continue
+        else:
+            raise FileExistsError(errno.EEXIST, "no free spill file name", incoming)
         self.path = Path(name)
-        _write_all(fd, memoryview(prefix))
-        self._digest.update(prefix)
+        # the prefix goes first into the gathering space: written with the dataset's first bytes, one write less
         self.offset = len(prefix)
+        try:
+            self._pending[:self.offset] = prefix
+        except BufferError:  # as in write()
+            self._pending = bytearray(prefix)
+        self._fill = self.offset
 
     def _drain(self) -> None:
         """Write and hash what is gathered."""
         assert self._fd is not None
         with memoryview(self._pending) as whole, whole[:self._fill] as view:
-            if self._head is None:
-                self._head = bytes(view[:HEAD_BYTES])
+            if self._head is None:  # the first drain: the prefix, then the dataset's first bytes
+                self._head = bytes(view[self.offset:self.offset + HEAD_BYTES])
             self._digest.update(view)
             _write_all(self._fd, view)
+        self._on_disk += self._fill
         self._fill = 0
 
     def _check_space(self) -> None:
         self._next_space_check = self.received + SPACE_CHECK_BYTES
-        free = shutil.disk_usage(self._limits.incoming).free
+        stat = os.statvfs(self._limits.incoming)
+        free = self._free_at_check = stat.f_bavail * stat.f_frsize  # what shutil.disk_usage calls free
+        self._checked_at = self._on_disk
         if free < self._limits.min_free_disk_bytes:
             self._refuse(StoreStatus.OUT_OF_RESOURCES,
                          f"free disk in the spool ({free} bytes) is below min_free_disk_bytes")
@@ -177,8 +207,13 @@ class SpillBuffer(io.BytesIO):
         os.fsync(self._fd)
         fd, self._fd = self._fd, None
         os.close(fd)
+        free = self._free_at_check - (self._on_disk - self._checked_at) if self._next_space_check else None
         return Received(self.path, self.offset, self.offset + self.received, self._digest.hexdigest(),
-                        self._head or b"")
+                        self._head or b"", free)
+
+    def moved(self) -> None:
+        """The finished file was moved into place: :meth:`discard` leaves it alone."""
+        self.path = None
 
     def discard(self) -> None:
         """Close and remove the spill file (idempotent; nothing raises)."""
