@@ -45,8 +45,9 @@ STORE_STATUS_MEANINGS: dict[StoreStatus, str] = {
     StoreStatus.SUCCESS: "the instance is on disk (fsync, atomic rename) and recorded in the ledger; also answered "
     "to an identical re-send and, with `duplicate_policy: keep`, to a different copy of a known SOP Instance UID "
     "of the same study",
-    StoreStatus.OUT_OF_RESOURCES: "free disk in the spool is below `min_free_disk_bytes` (checked while receiving "
-    "and before storing), or a write or the ledger hit a full disk (ENOSPC / EDQUOT, SQLITE_FULL, PostgreSQL "
+    StoreStatus.OUT_OF_RESOURCES: "free disk in the spool is below `min_free_disk_bytes` (measured when the data "
+    "set's first bytes arrive and every 64 MiB after; before storing, that measure less what was written since), "
+    "or a write or the ledger hit a full disk (ENOSPC / EDQUOT, SQLITE_FULL, PostgreSQL "
     "53100); nothing is kept, resend later. Answered even when the refusal's own audit row cannot be written",
     StoreStatus.LIMIT_EXCEEDED: "the dataset is larger than `max_instance_bytes` (the rest is received and "
     "discarded), a Deflated dataset inflates to more than `max_inflated_bytes`, or an element other than Pixel Data "

@@ -159,10 +159,11 @@ class Walker:
             else:
                 vr = implicit_vr(tag)
                 plain = length != UNDEFINED and vr != "SQ" and tag not in PIXEL_TAGS
-            if plain and length <= self._max_element and tag != SPECIFIC_CHARACTER_SET and not (top and tag in KEPT):
-                # the commonest element: no sequence, no pixel data, a VR the dictionary agrees with, not kept;
-                # checked here as _element would, without the call
-                if vr in STRING_VRS:
+            if plain and length <= self._max_element and tag != SPECIFIC_CHARACTER_SET:
+                # the commonest element: no sequence, no pixel data, a VR the dictionary agrees with (a kept one
+                # too: its value is noted); checked here as _element would, without the call
+                keep = top and tag in KEPT
+                if vr in STRING_VRS or keep:
                     at = reader.pos - base
                     if at + length <= in_memory:
                         value = buffer[at:at + length]
@@ -170,13 +171,19 @@ class Walker:
                     else:
                         value = self._read(length)
                     # passes check_value without the full check: ASCII text (no ISO 2022 escape) in a VR that asks
-                    # nothing more, or a number / UID found valid before; else the full check decides
-                    known = (vr, value) in _valid if vr in _REMEMBERED_VRS else value.isascii() and _ESCAPE not in value
+                    # nothing more, or a number / UID found valid before; else the full check decides (a kept
+                    # binary value: its length)
+                    if vr in _REMEMBERED_VRS:
+                        known = (vr, value) in _valid
+                    else:
+                        known = vr in STRING_VRS and value.isascii() and _ESCAPE not in value
                     if not known:
                         reason = check_value(vr, value, charset)
                         if reason is not None:
                             raise CorruptInstanceError(f"element {tag_text(tag)}: {reason}")
                         _remember(vr, value)
+                    if keep:
+                        self.walked.values[tag] = (vr, value)
                 else:
                     size = BINARY_SIZE.get(vr)
                     if size and length % size:

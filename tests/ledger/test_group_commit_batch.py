@@ -3,6 +3,7 @@ writes: the rows, the study and series times, the audit trail."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from sqlalchemy import select
@@ -52,21 +53,31 @@ def _ready_study(tmp_path: Path, name: str) -> tuple[Ledger, Repository]:
     return ledger, repo
 
 
-def test_a_batch_writes_what_single_instances_write(tmp_path: Path) -> None:
-    batched, repo = _ready_study(tmp_path, "batched.sqlite3")
-    raced = repo.record_spooled(BATCH)
-    assert [(item.header.sop_instance_uid, item.at) for item, _known in raced] == [("1.2.3.5.1.2", 26.0)]
-    single, one_by_one = _ready_study(tmp_path, "single.sqlite3")
-    for item in BATCH:
-        one_by_one.record_spooled([item])
+Setup = Callable[[Path, str], tuple[Ledger, Repository]]
+
+
+def _batched_and_one_by_one(tmp_path: Path, setup: Setup, batch: list[SpooledInstance]) -> tuple[
+        list[tuple[str, float]], dict[str, list[tuple[object, ...]]], dict[str, list[tuple[object, ...]]]]:
+    """The batch recorded at once and one instance at a time, each on its own copy of ``setup``'s ledger: the
+    (SOP Instance UID, time) of each item the batch found raced, and both ledgers' contents."""
+    batched, repo = setup(tmp_path, "batched.sqlite3")
+    single, one_by_one = setup(tmp_path, "single.sqlite3")
     try:
-        expected = _dump(single)
-        assert _dump(batched) == expected
-        assert len(expected["instances"]) == len(BATCH)  # the ready study's first instance + 7 new, one raced
-        assert any("ready-revoked" in map(str, row) for row in expected["audit_events"])
+        raced = [(item.header.sop_instance_uid, item.at) for item, _known in repo.record_spooled(batch)]
+        for item in batch:
+            one_by_one.record_spooled([item])
+        return raced, _dump(batched), _dump(single)
     finally:
         batched.dispose()
         single.dispose()
+
+
+def test_a_batch_writes_what_single_instances_write(tmp_path: Path) -> None:
+    raced, batched, expected = _batched_and_one_by_one(tmp_path, _ready_study, BATCH)
+    assert raced == [("1.2.3.5.1.2", 26.0)]
+    assert batched == expected
+    assert len(expected["instances"]) == len(BATCH)  # the ready study's first instance + 7 new, one raced
+    assert any("ready-revoked" in map(str, row) for row in expected["audit_events"])
 
 
 RECEIVING_BATCH = [
@@ -90,18 +101,10 @@ def _receiving_and_ready(tmp_path: Path, name: str) -> tuple[Ledger, Repository]
 
 
 def test_a_batch_into_series_already_receiving_writes_what_single_instances_write(tmp_path: Path) -> None:
-    batched, repo = _receiving_and_ready(tmp_path, "batched.sqlite3")
-    assert repo.record_spooled(RECEIVING_BATCH) == []
-    single, one_by_one = _receiving_and_ready(tmp_path, "single.sqlite3")
-    for item in RECEIVING_BATCH:
-        one_by_one.record_spooled([item])
-    try:
-        expected = _dump(single)
-        assert _dump(batched) == expected
-        assert len(expected["instances"]) == 2 + len(RECEIVING_BATCH)
-        assert any("ready-revoked" in map(str, row) for row in expected["audit_events"])
-        series_times = {row[0]: row for row in expected["series"]}
-        assert series_times["1.2.3.4.1"][-2:] == (10.0, 34.0)  # first and last received
-    finally:
-        batched.dispose()
-        single.dispose()
+    raced, batched, expected = _batched_and_one_by_one(tmp_path, _receiving_and_ready, RECEIVING_BATCH)
+    assert raced == []
+    assert batched == expected
+    assert len(expected["instances"]) == 2 + len(RECEIVING_BATCH)
+    assert any("ready-revoked" in map(str, row) for row in expected["audit_events"])
+    series_times = {row[0]: row for row in expected["series"]}
+    assert series_times["1.2.3.4.1"][-2:] == (10.0, 34.0)  # first and last received

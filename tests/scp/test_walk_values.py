@@ -46,19 +46,25 @@ def _verdict(path: Path, *, from_memory: bool) -> str:
 
 
 REFUSED: dict[str, tuple[Edit, str]] = {
-    # name: (edit, the element the reason must name); none of these is among the values the listener keeps
+    # name: (edit, the element the reason must name); first elements the listener only checks, then values it
+    # keeps (dataset.KEPT), checked in the same loop and noted
     "SliceThickness not a number": (put(0x00180050, "DS", b"5mm "), "(0018,0050)"),
     "EchoNumbers not an integer": (put(0x00180086, "IS", b"1.5 "), "(0018,0086)"),
     "ScanningSequence not ASCII": (put(0x00180020, "CS", b"G\xe9 "), "(0018,0020)"),
     "private DS not a number": (put(0x00291010, "DS", b"abc "), "(0029,1010)"),
     "private UL of three bytes": (put(0x00291011, "UL", b"\x01\x02\x03"), "(0029,1011)"),
     "UID with a letter": (put(0x00081150, "UI", b"1.2.x"), "(0008,1150)"),
+    "kept Modality not ASCII": (put(0x00080060, "CS", b"M\xc9"), "(0008,0060)"),
+    "kept SeriesNumber not an integer": (put(0x00200011, "IS", b"1.5 "), "(0020,0011)"),
+    "kept FrameOfReferenceUID with a letter": (put(0x00200052, "UI", b"1.2.x"), "(0020,0052)"),
+    "kept Columns of three bytes": (put(0x00280011, "US", b"\x00\x01\x00"), "(0028,0011)"),
 }
 
 
-# in implicit VR a private element is UN: only its length is checked, so the private cases are explicit VR only
+# in implicit VR a private element is UN: only its length is checked, so the private cases are explicit VR only;
+# pydicom cannot write a US of three bytes in implicit VR
 CASES = [(name, implicit) for name in REFUSED for implicit in (False, True)
-         if not (implicit and name.startswith("private"))]
+         if not (implicit and (name.startswith("private") or name.endswith("three bytes")))]
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
@@ -93,3 +99,21 @@ def test_remembered_values_are_bounded(synth_case: SynthCase, tmp_path: Path, mo
     path = _variant(synth_case.t2[0], tmp_path / "t2.dcm", [], False)
     assert _verdict(path, from_memory=True) == "accepted"
     assert 0 < len(dataset._valid) <= 4
+
+
+
+@pytest.mark.parametrize("implicit", [False, True], ids=["explicit", "implicit"])
+def test_kept_values_are_read_as_pydicom_reads_them(synth_case: SynthCase, tmp_path: Path, implicit: bool) -> None:
+    path = _variant(synth_case.t2[0], tmp_path / "t2.dcm", [put(0x0008103E, "LO", b"t2 tse ax ")], implicit)
+    ds = pydicom.dcmread(path)
+    data = path.read_bytes()
+    offset = 144 + int.from_bytes(data[140:144], "little")
+    for from_memory in (True, False):
+        header = read_header(path, offset, str(ds.file_meta.TransferSyntaxUID), str(ds.SOPClassUID),
+                             str(ds.SOPInstanceUID), LIMITS, head=data[offset:offset + (1 << 16)] if from_memory
+                             else b"", size=len(data))
+        assert (header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid) == (
+            ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+        assert (header.sop_class_uid, header.modality, header.series_description, header.series_number) == (
+            ds.SOPClassUID, ds.Modality, "t2 tse ax", int(ds.SeriesNumber))
+        assert header.frame_of_reference_uid == ds.FrameOfReferenceUID
