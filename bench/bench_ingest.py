@@ -4,7 +4,16 @@ on one association and on 4 parallel associations (issue 12, item 5).
 Sender: DCMTK ``storescu`` (``TCP_NODELAY=1``), one process per association, each sending one full-size synthetic
 study (``ainode synth --size full``, ~200 instances); 4 associations = 4 ``storescu`` processes at once, each
 with its own study (for the node, equal SOP Instance UIDs would be duplicates). Each measurement starts a fresh
-receiver with an empty folder; the time is from the first ``storescu`` start to the last one's end. Receivers:
+receiver with an empty folder; the time is from the first ``storescu`` start to the last one's end. Each run also
+reports the CPU time the receiver's processes and the senders (``storescu``) spent per instance: on a 2-core
+machine the senders share the cores with the receiver, so they bound what any receiver can reach.
+
+The run folders are removed only at the end (``--remove-between-runs``: each one as soon as its run is over, as
+this bench did until 2026-12-06). On ext4 *without a journal* (this VM's root file system) a new inode skips every
+inode of its group freed in the last 1-6 minutes (``recently_deleted``), so creating a file right after removing
+the previous run's ~800 costs a scan per file: tens of per cent of either receiver's CPU, more for Orthanc (a
+directory and a file per instance) than for the node (a file): the ratios then say more about that scan than about
+the receivers (docs/benchmarks.md, "Issue 12, seventh round"). Receivers:
 
 * ``node``: ``start_node`` as ``ainode serve --no-worker`` runs it, with its **defaults** (full durability: each
   instance fsynced, renamed into place and its folder fsynced before Success; the ledger rows group-committed
@@ -16,7 +25,7 @@ receiver with an empty folder; the time is from the first ``storescu`` start to 
 
 Targets: node >= 1.0x Orthanc on one association; node >= 1.5x Orthanc on 4 associations (medians).
 
-    python bench/bench_ingest.py [--runs 3] [--seed 11] [--only node,orthanc] [--keep DIR]
+    python bench/bench_ingest.py [--runs 3] [--seed 11] [--only node,orthanc] [--keep DIR] [--remove-between-runs]
 """
 
 from __future__ import annotations
@@ -47,6 +56,12 @@ class Run:
     seconds: float
     instances: int
     megabytes: float
+    receiver_cpu_s: float = 0.0  # the receiver's processes (utime + stime) during the send
+    receiver_kernel_s: float = 0.0  # of which in the kernel
+    sender_cpu_s: float = 0.0  # the storescu processes (utime + stime)
+
+    def per_instance_ms(self, seconds: float) -> float:
+        return seconds * 1000 / self.instances
 
     @property
     def instances_per_s(self) -> float:
@@ -96,19 +111,24 @@ def synthesise_full(out: Path, seed: int, cases: int = PARALLEL) -> list[list[Pa
     return [sorted((out / f"case{n:04d}").rglob("*.dcm")) for n in range(cases)]
 
 
-def storescu(studies: list[list[Path]], called_ae: str, port: int) -> float:
+def storescu(studies: list[list[Path]], called_ae: str, port: int) -> tuple[float, float]:
     """Send each study on its own association, one DCMTK storescu process each, all at once; returns the wall time
-    in seconds from the first start to the last end."""
+    in seconds from the first start to the last end and the CPU seconds (user + system) the senders used."""
     env = {**os.environ, "TCP_NODELAY": "1"}
     start = time.perf_counter()
     processes = [subprocess.Popen([_tool("storescu"), "-aet", f"{SENDER_AE}{n}", "-aec", called_ae, "--required",
                                    "127.0.0.1", str(port), *map(str, files)], env=env, stdout=subprocess.DEVNULL)
                  for n, files in enumerate(studies)]
-    codes = [process.wait() for process in processes]
+    cpu = 0.0
+    for process in processes:  # reaped here, with their resource usage
+        _pid, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        cpu += usage.ru_utime + usage.ru_stime
     seconds = time.perf_counter() - start
+    codes = [process.returncode for process in processes]
     if any(codes):
         raise RuntimeError(f"storescu exit statuses {codes}")
-    return seconds
+    return seconds, cpu
 
 
 @contextmanager
@@ -218,17 +238,25 @@ RECEIVERS = {"node": node_receiver, "orthanc": orthanc_receiver, "storescp": sto
              "bare": bare_receiver}
 
 
-def measure(name: str, studies: list[list[Path]], megabytes: float, work: Path, run: int) -> Run:
-    """One fresh receiver, the studies sent at once (one association each)."""
+def measure(name: str, studies: list[list[Path]], megabytes: float, work: Path, run: int,
+            remove: bool = False) -> Run:
+    """One fresh receiver, the studies sent at once (one association each); ``remove``: its folder removed after."""
+    from cpu_ingest import tree_cpu_s
+
     folder = work / f"{name}-{len(studies)}-{run}"
     instances = sum(len(files) for files in studies)
     with RECEIVERS[name](folder) as (ae, port, count):
-        seconds = storescu(studies, ae, port)
+        me = os.getpid()  # the receiver runs in this process (node, bare) or in its children (the others)
+        before, kernel_before = tree_cpu_s(me), tree_cpu_s(me, (12,))
+        seconds, sender_cpu = storescu(studies, ae, port)
+        time.sleep(0.2)  # the last group commit and the files' close (part of the receiver's work)
+        receiver_cpu, kernel = tree_cpu_s(me) - before, tree_cpu_s(me, (12,)) - kernel_before
         stored = count()
     if stored != instances:
         raise RuntimeError(f"{name} ({len(studies)} associations) run {run}: {stored} of {instances} stored")
-    shutil.rmtree(folder, ignore_errors=True)
-    return Run(name, seconds, instances, megabytes)
+    if remove:
+        shutil.rmtree(folder, ignore_errors=True)
+    return Run(name, seconds, instances, megabytes, receiver_cpu, kernel, sender_cpu)
 
 
 def durability_floor_ms(folder: Path, size: int, count: int = 100) -> tuple[float, float]:
@@ -282,12 +310,36 @@ def median_rate(runs: list[Run]) -> float:
     return statistics.median(run.instances_per_s for run in runs)
 
 
+def median_ms(runs: list[Run], field: str) -> float:
+    """The median over ``runs`` of a CPU time field, in milliseconds per instance."""
+    return statistics.median(run.per_instance_ms(getattr(run, field)) for run in runs)
+
+
+def cpu_budget(node: list[Run], orthanc: list[Run]) -> str:
+    """The 4-association ratio the CPU allows: on a machine the senders and the receiver keep busy, a run's wall time
+    follows the CPU both spend per instance; so node / Orthanc is at most (Orthanc's + its senders' CPU) / (the
+    node's + its senders'), and TARGET_FOUR x asks the node for at most (Orthanc's + senders') / TARGET_FOUR less its
+    senders' per instance."""
+    rx_node, kernel_node, tx_node = (median_ms(node, f) for f in ("receiver_cpu_s", "receiver_kernel_s",
+                                                                  "sender_cpu_s"))
+    rx_orthanc, tx_orthanc = median_ms(orthanc, "receiver_cpu_s"), median_ms(orthanc, "sender_cpu_s")
+    bound = (rx_orthanc + tx_orthanc) / (rx_node + tx_node)
+    needed = (rx_orthanc + tx_orthanc) / TARGET_FOUR - tx_node
+    return (f"{PARALLEL} associations, CPU per instance (receiver + senders): node {rx_node:.2f} + {tx_node:.2f} ms, "
+            f"Orthanc {rx_orthanc:.2f} + {tx_orthanc:.2f} ms: the CPU allows the node {bound:.2f}x Orthanc's rate; "
+            f"{TARGET_FOUR}x needs the node at <= {needed:.2f} ms per instance ({kernel_node:.2f} ms of its "
+            f"{rx_node:.2f} are in the kernel)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--only", help="comma-separated receivers (default: all of " + ", ".join(RECEIVERS) + ")")
     parser.add_argument("--keep", type=Path, help="work folder (kept); default: a temporary folder")
+    parser.add_argument("--remove-between-runs", action="store_true",
+                        help="remove each run's folder as soon as it is over (the next run then creates its files "
+                             "right after ~800 removals: see the module docstring)")
     args = parser.parse_args(argv)
     names = args.only.split(",") if args.only else list(RECEIVERS)
     for tool in ("storescu", "storescp"):
@@ -305,23 +357,32 @@ def main(argv: list[str] | None = None) -> int:
               f"{Settings().effective_listener_processes}")
         one: dict[str, list[Run]] = {name: [] for name in names}
         four: dict[str, list[Run]] = {name: [] for name in names}
-        print(f"{'receiver':<10} {'run':>3} {'assocs':>6} {'seconds':>8} {'inst/s':>8} {'MB/s':>8}  load")
+        print(f"run folders removed {'after each run' if args.remove_between_runs else 'at the end'}")
+        print(f"{'receiver':<10} {'run':>3} {'assocs':>6} {'seconds':>8} {'inst/s':>8} {'MB/s':>8} "
+              f"{'rx CPU ms/inst':>15} {'(kernel)':>8} {'tx CPU ms/inst':>15}  load")
         for i in range(args.runs):  # receivers interleaved, so each run of each is measured in the same minutes
             for name in names:
                 for results, batch in ((one, studies[:1]), (four, studies)):
-                    run = measure(name, batch, sum(megabytes[:len(batch)]), work, i)
+                    run = measure(name, batch, sum(megabytes[:len(batch)]), work, i, args.remove_between_runs)
                     results[name].append(run)
                     print(f"{name:<10} {i:>3} {len(batch):>6} {run.seconds:>8.2f} {run.instances_per_s:>8.1f} "
-                          f"{run.mb_per_s:>8.1f}  {load_average()}", flush=True)
+                          f"{run.mb_per_s:>8.1f} {run.per_instance_ms(run.receiver_cpu_s):>15.2f} "
+                          f"{run.per_instance_ms(run.receiver_kernel_s):>8.2f} "
+                          f"{run.per_instance_ms(run.sender_cpu_s):>15.2f}  {load_average()}", flush=True)
         reference = "orthanc" if "orthanc" in names else None
         print(f"\n{'median':<10} {'1-assoc inst/s':>15} {'4-assoc inst/s':>15} {'1-assoc/Orthanc':>16} "
-              f"{'4-assoc/Orthanc':>16}")
+              f"{'4-assoc/Orthanc':>16} {'4-assoc rx CPU':>15} {'(kernel)':>8} {'tx CPU':>7}")
         for name in names:
             r1, r4 = median_rate(one[name]), median_rate(four[name])
             ratios = ("", "")
             if reference is not None:
                 ratios = (f"{r1 / median_rate(one[reference]):.2f}x", f"{r4 / median_rate(four[reference]):.2f}x")
-            print(f"{name:<10} {r1:>15.1f} {r4:>15.1f} {ratios[0]:>16} {ratios[1]:>16}")
+            rx, kernel, tx = (median_ms(four[name], field) for field in ("receiver_cpu_s", "receiver_kernel_s",
+                                                                         "sender_cpu_s"))
+            print(f"{name:<10} {r1:>15.1f} {r4:>15.1f} {ratios[0]:>16} {ratios[1]:>16} {rx:>15.2f} {kernel:>8.2f} "
+                  f"{tx:>7.2f}")
+        if reference is not None and "node" in names:
+            print(cpu_budget(four["node"], four[reference]))
         spool_ms, commit_ms = durability_floor_ms(work / "floor", int(megabytes[0] * 1e6 / len(studies[0])))
         print(f"durability floor per instance on this disk: spool write+fsync+rename+dir fsync {spool_ms:.2f} ms, "
               f"SQLite WAL commit (synchronous=FULL) {commit_ms:.2f} ms")
