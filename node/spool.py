@@ -1,12 +1,13 @@
-"""The durable spool: every received instance is on disk (fsync + atomic rename) before Success is returned.
+"""The durable spool: every received instance is on disk (fsynced, under a durable name) before Success is returned.
 
 Layout: ``<root>/<study-key>/<series-key>/<sop-key>.dcm`` where each key is the first 32 hex digits of the
 SHA-256 of the (checked) UID, so no file name ever comes from bytes a sender chose. The real UIDs live in the
 ledger. A file is first written under ``<root>/.incoming/`` (same file system), flushed and fsynced, then
-renamed into place and its directory fsynced: a crash leaves either the whole old file, the whole new file,
-or a stray temporary file under ``.incoming`` (removed by :meth:`Spool.clean_incoming` at start-up). A file
-renamed into place whose ledger record never committed (a crash in between; the sender got no Success) is moved
-to ``.orphans/`` at start-up by :func:`node.scp.server.reconcile_spool`.
+renamed into place and its directory fsynced (:meth:`Spool.place`, :meth:`Spool.adopt`), or hard-linked into
+place with its ``.incoming`` name kept until the folder is fsynced (:meth:`Spool.link`, the listener's group
+commit): a crash leaves either the whole old file, the whole new file, or a file under ``.incoming`` (put into
+place or removed at start-up by :func:`node.scp.reconcile.recover_incoming`). A file in place whose ledger record
+never committed is recorded, or moved to ``.orphans/``, at start-up by :func:`node.scp.reconcile.reconcile_spool`.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from node.errors import CorruptInstanceError
 logger = logging.getLogger(__name__)
 
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
-_NO_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK}
+NO_LINKS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK})  # no hard link possible
 INCOMING = ".incoming"
 ORPHANS = ".orphans"
 
@@ -55,6 +56,11 @@ class StoredFile:
     relative_path: str  # POSIX path relative to the spool root
     size: int
     sha256: str
+
+
+def fsync_folder(path: Path) -> None:
+    """fsync a folder: the names created, linked, renamed or removed in it are durable afterwards."""
+    _fsync_dir(path)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -150,7 +156,7 @@ class Spool:
             try:
                 os.link(source, tmp)
             except OSError as exc:
-                if exc.errno not in _NO_LINKS:
+                if exc.errno not in NO_LINKS:
                     raise
                 shutil.copyfile(source, tmp)
                 with tmp.open("rb+") as handle:
@@ -160,6 +166,25 @@ class Spool:
             tmp.unlink(missing_ok=True)
             raise
         _fsync_dir(target.parent)
+        return StoredFile(relative_path=relative_path, size=size, sha256=sha256)
+
+    def link(self, relative_path: str, source: Path, size: int, sha256: str) -> StoredFile:
+        """Give a received file (already fsynced under ``.incoming/``, so durable under that name) a second name at
+        ``relative_path``; ``source`` stays. The new name is durable once its folder is fsynced
+        (:func:`fsync_folder`), which the caller does before it records the file and removes ``source``: until
+        then ``source`` is the name a crash cannot take away (:func:`node.scp.reconcile.recover_incoming`).
+        Raises ``FileExistsError`` when a file is already at ``relative_path``, ``OSError`` with an errno in
+        :data:`NO_LINKS` where the file system has no hard links (use :meth:`adopt` then), other errors
+        (e.g. ENOSPC) with nothing left at the target path.
+        """
+        target = self.path(relative_path)
+        try:  # the series folder is there for all but a series' first instance: no look first
+            os.link(source, target)
+        except FileNotFoundError:
+            if not source.exists():
+                raise
+            _make_dirs(target.parent)
+            os.link(source, target)
         return StoredFile(relative_path=relative_path, size=size, sha256=sha256)
 
     def adopt(self, relative_path: str, source: Path, size: int, sha256: str) -> StoredFile:
@@ -201,6 +226,10 @@ class Spool:
         _fsync_dir(target.parent)
         _fsync_dir(self.path(relative_path).parent)
         return target
+
+    def incoming_files(self) -> list[Path]:
+        """The received files under ``.incoming`` (all of it, or only this process's own folder)."""
+        return sorted(self.incoming.glob("rx-*.part") if self._own_incoming else self.incoming.rglob("rx-*.part"))
 
     def clean_incoming(self) -> int:
         """Remove temporary files a crash left under ``.incoming`` (all of it, or only this process's own folder);

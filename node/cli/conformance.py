@@ -42,9 +42,9 @@ HANDLER_EXCEPTION_STATUS = 0xC211
 
 #: What each C-STORE status means when this node returns it (every :class:`StoreStatus` member needs one).
 STORE_STATUS_MEANINGS: dict[StoreStatus, str] = {
-    StoreStatus.SUCCESS: "the instance is on disk (fsync, atomic rename) and recorded in the ledger; also answered "
-    "to an identical re-send and, with `duplicate_policy: keep`, to a different copy of a known SOP Instance UID "
-    "of the same study",
+    StoreStatus.SUCCESS: "the instance is on disk (fsynced, under a durable name) and in the ledger or its group "
+    "commit; also answered to an identical re-send and, with `duplicate_policy: keep`, to a different copy of a "
+    "known SOP Instance UID of the same study",
     StoreStatus.OUT_OF_RESOURCES: "free disk in the spool is below `min_free_disk_bytes` (measured when the data "
     "set's first bytes arrive and every 64 MiB after; before storing, that measure less what was written since), "
     "or a write or the ledger hit a full disk (ENOSPC / EDQUOT, SQLITE_FULL, PostgreSQL "

@@ -2,13 +2,17 @@
 are committed in small batches by one writer thread per listener process.
 
 The C-STORE handler (:mod:`node.scp.handlers`) checks the dataset, finds its SOP Instance UID unknown (a read,
-no write lock), links the fsynced file into place and fsyncs its folder, hands an :class:`SpooledInstance` to
-:meth:`IntakeRecorder.submit` and answers Success. The writer thread commits what was handed over at most
+no write lock), hard-links the fsynced file into place (its ``.incoming/`` name stays: durable since the file's
+fsync), hands an :class:`SpooledInstance` and that name to :meth:`IntakeRecorder.submit` and answers Success: one
+fsync per instance. For each batch the writer thread fsyncs the batch's folders (once per folder, not per
+instance), commits the rows and then removes the ``.incoming/`` names; a crash before the folders' fsync leaves the
+``.incoming/`` name, which the next start puts into place (:func:`node.scp.reconcile.recover_incoming`). The writer
+thread commits what was handed over at most
 ``max_delay_s`` (100 ms) later (or as soon as ``max_batch`` are waiting, or at once when someone calls :meth:`flush`) in
 **one** transaction, with each instance's ``stored`` audit event. A ledger that refuses the batch is retried
 (1, 2, 4 ... s); while it does, :attr:`IntakeRecorder.failing` makes the handler refuse new instances (nothing
 more is acknowledged that the ledger cannot take). A crash (even SIGKILL) between Success and the commit loses
-nothing: the file is durable, and :func:`recover_spooled` (called by :func:`node.scp.server.reconcile_spool`
+nothing: the file is durable, and :func:`recover_spooled` (called by :func:`node.scp.reconcile.reconcile_spool`
 at the next start) records every spooled file the ledger lacks.
 
 :meth:`IntakeRecorder.flush` returns once everything submitted before the call is committed: the association's
@@ -23,6 +27,7 @@ import logging
 import struct
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from pydicom.uid import UID
@@ -32,7 +37,7 @@ from node.ledger.intake import InstanceConflictError
 from node.ledger.records import SpooledInstance
 from node.ledger.repository import Repository
 from node.scp.header import Limits, read_header
-from node.spool import Spool
+from node.spool import Spool, fsync_folder
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +56,8 @@ class IntakeRecorder:
         self._max_batch = max_batch
         self._max_delay_s = max_delay_s
         self._cond = threading.Condition()
-        self._queue: list[tuple[SpooledInstance, int]] = []  # (item, its number: the count submitted before it)
+        # (item, its number: the count submitted before it, its .incoming/ name to remove once committed or None)
+        self._queue: list[tuple[SpooledInstance, int, Path | None]] = []
         self._inflight: dict[str, int] = {}  # SOP Instance UID -> the number of its latest copy not yet written
         self._submitted = 0
         self._written = 0  # submitted items the writer is done with (committed, or given up at close)
@@ -62,12 +68,14 @@ class IntakeRecorder:
         self._thread = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
         self._thread.start()
 
-    def submit(self, item: SpooledInstance) -> None:
-        """Queue the rows of an instance already durable in the spool."""
+    def submit(self, item: SpooledInstance, spill: Path | None = None) -> None:
+        """Queue the rows of an instance already durable in the spool: at ``item.path`` (its folder fsynced), or,
+        with ``spill``, under that ``.incoming/`` name and linked at ``item.path``; the writer fsyncs the folder
+        before the commit and removes ``spill`` after it."""
         with self._cond:
             if self._closing:
                 raise RuntimeError("the ledger writer is closed")
-            self._queue.append((item, self._submitted))
+            self._queue.append((item, self._submitted, spill))
             self._inflight[item.header.sop_instance_uid] = self._submitted
             self._submitted += 1
             # the writer waits for a first item, then for a full batch or its window's end: only those wake it
@@ -130,7 +138,7 @@ class IntakeRecorder:
             self._cond.notify_all()
         self._thread.join(timeout_s)
 
-    def _next_batch(self) -> list[tuple[SpooledInstance, int]] | None:
+    def _next_batch(self) -> list[tuple[SpooledInstance, int, Path | None]] | None:
         with self._cond:
             while not self._queue:
                 if self._closing:
@@ -149,15 +157,39 @@ class IntakeRecorder:
 
     def _run(self) -> None:
         while (batch := self._next_batch()) is not None:
-            if not self._commit([item for item, _number in batch]):
+            linked = [(item, spill) for item, _number, spill in batch if spill is not None]
+            synced = self._sync_folders(item for item, _spill in linked)
+            if not self._commit([item for item, _number, _spill in batch]):
                 logger.error("%d acknowledged instance(s) not in the ledger at stop; the next start records them "
                              "from the spool", len(batch))
+            elif synced:  # the files' names in their folders are durable and recorded: the .incoming/ ones can go
+                for _item, spill in linked:
+                    try:
+                        spill.unlink()
+                    except FileNotFoundError:
+                        pass
+                    except OSError as exc:  # left for the next start, which removes it (its file is in place)
+                        logger.warning("cannot remove a received file's .incoming name: %s", exc.strerror)
             with self._cond:
-                for item, number in batch:
+                for item, number, _spill in batch:
                     if self._inflight.get(item.header.sop_instance_uid) == number:
                         del self._inflight[item.header.sop_instance_uid]
                 self._written += len(batch)
                 self._cond.notify_all()
+
+    def _sync_folders(self, items: Iterable[SpooledInstance]) -> bool:
+        """fsync each folder the batch's linked files were put in, once; ``False`` if one failed (their
+        ``.incoming/`` names then stay until the next start, which finds the files in place and removes them)."""
+        folders = {self._spool.path(item.path).parent for item in items}
+        ok = True
+        for folder in folders:
+            try:
+                fsync_folder(folder)
+            except OSError as exc:
+                logger.error("cannot fsync a spool folder (%s): its files keep their .incoming names until the next "
+                             "start", exc.strerror)
+                ok = False
+        return ok
 
     def _commit(self, batch: list[SpooledInstance]) -> bool:
         """Commit ``batch``, retrying until it is in the ledger (``True``) or the recorder closes (``False``)."""
@@ -232,19 +264,28 @@ def _file_meta(path: Path) -> tuple[int, str, str, str]:
         raise CorruptInstanceError("incomplete file meta") from exc
 
 
+def check_received_file(spool: Spool, path: Path, limits: Limits) -> SpooledInstance:
+    """The ledger rows of a file the listener wrote (in place, or under ``.incoming/``) as if it had just been
+    received: its file meta and whole dataset checked again; ``path`` of the result is where its UIDs place it.
+    Raises :class:`CorruptInstanceError` / ``OSError`` for a file that cannot be a whole instance the listener
+    received (an interrupted write, a corrupt file)."""
+    offset, syntax, sop_class, sop_instance = _file_meta(path)
+    try:
+        header = read_header(path, offset, str(UID(syntax)), sop_class, sop_instance, limits)
+        relative = spool.relative_path(header.study_instance_uid, header.series_instance_uid,
+                                       header.sop_instance_uid)
+    except NodeError as exc:
+        raise CorruptInstanceError(exc.message) from exc
+    data = path.read_bytes()
+    return SpooledInstance(header, relative, len(data), hashlib.sha256(data).hexdigest(), calling_ae_title="",
+                           peer=None, at=path.stat().st_mtime)
+
+
 def recover_spooled(spool: Spool, relative: str, limits: Limits) -> SpooledInstance:
     """The ledger rows of a spooled file the ledger lacks (acknowledged, then the process died before the group
     commit): its file meta and dataset checked again, its place in the spool matching its UIDs. Raises
     :class:`CorruptInstanceError` / ``OSError`` for a file that cannot be one the listener placed."""
-    path = spool.path(relative)
-    offset, syntax, sop_class, sop_instance = _file_meta(path)
-    try:
-        header = read_header(path, offset, str(UID(syntax)), sop_class, sop_instance, limits)
-    except NodeError as exc:
-        raise CorruptInstanceError(exc.message) from exc
-    expected = spool.relative_path(header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid)
-    if expected != relative:
-        raise CorruptInstanceError(f"its UIDs belong at {expected}")
-    data = path.read_bytes()
-    return SpooledInstance(header, relative, len(data), hashlib.sha256(data).hexdigest(), calling_ae_title="",
-                           peer=None, at=path.stat().st_mtime)
+    item = check_received_file(spool, spool.path(relative), limits)
+    if item.path != relative:
+        raise CorruptInstanceError(f"its UIDs belong at {item.path}")
+    return item

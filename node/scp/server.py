@@ -35,7 +35,8 @@ from node.scp.balance import SharedPort
 from node.scp.contexts import VERIFICATION, VERIFICATION_TRANSFER_SYNTAXES, storage_contexts
 from node.scp.header import Limits
 from node.scp.receive import ReceiveLimits
-from node.scp.recorder import IntakeRecorder, file_sha256, recover_spooled
+from node.scp.reconcile import reconcile_spool, recover_incoming
+from node.scp.recorder import IntakeRecorder
 from node.scp.transport import (
     MIN_PDU_LIMIT,
     ConnectionAudit,
@@ -44,11 +45,10 @@ from node.scp.transport import (
     NodeRequestHandler,
     NodeServer,
 )
-from node.spool import ORPHANS, Spool
+from node.spool import Spool
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_LIMITS = Limits(max_inflated_bytes=256 << 20, max_element_bytes=16 << 20)
 ACSE_TIMEOUT_S = 30.0
 RELEASE_FLUSH_TIMEOUT_S = 30.0  # the A-RELEASE-RP waits at most this long for the group commit
 DIMSE_TIMEOUT_S = 120.0  # generous: large enhanced MR objects over slow links
@@ -108,51 +108,6 @@ class ListenerHandle:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
-
-
-def reconcile_spool(spool: Spool, repository: Repository, at: float, limits: Limits | None = None) -> list[str]:
-    """Record spooled files the ledger lacks, quarantine those that cannot be recorded; returns the quarantined.
-
-    A file the ledger lacks was placed durably and (with the group commit) possibly acknowledged before the
-    process died: it is checked again (file meta, dataset, its place matching its UIDs) and recorded
-    (``instance-recovered``). One that fails the check, or whose UID the ledger holds at another path, is moved
-    to ``.orphans/`` (``orphan-quarantined``): no job ever reads an instance the ledger does not list.
-    """
-    known = repository.known_paths()
-    unknown = [path for path in spool.stored_paths() if path not in known]
-    orphans = []
-    for path in unknown:
-        try:
-            item = recover_spooled(spool, path, limits or DEFAULT_LIMITS)
-        except (NodeError, OSError) as exc:
-            logger.warning("a spooled file unknown to the ledger cannot be recorded: %s", exc)
-        else:
-            try:
-                recorded = repository.resolve_spooled(item, partial(file_sha256, spool))
-            except SQLAlchemyError as exc:  # a full disk, a ledger down: start anyway, record it at the next start
-                logger.error("a spooled file unknown to the ledger cannot be recorded now (%s); it stays for the "
-                             "next start", exc.__class__.__name__)
-                continue
-            if recorded:
-                handlers.audit_quietly(repository, "instance-recovered", at,
-                                       study_instance_uid=item.header.study_instance_uid,
-                                       sop_instance_uid=item.header.sop_instance_uid,
-                                       detail=f"{path}: in the spool, not in the ledger (acknowledged before a "
-                                       "stop or crash); recorded at start-up")
-                continue
-        orphans.append(path)
-        try:
-            moved = spool.quarantine(path)
-        except OSError as exc:  # e.g. a full disk: start anyway, try again at the next start
-            logger.error("cannot quarantine %s, unknown to the ledger: %s", path, exc.strerror)
-            continue
-        handlers.audit_quietly(repository, "orphan-quarantined", at,
-                               detail=f"{path} -> {moved.relative_to(spool.root).as_posix()}")
-    if len(unknown) > len(orphans):
-        logger.warning("recorded %d spooled file(s) the ledger lacked", len(unknown) - len(orphans))
-    if orphans:
-        logger.warning("moved %d spooled file(s) unknown to the ledger to %s", len(orphans), ORPHANS)
-    return orphans
 
 
 def tls_context(settings: Settings) -> ssl.SSLContext | None:
@@ -228,7 +183,7 @@ def start_listener(
     spool = Spool(settings.spool_dir, None if shared is None or shared.slot == 0 else f"p{shared.slot}")
     limits = Limits(max_inflated_bytes=settings.max_inflated_bytes, max_element_bytes=settings.max_element_bytes)
     repository = Repository(ledger, settings.late_instance_policy)
-    spool.clean_incoming()
+    recover_incoming(spool, repository, limits)
     if reconcile:
         reconcile_spool(spool, repository, clock(), limits)
     try:

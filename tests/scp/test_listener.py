@@ -350,7 +350,7 @@ def test_start_up_reconciliation_survives_a_ledger_that_cannot_record(
     crash): the listener starts all the same and the file stays in place, valid, for the next start."""
     from sqlalchemy.exc import OperationalError
 
-    from node.scp.server import reconcile_spool
+    from node.scp.reconcile import reconcile_spool
     from node.spool import Spool
 
     source = synth_case.t2[0]
