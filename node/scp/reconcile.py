@@ -19,7 +19,7 @@ from node.ledger.repository import Repository
 from node.scp import handlers
 from node.scp.header import Limits
 from node.scp.recorder import check_received_file, file_sha256, recover_spooled
-from node.spool import INCOMING, ORPHANS, Spool, fsync_folder
+from node.spool import INCOMING, NO_LINKS, ORPHANS, Spool, fsync_folder
 
 logger = logging.getLogger(__name__)
 
@@ -54,13 +54,14 @@ def recover_incoming(spool: Spool, repository: Repository, limits: Limits | None
                 continue
             if known is None or (known.path == item.path and known.sha256 == item.sha256):
                 try:
-                    spool.link(item.path, received, item.size_bytes, item.sha256)
-                    fsync_folder(target.parent)
+                    moved = _put_into_place(spool, received, item.path, item.size_bytes, item.sha256)
                 except OSError as exc:
                     logger.error("cannot put a received file from %s into place (%s); it stays for the next start",
                                  INCOMING, exc.strerror)
                     continue
                 placed += 1
+                if moved:
+                    continue
         elif target is not None and _same_file(received, target):
             try:  # linked before the crash: that name is made durable before this one goes
                 fsync_folder(target.parent)
@@ -81,6 +82,20 @@ def recover_incoming(spool: Spool, repository: Repository, limits: Limits | None
         logger.warning("removed %d file(s) left in %s by an interrupted write or already in place", removed - placed,
                        INCOMING)
     return placed
+
+
+def _put_into_place(spool: Spool, received: Path, relative: str, size: int, sha256: str) -> bool:
+    """Link ``received`` at ``relative`` and fsync the folder; where the file system has no hard links, rename it
+    there (folder fsynced too). ``True`` if it was moved (``received`` is gone)."""
+    try:
+        spool.link(relative, received, size, sha256)
+    except OSError as exc:
+        if exc.errno not in NO_LINKS:
+            raise
+        spool.adopt(relative, received, size, sha256)
+        return True
+    fsync_folder(spool.path(relative).parent)
+    return False
 
 
 def _same_file(one: Path, other: Path) -> bool:

@@ -6,10 +6,12 @@ place and recorded; any other is removed. Real listeners, a real SQLite ledger, 
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
 import pydicom
+import pytest
 
 from node.ledger.db import Ledger
 from node.ledger.repository import Repository
@@ -37,10 +39,10 @@ def _as_received(start: ListenerFactory, sqlite_url: str, files: tuple[Path, ...
 
 
 def _second_node(start: ListenerFactory, tmp_path: Path) -> tuple[Path, str, ListenerFactory]:
+    """Another spool (its folders made, ``.incoming/`` included) and ledger for a second listener."""
     spool = tmp_path / "second"
-    Spool(spool)  # the spool's folders, .incoming/ included
-    url = f"sqlite:///{tmp_path / 'second.sqlite3'}"
-    return spool, url, start
+    Spool(spool)
+    return spool, f"sqlite:///{tmp_path / 'second.sqlite3'}", start
 
 
 def test_a_new_instance_keeps_its_incoming_name_until_its_rows_are_committed(tmp_path: Path) -> None:
@@ -123,3 +125,26 @@ def test_leftovers_never_acknowledged_are_removed_and_nothing_is_recorded(
     assert not (root / relative).exists() and listener.repository.find_instance(first) is None
     assert kept.read_bytes() == other_data and kept.stat().st_nlink == 1
     assert listener.repository.find_instance(second) is not None  # the copy in place, recorded by the reconciliation
+
+
+def test_without_hard_links_files_are_renamed_into_place(
+    start: ListenerFactory, sqlite_url: str, synth_case: SynthCase, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file system without hard links (``link(2)`` fails with EPERM, as on FAT or some network shares): the start-up
+    renames a file left under ``.incoming/`` into place, and the listener renames each new instance into place and
+    fsyncs its folder before answering."""
+    (sop, (relative, data)), *_ = _as_received(start, sqlite_url, synth_case.t2[4:5]).items()
+
+    def no_links(*_args: object, **_kwargs: object) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    root, url, factory = _second_node(start, tmp_path)
+    spill = root / INCOMING / "rx-4242-deadbeef-11.part"
+    spill.write_bytes(data)
+    listener = factory(url, FakeClock(), spool_dir=root)
+    assert not spill.exists() and (root / relative).read_bytes() == data
+    assert listener.repository.find_instance(sop) is not None
+    assert send(listener.port, synth_case.t2[5:7]) == [StoreStatus.SUCCESS] * 2
+    assert listener.flush(timeout_s=30)
+    assert len(spooled_files(root)) == 3 and not list((root / INCOMING).rglob("rx-*.part"))
