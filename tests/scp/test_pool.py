@@ -120,6 +120,30 @@ def _server_pid(assoc: Association, pids: list[int]) -> int | None:
     return None
 
 
+def _cpu_s(pids: list[int]) -> float:
+    """utime + stime of ``pids``, in seconds."""
+    total = 0.0
+    for pid in pids:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = stat[stat.rindex(")") + 2:].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def _wait_started(pids: list[int], timeout_s: float = 60.0) -> None:
+    """Until the listener processes have done their start-up work (each loads the job layer in a thread, ~1.5 s of
+    CPU): less than 20 ms of CPU in 0.5 s. Meanwhile a process may get no CPU for 50 ms on a loaded machine, and
+    its sibling then takes a waiting connection itself, by design."""
+    deadline = time.monotonic() + timeout_s
+    last = _cpu_s(pids)
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = _cpu_s(pids)
+        if now - last < 0.02:
+            return
+        last = now
+
+
 def test_parallel_associations_are_spread_evenly_over_the_processes(
     node_factory: Callable[[int], RunningNode],
 ) -> None:
@@ -128,6 +152,7 @@ def test_parallel_associations_are_spread_evenly_over_the_processes(
     node = node_factory(2)
     assert node.pool is not None
     pids = [os.getpid(), node.pool.pids[1]]
+    _wait_started(pids)
     splits = []
     # four rounds, each once the one before ended (the counts went back down); a process that stays busier than
     # its sibling for 50 ms takes the connection itself, which a loaded CI machine can make happen in one round:
