@@ -27,6 +27,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_ingest import SENDER_AE, _tool
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tests.support
+from tests.support.waiting import wait_cpu_settled
+
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -127,15 +130,7 @@ def send(studies: list[list[Path]], ae: str, port: int) -> None:
 def _settled(pid: int, timeout_s: float = 30.0) -> float:
     """The tree's CPU seconds once its start-up work is done (under 10 ms of CPU in 0.5 s; lazy imports of
     background threads would otherwise count as ingest)."""
-    deadline = time.monotonic() + timeout_s
-    last = tree_cpu_s(pid)
-    while time.monotonic() < deadline:
-        time.sleep(0.5)
-        now = tree_cpu_s(pid)
-        if now - last < 0.01:
-            return now
-        last = now
-    return last
+    return wait_cpu_settled(lambda: tree_cpu_s(pid), threshold_s=0.01, timeout_s=timeout_s)
 
 
 def measure(args: argparse.Namespace, studies: list[list[Path]], run: int) -> tuple[float, float, float]:

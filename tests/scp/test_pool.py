@@ -21,6 +21,7 @@ from node.config import Settings
 from node.delivery.scu import wait_reactor_resumed
 from tests.scp.fixtures import associate, send, sop_instance_uid
 from tests.support.studies import SynthCase
+from tests.support.waiting import wait_cpu_settled
 
 
 def variants(case: SynthCase, out: Path, count: int) -> list[list[Path]]:
@@ -130,20 +131,6 @@ def _cpu_s(pids: list[int]) -> float:
     return total
 
 
-def _wait_started(pids: list[int], timeout_s: float = 60.0) -> None:
-    """Until the listener processes have done their start-up work (each loads the job layer in a thread, ~1.5 s of
-    CPU): less than 20 ms of CPU in 0.5 s. Meanwhile a process may get no CPU for 50 ms on a loaded machine, and
-    its sibling then takes a waiting connection itself, by design."""
-    deadline = time.monotonic() + timeout_s
-    last = _cpu_s(pids)
-    while time.monotonic() < deadline:
-        time.sleep(0.5)
-        now = _cpu_s(pids)
-        if now - last < 0.02:
-            return
-        last = now
-
-
 def test_parallel_associations_are_spread_evenly_over_the_processes(
     node_factory: Callable[[int], RunningNode],
 ) -> None:
@@ -152,7 +139,10 @@ def test_parallel_associations_are_spread_evenly_over_the_processes(
     node = node_factory(2)
     assert node.pool is not None
     pids = [os.getpid(), node.pool.pids[1]]
-    _wait_started(pids)
+    # Until the listener processes have done their start-up work (each loads the job layer in a thread, ~1.5 s of
+    # CPU): meanwhile a process may get no CPU for 50 ms on a loaded machine, and its sibling then takes a waiting
+    # connection itself, by design.
+    wait_cpu_settled(lambda: _cpu_s(pids), threshold_s=0.02, timeout_s=60.0)
     splits = []
     # four rounds, each once the one before ended (the counts went back down); a process that stays busier than
     # its sibling for 50 ms takes the connection itself, which a loaded CI machine can make happen in one round:

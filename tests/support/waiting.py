@@ -28,3 +28,23 @@ def wait_for(predicate: Callable[[], T | None], timeout: float, message: str | C
             text = message() if callable(message) else message
             pytest.fail(f"timed out after {timeout:g} s: {text}")
         time.sleep(interval)
+
+
+def wait_cpu_settled(cpu_seconds: Callable[[], float], threshold_s: float, timeout_s: float,
+                     interval: float = 0.5) -> float:
+    """Until processes have done their start-up work: poll ``cpu_seconds`` (their utime + stime) every ``interval``
+    seconds until it grew by less than ``threshold_s`` in one interval, and return the last reading (after
+    ``timeout_s`` the last reading too: a machine too loaded to settle is measured as it is, not failed).
+
+    Lazy imports in background threads (the listener loads the job layer, ~1.5 s of CPU) would otherwise count as
+    work a test or a benchmark measures, or hold a process off the CPU when a test expects it to take a connection.
+    """
+    deadline = time.monotonic() + timeout_s
+    last = cpu_seconds()
+    while time.monotonic() < deadline:
+        time.sleep(interval)
+        now = cpu_seconds()
+        if now - last < threshold_s:
+            return now
+        last = now
+    return last
