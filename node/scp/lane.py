@@ -27,12 +27,15 @@ invalid PDU for the state machine (Evt19: A-ABORT), as in pynetdicom.
 from __future__ import annotations
 
 import logging
+import queue
 import struct
+import time
 from typing import TYPE_CHECKING, Any, cast
 
 from pydicom.uid import UID
 from pynetdicom import evt
 from pynetdicom.dul import DULServiceProvider
+from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import uid_to_service_class
@@ -244,6 +247,51 @@ class LaneDUL(DULServiceProvider):
 
     lane: StoreLane | None = None
     _lane_decided = False
+
+    def run_reactor(self) -> None:
+        """pynetdicom's DUL loop (3.0) without its sleep between turns: with ``_run_loop_delay`` 0 that was a
+        ``time.sleep(0)`` per received message (a system call, and a hand-off of the GIL to another thread that
+        this one then waited to take back). The loop waits for data in the socket's ``ready`` instead (up to
+        ``IDLE_WAIT_S``, woken when there is something to send); a socket that cannot wait (one that is not the
+        node's, or one closed) still gets the 1 ms sleep, so the loop never spins."""
+        self._idle_timer.start()
+        rest = False
+        while True:
+            if not self.assoc._dul_ready.is_set():
+                self.assoc._dul_ready.set()
+                rest = True
+            if rest:
+                sock = self.socket
+                if not (getattr(sock, "waits_for_data", False) and getattr(sock, "_is_connected", False)):
+                    time.sleep(0.001)
+            if self._kill_thread:
+                break
+            if self.artim_timer.expired:
+                self.event_queue.put("Evt18")
+            try:
+                if self._process_recv_primitive():
+                    pass
+                elif self._is_transport_event():
+                    self._idle_timer.restart()
+            except Exception as exc:
+                logger.error("Exception in the DUL loop, aborting the association")
+                logger.exception(exc)
+                abort_pdu = A_ABORT_RQ()
+                abort_pdu.source = 0x02
+                abort_pdu.reason_diagnostic = 0x00
+                cast(Any, self.socket).send(abort_pdu.encode())
+                self.assoc.is_aborted = True
+                self.assoc.is_established = False
+                self.assoc._kill = True
+                self._kill_thread = True
+                return
+            try:
+                event = self.event_queue.get(block=False)
+            except queue.Empty:
+                rest = True
+                continue
+            self.state_machine.do_action(event)
+            rest = False
 
     def _read_pdu_data(self) -> None:
         if self.state_machine.current_state != "Sta6":

@@ -204,6 +204,8 @@ class NodeAE(AE):
 class BoundedSocket(AssociationSocket):
     """pynetdicom's socket wrapper with a length limit and a deadline on every PDU it reads."""
 
+    waits_for_data = True  # ready() waits for data (node.scp.lane.LaneDUL's loop need not sleep between turns)
+
     def __init__(self, assoc: Association, client_socket: socket.socket, policy: ConnectionPolicy,
                  deadline: float) -> None:
         super().__init__(assoc, client_socket=client_socket)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -198,6 +199,26 @@ def test_the_reactor_sleeps_until_something_arrives(
     finally:
         assoc.release()
     assert idle_looks <= 12  # one every REACTOR_WAIT_S (50 ms) at most
+
+
+def test_the_dul_loop_does_not_sleep_between_messages(
+    start: ListenerFactory, sqlite_url: str, synth_case: SynthCase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Old code: pynetdicom's DUL loop called ``time.sleep(0)`` after each message it served (a system call and a
+    hand-off of the GIL per instance); the loop waits for data in the socket's ``ready`` instead."""
+    listener = start(sqlite_url, FakeClock())
+    sleeps: list[float] = []
+    original = time.sleep
+
+    def counted(seconds: float) -> None:
+        if isinstance(sys._getframe(1).f_locals.get("self"), LaneDUL):  # the listener's DUL loop (not the test's)
+            sleeps.append(seconds)
+        original(seconds)
+
+    monkeypatch.setattr(time, "sleep", counted)
+    files = list(synth_case.t2[:8])
+    assert send(listener.port, files) == [StoreStatus.SUCCESS] * len(files)
+    assert len(sleeps) < len(files) // 2, sleeps  # at most a few, while the association is set up and ends
 
 
 def test_a_stopped_sender_mid_message_does_not_hold_the_listener(connected: tuple[ListenerHandle, Association]) -> None:
