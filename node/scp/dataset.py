@@ -7,11 +7,25 @@ converting under its VR (:func:`node.scp.vr.check_value`), sequences nested at m
 no element but Pixel Data longer than ``max_element_bytes``, encapsulated Pixel Data only in an encapsulated
 transfer syntax. Bulk values (OB, OW, OD, OF, OL, OV, UN and the pixel data) are skipped, not read. The values of
 a few top-level elements the listener needs afterwards are kept in :class:`Walked`.
+
+**Repeated layouts.** The instances of a series repeat nearly all of their header: an MR slice differs from the one
+before in five of ~70 top-level elements (SOP Instance UID, Instance Number, Image Position, Slice Location, Largest
+Pixel Value). Each thread (the listener walks on the association's thread) keeps the :class:`Layout` of the last
+dataset it walked whole: its bytes and top-level element boundaries. A later walk at a top-level element boundary
+whose next bytes repeat a run of that layout's elements byte for byte, in the same state (same transfer syntax and
+limits, the same character set in effect, its tag above the last one read), skips the run: the walk over those bytes
+would do exactly what it did before and succeed. Only whole elements within the bytes held in memory are skipped,
+never Pixel Data; the kept values and the character set of a skipped run are taken from the layout. A layout that
+stops matching (a new series with another layout) is replaced by the next whole walk.
+
+Size: one walker with its layout memo; the two belong together (the memo is the walk's own state).
 """
 
 from __future__ import annotations
 
 import struct
+import threading
+from bisect import bisect_right
 from dataclasses import dataclass, field
 
 from node.errors import CorruptInstanceError
@@ -62,6 +76,37 @@ def _remember(vr: str, value: bytes) -> None:
         _valid.add((vr, value))
 
 
+#: Normally walked top-level elements after which a layout in use counts as stale (replaced by the next whole walk).
+STALE_AFTER = 8
+
+
+@dataclass(frozen=True, eq=False)
+class Layout:
+    """The top-level elements of a dataset walked whole and found valid (see the module docstring).
+
+    ``starts[i]`` is where element ``i`` starts in ``data`` (``starts[n]``: where the last one ends), ``tags[i]`` its
+    tag, ``heads[i]`` its first 8 bytes, ``run_end[i]`` the first element from ``i`` on that may not be skipped,
+    ``charsets[i]`` the character set in effect before element ``i`` (``charsets[n]``: at the end)."""
+
+    key: tuple[bool, bool, bool, int]  # explicit, little, encapsulated, max_element_bytes
+    data: bytes
+    starts: list[int]
+    tags: list[int]
+    heads: list[bytes]
+    run_end: list[int]
+    charsets: list[Charset]
+    charset_index: int  # the element (0008,0005) (-1: none)
+    kept: list[tuple[int, int, tuple[str, bytes]]]  # (element index, tag, (VR, raw value)) of KEPT elements
+
+
+_layouts = threading.local()  # .layout: the Layout of this thread's last whole walk
+
+
+def forget_layout() -> None:
+    """Drop this thread's layout (the next walk is a whole one)."""
+    _layouts.layout = None
+
+
 @dataclass
 class Walked:
     """What the walk found at the top level."""
@@ -77,7 +122,7 @@ class Walker:
     """Check one dataset from ``reader``; ``explicit`` / ``little`` as the negotiated transfer syntax says."""
 
     def __init__(self, reader: Reader, *, explicit: bool, little: bool, encapsulated: bool,
-                 max_element_bytes: int) -> None:
+                 max_element_bytes: int, remember: bool = True) -> None:
         self._read = reader.read
         self._skip = reader.skip
         self._reader = reader
@@ -97,29 +142,123 @@ class Walker:
         self._buffer = reader.head if isinstance(reader, HeadReader) else b""
         self._base = reader.offset if isinstance(reader, HeadReader) else 0
         self.walked = Walked()
+        # the layout memo: only for datasets held in memory (a HeadReader), see the module docstring
+        self._key = (explicit, little, encapsulated, max_element_bytes)
+        self._remember = remember and bool(self._buffer)
+        layout = getattr(_layouts, "layout", None) if self._remember else None
+        self._layout: Layout | None = layout if layout is not None and layout.key == self._key else None
+        self.walked_normally = 0  # top-level elements walked while a layout was in use
+        # a whole walk records its top-level elements: (start, tag, character set before it)
+        self._record: list[tuple[int, int, Charset]] | None = [] if self._remember and self._layout is None else None
 
     def walk(self) -> Walked:
-        self._dataset(None, False, 0, self._explicit, Charset(), top=True)
+        charset = self._dataset(None, False, 0, self._explicit, Charset(), top=True)
+        if self._record is not None:
+            _layouts.layout = self._new_layout(charset)
+        elif self._layout is not None and self.walked_normally > max(STALE_AFTER, len(self._layout.tags) // 4):
+            _layouts.layout = None  # this series' layout differs: the next walk records a new one
         return self.walked
+
+    # -- the layout memo -------------------------------------------------------------------------------------
+
+    def _new_layout(self, final: Charset) -> Layout | None:
+        """The layout of the dataset just walked whole (``self._record``)."""
+        record = self._record or []
+        if not record:
+            return None
+        end = self._reader.pos - self._base
+        starts = [start for start, _, _ in record] + [end]
+        tags = [tag for _, tag, _ in record]
+        charsets = [charset for _, _, charset in record] + [final]
+        count = len(tags)
+        in_memory = min(len(self._buffer), end)
+        run_end = [count] * (count + 1)
+        for i in range(count - 1, -1, -1):
+            skippable = tags[i] not in PIXEL_TAGS and starts[i + 1] <= in_memory
+            run_end[i] = run_end[i + 1] if skippable else i
+        data = bytes(self._buffer[:max((starts[i + 1] for i in range(count) if run_end[i] > i), default=0)])
+        heads = [data[starts[i]:starts[i] + 8] if run_end[i] > i else b"" for i in range(count)]
+        index = {tag: i for i, tag in enumerate(tags)}
+        kept = [(index[tag], tag, value) for tag, value in self.walked.values.items() if tag in index]
+        return Layout(self._key, data, starts, tags, heads, run_end, charsets,
+                      index.get(SPECIFIC_CHARACTER_SET, -1), kept)
+
+    def _skip_known(self, layout: Layout, j: int, at: int, limit: int,
+                    charset: Charset) -> tuple[int, int] | None:
+        """At top-level offset ``at``, where ``layout``'s element ``j`` would come next: the elements that repeat the
+        layout's from ``j`` on, as (bytes, index of the first one not skipped); ``None`` if not even ``j`` does."""
+        stop = layout.run_end[j]
+        if stop == j or not self._buffer.startswith(layout.heads[j], at):
+            return None
+        if layout.charsets[j] is not charset and layout.charsets[j] != charset:
+            return None
+        buffer, data, starts = self._buffer, layout.data, layout.starts
+        begin = starts[j]
+        size = starts[stop] - begin
+        if not (at + size <= limit and buffer[at:at + size] == data[begin:begin + size]):
+            low, high = j, stop  # elements j..low-1 repeat, j..high-1 do not
+            while high - low > 1:
+                middle = (low + high) // 2
+                size = starts[middle] - begin
+                if at + size <= limit and buffer[at:at + size] == data[begin:begin + size]:
+                    low = middle
+                else:
+                    high = middle
+            if low == j:
+                return None
+            stop = low
+        return starts[stop] - begin, stop
+
+    @staticmethod
+    def _volatile(layout: Layout, j: int) -> None:
+        """Element ``j`` of ``layout`` differed (it was walked): later walks do not try to skip it, and the runs
+        before it end there (one comparison per run, not a search)."""
+        run_end = layout.run_end
+        run_end[j] = j
+        i = j - 1
+        while i >= 0 and run_end[i] > j:
+            run_end[i] = j
+            i -= 1
 
     # -- datasets and sequences ------------------------------------------------------------------------------
 
     def _dataset(self, end: int | None, delimited: bool, depth: int, explicit: bool, charset: Charset,
-                 top: bool = False) -> None:
-        """Elements until ``end`` (defined-length item), an item delimiter (``delimited``) or the end (top)."""
+                 top: bool = False) -> Charset:
+        """Elements until ``end`` (defined-length item), an item delimiter (``delimited``) or the end (top); returns
+        the character set in effect at the end."""
         reader = self._reader
         buffer, base, in_memory = self._buffer, self._base, len(self._buffer)
         explicit_from, implicit_from = self._explicit_from, self._implicit_from
         stop = reader.end if isinstance(reader, HeadReader) else None
         last = -1
+        layout = self._layout if top else None
+        record = self._record if top else None
+        limit = min(in_memory, stop - base) if stop is not None else in_memory
         while True:
             if end is not None:
                 if reader.pos == end:
-                    return
+                    return charset
                 if reader.pos > end:
                     raise CorruptInstanceError(f"an element runs {reader.pos - end} byte(s) past its item")
             elif top and (reader.pos >= stop if stop is not None else reader.at_end()):
-                return
+                return charset
+            known = -1  # the layout's element that would come here, if one may
+            if layout is not None:
+                first = bisect_right(layout.tags, last)
+                skipped = self._skip_known(layout, first, reader.pos - base, limit, charset) if first < len(
+                    layout.tags) else None
+                if skipped is not None:
+                    length_skipped, after = skipped
+                    reader.pos += length_skipped
+                    last = layout.tags[after - 1]
+                    if first <= layout.charset_index < after:
+                        charset = self.walked.charset = layout.charsets[after]
+                    for index, kept_tag, kept_value in layout.kept:
+                        if first <= index < after:
+                            self.walked.values[kept_tag] = kept_value
+                    continue
+                self.walked_normally += 1
+                known = first
             # the tag, then the VR and a 16-bit length (explicit VR) or a 32-bit length (implicit VR, delimiters)
             at = reader.pos - base
             if at + 8 <= in_memory:
@@ -133,9 +272,13 @@ class Walker:
             else:
                 group, element, length = self._item(self._read(8))
             tag = group << 16 | element
+            if record is not None:
+                record.append((at, tag, charset))
+            elif known >= 0 and layout is not None and known < len(layout.tags) and layout.tags[known] == tag:
+                self._volatile(layout, known)
             if group == 0xFFFE:
                 if tag == ITEM_END and delimited:
-                    return
+                    return charset
                 raise CorruptInstanceError(f"unexpected item tag {tag_text(tag)} inside a dataset")
             if tag <= last:
                 raise CorruptInstanceError(
