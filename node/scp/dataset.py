@@ -274,7 +274,8 @@ class Walker:
             tag = group << 16 | element
             if record is not None:
                 record.append((at, tag, charset))
-            elif known >= 0 and layout is not None and known < len(layout.tags) and layout.tags[known] == tag:
+            elif (layout is not None and 0 <= known < len(layout.tags) and layout.tags[known] == tag
+                  and layout.run_end[known] != known):
                 self._volatile(layout, known)
             if group == 0xFFFE:
                 if tag == ITEM_END and delimited:

@@ -305,22 +305,27 @@ class LaneDUL(DULServiceProvider):
             super()._read_pdu_data()
             return
         sock = cast(Any, self.socket)
+        buffered = getattr(sock, "buffered_pdu", None)  # a PDU read ahead whole is taken without a system call
+        sending = self.to_provider_queue.queue  # what waits to be sent (peeked without the queue's lock)
         while True:
-            header = self._read(sock, 6)
-            if header is None:
-                return
-            if len(header) != 6 or header[0] != P_DATA_TF:
-                sock.unread(bytes(header))
-                super()._read_pdu_data()
-                return
-            length = _PDU_HEADER.unpack(header)[2]
-            body = self._read(sock, length)
+            body = buffered(P_DATA_TF) if buffered is not None else None
             if body is None:
-                return
-            if len(body) != length:
-                logger.error("The received PDU is shorter than expected (%d of %d bytes)", len(body) + 6, length + 6)
-                self.event_queue.put("Evt17")
-                return
+                header = self._read(sock, 6)
+                if header is None:
+                    return
+                if len(header) != 6 or header[0] != P_DATA_TF:
+                    sock.unread(bytes(header))
+                    super()._read_pdu_data()
+                    return
+                length = _PDU_HEADER.unpack(header)[2]
+                body = self._read(sock, length)
+                if body is None:
+                    return
+                if len(body) != length:
+                    logger.error("The received PDU is shorter than expected (%d of %d bytes)", len(body) + 6,
+                                 length + 6)
+                    self.event_queue.put("Evt17")
+                    return
             try:
                 lane.p_data(body)
             except MalformedPDUError as exc:
@@ -330,7 +335,7 @@ class LaneDUL(DULServiceProvider):
             # the rest of the message follows: read its next PDU here, without a turn of the DUL loop per PDU, as
             # long as it arrives at once and nothing waits to be sent (an A-ABORT to send, or one received, goes
             # through pynetdicom's loop as usual)
-            if not lane.mid_message or not self.to_provider_queue.empty() or not sock.ready:
+            if not lane.mid_message or sending or not sock.ready:
                 return
             self._idle_timer.restart()
 

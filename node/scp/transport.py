@@ -34,6 +34,7 @@ import queue
 import select
 import socket
 import ssl
+import struct
 import threading
 import time
 from copy import deepcopy
@@ -65,6 +66,7 @@ FIRST_PDU_LIMIT = 1 << 20  # bytes: the A-ASSOCIATE-RQ (before a maximum PDU len
 MIN_PDU_LIMIT = 1 << 20  # bytes: tolerated for P-DATA even when max_pdu is smaller
 AUDIT_WINDOW_S = 10.0
 _READ_CHUNK = 1 << 16
+_PDU_LENGTH = struct.Struct(">L")
 IDLE_WAIT_S = 0.02  # the DUL loop's longest wait for data (woken at once when there is something to send)
 
 
@@ -249,6 +251,24 @@ class BoundedSocket(AssociationSocket):
         """Put ``data`` (just read) back: the next :meth:`recv` returns it first."""
         self._buffered[:self._at] = data
         self._at = 0
+
+    def buffered_pdu(self, pdu_type: int) -> bytearray | None:
+        """The body of the next PDU if it is of ``pdu_type`` and already read ahead whole (no system call, one
+        copy), else ``None`` with nothing taken (:meth:`recv` then reads it, with its limit and deadline)."""
+        buffered, at = self._buffered, self._at
+        if len(buffered) - at < 6 or buffered[at] != pdu_type:
+            return None
+        length = _PDU_LENGTH.unpack_from(buffered, at + 2)[0]
+        end = at + 6 + length
+        if end > len(buffered) or length > self._policy.max_pdu_bytes:
+            return None
+        body = buffered[at + 6:end]
+        if end == len(buffered):
+            buffered.clear()
+            self._at = 0
+        else:
+            self._at = end
+        return body
 
     def _take(self, nr_bytes: int) -> bytearray:
         """Up to ``nr_bytes`` of the bytes read ahead."""
