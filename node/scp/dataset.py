@@ -78,6 +78,9 @@ def _remember(vr: str, value: bytes) -> None:
 
 #: Normally walked top-level elements after which a layout in use counts as stale (replaced by the next whole walk).
 STALE_AFTER = 8
+#: Comparisons with a layout that find nothing to skip, after which a walk stops comparing (and the layout is
+#: dropped): a dataset that repeats nothing costs at most this many searches more than a whole walk.
+MAX_MISSES = 16
 
 
 @dataclass(frozen=True, eq=False)
@@ -148,6 +151,7 @@ class Walker:
         layout = getattr(_layouts, "layout", None) if self._remember else None
         self._layout: Layout | None = layout if layout is not None and layout.key == self._key else None
         self.walked_normally = 0  # top-level elements walked while a layout was in use
+        self.misses = 0  # comparisons with the layout that found no repeat
         # a whole walk records its top-level elements: (start, tag, character set before it)
         self._record: list[tuple[int, int, Charset]] | None = [] if self._remember and self._layout is None else None
 
@@ -259,6 +263,11 @@ class Walker:
                     continue
                 self.walked_normally += 1
                 known = first
+                if first < len(layout.tags) and layout.run_end[first] != first:
+                    self.misses += 1  # compared in vain (a known changing element costs nothing)
+                    if self.misses >= MAX_MISSES:  # not this layout: no more comparisons in this walk
+                        layout = None
+                        _layouts.layout = None
             # the tag, then the VR and a 16-bit length (explicit VR) or a 32-bit length (implicit VR, delimiters)
             at = reader.pos - base
             if at + 8 <= in_memory:

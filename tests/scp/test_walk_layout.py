@@ -135,3 +135,30 @@ def test_a_run_is_not_skipped_under_another_character_set(tmp_path: Path) -> Non
     declared = _walk(tmp_path / "d.ds", _encoded("ISO_IR 192", name))
     assert declared == _walk(tmp_path / "d.ds", remember=False)
     assert isinstance(declared, Walked) and declared.charset.codecs
+
+
+def _many(prefix: str) -> bytes:
+    """A data set of 60 private LO elements whose values all begin with ``prefix`` (same tags, same lengths)."""
+    ds = Dataset()
+    ds.add_new(0x00090010, "LO", "LAYOUT TEST")
+    for n in range(60):
+        ds.add_new(0x00091000 + n, "LO", f"{prefix}{n:04d}")
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, False
+    write_dataset(buffer, ds)
+    return bytes(buffer.getvalue())
+
+
+def test_a_data_set_that_repeats_nothing_stops_the_comparisons(tmp_path: Path) -> None:
+    """Every element has the layout's tag, VR and length but another value: each comparison finds nothing to skip.
+    After MAX_MISSES of them the walk walks on without comparing (a crafted header costs a bounded amount more than
+    a whole walk), the layout is dropped, and the verdict is a whole walk's."""
+    assert isinstance(_walk(tmp_path / "a.ds", _many("A")), Walked)
+    data = _many("B")
+    (tmp_path / "b.ds").write_bytes(data)
+    reader = HeadReader(data, tmp_path / "b.ds", 0, len(data))
+    walker = Walker(reader, explicit=True, little=True, encapsulated=False, max_element_bytes=1 << 30)
+    assert walker.walk() == _walk(tmp_path / "b.ds", remember=False)
+    assert walker.misses == dataset.MAX_MISSES
+    assert walker.walked_normally == dataset.MAX_MISSES  # the private creator repeated; no comparison after those
+    assert getattr(dataset._layouts, "layout", None) is None
