@@ -211,14 +211,15 @@ def test_the_dul_loop_does_not_sleep_between_messages(
     original = time.sleep
 
     def counted(seconds: float) -> None:
-        if isinstance(sys._getframe(1).f_locals.get("self"), LaneDUL):  # the listener's DUL loop (not the test's)
-            sleeps.append(seconds)
+        dul = sys._getframe(1).f_locals.get("self")
+        if isinstance(dul, LaneDUL) and dul.assoc.is_established:  # the listener's DUL loop (not the test's), while
+            sleeps.append(seconds)  # instances may arrive (after the release it may rest until it is stopped)
         original(seconds)
 
     monkeypatch.setattr(time, "sleep", counted)
     files = list(synth_case.t2[:8])
     assert send(listener.port, files) == [StoreStatus.SUCCESS] * len(files)
-    assert len(sleeps) < len(files) // 2, sleeps  # at most a few, while the association is set up and ends
+    assert len(sleeps) < len(files) // 2, sleeps
 
 
 def test_a_stopped_sender_mid_message_does_not_hold_the_listener(connected: tuple[ListenerHandle, Association]) -> None:
