@@ -5,14 +5,16 @@ this thread, once with the memo and once without (``remember=False``)."""
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from pathlib import Path
 
+import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
 from node.errors import CorruptInstanceError
 from node.scp import dataset
@@ -30,16 +32,23 @@ def _no_layout() -> Iterator[None]:
     dataset.forget_layout()
 
 
-def _dataset_file(source: Path, folder: Path) -> Path:
-    """The data set of a Part-10 file alone, in a file of its own (the walk reads past the head from it)."""
+def _dataset_file(source: Path, folder: Path, implicit: bool = False) -> Path:
+    """The data set of a Part-10 file alone, in a file of its own (the walk reads past the head from it); with
+    ``implicit``, encoded in Implicit VR Little Endian first."""
     data = source.read_bytes()
+    if implicit:
+        ds = pydicom.dcmread(source)
+        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True, implicit_vr=True, little_endian=True)
+        data = buffer.getvalue()
     offset = 144 + int.from_bytes(data[140:144], "little")  # after the file meta group
-    target = folder / f"{source.parent.name}-{source.stem}.ds"
+    target = folder / f"{source.parent.name}-{source.stem}{'-implicit' if implicit else ''}.ds"
     target.write_bytes(data[offset:])
     return target
 
 
-def _walk(path: Path, data: bytes | None = None, *, remember: bool = True) -> Walked | str:
+def _walk(path: Path, data: bytes | None = None, *, remember: bool = True, explicit: bool = True) -> Walked | str:
     """The walk's verdict on the data set in ``path`` (or ``data``, written there first): what it found, or why it
     refused."""
     if data is not None:
@@ -47,7 +56,7 @@ def _walk(path: Path, data: bytes | None = None, *, remember: bool = True) -> Wa
     data = path.read_bytes()
     reader = HeadReader(data[:HEAD], path, 0, len(data))
     try:
-        return Walker(reader, explicit=True, little=True, encapsulated=False, max_element_bytes=1 << 30,
+        return Walker(reader, explicit=explicit, little=True, encapsulated=False, max_element_bytes=1 << 30,
                       remember=remember).walk()
     except (CorruptInstanceError, LimitExceededError) as exc:
         return f"{type(exc).__name__}: {exc.message}"
@@ -69,24 +78,25 @@ def test_a_series_walked_with_the_memo_gives_what_whole_walks_give(synth_case: S
     assert max(normally[2:len(synth_case.t2)]) <= 8, normally
 
 
+@pytest.mark.parametrize("implicit", [False, True], ids=["explicit VR", "implicit VR"])
 def test_every_one_byte_change_of_a_header_gets_the_verdict_of_a_whole_walk(
-    synth_case: SynthCase, tmp_path: Path
+    synth_case: SynthCase, tmp_path: Path, implicit: bool
 ) -> None:
-    first, second = (_dataset_file(path, tmp_path) for path in synth_case.t2[:2])
+    first, second = (_dataset_file(path, tmp_path, implicit) for path in synth_case.t2[:2])
     original = second.read_bytes()
-    header_end = original.index(b"\xe0\x7f\x10\x00") + 12  # through Pixel Data's element header
+    header_end = original.index(b"\xe0\x7f\x10\x00") + (8 if implicit else 12)  # through Pixel Data's header
     mutated = tmp_path / "mutated.ds"
     verdicts: set[str] = set()
-    for at in range(header_end):
+    for at in range(0, header_end, 2 if implicit else 1):
         for value in {0x00, 0xFF, original[at] ^ 0x01, original[at] ^ 0x20}:
             data = bytearray(original)
             data[at] = value
             dataset.forget_layout()
-            assert not isinstance(_walk(first), str)  # the layout of the slice before
-            with_memo = _walk(mutated, bytes(data))
-            assert with_memo == _walk(mutated, remember=False), (at, value)
+            assert not isinstance(_walk(first, explicit=not implicit), str)  # the layout of the slice before
+            with_memo = _walk(mutated, bytes(data), explicit=not implicit)
+            assert with_memo == _walk(mutated, remember=False, explicit=not implicit), (at, value)
             verdicts.add("accepted" if isinstance(with_memo, Walked) else with_memo.split(":")[0])
-    assert verdicts == {"accepted", "CorruptInstanceError"}
+    assert {"accepted", "CorruptInstanceError"} <= verdicts  # both kinds of verdict were compared
 
 
 def test_changes_along_a_series_keep_the_verdicts_of_whole_walks(synth_case: SynthCase, tmp_path: Path) -> None:
