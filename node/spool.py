@@ -60,10 +60,6 @@ class StoredFile:
 
 def fsync_folder(path: Path) -> None:
     """fsync a folder: the names created, linked, renamed or removed in it are durable afterwards."""
-    _fsync_dir(path)
-
-
-def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -83,7 +79,7 @@ def _make_dirs(path: Path) -> None:
             directory.mkdir()
         except FileExistsError:  # another association created it first
             continue
-        _fsync_dir(directory.parent)
+        fsync_folder(directory.parent)
 
 
 class Spool:
@@ -139,7 +135,7 @@ class Spool:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        _fsync_dir(target.parent)
+        fsync_folder(target.parent)
         return StoredFile(relative_path=relative_path, size=size, sha256=digest.hexdigest())
 
     def place(self, relative_path: str, source: Path, size: int, sha256: str) -> StoredFile:
@@ -165,7 +161,7 @@ class Spool:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        _fsync_dir(target.parent)
+        fsync_folder(target.parent)
         return StoredFile(relative_path=relative_path, size=size, sha256=sha256)
 
     def link(self, relative_path: str, source: Path, size: int, sha256: str) -> StoredFile:
@@ -201,14 +197,14 @@ class Spool:
                 raise
             _make_dirs(target.parent)
             source.replace(target)
-        _fsync_dir(target.parent)
+        fsync_folder(target.parent)
         return StoredFile(relative_path=relative_path, size=size, sha256=sha256)
 
     def remove(self, relative_path: str) -> None:
         """Remove a spooled file (one the ledger could not record), durably."""
         target = self.path(relative_path)
         target.unlink(missing_ok=True)
-        _fsync_dir(target.parent)
+        fsync_folder(target.parent)
 
     def stored_paths(self) -> list[str]:
         """Every spooled instance file, as spool-relative POSIX paths."""
@@ -223,8 +219,8 @@ class Spool:
         target = self.root / ORPHANS / relative_path.replace("/", "_")
         _make_dirs(target.parent)
         self.path(relative_path).replace(target)
-        _fsync_dir(target.parent)
-        _fsync_dir(self.path(relative_path).parent)
+        fsync_folder(target.parent)
+        fsync_folder(self.path(relative_path).parent)
         return target
 
     def incoming_files(self) -> list[Path]:
