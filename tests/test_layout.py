@@ -20,7 +20,7 @@ import pytest
 NODE = Path(__file__).resolve().parents[1] / "node"
 
 #: Top-level rooms of ``node/`` by layer. A room may import its own layer's rooms only where listed in ALLOWED.
-BASE = {"errors", "config", "values", "log", "vocabulary", "labels", "spool", "docgen", "__init__"}
+BASE = {"errors", "config", "values", "log", "vocabulary", "labels", "spool", "docgen", "heap", "__init__"}
 CORE = {"imaging", "model", "training", "evaluation", "datasets", "sr", "ledger", "synth", "dl", "research"}
 EDGES = {"scp", "jobs", "delivery", "web", "cli"}
 LAYER = {**{r: 0 for r in BASE}, **{r: 1 for r in CORE}, **{r: 2 for r in EDGES}}

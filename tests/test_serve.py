@@ -106,6 +106,11 @@ def test_serve_listens_and_stops_on_sigterm(serve: ServeProcess) -> None:
     banner = (serve.root / "serve-1.out").read_text()
     assert f"AINODE listening on 0.0.0.0:{serve.port}" in banner, banner
     serve.wait_worker_ready()
+    # the worker keeps its preloaded heap out of the garbage collector's walks (node/heap.py; the listener
+    # processes: tests/scp/test_pool.py)
+    worker_log = serve.spool / "worker.log"
+    wait_for(lambda: "worker preload: start-up heap frozen" in worker_log.read_text(errors="replace"), 60,
+             lambda: f"no 'heap frozen' line in worker.log: {worker_log.read_text()[-2000:]!r}")
     elapsed = serve.stop()
     assert serve.proc is not None and serve.proc.returncode == 0
     assert elapsed < STOP_BUDGET_S, f"ainode serve took {elapsed:.1f} s to stop"

@@ -12,7 +12,8 @@ import sys
 from collections.abc import Sequence
 
 from node.config import Settings
-from node.jobs.dispatcher import dispatcher_factory
+from node.heap import freeze_when_loaded
+from node.jobs.dispatcher import LAZY_MODULES, dispatcher_factory
 from node.jobs.lifetime import exit_with_parent
 from node.jobs.sender import process_sender
 from node.scp import server
@@ -25,6 +26,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, rest = parser.parse_known_args(argv)
     if args.exit_with_parent is not None:
         exit_with_parent(args.exit_with_parent)
+    # pynetdicom's full collection every 30 s then walks only what came after the start-up and the job layer
+    freeze_when_loaded("listener process", LAZY_MODULES)
     return server.main(rest, make_dispatcher=_dispatcher)
 
 

@@ -33,7 +33,8 @@ from typing import NoReturn
 from node.cli.demo_models import check_demo_models
 from node.config import Settings, redact_url
 from node.errors import ConfigError
-from node.jobs.dispatcher import dispatcher_factory
+from node.heap import freeze_when_loaded
+from node.jobs.dispatcher import LAZY_MODULES, dispatcher_factory
 from node.jobs.sender import process_sender
 from node.scp.balance import SharedPort
 from node.scp.pool import ListenerPool
@@ -383,6 +384,8 @@ def run(args: argparse.Namespace) -> int:
     # ainode -v serve: the worker process logs at the same level
     node = start_node(settings, worker=not args.no_worker, concurrency=args.concurrency,
                       verbosity=getattr(args, "verbose", 0) or None)
+    # its listener's periodic full collections walk only what came after the start-up (and the job layer)
+    freeze_when_loaded("ainode serve", LAZY_MODULES)
     stop = threading.Event()
 
     def _on_signal(signum: int, _frame: FrameType | None) -> None:

@@ -32,6 +32,11 @@ SendTask = Callable[[int, str, str, str], object]
 MARGIN_S = 0.02
 
 
+#: what a listener's dispatcher loads only once it runs (the job layer; ~1.5 s of CPU in a listener process that
+#: would otherwise not wait for it): :func:`node.heap.freeze_when_loaded` imports these before it freezes the heap
+LAZY_MODULES = ("node.jobs.runner", "node.imaging.series_rules", "node.jobs.completeness")
+
+
 class ReadyDispatcher:
     """Judges scheduled studies after ``settle_s`` and dispatches the ready ones (see the module)."""
 

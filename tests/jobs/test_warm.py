@@ -131,7 +131,7 @@ def test_a_pool_process_past_the_memory_bound_is_replaced_after_its_task(node: N
 # -- isolation: two studies in one warmed process == each in a fresh process --------------------------------
 
 _RUN_STUDIES = r"""
-import hashlib, json, sys
+import gc, hashlib, json, sys
 from pathlib import Path
 
 import SimpleITK as sitk
@@ -167,7 +167,8 @@ for number, study in enumerate(studies):
     result = process.process_study(Path(study), Path(out) / str(number), models_dir=Path(models))
     results[study] = {"features": [lesion.features for lesion in runs[-1].lesions],
                       "lesions": [lesion.to_json() for lesion in result.lesions]}
-print(json.dumps({"results": results, "caches_unchanged": caches() == before}, default=float))
+print(json.dumps({"results": results, "caches_unchanged": caches() == before, "frozen": gc.get_freeze_count()},
+                 default=float))
 """
 
 
@@ -218,6 +219,8 @@ def test_two_studies_in_one_warm_process_match_fresh_processes(synth_case: Synth
     fresh_process = _start_studies(models_dir, tmp_path / "fresh", [b], preload=False)  # at the same time
     warm_run, fresh_b = _outcome(warm_process), _outcome(fresh_process)
     assert warm_run["caches_unchanged"], "a job changed a cached template or atlas image"
+    # the preload's heap is out of the collector's walks (node.heap); the fresh process froze nothing
+    assert warm_run["frozen"] > 100_000 and fresh_b["frozen"] == 0
     assert warm_run["results"][str(b)]["features"], "study B has no lesion features"
     _same(warm_run["results"][str(b)], fresh_b["results"][str(b)], "B")
     assert warm_run["results"][str(a)]["features"] != warm_run["results"][str(b)]["features"]
