@@ -184,11 +184,8 @@ def node_receiver(spool: Path) -> Iterator[tuple[str, int, Callable[[], int]]]:
     for name in ("AINODE_DATABASE_URL", "AINODE_DESTINATIONS", "AINODE_CONFIG", "AINODE_ACCEPTED_CALLING_AETS"):
         environ.pop(name, None)
     environ["AINODE_ALLOW_DEMO_MODELS"] = "1"  # no worker runs: the models are never used
-    node = start_node(Settings.load(env=environ), worker=False)  # the listener alone: what is measured is ingest
-    from node.heap import freeze_when_loaded
-    from node.jobs.dispatcher import LAZY_MODULES
-
-    freeze_when_loaded("ainode serve", LAZY_MODULES).join()  # as ainode serve does once its node started
+    # the listener alone (what is measured is ingest), its heap frozen as ainode serve's is
+    node = start_node(Settings.load(env=environ), worker=False, freeze_heap=True)
     try:
         wait_listening(port)
         # let the start-up work finish first (each listener process loads the job layer in its dispatcher thread,

@@ -9,19 +9,18 @@ stalls every association of that listener process for that long; a job's own all
 
 :func:`freeze_startup_heap` collects once, then moves every object that survived into the collector's permanent
 generation (:func:`gc.freeze`), which no later collection walks: those collections then examine only what was
-allocated since. Objects frozen stay until the process ends even if they become garbage in a cycle; this is for
-what a process sets up once (imports, caches, loaded models), called at the end of its start-up. Before a fork it
-also keeps the children from touching (and so copying) the parent's pages when they collect (the CPython docs'
-advice for pre-fork servers).
+allocated since. Called by each listener process and ``ainode serve`` once the listener's dispatcher thread has
+loaded the job layer (``on_loaded`` of :func:`node.jobs.dispatcher.dispatcher_factory`: ~230,000 of those objects),
+and by the worker at the end of its preload (:func:`node.jobs.warm.preload`), before its pool forks. Objects frozen
+stay until the process ends even if they become garbage in a cycle; this is for what a process sets up once
+(imports, caches, loaded models), called at the end of its start-up. Before a fork it also keeps the children from
+touching (and so copying) the parent's pages when they collect (the CPython docs' advice for pre-fork servers).
 """
 
 from __future__ import annotations
 
 import gc
-import importlib
 import logging
-import threading
-from collections.abc import Sequence
 
 logger = logging.getLogger(__name__)
 
@@ -34,23 +33,3 @@ def freeze_startup_heap(what: str) -> int:
     frozen = gc.get_freeze_count()
     logger.info("%s: start-up heap frozen (%d objects kept out of the garbage collector's walks)", what, frozen)
     return frozen
-
-
-def freeze_when_loaded(what: str, modules: Sequence[str]) -> threading.Thread:
-    """In a daemon thread: import ``modules`` (what the process loads lazily anyway, e.g. a listener's job layer,
-    which its dispatcher thread imports after the start-up: ~230,000 objects), then :func:`freeze_startup_heap`.
-    The process does not wait for it; returns the thread."""
-
-    def run() -> None:
-        try:
-            for name in modules:
-                importlib.import_module(name)
-        except Exception as exc:  # noqa: BLE001 - the thread that needs the module reports its failure
-            logger.warning("%s: the start-up heap is not frozen: importing failed (%s: %s)", what,
-                           type(exc).__name__, exc)
-            return
-        freeze_startup_heap(what)
-
-    thread = threading.Thread(target=run, name="ainode-heap-freeze", daemon=True)
-    thread.start()
-    return thread

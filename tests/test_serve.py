@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -125,6 +126,23 @@ def test_serve_listens_and_stops_on_sigterm(serve: ServeProcess) -> None:
     # 2 s, twice, and every stop ended with the worker killed at worker_stop_timeout_s)
     stderr = (serve.root / "serve-1.err").read_text()
     assert "did not stop within" not in stderr, stderr[-3000:]
+
+
+def test_serve_freezes_its_start_up_heap_once_its_dispatcher_loaded_the_job_layer(tmp_path: Path) -> None:
+    """pynetdicom's server in ``ainode serve``'s own listener forces a full collection every 30 s with the GIL held:
+    the process freezes its start-up heap (node/heap.py) once the dispatcher has imported the job layer."""
+    env = {**node_env(), "AINODE_LOG_VERBOSITY": "1"}
+    node = ServeProcess(tmp_path, tmp_path / "spool", free_port(), env, ("--no-worker",))
+    try:
+        node.start().wait_listening()
+        err = tmp_path / "serve-1.err"
+        found = wait_for(lambda: re.search(r"ainode serve: start-up heap frozen \((\d+) objects",
+                                           err.read_text(errors="replace")), 60,
+                         lambda: f"no 'heap frozen' line: {err.read_text()[-2000:]!r}")
+        assert int(found.group(1)) > 100_000  # the imports and the job layer, not a handful of objects
+        assert node.stop() < STOP_BUDGET_S
+    finally:
+        node.cleanup()
 
 
 def test_a_dead_worker_is_restarted_and_leaves_nothing_behind(serve: ServeProcess) -> None:

@@ -12,8 +12,8 @@ import sys
 from collections.abc import Sequence
 
 from node.config import Settings
-from node.heap import freeze_when_loaded
-from node.jobs.dispatcher import LAZY_MODULES, dispatcher_factory
+from node.heap import freeze_startup_heap
+from node.jobs.dispatcher import dispatcher_factory
 from node.jobs.lifetime import exit_with_parent
 from node.jobs.sender import process_sender
 from node.scp import server
@@ -26,14 +26,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, rest = parser.parse_known_args(argv)
     if args.exit_with_parent is not None:
         exit_with_parent(args.exit_with_parent)
-    # pynetdicom's full collection every 30 s then walks only what came after the start-up and the job layer
-    freeze_when_loaded("listener process", LAZY_MODULES)
     return server.main(rest, make_dispatcher=_dispatcher)
 
 
 def _dispatcher(settings: Settings) -> DispatcherFactory:
-    """The job layer this listener process dispatches to (the listener itself does not import it)."""
-    return dispatcher_factory(settings, process_sender(settings))
+    """The job layer this listener process dispatches to (the listener itself does not import it). Once its thread
+    has loaded the job layer, the process's start-up heap is frozen: pynetdicom's full collection every 30 s then
+    walks only what came since (node/heap.py)."""
+    return dispatcher_factory(settings, process_sender(settings),
+                              on_loaded=lambda: freeze_startup_heap("listener process"))
 
 
 if __name__ == "__main__":

@@ -33,8 +33,8 @@ from typing import NoReturn
 from node.cli.demo_models import check_demo_models
 from node.config import Settings, redact_url
 from node.errors import ConfigError
-from node.heap import freeze_when_loaded
-from node.jobs.dispatcher import LAZY_MODULES, dispatcher_factory
+from node.heap import freeze_startup_heap
+from node.jobs.dispatcher import dispatcher_factory
 from node.jobs.sender import process_sender
 from node.scp.balance import SharedPort
 from node.scp.pool import ListenerPool
@@ -325,10 +325,13 @@ def worker_command(settings: Settings, handover: Path, *, concurrency: int = 1,
 
 
 def start_node(settings: Settings, *, worker: bool = True, concurrency: int = 1,
-               worker_log: Path | None = None, verbosity: int | None = None) -> RunningNode:
+               worker_log: Path | None = None, verbosity: int | None = None, freeze_heap: bool = False) -> RunningNode:
     """Lock the spool, start the listener here and ``ainode worker --beat`` as a supervised child process.
 
-    Refuses demonstration models (manifest ``training_data: synthetic``) unless ``allow_demo_models``."""
+    Refuses demonstration models (manifest ``training_data: synthetic``) unless ``allow_demo_models``. With
+    ``freeze_heap`` (``ainode serve``: this process lives as long as the node) the process's start-up heap is frozen
+    once the dispatcher has loaded the job layer (node/heap.py); a test leaves it off (a frozen heap keeps its
+    garbage)."""
     check_demo_models(settings)
     settings.spool_dir.mkdir(parents=True, exist_ok=True)
     lock = SpoolLock(settings.spool_dir)
@@ -336,8 +339,9 @@ def start_node(settings: Settings, *, worker: bool = True, concurrency: int = 1,
     # with a pool, this process's listener opens the port (slot 0) and the pool's processes take its socket
     shared = SharedPort(settings.spool_dir / RUN_DIRNAME / LOAD_TABLE_NAME, 0, processes) if processes > 1 else None
     try:  # the listener dispatches a study as soon as it is complete; the worker's poll is the safety net
-        listener = start_listener(settings, dispatcher=dispatcher_factory(settings, process_sender(settings)),
-                                  shared=shared)
+        on_loaded = (lambda: freeze_startup_heap("ainode serve")) if freeze_heap else None
+        listener = start_listener(settings, dispatcher=dispatcher_factory(settings, process_sender(settings),
+                                                                          on_loaded=on_loaded), shared=shared)
     except BaseException:
         lock.release()
         raise
@@ -383,9 +387,7 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     # ainode -v serve: the worker process logs at the same level
     node = start_node(settings, worker=not args.no_worker, concurrency=args.concurrency,
-                      verbosity=getattr(args, "verbose", 0) or None)
-    # its listener's periodic full collections walk only what came after the start-up (and the job layer)
-    freeze_when_loaded("ainode serve", LAZY_MODULES)
+                      verbosity=getattr(args, "verbose", 0) or None, freeze_heap=True)
     stop = threading.Event()
 
     def _on_signal(signum: int, _frame: FrameType | None) -> None:

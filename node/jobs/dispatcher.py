@@ -32,22 +32,19 @@ SendTask = Callable[[int, str, str, str], object]
 MARGIN_S = 0.02
 
 
-#: what a listener's dispatcher loads only once it runs (the job layer; ~1.5 s of CPU in a listener process that
-#: would otherwise not wait for it): :func:`node.heap.freeze_when_loaded` imports these before it freezes the heap
-LAZY_MODULES = ("node.jobs.runner", "node.imaging.series_rules", "node.jobs.completeness")
-
-
 class ReadyDispatcher:
     """Judges scheduled studies after ``settle_s`` and dispatches the ready ones (see the module)."""
 
     def __init__(self, repository: Repository, checker: CompletenessChecker, send_task: SendTask, spool_dir: Path,
-                 settle_s: float, clock: Callable[[], float] = time.time) -> None:
+                 settle_s: float, clock: Callable[[], float] = time.time,
+                 on_loaded: Callable[[], object] | None = None) -> None:
         self.repository = repository
         self.checker = checker
         self.send_task = send_task
         self.spool_dir = spool_dir
         self.settle_s = settle_s
         self.clock = clock
+        self.on_loaded = on_loaded  # called by the thread once it has loaded the job layer
         self.dispatched = 0  # jobs this dispatcher queued (tests, logs)
         self.evaluations = 0  # judgements run (tests wait for one instead of sleeping)
         self._due: list[tuple[float, int, frozenset[str]]] = []
@@ -88,6 +85,11 @@ class ReadyDispatcher:
     def _run(self) -> None:
         from node.jobs.runner import dispatch_ready  # the job layer's modules load with the thread
 
+        if self.on_loaded is not None:
+            try:
+                self.on_loaded()
+            except Exception:
+                logger.exception("the dispatcher's on_loaded callback failed")
         while (studies := self._next()) is not None:
             try:
                 with correlated("dispatch"):
@@ -122,10 +124,12 @@ class ReadyDispatcher:
             self._thread.join(timeout_s)
 
 
-def dispatcher_factory(settings: Settings, send_task: SendTask) -> Callable[[Repository, Callable[[], float]],
-                                                                           ReadyDispatcher]:
+def dispatcher_factory(settings: Settings, send_task: SendTask, *, on_loaded: Callable[[], object] | None = None,
+                       ) -> Callable[[Repository, Callable[[], float]], ReadyDispatcher]:
     """What ``start_listener(dispatcher=...)`` takes: a listener's dispatcher, judging with the completeness check of
-    ``settings`` and sending the process task with ``send_task`` (:func:`node.jobs.sender.process_sender`)."""
+    ``settings`` and sending the process task with ``send_task`` (:func:`node.jobs.sender.process_sender`);
+    ``on_loaded`` runs in its thread once the job layer is imported (a node process freezes its heap then:
+    :mod:`node.heap`)."""
 
     def build(repository: Repository, clock: Callable[[], float]) -> ReadyDispatcher:
         from node.imaging.series_rules import load_rules
@@ -134,6 +138,6 @@ def dispatcher_factory(settings: Settings, send_task: SendTask) -> Callable[[Rep
         checker = CompletenessChecker(repository, load_rules(), CompletenessPolicy.from_settings(settings),
                                       settings.spool_dir)
         return ReadyDispatcher(repository, checker, send_task, settings.spool_dir.resolve(), settings.settle_s,
-                               clock)
+                               clock, on_loaded)
 
     return build

@@ -262,6 +262,32 @@ def test_open_associations_of_dead_or_old_processes_are_ignored(sqlite_url: str)
         ledger.dispose()
 
 
+def test_the_dispatcher_thread_calls_on_loaded_once_and_judges_even_when_it_fails(
+    sqlite_url: str, series_rules: SeriesRules, tmp_path: Path
+) -> None:
+    """``on_loaded`` (a node process freezes its start-up heap there: node/heap.py) runs once, in the dispatcher's
+    thread after the job layer is imported; its failure is logged and the dispatcher judges as usual."""
+    ledger = Ledger.open(sqlite_url)
+    repo = Repository(ledger)
+    calls: list[str] = []
+
+    def failing() -> None:
+        calls.append(threading.current_thread().name)
+        raise RuntimeError("a callback that fails")
+
+    checker = CompletenessChecker(repo, series_rules, CompletenessPolicy(QUIET, 600.0, ForceCompleteAction.FAIL,
+                                                                         SETTLE), tmp_path)  # fmt: skip
+    dispatcher = ReadyDispatcher(repo, checker, Sent(), tmp_path, SETTLE, time.time, failing).start()
+    try:
+        for _ in range(2):
+            dispatcher.schedule(["1.2.3.4"], 0.0)
+        assert dispatcher.wait_evaluations(1, WAIT_S), "the dispatcher stopped judging after its callback failed"
+        assert calls == ["ainode-ready-dispatcher"]
+    finally:
+        dispatcher.stop()
+        ledger.dispose()
+
+
 def test_settle_s_is_validated() -> None:
     assert Settings().settle_s == 1.0
     for bad in ("-1", "2.5"):
