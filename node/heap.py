@@ -13,7 +13,9 @@ allocated since. Called by each listener process and ``ainode serve`` once the l
 loaded the job layer (``on_loaded`` of :func:`node.jobs.dispatcher.dispatcher_factory`: ~230,000 of those objects),
 and by the worker at the end of its preload (:func:`node.jobs.warm.preload`), before its pool forks. Objects frozen
 stay until the process ends even if they become garbage in a cycle; this is for what a process sets up once
-(imports, caches, loaded models), called at the end of its start-up. Before a fork it also keeps the children from
+(imports, caches, loaded models), called at the end of its start-up. An association already open at that moment (a
+sender that connects within a listener's first seconds) is frozen with it and stays in memory after it ends: at
+most ~0.3 MB each (its receive buffer), once per process start. Before a fork it also keeps the children from
 touching (and so copying) the parent's pages when they collect (the CPython docs' advice for pre-fork servers).
 """
 
