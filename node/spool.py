@@ -200,6 +200,19 @@ class Spool:
         fsync_folder(target.parent)
         return StoredFile(relative_path=relative_path, size=size, sha256=sha256)
 
+    def link_or_adopt(self, relative_path: str, source: Path, size: int, sha256: str, *,
+                      over_existing: bool = False) -> tuple[StoredFile, bool]:
+        """:meth:`link` ``source`` at ``relative_path``; where the file system has no hard links (or, with
+        ``over_existing``, a file is there already: a racing copy), :meth:`adopt` it there instead (renamed, the
+        folder fsynced). Returns the stored file and whether ``source`` was moved (is gone); a link's folder is
+        the caller's to fsync. Raises what :meth:`link` raises otherwise (``FileExistsError``, ENOSPC ...)."""
+        try:
+            return self.link(relative_path, source, size, sha256), False
+        except OSError as exc:
+            if not (over_existing and isinstance(exc, FileExistsError)) and exc.errno not in NO_LINKS:
+                raise
+        return self.adopt(relative_path, source, size, sha256), True
+
     def remove(self, relative_path: str) -> None:
         """Remove a spooled file (one the ledger could not record), durably."""
         target = self.path(relative_path)

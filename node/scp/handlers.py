@@ -16,7 +16,6 @@ import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import cast
 
 from pynetdicom.association import Association
@@ -35,7 +34,7 @@ from node.scp.receive import DISK_FULL, Received, Refusal, SpillBuffer
 from node.scp.recorder import IntakeRecorder
 from node.scp.source import LimitExceededError
 from node.scp.status import EchoStatus, StoreStatus
-from node.spool import NO_LINKS, Spool, StoredFile
+from node.spool import Spool, StoredFile
 
 logger = logging.getLogger(__name__)
 
@@ -198,17 +197,14 @@ def _store(ctx: ListenerContext, header: InstanceHeader, spill: SpillBuffer, rec
         if ctx.repository.is_plainly_new(header):  # the fast path: no duplicate, no conflict
             if recorder.failing:
                 raise LedgerBehindError("the ledger cannot record instances at the moment")
-            linked: Path | None = received.path
-            try:  # a second name in place; the .incoming one, durable since the fsync, goes after the commit
-                stored = ctx.spool.link(new_path, received.path, received.size, received.sha256)
-            except OSError as exc:  # a file there already (a racing copy), or no hard links: renamed over it
-                if not isinstance(exc, FileExistsError) and exc.errno not in NO_LINKS:
-                    raise
-                stored = ctx.spool.adopt(new_path, received.path, received.size, received.sha256)  # folder fsynced
-                linked = None
+            # a second name in place; the .incoming one, durable since the fsync, goes after the commit (a racing
+            # copy there already, or no hard links: renamed over it, its folder fsynced)
+            stored, moved = ctx.spool.link_or_adopt(new_path, received.path, received.size, received.sha256,
+                                                    over_existing=True)
             spill.moved()
             recorder.submit(SpooledInstance(header, stored.relative_path, stored.size, stored.sha256,
-                                            calling_ae_title=calling, peer=peer, at=now), linked)
+                                            calling_ae_title=calling, peer=peer, at=now),
+                            None if moved else received.path)
             return StoreStatus.SUCCESS  # durable in the spool; the rows follow in the writer's next batch
     existed: dict[str, bool] = {}  # path -> was there before our first write (a retried transaction rewrites)
 

@@ -19,7 +19,7 @@ from node.ledger.repository import Repository
 from node.scp import handlers
 from node.scp.header import Limits
 from node.scp.recorder import check_received_file, file_sha256, recover_spooled
-from node.spool import INCOMING, NO_LINKS, ORPHANS, Spool, fsync_folder
+from node.spool import INCOMING, ORPHANS, Spool, fsync_folder
 
 logger = logging.getLogger(__name__)
 
@@ -87,15 +87,10 @@ def recover_incoming(spool: Spool, repository: Repository, limits: Limits | None
 def _put_into_place(spool: Spool, received: Path, relative: str, size: int, sha256: str) -> bool:
     """Link ``received`` at ``relative`` and fsync the folder; where the file system has no hard links, rename it
     there (folder fsynced too). ``True`` if it was moved (``received`` is gone)."""
-    try:
-        spool.link(relative, received, size, sha256)
-    except OSError as exc:
-        if exc.errno not in NO_LINKS:
-            raise
-        spool.adopt(relative, received, size, sha256)
-        return True
-    fsync_folder(spool.path(relative).parent)
-    return False
+    _stored, moved = spool.link_or_adopt(relative, received, size, sha256)
+    if not moved:
+        fsync_folder(spool.path(relative).parent)
+    return moved
 
 
 def _same_file(one: Path, other: Path) -> bool:
