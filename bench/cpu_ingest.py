@@ -8,7 +8,7 @@ at once). On a host shared with other machines the CPU time per instance itself 
 one hour to the next: compare receivers measured in the same minutes.
 
     python bench/cpu_ingest.py --studies /work/bench-data/ingest/study [--receiver node|orthanc|bare] [--assocs 1]
-        [--runs 3] [--max-pdu 16382] [--profile out.prof]
+        [--runs 3] [--max-pdu 131072] [--profile out.prof]
 
 ``--profile`` (node only) runs the listener in the child process alone (``listener_processes`` 1) with cProfile
 in every thread and writes the merged stats to the file.
@@ -178,7 +178,7 @@ def main() -> int:
     parser.add_argument("--receiver", default="node", choices=("node", "orthanc", "bare"))
     parser.add_argument("--assocs", type=int, default=1)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--max-pdu", type=int, default=16382)
+    parser.add_argument("--max-pdu", type=int, default=131072, help="the node's maximum PDU (its default)")
     parser.add_argument("--profile", type=Path)
     parser.add_argument("--work", type=Path, default=Path("/tmp/cpu-ingest"))
     args = parser.parse_args()

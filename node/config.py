@@ -105,7 +105,7 @@ class Settings:
     max_associations: int = 10
     max_associations_per_peer: int = 8  # one router / PACS address sends over several associations
     handshake_timeout_s: float = 10.0  # TCP accept -> TLS handshake done and A-ASSOCIATE-RQ received
-    max_pdu: int = 16382  # bytes; 0 = unlimited
+    max_pdu: int = 131072  # bytes; 0 = unlimited (docs/listener.md "Maximum PDU": senders write fewer, larger PDUs)
     max_instance_bytes: int = 1 << 30  # one C-STORE dataset as received
     max_inflated_bytes: int = 256 << 20  # a Deflated Explicit VR Little Endian dataset once inflated
     max_element_bytes: int = 16 << 20  # any element but Pixel Data
