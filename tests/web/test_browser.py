@@ -29,9 +29,11 @@ if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
 os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager must never download a driver
 
 from selenium import webdriver  # noqa: E402  (after the skip and SE_OFFLINE)
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
+from selenium.webdriver.remote.webelement import WebElement  # noqa: E402
 from selenium.webdriver.support import expected_conditions  # noqa: E402
 from selenium.webdriver.support.wait import WebDriverWait  # noqa: E402
 
@@ -73,7 +75,25 @@ def click_through(driver: WebDriver, by: str, value: str) -> None:
     before a form's POST is answered, and the assertions that follow must see the new page (or its ledger rows)."""
     old_page = driver.find_element(By.TAG_NAME, "html")
     driver.find_element(by, value).click()
-    WebDriverWait(driver, 15).until(expected_conditions.staleness_of(old_page))
+    WebDriverWait(driver, 15).until(lambda _driver: _replaced(old_page))
+
+
+#: what chromium answers, instead of a stale element, when asked about a node of a document it is just replacing
+_OLD_DOCUMENT = ("does not belong to the document", "No node with given id")
+
+
+def _replaced(old_page: WebElement) -> bool:
+    """Selenium's ``staleness_of``, plus chromium's answer for a node of the document being navigated away from
+    (a CI run once failed on it: "unhandled inspector error: Node with given id does not belong to the document")."""
+    try:
+        old_page.is_enabled()
+    except StaleElementReferenceException:
+        return True
+    except WebDriverException as exc:
+        if any(text in str(exc) for text in _OLD_DOCUMENT):
+            return True
+        raise
+    return False
 
 
 def log_in(driver: WebDriver, web: WebNode, token: str) -> None:
