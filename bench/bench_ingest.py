@@ -23,7 +23,8 @@ the receivers (docs/benchmarks.md, "Issue 12, seventh round"). Receivers:
 * ``storescp``: DCMTK ``storescp --fork`` (``TCP_NODELAY=1``), files written, no fsync;
 * ``bare``: the node's pynetdicom AE in one process, a handler that only takes the bytes: pynetdicom's floor.
 
-Targets: node >= 1.0x Orthanc on one association; node >= 1.5x Orthanc on 4 associations (medians).
+Targets: node >= 1.0x Orthanc on one association; node >= 1.5x Orthanc on 4 associations (medians). The summary
+also gives each run's ratio (node and Orthanc measured in the same minute): the spread the host's state causes.
 
     python bench/bench_ingest.py [--runs 3] [--seed 11] [--only node,orthanc] [--keep DIR] [--remove-between-runs]
 """
@@ -332,6 +333,15 @@ def cpu_budget(node: list[Run], orthanc: list[Run]) -> str:
             f"{rx_node:.2f} are in the kernel)")
 
 
+def paired_ratios(node: list[Run], orthanc: list[Run], target: float) -> str:
+    """Each run's node / Orthanc ratio (both measured in the same minute, one after the other): how far the host's
+    minute-to-minute state moves the ratio, which the medians of the rates hide."""
+    ratios = sorted(n.instances_per_s / o.instances_per_s for n, o in zip(node, orthanc, strict=True))
+    met = sum(ratio >= target for ratio in ratios)
+    return (f"median {statistics.median(ratios):.2f}x, {ratios[0]:.2f}-{ratios[-1]:.2f}x, {met} of {len(ratios)} "
+            f"runs >= {target}x")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3)
@@ -384,6 +394,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"{tx:>7.2f}")
         if reference is not None and "node" in names:
             print(cpu_budget(four["node"], four[reference]))
+            print(f"node / Orthanc run by run: one association "
+                  f"{paired_ratios(one['node'], one[reference], TARGET_ONE)}; {PARALLEL} associations "
+                  f"{paired_ratios(four['node'], four[reference], TARGET_FOUR)}")
         spool_ms, commit_ms = durability_floor_ms(work / "floor", int(megabytes[0] * 1e6 / len(studies[0])))
         print(f"durability floor per instance on this disk: spool write+fsync+rename+dir fsync {spool_ms:.2f} ms, "
               f"SQLite WAL commit (synchronous=FULL) {commit_ms:.2f} ms")
