@@ -232,9 +232,17 @@ class IntakeRecorder:
 def file_sha256(spool: Spool, relative: str) -> str | None:
     """The SHA-256 of a spooled file, ``None`` if it cannot be read."""
     try:
-        return hashlib.sha256(spool.path(relative).read_bytes()).hexdigest()
+        return _digest(spool.path(relative))[1]
     except OSError:
         return None
+
+
+def _digest(path: Path) -> tuple[int, str]:
+    """(size, SHA-256) of the file at ``path``, read in chunks: an instance may be up to ``max_instance_bytes``
+    (1 GiB by default), and the start-up may recover many."""
+    with path.open("rb") as handle:
+        digest = hashlib.file_digest(handle, "sha256")
+        return handle.tell(), digest.hexdigest()
 
 
 def _file_meta(path: Path) -> tuple[int, str, str, str]:
@@ -276,9 +284,8 @@ def check_received_file(spool: Spool, path: Path, limits: Limits) -> SpooledInst
                                        header.sop_instance_uid)
     except NodeError as exc:
         raise CorruptInstanceError(exc.message) from exc
-    data = path.read_bytes()
-    return SpooledInstance(header, relative, len(data), hashlib.sha256(data).hexdigest(), calling_ae_title="",
-                           peer=None, at=path.stat().st_mtime)
+    size, sha256 = _digest(path)
+    return SpooledInstance(header, relative, size, sha256, calling_ae_title="", peer=None, at=path.stat().st_mtime)
 
 
 def recover_spooled(spool: Spool, relative: str, limits: Limits) -> SpooledInstance:
