@@ -41,6 +41,7 @@ from node.values import (
     parse_limit,
     parse_limit_bytes,
     parse_networks,
+    parse_optional_days,
     parse_optional_path,
     parse_optional_seconds,
     parse_optional_text,
@@ -123,6 +124,8 @@ class Settings:
     force_complete_s: float = 3600.0
     force_complete_action: ForceCompleteAction = ForceCompleteAction.FAIL
     late_instance_policy: LateInstancePolicy = LateInstancePolicy.RERUN
+    retention_days: float | None = None  # finished studies' instances leave the spool after this long idle; None = kept
+    retention_results: bool = False  # retention also removes results whose every delivery reached the PACS
     destinations: tuple[Destination, ...] = ()
     # the outbox: retry schedule, dead letter, timeouts, storage commitment
     delivery_retry_initial_s: float = 10.0
@@ -337,6 +340,8 @@ _PARSERS: dict[str, Callable[[object, str], Any]] = {
     "force_complete_s": parse_seconds,
     "force_complete_action": choice(ForceCompleteAction),
     "late_instance_policy": choice(LateInstancePolicy),
+    "retention_days": parse_optional_days,
+    "retention_results": parse_bool,
     "destinations": parse_destinations,
     "delivery_retry_initial_s": parse_seconds,
     "delivery_retry_max_s": parse_seconds,

@@ -248,6 +248,20 @@ def parse_optional_seconds(value: object, where: str) -> float | None:
     return parse_seconds(text, where) if text else None
 
 
+def parse_optional_days(value: object, where: str) -> float | None:
+    """A number of days, more than 0 and at most 100 years; empty / ``None`` = not set."""
+    text = "" if value is None else str(value).strip()
+    if not text:
+        return None
+    try:
+        number = float(text)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {value!r} is not a number of days") from exc
+    if not 0.0 < number <= 36500:
+        raise ConfigError(f"{where}: {number:g} days is outside 0 (excluded)..36500")
+    return number
+
+
 def parse_retries(value: object, where: str) -> int:
     return _parse_int(value, where, 0, 100)
 

@@ -50,6 +50,7 @@ HER2_TIER_CLASSES: tuple[str, ...] = (Her2Tier.ZERO.value, Her2Tier.LOW.value, H
 PROCESS_TASK = "ainode.process_study"
 DELIVER_TASK = "ainode.deliver"
 POLL_TASK = "ainode.poll_ready"
+PURGE_TASK = "ainode.purge_expired"
 #: The default Celery queue (``AINODE_QUEUE`` overrides it).
 DEFAULT_QUEUE = "ainode"
 

@@ -21,7 +21,8 @@ NODE = Path(__file__).resolve().parents[1] / "node"
 
 #: Top-level rooms of ``node/`` by layer. A room may import its own layer's rooms only where listed in ALLOWED.
 BASE = {"errors", "config", "values", "log", "vocabulary", "labels", "spool", "docgen", "heap", "__init__"}
-CORE = {"imaging", "model", "training", "evaluation", "datasets", "sr", "ledger", "synth", "dl", "research"}
+CORE = {"imaging", "model", "training", "evaluation", "datasets", "sr", "ledger", "synth", "dl", "research",
+        "retention"}
 EDGES = {"scp", "jobs", "delivery", "web", "cli"}
 LAYER = {**{r: 0 for r in BASE}, **{r: 1 for r in CORE}, **{r: 2 for r in EDGES}}
 
@@ -42,6 +43,9 @@ FORBIDDEN: dict[str, set[str]] = {
     "dl": {"ledger", "jobs", "scp", "web", "sr", "datasets"},
     # the research toolkit (study recipes and reports): training-side, nothing of the running node
     "research": {"ledger", "jobs", "scp", "web", "sr", "delivery", "dl"},
+    # retention: the ledger and the spool only; the scheduler (jobs) and the command line call it
+    "retention": {"scp", "jobs", "web", "cli", "delivery", "imaging", "sr", "model", "training", "evaluation",
+                  "datasets", "synth", "dl", "research"},
 }
 
 

@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
         features,
         model,
         primary,
+        purge,
         research,
         serve,
         status,
@@ -48,8 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ainode {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for command in (synth, features, model, dataset, analyse, status, primary, worker, serve, demo, web, train_dl,
-                    research):
+    for command in (synth, features, model, dataset, analyse, status, primary, purge, worker, serve, demo, web,
+                    train_dl, research):
         command.register(sub)
     return parser
 

@@ -69,6 +69,11 @@ SETTING_HELP: dict[str, str] = {
     "force_complete_action": "at the deadline without the required series: `process` what is there or `fail`",
     "late_instance_policy": "an instance arriving after processing: `rerun` (new version, superseding SR) or "
     "`ignore` (stored and audited)",
+    "retention_days": "remove the received instances of studies done or failed and idle (no instance, no state change) "
+    "for this many days from the spool, hourly (the scheduler; `ainode purge` by hand); empty = keep everything. "
+    "The ledger keeps the study and its audit trail (operations.md, Retention)",
+    "retention_results": "with `retention_days`: also remove a study's SR and companions once every delivery of it "
+    "reached the PACS",
     "destinations": "where results are sent, `AET@HOST:PORT` (IPv6 `AET@[::1]:104`), optionally with per-destination "
     "options `?calling_ae=AET&tls=yes&tls_ca=PATH&tls_cert=PATH&tls_key=PATH&tls_check_hostname=no&commitment=yes` "
     "(or a YAML mapping with `ae_title`, `host`, `port` and those keys; see conformance.md 3.4); comma-separated "

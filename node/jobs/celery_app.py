@@ -24,7 +24,9 @@ from node import log
 from node.config import Settings
 from node.jobs.broker import BrokerConfig, resolve_broker
 from node.values import parse_count
-from node.vocabulary import DELIVER_TASK, POLL_TASK
+from node.vocabulary import DELIVER_TASK, POLL_TASK, PURGE_TASK
+
+PURGE_EVERY_S = 3600.0  # how often the scheduler runs retention (with retention_days set)
 
 logger = logging.getLogger(__name__)
 
@@ -145,6 +147,10 @@ def production_settings(broker: BrokerConfig, settings: Settings, concurrency: i
             "poll-ready-studies": {"task": POLL_TASK, "schedule": poll, "options": {"expires": poll}},
             "deliver-due-results": {"task": DELIVER_TASK, "schedule": max(poll, 30.0),
                                     "options": {"expires": max(poll, 30.0)}},
+            # retention (node.retention), only when asked for: hourly, so a study goes at most an hour late
+            **({"purge-expired-studies": {"task": PURGE_TASK, "schedule": PURGE_EVERY_S,
+                                          "options": {"expires": PURGE_EVERY_S}}}
+               if settings.retention_days is not None else {}),
         },
     }
 

@@ -49,7 +49,7 @@ from node.ledger import leases
 from node.ledger.db import Ledger
 from node.ledger.repository import Repository
 from node.log import correlated, study_key
-from node.vocabulary import DELIVER_TASK, POLL_TASK, PROCESS_TASK
+from node.vocabulary import DELIVER_TASK, POLL_TASK, PROCESS_TASK, PURGE_TASK
 
 logger = logging.getLogger(__name__)
 
@@ -287,6 +287,20 @@ def poll_ready_task() -> int:
         return len(jobs)
 
 
+@shared_task(name=PURGE_TASK, **_RETRY_POLICY)
+def purge_expired_task() -> int:
+    """Periodic (celery beat, hourly, only with ``retention_days`` set): retention (:mod:`node.retention`)."""
+    from node.retention import purge
+
+    with correlated("purge"), ledger_errors_are_transient():
+        ctx = job_context()
+        days = ctx.settings.retention_days
+        if days is None:  # a message sent before the setting was removed
+            return 0
+        return len(purge(ctx.repo, ctx.settings.spool_dir, older_than_s=days * 86400.0,
+                         results=ctx.settings.retention_results))
+
+
 def _send_process(job_id: int, study_instance_uid: str, study_dir: str, out_dir: str) -> None:
     process_study_task.delay(job_id, study_instance_uid, study_dir, out_dir)
 
@@ -294,5 +308,5 @@ def _send_process(job_id: int, study_instance_uid: str, study_dir: str, out_dir:
 def apply_settings(settings: Settings) -> None:
     """Bind the worker's settings; the retry delay and count are computed per retry by :class:`NodeTask`."""
     bind_settings(settings)
-    for task in (process_study_task, deliver_task, poll_ready_task):
+    for task in (process_study_task, deliver_task, poll_ready_task, purge_expired_task):
         task.max_retries = settings.task_max_retries  # read by _give_up_if_last; the delay is NodeTask's

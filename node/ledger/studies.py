@@ -45,6 +45,19 @@ class StudyOperations(Operations):
 
         return self._run(op)
 
+    def finished_studies_idle_since(self, before: float) -> list[str]:
+        """Study Instance UIDs of the studies done or failed on which nothing has happened (no instance received,
+        no state change) since ``before``, oldest first: what retention may remove (:mod:`node.retention`)."""
+
+        def op(session: Session) -> list[str]:
+            query = (select(Study.study_instance_uid)
+                     .where(Study.state.in_([StudyState.DONE, StudyState.FAILED]),
+                            Study.last_received_at < before, Study.state_changed_at < before)
+                     .order_by(Study.id))
+            return list(session.scalars(query))
+
+        return self._run(op)
+
     def studies(self, states: Iterable[StudyState] | None = None,
                 uids: Iterable[str] | None = None) -> list[StudySnapshot]:
         """Snapshots of the studies in ``states`` (all when ``None``), of ``uids`` only if given, oldest first."""
