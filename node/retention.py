@@ -100,7 +100,13 @@ def _purge_study(repo: Repository, spool_dir: Path, study: StudySnapshot, result
                      keep_results)
     if dry_run:
         return outcome
-    removed = [size for path, inode, size in files if _remove(path, inode)]
+    removed: list[int] = []
+    for path, inode, size in files:
+        try:
+            if _remove(path, inode):
+                removed.append(size)
+        except OSError as exc:  # e.g. permissions: this file stays, the others go; the audit counts what went
+            logger.error("retention cannot remove a file of study %s: %s", uid_key(uid), exc.strerror)
     _remove_empty_folders(spool_dir / uid_key(uid))
     if remove_results and results_dir is not None:
         shutil.rmtree(results_dir, ignore_errors=True)

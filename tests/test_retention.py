@@ -5,6 +5,8 @@ PostgreSQL ledger; the studies are finished through the ledger's own job operati
 from __future__ import annotations
 
 import argparse
+import shutil
+import subprocess
 from pathlib import Path
 
 import pydicom
@@ -236,3 +238,25 @@ def test_the_purge_task_applies_the_settings(received: tuple[ListenerHandle, Fak
         context.job_context().repo.ledger.dispose()
         context._bound[:] = saved
         context.job_context.cache_clear()
+
+
+@pytest.mark.parametrize("ledger_url", ["sqlite"], indirect=True)
+def test_a_file_that_cannot_be_removed_stays_and_the_rest_go(received: tuple[ListenerHandle, FakeClock, str, str],
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    listener, clock, done_uid, _receiving = received
+    repo, spool = listener.repository, listener.spool.root
+    _finish(repo, done_uid, clock.advance(60))
+    series = repo.study(done_uid).series  # type: ignore[union-attr]
+    locked = (spool / series[0].files[0]).parent
+    others = [spool / p for s in series[1:] for p in s.files]
+    # an immutable folder: nothing in it can be renamed or removed, not even by root (EPERM)
+    chattr = shutil.which("chattr")
+    if chattr is None or subprocess.run([chattr, "+i", str(locked)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not available on this file system")
+    try:
+        (purged,) = purge(repo, spool, older_than_s=DAY, now=clock.now + 2 * DAY)
+    finally:
+        subprocess.run([chattr, "-i", str(locked)], check=True)
+    assert purged.files == len(others) and not any(p.exists() for p in others)
+    assert all((spool / p).is_file() for p in series[0].files)
+    assert "retention cannot remove a file" in caplog.text
