@@ -5,6 +5,7 @@ PostgreSQL ledger; the studies are finished through the ledger's own job operati
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -13,6 +14,7 @@ import pydicom
 import pytest
 
 from node.cli import purge as purge_command
+from node.cli import status as status_command
 from node.errors import ConfigError
 from node.ledger.records import idempotency_key
 from node.ledger.repository import Repository
@@ -173,12 +175,14 @@ def test_a_file_replaced_since_it_was_read_stays(tmp_path: Path) -> None:
 
 def test_purge_command_dry_run_and_removal(received: tuple[ListenerHandle, FakeClock, str, str], tmp_path: Path,
                                           capsys: pytest.CaptureFixture[str]) -> None:
-    listener, clock, done_uid, _receiving = received
+    listener, clock, done_uid, receiving_uid = received
     repo, spool = listener.repository, listener.spool.root
     _finish(repo, done_uid, clock.advance(60))
     files = [spool / p for s in repo.study(done_uid).series for p in s.files]  # type: ignore[union-attr]
     parser = argparse.ArgumentParser()
-    purge_command.register(parser.add_subparsers())
+    sub = parser.add_subparsers()
+    purge_command.register(sub)
+    status_command.register(sub)
     database = listener.repository.ledger.url
     # the listener's clock (FakeClock) stands in January 1970: a 1-day retention finds the study old enough
     args = parser.parse_args(["purge", "--older-than-days", "1", "--dry-run", "--database", database,
@@ -191,6 +195,17 @@ def test_purge_command_dry_run_and_removal(received: tuple[ListenerHandle, FakeC
     assert args.handler(args) == 0
     out = capsys.readouterr().out
     assert done_uid in out and "removed" in out and not any(p.exists() for p in files)
+
+    # ainode status tells which studies lost their files to retention (only while nothing arrived since)
+    args = parser.parse_args(["status", "--json", "--database", database, "--spool-dir", str(spool)])
+    assert args.handler(args) == 0
+    studies = {s["study_instance_uid"]: s for s in json.loads(capsys.readouterr().out)}
+    assert studies[done_uid]["purged"] is not None and studies[receiving_uid]["purged"] is None
+    args = parser.parse_args(["status", "--database", database, "--spool-dir", str(spool)])
+    assert args.handler(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line for line in lines if done_uid in line and "removed by retention" in line]
+    assert not [line for line in lines if receiving_uid in line and "removed by retention" in line]
 
     bad = parser.parse_args(["purge", "--older-than-days", "-1", "--database", database, "--spool-dir", str(spool)])
     with pytest.raises(ConfigError, match="older-than-days"):

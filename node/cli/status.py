@@ -98,9 +98,11 @@ def collect(repo: Repository) -> list[dict[str, Any]]:
     """Studies with their jobs and deliveries, newest first, as plain data."""
     out: list[dict[str, Any]] = []
     all_deliveries = store.deliveries(repo)
+    purged = repo.latest_event_times("study-purged")  # retention (node.retention): instance files removed
     for study in sorted(repo.studies(), key=lambda s: -s.last_received_at):
         jobs = repo.jobs(study.study_instance_uid)
         job_ids = {job.id for job in jobs}
+        purged_at = purged.get(study.study_instance_uid)
         out.append(
             {
                 "study_instance_uid": study.study_instance_uid,
@@ -109,6 +111,8 @@ def collect(repo: Repository) -> list[dict[str, Any]]:
                 "instances": study.instance_count,
                 "series": len(study.series),
                 "last_received": _when(study.last_received_at),
+                # only while nothing arrived since: a study sent again after its purge holds files again
+                "purged": _when(purged_at) if purged_at is not None and purged_at >= study.last_received_at else None,
                 "reason": study.reason,
                 "jobs": [{"id": j.id, "state": str(j.state), "version": j.study_version, "reason": j.reason}
                          for j in jobs],
@@ -163,7 +167,8 @@ def run_status(args: argparse.Namespace) -> int:
         return 0
     for s in studies:
         print(f"study {s['study_instance_uid']}  {s['state']}  v{s['version']}  "
-              f"{s['instances']} instance(s) in {s['series']} series  last received {s['last_received']}")
+              f"{s['instances']} instance(s) in {s['series']} series  last received {s['last_received']}"
+              + (f"  instance files removed by retention {s['purged']}" if s["purged"] else ""))
         if s["reason"]:
             print(f"    reason: {s['reason']}")
         for j in s["jobs"]:

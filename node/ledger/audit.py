@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Unpack
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from node.ledger.records import AuditRecord
@@ -23,6 +23,17 @@ class AuditOperations(Operations):
     def audit(self, event: str, at: float, **fields: Unpack[AuditFields]) -> None:
         """Append one audit event (association rejected, C-ECHO, duplicate kept, ...)."""
         self._run(lambda session: write_audit(session, event, at, **fields))
+
+    def latest_event_times(self, event: str) -> dict[str, float]:
+        """Study Instance UID -> when ``event`` last happened to that study (one query; e.g. ``study-purged``)."""
+
+        def op(session: Session) -> dict[str, float]:
+            query = (select(AuditEvent.study_instance_uid, func.max(AuditEvent.at))
+                     .where(AuditEvent.event == event, AuditEvent.study_instance_uid.is_not(None))
+                     .group_by(AuditEvent.study_instance_uid))
+            return {str(uid): float(at) for uid, at in session.execute(query)}
+
+        return self._run(op)
 
     def audit_trail(self, study_instance_uid: str | None = None) -> list[AuditRecord]:
         """Audit events in order, for one study or (``None``) all of them."""
